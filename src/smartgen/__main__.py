@@ -1,0 +1,3 @@
+from smartgen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""The API process: FastAPI routes and the Socket.IO server on one port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import socketio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from smartgen import __version__
+from smartgen.auth.router import router as auth_router
+from smartgen.auth.tokens import TokenCodec
+from smartgen.config import Settings
+from smartgen.content.router import router as content_router
+from smartgen.deps import Runtime
+from smartgen.errors import AppError
+from smartgen.generation.router import router as generation_router
+from smartgen.queue import GenerationQueue, api_redis
+from smartgen.realtime import RealtimeServer
+from smartgen.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return JSONResponse(
+            {"error": "invalid_json", "message": "Request body is not valid JSON"}, status_code=400
+        )
+    if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return JSONResponse(
+            {"error": "invalid_json", "message": "Request body must be a JSON object"},
+            status_code=400,
+        )
+    details = []
+    for e in errors:
+        message = e.get("msg", "invalid")
+        if e.get("type") == "extra_forbidden":
+            message = "unknown field"
+        elif e.get("type") == "missing":
+            message = "required"
+        details.append({"field": _field(e.get("loc", ())), "message": message})
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return JSONResponse(
+        {"error": "validation_error", "message": f"Invalid request: {summary}", "details": details},
+        status_code=422,
+    )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(_: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        return JSONResponse(
+            {"error": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+        return JSONResponse(
+            {"error": "internal_error", "message": "Internal server error"}, status_code=500
+        )
+
+
+def create_app(settings: Settings) -> socketio.ASGIApp:
+    """Build the ASGI application (HTTP + Socket.IO). Clients open in the lifespan."""
+    tokens = TokenCodec(
+        settings.require_jwt_secret(),
+        expires_minutes=settings.jwt_expires_minutes,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    realtime = RealtimeServer(settings, tokens)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings)
+        redis = api_redis(settings)
+        queue = GenerationQueue(settings, redis)
+        try:
+            await store.init()
+            realtime.store = store
+            realtime.publisher.start()
+            app.state.runtime = Runtime(
+                settings=settings,
+                store=store,
+                queue=queue,
+                tokens=tokens,
+                redis=redis,
+                notifier=realtime.publisher,
+            )
+            yield
+        finally:
+            await realtime.close()
+            await queue.close()
+            await store.close()
+
+    app = FastAPI(
+        title="smartgen",
+        version=__version__,
+        description=(
+            "Queued, asynchronous AI content generation. Queue a job with "
+            "`POST /generate-content`, then poll `GET /generate-content/{jobId}` or listen for "
+            "the `job_completed` Socket.IO event."
+        ),
+        lifespan=lifespan,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    _install_error_handlers(app)
+    app.include_router(auth_router)
+    app.include_router(generation_router)
+    app.include_router(content_router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        """MongoDB and Redis answer (503 naming the one that does not)."""
+        rt: Runtime = request.app.state.runtime
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(rt.store.ping(), 3)
+            checks[rt.store.name] = "ok"
+        except (AppError, TimeoutError):
+            checks[rt.store.name] = "unavailable"
+        try:
+            await asyncio.wait_for(rt.redis.ping(), 3)
+            checks["redis"] = "ok"
+        except (RedisError, OSError, TimeoutError):
+            checks["redis"] = "unavailable"
+        down = [name for name, state in checks.items() if state != "ok"]
+        if down:
+            return JSONResponse(
+                {
+                    "error": "not_ready",
+                    "message": f"Not ready: {', '.join(down)} unavailable",
+                    "checks": checks,
+                },
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready", "checks": checks})
+
+    return socketio.ASGIApp(realtime.sio, other_asgi_app=app)

@@ -1,0 +1,138 @@
+"""`smartgen api | worker | dev`: the processes of the system."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from smartgen import __version__
+from smartgen.config import ConfigError, Settings, load_settings
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Third-party chatter stays at warning level unless asked for debug.
+    if level.lower() != "debug":
+        for name in ("httpx", "httpcore", "pymongo", "socketio.server", "engineio.server"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_api(settings: Settings) -> int:
+    import uvicorn
+
+    from smartgen.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level.lower() == "debug",
+        timeout_graceful_shutdown=10,
+        proxy_headers=True,
+    )
+    server = uvicorn.Server(config)
+    logging.getLogger("smartgen").info(
+        "API on http://%s:%d (docs at /docs), Socket.IO at /socket.io/",
+        settings.host,
+        settings.port,
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+def run_worker_process(settings: Settings) -> int:
+    from smartgen.worker import run_worker
+
+    settings.require_llm_credentials()
+    try:
+        import uvloop
+
+        uvloop.run(run_worker(settings))
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        asyncio.run(run_worker(settings))
+    return 0
+
+
+def run_dev(settings: Settings) -> int:
+    """API and worker as two child processes (the original's `npm run dev:all`)."""
+    # Check both configurations here, so a mistake is reported once, before starting.
+    settings.require_jwt_secret()
+    settings.require_llm_credentials()
+    children = {
+        name: subprocess.Popen([sys.executable, "-m", "smartgen", name])
+        for name in ("api", "worker")
+    }
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    status = 0
+    while not stopping and all(p.poll() is None for p in children.values()):
+        time.sleep(0.2)
+    for name, proc in children.items():
+        if proc.poll() is not None and not stopping:
+            print(f"smartgen: {name} exited with code {proc.returncode}", file=sys.stderr)
+            status = proc.returncode or 1
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + settings.shutdown_grace_seconds + 15
+    for proc in children.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smartgen", description="Queued AI content generation: API, worker and tools."
+    )
+    parser.add_argument("--version", action="version", version=f"smartgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("api", help="run the HTTP + Socket.IO API (PORT, default 5000)")
+    sub.add_parser("worker", help="run the background worker")
+    sub.add_parser("dev", help="run the API and the worker together")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        _setup_logging(settings.log_level)
+        if args.command == "api":
+            return run_api(settings)
+        if args.command == "worker":
+            return run_worker_process(settings)
+        if args.command == "dev":
+            return run_dev(settings)
+    except ConfigError as exc:
+        print(f"smartgen: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

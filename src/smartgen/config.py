@@ -1,0 +1,184 @@
+"""Settings: the seed's variable names, our additions, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+DEFAULT_MODEL = "openai/gpt-4o-mini"
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names it in one line."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- the seed's names -------------------------------------------------------------
+    mongo_uri: str | None = None
+    redis_endpoint: str | None = None
+    redis_port: int | None = None
+    redis_user: str | None = None
+    redis_password: str | None = None
+    openrouter_key: str | None = None
+    base_url: str = OPENROUTER_BASE_URL
+
+    # --- ours ---------------------------------------------------------------------------
+    # Redis: REDIS_URL wins over the parts; rediss:// turns TLS on.
+    redis_url: str | None = None
+    redis_tls: bool = False
+    mongo_db: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(5000, ge=0, le=65535)
+    cors_origins: list[str] = Field(default_factory=list)
+    log_level: str = "info"
+
+    jwt_secret: str | None = None
+    jwt_expires_minutes: int = Field(60 * 24, ge=1)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # Development only: accept a short/weak JWT_SECRET.
+    allow_insecure_secret: bool = False
+
+    generation_delay_seconds: float = Field(60.0, ge=0, le=7 * 24 * 3600)
+    expected_processing_seconds: float = Field(30.0, ge=0)
+    prompt_max_chars: int = Field(4000, ge=1, le=100_000)
+    jobs_list_default_limit: int = Field(50, ge=1)
+    jobs_list_max_limit: int = Field(200, ge=1)
+
+    queue_name: str = "content-generation"
+    queue_prefix: str = "bull"
+    queue_timeout_seconds: float = Field(5.0, gt=0)
+    job_attempts: int = Field(3, ge=1, le=20)
+    job_backoff_ms: int = Field(5000, ge=0)
+    job_backoff_max_ms: int = Field(5 * 60 * 1000, ge=0)
+    keep_completed_jobs: int = Field(1000, ge=0)
+    keep_failed_jobs: int = Field(5000, ge=0)
+
+    worker_concurrency: int = Field(50, ge=1, le=10_000)
+    lock_duration_ms: int = Field(30_000, ge=1000)
+    stalled_interval_ms: int = Field(30_000, ge=1000)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    store_write_retry_seconds: float = Field(30.0, ge=0)
+
+    openrouter_model: str = DEFAULT_MODEL
+    openrouter_referer: str | None = None
+    openrouter_title: str | None = "smartgen"
+    llm_timeout_seconds: float = Field(60.0, gt=0)
+    llm_max_tokens: int = Field(1200, ge=1)
+    llm_temperature: float = Field(0.7, ge=0, le=2)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    # --- derived ------------------------------------------------------------------------
+    @cached_property
+    def redis_connection_url(self) -> str:
+        """The one Redis address every component uses (queue, Socket.IO, limits)."""
+        if self.redis_url:
+            return self.redis_url
+        host = self.redis_endpoint or "127.0.0.1"
+        # Redis Cloud endpoints are often given as "host:port".
+        if ":" in host and not host.startswith("[") and self.redis_port is None:
+            host, _, port_text = host.rpartition(":")
+            port = int(port_text)
+        else:
+            port = self.redis_port or 6379
+        scheme = "rediss" if self.redis_tls else "redis"
+        auth = ""
+        if self.redis_user or self.redis_password:
+            auth = quote(self.redis_user or "", safe="")
+            if self.redis_password:
+                auth += ":" + quote(self.redis_password, safe="")
+            auth += "@"
+        return f"{scheme}://{auth}{host}:{port}/0"
+
+    @property
+    def redis_display(self) -> str:
+        """The Redis address without credentials, for logs and banners."""
+        parts = urlsplit(self.redis_connection_url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+    @property
+    def llm_is_local(self) -> bool:
+        """A loopback BASE_URL (Ollama, llama.cpp, vLLM) needs no key."""
+        host = urlsplit(self.base_url).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def mongo_database(self) -> str:
+        if self.mongo_db:
+            return self.mongo_db
+        path = urlsplit(self.mongo_uri or "").path.lstrip("/")
+        return path.split("/")[0] or "smartgen"
+
+    # --- checks -------------------------------------------------------------------------
+    def require_jwt_secret(self) -> str:
+        secret = self.jwt_secret or ""
+        if not secret:
+            raise ConfigError(
+                "JWT_SECRET is not set: set it to a random string of at least "
+                f"{MIN_SECRET_LENGTH} characters (e.g. `openssl rand -hex 32`)"
+            )
+        weak = len(secret) < MIN_SECRET_LENGTH or secret.lower() in {
+            "secret",
+            "changeme",
+            "change-me",
+            "your-secret",
+            "jwt_secret",
+        }
+        if weak and not self.allow_insecure_secret:
+            raise ConfigError(
+                f"JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} random characters "
+                "(or set ALLOW_INSECURE_SECRET=true for local development only)"
+            )
+        return secret
+
+    def require_mongo_uri(self) -> str:
+        if not self.mongo_uri:
+            raise ConfigError(
+                "MONGO_URI is not set: e.g. MONGO_URI=mongodb://127.0.0.1:27017/smartgen"
+            )
+        return self.mongo_uri
+
+    def require_llm_credentials(self) -> None:
+        if not self.openrouter_key and not self.llm_is_local:
+            raise ConfigError(
+                "OPENROUTER_KEY is not set: set it, or point BASE_URL at a local "
+                "OpenAI-compatible server (e.g. http://127.0.0.1:11434/v1 for Ollama)"
+            )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings once; turn pydantic's report into one line naming the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]).upper() or "settings"
+        raise ConfigError(f"{name}: {first['msg']}") from None

@@ -1,0 +1,32 @@
+"""/contents: the permanent Content collection (what users saved)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from smartgen.content import service
+from smartgen.content.schemas import ContentOut, content_out
+from smartgen.deps import CurrentUser, StoreDep
+
+router = APIRouter(prefix="/contents", tags=["content"])
+
+
+@router.get("")
+async def list_contents(
+    principal: CurrentUser,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[ContentOut]:
+    """The caller's saved contents, newest first."""
+    items = await store.contents.list_for_user(principal.user_id, limit=limit)
+    return [content_out(c) for c in items]
+
+
+@router.get("/{contentId}")
+async def get_content(contentId: str, principal: CurrentUser, store: StoreDep) -> ContentOut:
+    """One saved content of the caller's."""
+    return content_out(
+        await service.get_content(store=store, user_id=principal.user_id, content_id=contentId)
+    )

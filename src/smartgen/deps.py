@@ -1,0 +1,60 @@
+"""Dependencies, each declared once as an `Annotated` alias."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+
+from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
+from smartgen.config import Settings
+from smartgen.store.base import Store
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from smartgen.queue import GenerationQueue
+    from smartgen.realtime import Notifier
+
+
+@dataclass(slots=True)
+class Runtime:
+    """The clients an API process opens at start-up and closes at shutdown."""
+
+    settings: Settings
+    store: Store
+    queue: GenerationQueue
+    tokens: TokenCodec
+    redis: Redis
+    notifier: Notifier
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_store(runtime: RuntimeDep) -> Store:
+    return runtime.store
+
+
+def get_tokens(runtime: RuntimeDep) -> TokenCodec:
+    return runtime.tokens
+
+
+def get_settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
+
+
+def current_user(request: Request, runtime: RuntimeDep) -> Principal:
+    return runtime.tokens.verify(bearer_token(request.headers.get("authorization")))
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+TokensDep = Annotated[TokenCodec, Depends(get_tokens)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CurrentUser = Annotated[Principal, Depends(current_user)]

@@ -1,0 +1,84 @@
+"""Queueing a generation and reading jobs back."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from uuid import UUID, uuid4
+
+from smartgen.config import Settings
+from smartgen.errors import AppError, NotFound, ValidationFailed
+from smartgen.queue import GenerationQueue
+from smartgen.store.base import Job, JobStatus, Store
+from smartgen.times import utcnow
+
+log = logging.getLogger(__name__)
+
+
+async def enqueue_generation(
+    *,
+    store: Store,
+    queue: GenerationQueue,
+    settings: Settings,
+    user_id: str,
+    prompt: str,
+    content_type: str,
+) -> Job:
+    """Store the job, then queue it with the configured delay.
+
+    The store write comes first so the worker always finds the record; if the queue
+    refuses the job, the record is removed again, so no job is left that would never run.
+    """
+    if len(prompt) > settings.prompt_max_chars:
+        raise ValidationFailed(
+            f"prompt: must be at most {settings.prompt_max_chars} characters (got {len(prompt)})",
+            details=[{"field": "prompt", "message": "too long"}],
+        )
+    now = utcnow()
+    delay = settings.generation_delay_seconds
+    job = Job(
+        job_id=str(uuid4()),
+        user_id=user_id,
+        status=JobStatus.queued,
+        prompt=prompt,
+        content_type=content_type,
+        scheduled_for=now + timedelta(seconds=delay),
+        created_at=now,
+        updated_at=now,
+    )
+    await store.jobs.create(job)
+    try:
+        await queue.enqueue(
+            job_id=job.job_id,
+            data={
+                "jobId": job.job_id,
+                "userId": user_id,
+                "contentType": content_type,
+                "prompt": prompt,
+            },
+            delay_ms=round(delay * 1000),
+        )
+    except AppError:
+        try:
+            await store.jobs.delete(job.job_id)
+        except AppError:
+            # The reconciler fails or re-queues it later; never leave it silently.
+            log.error("job %s could not be queued nor removed", job.job_id)
+        raise
+    return job
+
+
+def parse_job_id(job_id: str) -> str:
+    """Job ids are UUIDs; anything else cannot exist (404, never a 500)."""
+    try:
+        return str(UUID(job_id))
+    except (ValueError, AttributeError):
+        raise NotFound("Job not found", code="job_not_found") from None
+
+
+async def get_job(*, store: Store, user_id: str, job_id: str) -> Job:
+    """The owner's job; another user's job is indistinguishable from a missing one."""
+    job = await store.jobs.get_for_user(parse_job_id(job_id), user_id)
+    if job is None:
+        raise NotFound("Job not found", code="job_not_found")
+    return job

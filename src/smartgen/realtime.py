@@ -1,0 +1,274 @@
+"""Real-time job events over Socket.IO, across processes through Redis.
+
+API processes run an `AsyncServer` whose Redis client manager subscribes to the shared
+channel; the worker publishes with a write-only manager. Every event goes to the room
+`user:<id>`, so only the owner's connections (every tab) receive it.
+
+Events (the first one is the seed's contract, exactly):
+- `job_completed` {userId, jobId, status: "completed", generatedContent, completedAt}
+- `job_failed`    {userId, jobId, status: "failed", error, failedAt}
+- `job_status`    {userId, jobId, status, at}   for every transition
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import socketio
+
+from smartgen.auth.tokens import TokenCodec, bearer_token
+from smartgen.config import Settings
+from smartgen.errors import AppError, Unauthorized
+from smartgen.store.base import Job, JobStatus, Store
+from smartgen.times import iso_ms, parse_iso
+
+log = logging.getLogger(__name__)
+
+SYNC_LIMIT = 500
+Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]
+
+
+def user_room(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def status_payload(job: Job) -> dict[str, Any]:
+    return {
+        "userId": job.user_id,
+        "jobId": job.job_id,
+        "status": job.status.value,
+        "at": iso_ms(job.updated_at),
+    }
+
+
+def job_events(job: Job) -> list[tuple[str, dict[str, Any]]]:
+    """The events one state change produces, in the order they are sent."""
+    events: list[tuple[str, dict[str, Any]]] = [("job_status", status_payload(job))]
+    if job.status == JobStatus.completed:
+        events.append(
+            (
+                "job_completed",
+                {
+                    "userId": job.user_id,
+                    "jobId": job.job_id,
+                    "status": "completed",
+                    "generatedContent": job.generated_content,
+                    "completedAt": iso_ms(job.completed_at or job.updated_at),
+                },
+            )
+        )
+    elif job.status == JobStatus.failed:
+        events.append(
+            (
+                "job_failed",
+                {
+                    "userId": job.user_id,
+                    "jobId": job.job_id,
+                    "status": "failed",
+                    "error": job.error,
+                    "failedAt": iso_ms(job.failed_at or job.updated_at),
+                },
+            )
+        )
+    return events
+
+
+class Notifier(Protocol):
+    async def job_changed(self, job: Job) -> None:
+        """Announce a job's new state to its owner. Never blocks on delivery, never raises."""
+
+
+class EventPublisher:
+    """Hands events to a background task, so a slow Redis or an absent client never
+    holds up a request or a job. Delivery is at most once: clients resync with `sync`."""
+
+    def __init__(self, emit: Emit, *, max_pending: int = 10_000) -> None:
+        self._emit = emit
+        self._pending: asyncio.Queue[tuple[str, dict[str, Any], str] | None] = asyncio.Queue(
+            max_pending
+        )
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.sent = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="smartgen-event-publisher")
+
+    async def job_changed(self, job: Job) -> None:
+        self.start()
+        room = user_room(job.user_id)
+        for event, payload in job_events(job):
+            try:
+                self._pending.put_nowait((event, payload, room))
+            except asyncio.QueueFull:
+                self.dropped += 1
+                log.warning("event queue full: dropped %s for job %s", event, job.job_id)
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._pending.get()
+            if item is None:
+                return
+            event, payload, room = item
+            try:
+                await self._emit(event, payload, room)
+                self.sent += 1
+            except Exception:  # delivery is best effort; the store stays the truth
+                self.dropped += 1
+                log.warning("could not publish %s for job %s", event, payload.get("jobId"))
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Send what is pending (bounded by `grace`), then stop."""
+        if self._task is None:
+            return
+        self._pending.put_nowait(None) if not self._pending.full() else None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+
+def redis_manager(settings: Settings, *, write_only: bool) -> socketio.AsyncRedisManager:
+    return socketio.AsyncRedisManager(
+        settings.redis_connection_url,
+        channel="smartgen-socketio",
+        write_only=write_only,
+        logger=logging.getLogger("smartgen.socketio"),
+        redis_options={"socket_connect_timeout": 5, "health_check_interval": 30},
+    )
+
+
+async def close_manager(manager: socketio.AsyncRedisManager) -> None:
+    """Stop the manager's listener and close its Redis connections (the library has no
+    close of its own)."""
+    listener = getattr(manager, "thread", None)
+    if isinstance(listener, asyncio.Task):
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await listener
+    pubsub = getattr(manager, "pubsub", None)
+    if pubsub is not None:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+    redis = getattr(manager, "redis", None)
+    if redis is not None:
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+    manager.connected = False
+
+
+def worker_publisher(settings: Settings) -> tuple[EventPublisher, socketio.AsyncRedisManager]:
+    """The worker's notifier: a write-only Redis manager behind a background publisher."""
+    manager = redis_manager(settings, write_only=True)
+
+    async def emit(event: str, payload: dict[str, Any], room: str) -> None:
+        await manager.emit(event, payload, namespace="/", room=room)
+
+    return EventPublisher(emit), manager
+
+
+def _handshake_token(environ: dict[str, Any], auth: Any) -> str:
+    if isinstance(auth, dict) and auth.get("token"):
+        token = str(auth["token"])
+        return token[7:].strip() if token.lower().startswith("bearer ") else token
+    header = environ.get("HTTP_AUTHORIZATION")
+    if header:
+        return bearer_token(header)
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if query.get("token"):
+        return query["token"][0]
+    raise Unauthorized("missing token: pass it as auth.token", code="missing_token")
+
+
+def _parse_since(data: Any) -> datetime:
+    value = data.get("since") if isinstance(data, dict) else data
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value / 1000, UTC)  # JavaScript's Date.now()
+    if isinstance(value, str) and value.strip():
+        return parse_iso(value)
+    raise ValueError("since must be an ISO 8601 timestamp or milliseconds since the epoch")
+
+
+class RealtimeServer:
+    """The API process's Socket.IO server: handshake auth, rooms, expiry, `sync`."""
+
+    def __init__(self, settings: Settings, tokens: TokenCodec) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.store: Store | None = None
+        self.sio = socketio.AsyncServer(
+            async_mode="asgi",
+            client_manager=redis_manager(settings, write_only=False),
+            cors_allowed_origins=settings.cors_origins or None,
+            logger=False,
+            engineio_logger=False,
+        )
+        self._expiry: dict[str, asyncio.Task[None]] = {}
+        self.publisher = EventPublisher(self._emit)
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on("sync", self._on_sync)
+
+    async def _emit(self, event: str, payload: dict[str, Any], room: str) -> None:
+        await self.sio.emit(event, payload, room=room, namespace="/")
+
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        try:
+            principal = self.tokens.verify(_handshake_token(environ, auth))
+        except Unauthorized as exc:
+            raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
+        await self.sio.save_session(sid, {"userId": principal.user_id})
+        await self.sio.enter_room(sid, user_room(principal.user_id))
+        if principal.expires_at is not None:
+            delay = (principal.expires_at - datetime.now(UTC)).total_seconds()
+            self._expiry[sid] = asyncio.create_task(self._expire(sid, max(0.0, delay)))
+
+    async def _expire(self, sid: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._expiry.pop(sid, None)
+        with contextlib.suppress(Exception):
+            await self.sio.emit("token_expired", {"message": "token has expired"}, to=sid)
+            await self.sio.disconnect(sid)
+
+    async def _on_disconnect(self, sid: str, *args: Any) -> None:
+        task = self._expiry.pop(sid, None)
+        if task is not None:
+            task.cancel()
+
+    async def _on_sync(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """`sync` {since}: the job_status of the caller's jobs changed since then."""
+        try:
+            since = _parse_since(data)
+        except ValueError as exc:
+            return {"error": "bad_request", "message": str(exc)}
+        session = await self.sio.get_session(sid)
+        if self.store is None:
+            return {"error": "service_unavailable", "message": "not ready"}
+        try:
+            jobs = await self.store.jobs.list_changed_since(
+                session["userId"], since, limit=SYNC_LIMIT
+            )
+        except AppError as exc:
+            return {"error": exc.code, "message": exc.message}
+        return {
+            "jobs": [status_payload(j) for j in jobs],
+            "complete": len(jobs) < SYNC_LIMIT,
+            "serverTime": iso_ms(datetime.now(UTC)),
+        }
+
+    async def close(self) -> None:
+        await self.publisher.close()
+        for task in self._expiry.values():
+            task.cancel()
+        self._expiry.clear()
+        await close_manager(self.sio.manager)

@@ -1,0 +1,140 @@
+"""What the rest of the code may ask of a store: records and repository protocols.
+
+Routers, services and the worker talk only to these; `mongo.py` (and any other store)
+implements them. State transitions are conditional updates, so a redelivered queue
+message can never move a finished job backwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    processing = "processing"
+    completed = "completed"
+    failed = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobStatus.completed, JobStatus.failed)
+
+
+CONTENT_TYPES = ("Blog Post Outline", "Product Description", "Social Media Caption")
+
+
+@dataclass(slots=True)
+class User:
+    user_id: str
+    email: str
+    password_hash: str
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class Job:
+    job_id: str
+    user_id: str
+    status: JobStatus
+    prompt: str
+    content_type: str
+    scheduled_for: datetime
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    generated_content: str | None = None
+    error: str | None = None
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class Content:
+    content_id: str
+    user_id: str
+    job_id: str
+    title: str
+    body: str
+    content_type: str
+    created_at: datetime
+    prompt: str | None = None
+    model: str | None = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """What the worker writes when a job completes."""
+
+    content: str
+    model: str
+    usage: dict[str, Any] | None = field(default=None)
+
+
+class UserRepository(Protocol):
+    async def create(self, user: User) -> None:
+        """Insert; raise `Conflict` when the email is taken."""
+
+    async def get(self, user_id: str) -> User | None: ...
+
+    async def get_by_email(self, email: str) -> User | None: ...
+
+
+class JobRepository(Protocol):
+    async def create(self, job: Job) -> None: ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def get_for_user(self, job_id: str, user_id: str) -> Job | None: ...
+
+    async def list_for_user(
+        self, user_id: str, *, limit: int, status: JobStatus | None = None
+    ) -> list[Job]:
+        """Newest first."""
+
+    async def list_changed_since(self, user_id: str, since: datetime, *, limit: int) -> list[Job]:
+        """The user's jobs whose `updatedAt` is after `since`, oldest change first."""
+
+    async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
+        """Jobs `queued`/`processing` whose `scheduledFor` is before `due_before`."""
+
+    async def mark_processing(self, job_id: str, *, at: datetime, attempt: int) -> Job | None:
+        """`queued`/`processing` → `processing`; None when the job is final or unknown."""
+
+    async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
+        """`processing` → `completed`; False when it was not processing."""
+
+    async def mark_failed(self, job_id: str, *, error: str, at: datetime) -> bool:
+        """`queued`/`processing` → `failed`; False when already final."""
+
+    async def delete(self, job_id: str) -> None: ...
+
+
+class ContentRepository(Protocol):
+    async def create_once(self, content: Content) -> tuple[Content, bool]:
+        """Insert unless a content for the same job exists; (stored, created)."""
+
+    async def get_for_user(self, content_id: str, user_id: str) -> Content | None: ...
+
+    async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]: ...
+
+
+class Store(Protocol):
+    name: str
+    users: UserRepository
+    jobs: JobRepository
+    contents: ContentRepository
+
+    async def init(self) -> None:
+        """Create indexes / schema (idempotent)."""
+
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` when the database does not answer."""
+
+    async def close(self) -> None: ...

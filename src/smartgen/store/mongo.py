@@ -1,0 +1,305 @@
+"""MongoDB store on PyMongo's native async API. The only module that speaks to MongoDB."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from smartgen.errors import Conflict, StoreUnavailable
+from smartgen.store.base import Completion, Content, Job, JobStatus, User
+from smartgen.times import as_utc
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_UNFINISHED = [JobStatus.queued.value, JobStatus.processing.value]
+
+
+def _unavailable(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn "the database did not answer" into `StoreUnavailable` (503 in the API)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except ConnectionFailure as exc:
+            raise StoreUnavailable("The database is unavailable; try again shortly") from exc
+
+    return wrapper
+
+
+def _dt(value: Any) -> datetime | None:
+    return as_utc(value) if isinstance(value, datetime) else None
+
+
+def _job_from_doc(doc: dict[str, Any]) -> Job:
+    return Job(
+        job_id=doc["jobId"],
+        user_id=str(doc["userId"]),
+        status=JobStatus(doc["status"]),
+        prompt=doc.get("prompt", ""),
+        content_type=doc.get("contentType", ""),
+        scheduled_for=as_utc(doc["scheduledFor"]),
+        created_at=as_utc(doc["createdAt"]),
+        updated_at=as_utc(doc.get("updatedAt") or doc["createdAt"]),
+        started_at=_dt(doc.get("startedAt")),
+        completed_at=_dt(doc.get("completedAt")),
+        failed_at=_dt(doc.get("failedAt")),
+        generated_content=doc.get("generatedContent"),
+        error=doc.get("error"),
+        model=doc.get("model"),
+        usage=doc.get("usage"),
+        attempts=int(doc.get("attempts") or 0),
+    )
+
+
+def _content_from_doc(doc: dict[str, Any]) -> Content:
+    return Content(
+        content_id=doc["contentId"],
+        user_id=str(doc["userId"]),
+        job_id=doc["jobId"],
+        title=doc["title"],
+        body=doc["body"],
+        content_type=doc["contentType"],
+        created_at=as_utc(doc["createdAt"]),
+        prompt=doc.get("prompt"),
+        model=doc.get("model"),
+    )
+
+
+class MongoUsers:
+    def __init__(self, db: Any) -> None:
+        self._c = db["users"]
+
+    @_unavailable
+    async def create(self, user: User) -> None:
+        try:
+            await self._c.insert_one(
+                {
+                    "_id": ObjectId(user.user_id),
+                    "email": user.email,
+                    "passwordHash": user.password_hash,
+                    "createdAt": user.created_at,
+                    "updatedAt": user.created_at,
+                }
+            )
+        except DuplicateKeyError:
+            raise Conflict(
+                "An account with this email already exists", code="email_taken"
+            ) from None
+
+    @staticmethod
+    def _from_doc(doc: dict[str, Any] | None) -> User | None:
+        if doc is None:
+            return None
+        return User(
+            user_id=str(doc["_id"]),
+            email=doc["email"],
+            # A Node app sharing the collection may call it `password`.
+            password_hash=doc.get("passwordHash") or doc.get("password") or "",
+            created_at=as_utc(doc.get("createdAt") or ObjectId(doc["_id"]).generation_time),
+        )
+
+    @_unavailable
+    async def get(self, user_id: str) -> User | None:
+        try:
+            oid = ObjectId(user_id)
+        except (InvalidId, TypeError):
+            return None
+        return self._from_doc(await self._c.find_one({"_id": oid}))
+
+    @_unavailable
+    async def get_by_email(self, email: str) -> User | None:
+        return self._from_doc(await self._c.find_one({"email": email}))
+
+
+class MongoJobs:
+    def __init__(self, db: Any) -> None:
+        self._c = db["jobs"]
+
+    @_unavailable
+    async def create(self, job: Job) -> None:
+        await self._c.insert_one(
+            {
+                "jobId": job.job_id,
+                "userId": job.user_id,
+                "status": job.status.value,
+                "prompt": job.prompt,
+                "contentType": job.content_type,
+                "scheduledFor": job.scheduled_for,
+                "createdAt": job.created_at,
+                "updatedAt": job.updated_at,
+                "attempts": job.attempts,
+            }
+        )
+
+    @_unavailable
+    async def get(self, job_id: str) -> Job | None:
+        doc = await self._c.find_one({"jobId": job_id})
+        return _job_from_doc(doc) if doc else None
+
+    @_unavailable
+    async def get_for_user(self, job_id: str, user_id: str) -> Job | None:
+        doc = await self._c.find_one({"jobId": job_id, "userId": user_id})
+        return _job_from_doc(doc) if doc else None
+
+    @_unavailable
+    async def list_for_user(
+        self, user_id: str, *, limit: int, status: JobStatus | None = None
+    ) -> list[Job]:
+        query: dict[str, Any] = {"userId": user_id}
+        if status is not None:
+            query["status"] = status.value
+        cursor = self._c.find(query).sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
+        return [_job_from_doc(d) async for d in cursor.limit(limit)]
+
+    @_unavailable
+    async def list_changed_since(self, user_id: str, since: datetime, *, limit: int) -> list[Job]:
+        cursor = self._c.find({"userId": user_id, "updatedAt": {"$gt": since}})
+        cursor = cursor.sort("updatedAt", ASCENDING).limit(limit)
+        return [_job_from_doc(d) async for d in cursor]
+
+    @_unavailable
+    async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
+        cursor = self._c.find({"status": {"$in": _UNFINISHED}, "scheduledFor": {"$lt": due_before}})
+        return [_job_from_doc(d) async for d in cursor.limit(limit)]
+
+    @_unavailable
+    async def mark_processing(self, job_id: str, *, at: datetime, attempt: int) -> Job | None:
+        # update_one + read instead of find_one_and_update: the test server scans the whole
+        # collection for the latter, and the conditional filter alone gives the guarantee.
+        result = await self._c.update_one(
+            {"jobId": job_id, "status": {"$in": _UNFINISHED}},
+            {
+                "$set": {
+                    "status": JobStatus.processing.value,
+                    "startedAt": at,
+                    "updatedAt": at,
+                    "attempts": attempt,
+                }
+            },
+        )
+        if result.matched_count == 0:
+            return None
+        return await self.get(job_id)
+
+    @_unavailable
+    async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
+        res = await self._c.update_one(
+            {"jobId": job_id, "status": JobStatus.processing.value},
+            {
+                "$set": {
+                    "status": JobStatus.completed.value,
+                    "generatedContent": result.content,
+                    "model": result.model,
+                    "usage": result.usage,
+                    "completedAt": at,
+                    "updatedAt": at,
+                },
+                "$unset": {"error": ""},
+            },
+        )
+        return res.matched_count == 1
+
+    @_unavailable
+    async def mark_failed(self, job_id: str, *, error: str, at: datetime) -> bool:
+        res = await self._c.update_one(
+            {"jobId": job_id, "status": {"$in": _UNFINISHED}},
+            {
+                "$set": {
+                    "status": JobStatus.failed.value,
+                    "error": error,
+                    "failedAt": at,
+                    "updatedAt": at,
+                }
+            },
+        )
+        return res.matched_count == 1
+
+    @_unavailable
+    async def delete(self, job_id: str) -> None:
+        await self._c.delete_one({"jobId": job_id})
+
+
+class MongoContents:
+    def __init__(self, db: Any) -> None:
+        self._c = db["contents"]
+
+    @_unavailable
+    async def create_once(self, content: Content) -> tuple[Content, bool]:
+        doc = {
+            "contentId": content.content_id,
+            "userId": content.user_id,
+            "jobId": content.job_id,
+            "title": content.title,
+            "body": content.body,
+            "contentType": content.content_type,
+            "prompt": content.prompt,
+            "model": content.model,
+            "createdAt": content.created_at,
+            "updatedAt": content.created_at,
+        }
+        try:
+            await self._c.insert_one(doc)
+            return content, True
+        except DuplicateKeyError:
+            existing = await self._c.find_one({"jobId": content.job_id})
+            if existing is None:  # pragma: no cover - a concurrent delete
+                raise
+            return _content_from_doc(existing), False
+
+    @_unavailable
+    async def get_for_user(self, content_id: str, user_id: str) -> Content | None:
+        doc = await self._c.find_one({"contentId": content_id, "userId": user_id})
+        return _content_from_doc(doc) if doc else None
+
+    @_unavailable
+    async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
+        cursor = self._c.find({"userId": user_id}).sort("createdAt", DESCENDING).limit(limit)
+        return [_content_from_doc(d) async for d in cursor]
+
+
+class MongoStore:
+    name = "mongodb"
+
+    def __init__(self, uri: str, database: str, *, timeout_ms: int = 5000) -> None:
+        # Bound to the running event loop: create inside the lifespan / worker start-up.
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            appname="smartgen",
+        )
+        db = self._client[database]
+        self._db = db
+        self.users = MongoUsers(db)
+        self.jobs = MongoJobs(db)
+        self.contents = MongoContents(db)
+
+    @_unavailable
+    async def init(self) -> None:
+        await self._db["jobs"].create_index("jobId", unique=True)
+        await self._db["jobs"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await self._db["jobs"].create_index([("userId", ASCENDING), ("updatedAt", ASCENDING)])
+        await self._db["jobs"].create_index([("status", ASCENDING), ("scheduledFor", ASCENDING)])
+        await self._db["contents"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await self._db["contents"].create_index("jobId", unique=True)
+        await self._db["contents"].create_index("contentId", unique=True)
+        await self._db["users"].create_index("email", unique=True)
+
+    async def ping(self) -> None:
+        try:
+            await self._client.admin.command("ping")
+        except PyMongoError as exc:
+            raise StoreUnavailable("MongoDB does not answer") from exc
+
+    async def close(self) -> None:
+        await self._client.close()

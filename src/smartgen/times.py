@@ -1,0 +1,27 @@
+"""UTC clock and the seed's timestamp format (ISO 8601, milliseconds, `Z`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, truncated to milliseconds (what every store keeps)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def as_utc(value: datetime) -> datetime:
+    """Stores may hand back naive datetimes; they are always UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def iso_ms(value: datetime) -> str:
+    """`2026-01-11T19:34:18.356Z`, as JavaScript's `Date.toISOString()` writes it."""
+    value = as_utc(value)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse an ISO 8601 timestamp (a trailing `Z` allowed); naive means UTC."""
+    return as_utc(datetime.fromisoformat(text.strip().replace("Z", "+00:00")))

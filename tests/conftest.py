@@ -1,0 +1,270 @@
+"""Real services for the tests, started by the test session itself on free loopback ports:
+a private redis-server, a MongoDB wire-protocol server (SecantusDB), a fake OpenAI-style
+LLM server. Each test gets its own database name and queue prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from smartgen.app import create_app
+from smartgen.config import Settings
+from tests.fakellm import FakeLLM
+
+ROOT = Path(__file__).resolve().parent.parent
+JWT_SECRET = "test-secret-" + "x" * 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server; `restart()` keeps the port (and the AOF, when enabled)."""
+
+    def __init__(self, *, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.exit("redis-server is not installed (apt-get install redis-server)", 2)
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="smartgen-redis-")
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--dir", self.dir,
+            "--maxmemory-policy", "noeviction",
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    from secantus import SecantusDBServer  # test-only dependency (GPL-2.0): never in src/
+
+    path = tempfile.mkdtemp(prefix="smartgen-mongo-")
+    server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=path, replica_set_name=None)
+    server.start()
+    yield str(server.uri)
+    server.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fake_llm() -> Iterator[FakeLLM]:
+    fake = FakeLLM()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, mongo_uri: str, fake_llm: FakeLLM, unique: str) -> dict[str, str]:
+    """Environment variables for one test's system: own database, own queue prefix."""
+    base = mongo_uri.rstrip("/")
+    return {
+        "MONGO_URI": f"{base}/t_{unique}",
+        "REDIS_URL": redis_server.url,
+        "OPENROUTER_KEY": "sk-or-test-key",
+        "BASE_URL": fake_llm.base_url,
+        "OPENROUTER_MODEL": "fake/model-1",
+        "JWT_SECRET": JWT_SECRET,
+        "GENERATION_DELAY_SECONDS": "1",
+        "QUEUE_PREFIX": f"t{unique}",
+        "JOB_BACKOFF_MS": "200",
+        "LLM_TIMEOUT_SECONDS": "5",
+        "SHUTDOWN_GRACE_SECONDS": "5",
+        "LOG_LEVEL": "warning",
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+
+
+class ApiServer:
+    """The real ASGI app served by uvicorn on a loopback port, inside the test's loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ApiServer:
+        self._task = asyncio.create_task(self.server.serve())
+        for _ in range(200):
+            if self.server.started:
+                return self
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.02)
+        raise RuntimeError("API did not start")
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 15)
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.other_asgi_app.state.runtime
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[ApiServer]:
+    async with ApiServer(settings) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(api: ApiServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as c:
+        yield c
+
+
+async def register(client: httpx.AsyncClient, email: str | None = None) -> dict[str, Any]:
+    """Register a fresh user; returns {token, userId, headers, email}."""
+    email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
+    r = await client.post("/auth/register", json={"email": email, "password": "correct horse"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    return {
+        "token": body["token"],
+        "userId": body["user"]["id"],
+        "email": email,
+        "headers": {"Authorization": f"Bearer {body['token']}"},
+    }
+
+
+async def wait_for_status(
+    client: httpx.AsyncClient, job_id: str, headers: dict[str, str], statuses: set[str], timeout: float = 20
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = await client.get(f"/generate-content/{job_id}", headers=headers)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["status"] in statuses:
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} stayed {body.get('status')}, wanted {statuses}")
+
+
+class Process:
+    """A real `smartgen` process (python -m smartgen …) with its output captured to a file."""
+
+    def __init__(self, command: str, env: dict[str, str], **extra: str) -> None:
+        self.log_path = Path(tempfile.mkstemp(prefix=f"smartgen-{command}-", suffix=".log")[1])
+        full_env = {**os.environ, **env, **extra, "PYTHONUNBUFFERED": "1"}
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smartgen", command],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=tempfile.gettempdir(),  # no stray .env
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+
+
+async def wait_http(url: str, proc: Process, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=1) as c:
+        while time.monotonic() < deadline:
+            if proc.proc.poll() is not None:
+                raise AssertionError(f"process exited early:\n{proc.output()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await c.get(url + "/healthz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} did not come up:\n{proc.output()}")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    procs: list[Process] = []
+    yield procs
+    for p in procs:
+        p.stop()

@@ -1,0 +1,188 @@
+"""A real HTTP server on 127.0.0.1 that speaks OpenAI-style `/chat/completions`.
+
+It runs in its own thread, so it answers even while a test blocks. Behaviour is
+scripted per test by a marker that appears in the user's prompt:
+
+    fake.script("[flaky]", [Reply(status=500), Reply(status=500)])  # then the default
+    fake.always("[down]", Reply(status=503))
+
+Prompts without a scripted marker get a deterministic Markdown answer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    json_body: Any = None  # None: the default completion for the prompt
+    raw_body: bytes | None = None  # sent as-is (malformed bodies)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering (timeouts)
+    content: str | None = None  # completion text instead of the default
+
+
+@dataclass
+class Call:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float
+
+    @property
+    def prompt(self) -> str:
+        for message in self.body.get("messages", []):
+            if message.get("role") == "user":
+                return str(message.get("content", ""))
+        return ""
+
+    @property
+    def system(self) -> str:
+        for message in self.body.get("messages", []):
+            if message.get("role") == "system":
+                return str(message.get("content", ""))
+        return ""
+
+
+def default_content(prompt: str) -> str:
+    return f"# Outline: {prompt}\n\n## Introduction\n\n### Why it matters\n- A point about {prompt}\n"
+
+
+def completion_body(content: str, model: str) -> dict[str, Any]:
+    return {
+        "id": "gen-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46},
+    }
+
+
+class FakeLLM:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._lock = threading.Lock()
+        self._scripts: dict[str, list[Reply]] = {}
+        self._always: dict[str, Reply] = {}
+        self.default_delay = 0.0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {}
+                call = Call(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
+                with fake._lock:
+                    fake.calls.append(call)
+                if not self.path.endswith("/chat/completions"):
+                    self._send(404, b'{"error":{"message":"not found"}}', {})
+                    return
+                reply = fake._next_reply(call.prompt)
+                delay = reply.delay or fake.default_delay
+                if delay:
+                    time.sleep(delay)
+                if body.get("stream") and reply.status == 200 and reply.raw_body is None:
+                    self._stream(reply, call)
+                    return
+                if reply.raw_body is not None:
+                    payload = reply.raw_body
+                elif reply.json_body is not None:
+                    payload = json.dumps(reply.json_body).encode()
+                elif reply.status == 200:
+                    content = reply.content if reply.content is not None else default_content(call.prompt)
+                    payload = json.dumps(completion_body(content, body.get("model", "fake"))).encode()
+                else:
+                    payload = json.dumps(
+                        {"error": {"message": f"fake upstream error {reply.status}", "code": reply.status}}
+                    ).encode()
+                self._send(reply.status, payload, reply.headers)
+
+            def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _stream(self, reply: Reply, call: Call) -> None:
+                content = reply.content if reply.content is not None else default_content(call.prompt)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(b": OPENROUTER PROCESSING\n\n")
+                    words = content.split(" ")
+                    for i, word in enumerate(words):
+                        piece = word if i == 0 else " " + word
+                        chunk = {"model": "fake", "choices": [{"index": 0, "delta": {"content": piece}}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                    usage = {"model": "fake", "choices": [], "usage": {"total_tokens": len(words)}}
+                    self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+                    self.wfile.flush()
+                    self.close_connection = True
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/api/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _next_reply(self, prompt: str) -> Reply:
+        with self._lock:
+            for marker, replies in self._scripts.items():
+                if marker in prompt and replies:
+                    return replies.pop(0)
+            for marker, reply in self._always.items():
+                if marker in prompt:
+                    return reply
+        return Reply()
+
+    def script(self, marker: str, replies: list[Reply]) -> None:
+        """Prompts containing `marker` get these replies in order, then the default."""
+        with self._lock:
+            self._scripts[marker] = list(replies)
+
+    def always(self, marker: str, reply: Reply) -> None:
+        with self._lock:
+            self._always[marker] = reply
+
+    def calls_for(self, marker: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if marker in c.prompt]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

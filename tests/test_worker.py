@@ -1,0 +1,182 @@
+"""The worker over real Redis, the MongoDB wire-protocol server and the fake LLM server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import httpx
+import pytest
+
+from smartgen.config import Settings
+from smartgen.generation.prompts import SYSTEM_PROMPTS
+from smartgen.queue import JOB_NAME
+from smartgen.worker import run_worker
+from tests.conftest import ApiServer, register, wait_for_status
+from tests.fakellm import FakeLLM, Reply
+
+
+def ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop=stop))
+    await asyncio.sleep(0.3)
+    if task.done():
+        task.result()
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def worker(settings: Settings) -> AsyncIterator[None]:
+    async with running_worker(settings):
+        yield
+
+
+async def queue(client: httpx.AsyncClient, headers: dict[str, str], prompt: str, kind: str = "Blog Post Outline") -> dict:
+    r = await client.post("/generate-content", json={"prompt": prompt, "contentType": kind}, headers=headers)
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+async def test_job_completes_after_its_delay(
+    client: httpx.AsyncClient, worker: None, fake_llm: FakeLLM, unique: str
+) -> None:
+    user = await register(client)
+    marker = f"[ok-{unique}]"
+    queued = await queue(client, user["headers"], f"Sourdough {marker}", "Product Description")
+    job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed", "failed"})
+    assert job["status"] == "completed", job
+    assert job["generatedContent"].startswith(f"# Outline: Sourdough {marker}")
+    assert job["model"] == "fake/model-1"
+    assert job["usage"]["total_tokens"] == 46
+    assert job["attempts"] == 1
+    assert "error" not in job
+    scheduled = ts(queued["scheduledFor"])
+    # Never before its time: neither the state change nor the LLM call.
+    assert ts(job["startedAt"]) >= scheduled
+    [call] = fake_llm.calls_for(marker)
+    assert call.at >= scheduled.timestamp()
+    assert call.headers["authorization"] == "Bearer sk-or-test-key"
+    assert call.body["model"] == "fake/model-1"
+    assert call.system == SYSTEM_PROMPTS["Product Description"]
+    assert call.prompt == f"Sourdough {marker}"
+
+
+async def test_delayed_job_starts_on_time_after_long_block(
+    settings: Settings, worker: None, unique: str
+) -> None:
+    """redis-py 8's default 5 s socket timeout broke the worker's blocking wait for a job
+    due in more than 5 s (it started ~15-50 s late); it must start within about a second."""
+    later = settings.model_copy(update={"generation_delay_seconds": 8.0})
+    async with ApiServer(later) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        user = await register(client)
+        queued = await queue(client, user["headers"], f"late? [idle-{unique}]")
+        assert queued["delaySeconds"] == 8
+        job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed"}, timeout=25)
+    lateness = (ts(job["startedAt"]) - ts(queued["scheduledFor"])).total_seconds()
+    assert 0 <= lateness < 2.5, lateness
+
+
+async def test_retryable_errors_then_failed(
+    client: httpx.AsyncClient, worker: None, fake_llm: FakeLLM, unique: str
+) -> None:
+    user = await register(client)
+    marker = f"[down-{unique}]"
+    fake_llm.always(marker, Reply(status=500))
+    queued = await queue(client, user["headers"], f"x {marker}")
+    job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed", "failed"}, timeout=30)
+    assert job["status"] == "failed"
+    assert job["attempts"] == 3
+    assert job["error"] == "Generation failed: the model provider answered HTTP 500: fake upstream error 500"
+    assert "sk-or-test-key" not in job["error"] and "Traceback" not in job["error"]
+    assert "generatedContent" not in job
+    assert len(fake_llm.calls_for(marker)) == 3
+
+
+async def test_rate_limited_then_success_honours_retry_after(
+    client: httpx.AsyncClient, worker: None, fake_llm: FakeLLM, unique: str
+) -> None:
+    user = await register(client)
+    marker = f"[429-{unique}]"
+    fake_llm.script(marker, [Reply(status=429, headers={"Retry-After": "2"})])
+    queued = await queue(client, user["headers"], f"x {marker}")
+    job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed", "failed"}, timeout=30)
+    assert job["status"] == "completed"
+    assert job["attempts"] == 2
+    first, second = fake_llm.calls_for(marker)
+    assert second.at - first.at >= 1.9  # backoff is 200 ms here; Retry-After wins
+
+
+async def test_non_retryable_error_fails_at_once(
+    client: httpx.AsyncClient, worker: None, fake_llm: FakeLLM, unique: str
+) -> None:
+    user = await register(client)
+    marker = f"[402-{unique}]"
+    fake_llm.always(marker, Reply(status=402, json_body={"error": {"message": "Insufficient credits"}}))
+    queued = await queue(client, user["headers"], f"x {marker}")
+    job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed", "failed"})
+    assert job["status"] == "failed"
+    assert "insufficient credits" in job["error"]
+    assert len(fake_llm.calls_for(marker)) == 1
+
+
+async def test_malformed_answers_retry_then_succeed(
+    client: httpx.AsyncClient, worker: None, fake_llm: FakeLLM, unique: str
+) -> None:
+    user = await register(client)
+    marker = f"[bad-{unique}]"
+    fake_llm.script(
+        marker,
+        [Reply(raw_body=b"<html>gateway</html>"), Reply(json_body={"error": {"message": "upstream", "code": 502}})],
+    )
+    queued = await queue(client, user["headers"], f"x {marker}")
+    job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed", "failed"}, timeout=30)
+    assert job["status"] == "completed"
+    assert len(fake_llm.calls_for(marker)) == 3
+
+
+async def test_redelivered_message_does_not_generate_again(
+    client: httpx.AsyncClient, api: ApiServer, worker: None, fake_llm: FakeLLM, unique: str
+) -> None:
+    user = await register(client)
+    marker = f"[once-{unique}]"
+    queued = await queue(client, user["headers"], f"x {marker}")
+    done = await wait_for_status(client, queued["jobId"], user["headers"], {"completed"})
+    # The same message delivered again (a new bullmq job carrying the same jobId).
+    data = {"jobId": queued["jobId"], "userId": user["userId"], "prompt": f"x {marker}", "contentType": "Blog Post Outline"}
+    await api.runtime.queue._queue.add(JOB_NAME, data, {"jobId": str(uuid.uuid4())})
+    await asyncio.sleep(1.5)
+    again = await wait_for_status(client, queued["jobId"], user["headers"], {"completed"})
+    assert again == done
+    assert len(fake_llm.calls_for(marker)) == 1
+
+
+async def test_queue_unavailable_answers_503_and_leaves_no_job(
+    settings: Settings, unique: str
+) -> None:
+    dead = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "queue_timeout_seconds": 1.0})
+    dead.__dict__.pop("redis_connection_url", None)
+    async with ApiServer(dead) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        user = await register(client)
+        r = await client.post(
+            "/generate-content", json={"prompt": "x", "contentType": "Blog Post Outline"}, headers=user["headers"]
+        )
+        assert r.status_code == 503
+        assert r.json()["error"] == "queue_unavailable"
+        assert "Redis" in r.json()["message"]
+        assert (await client.get("/generate-content", headers=user["headers"])).json() == []
+        r = await client.get("/readyz")
+        assert r.status_code == 503
+        assert r.json()["checks"]["redis"] == "unavailable"
+        assert "redis" in r.json()["message"]

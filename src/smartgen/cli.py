@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from smartgen import __version__
 from smartgen.config import ConfigError, Settings, load_settings
@@ -31,6 +32,16 @@ def _setup_logging(level: str) -> None:
 def run_api(settings: Settings) -> int:
     import uvicorn
 
+    class GracefulServer(uvicorn.Server):
+        """Exit 0 after a graceful shutdown on SIGTERM/SIGINT (uvicorn re-raises the
+        signal, which makes supervisors report a crash)."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
     from smartgen.app import create_app
 
     app = create_app(settings)
@@ -44,7 +55,7 @@ def run_api(settings: Settings) -> int:
         timeout_graceful_shutdown=10,
         proxy_headers=True,
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(config)
     logging.getLogger("smartgen").info(
         "API on http://%s:%d (docs at /docs), Socket.IO at /socket.io/",
         settings.host,

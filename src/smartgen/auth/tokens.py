@@ -67,7 +67,13 @@ class TokenCodec:
                 algorithms=[ALGORITHM],
                 issuer=self._issuer,
                 audience=self._audience,
-                options={"require": ["exp"], "verify_aud": self._audience is not None},
+                options={
+                    "require": ["exp"],
+                    "verify_aud": self._audience is not None,
+                    # PyJWT >= 2.10 refuses a non-string `sub`; a Node app may mint a numeric
+                    # one. The user-id lookup below checks its type.
+                    "verify_sub": False,
+                },
                 leeway=5,
             )
         except jwt.ExpiredSignatureError:
@@ -89,7 +95,7 @@ class TokenCodec:
         # Tokens minted by an existing Node app may carry the id as `id` or `userId`.
         for claim in ("sub", "id", "userId", "_id"):
             value = claims.get(claim)
-            if isinstance(value, str | int) and str(value).strip():
+            if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
                 exp = claims.get("exp")
                 expires = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
                 return Principal(user_id=str(value).strip(), expires_at=expires)

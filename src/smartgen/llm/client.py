@@ -57,19 +57,25 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, min(seconds, 3600.0))
 
 
-def _error_message(body: Any) -> str | None:
+def _error_message(body: Any, secret: str | None = None) -> str | None:
+    text: str | None = None
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
             msg = err.get("message")
-            return str(msg)[:300] if msg else None
-        if isinstance(err, str):
-            return err[:300]
-    return None
+            text = str(msg) if msg else None
+        elif isinstance(err, str):
+            text = err
+    if text and secret:
+        # Some providers quote the key they refused: never pass it on.
+        text = text.replace(secret, "[redacted]")
+    return text[:300] if text else None
 
 
-def _status_error(status: int, body: Any, retry_after: float | None) -> LLMError:
-    detail = _error_message(body)
+def _status_error(
+    status: int, body: Any, retry_after: float | None, secret: str | None = None
+) -> LLMError:
+    detail = _error_message(body, secret)
     reasons = {
         400: "the model provider rejected the request",
         401: "the model provider refused the API key (check OPENROUTER_KEY)",
@@ -88,7 +94,7 @@ def _status_error(status: int, body: Any, retry_after: float | None) -> LLMError
     )
 
 
-def _completion_from_body(body: Any, fallback_model: str) -> Completion:
+def _completion_from_body(body: Any, fallback_model: str, secret: str | None = None) -> Completion:
     if not isinstance(body, dict):
         raise LLMError("the model provider sent a malformed answer", retryable=True)
     if body.get("error"):
@@ -97,7 +103,7 @@ def _completion_from_body(body: Any, fallback_model: str) -> Completion:
         code = err.get("code") if isinstance(err, dict) else None
         status = code if isinstance(code, int) else None
         retryable = status is None or status in RETRYABLE_STATUS or status >= 500
-        detail = _error_message(body) or "unknown error"
+        detail = _error_message(body, secret) or "unknown error"
         return_error = LLMError(
             f"the model provider reported an error: {detail}", retryable=retryable, status=status
         )
@@ -115,12 +121,29 @@ def _completion_from_body(body: Any, fallback_model: str) -> Completion:
     )
 
 
+def _chunk_deltas(chunk: Any) -> list[str]:
+    """The text pieces of one stream chunk; a chunk of another shape is a malformed stream."""
+    choices = (chunk.get("choices") or []) if isinstance(chunk, dict) else None
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise LLMError("the model provider sent a malformed stream", retryable=True)
+    deltas: list[str] = []
+    for choice in choices:
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise LLMError("the model provider sent a malformed stream", retryable=True)
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            deltas.append(content)
+    return deltas
+
+
 class ChatClient:
     """One pooled HTTP client per process; create it in the running loop, close on exit."""
 
     def __init__(self, settings: Settings, *, max_connections: int = 100) -> None:
         self.model = settings.openrouter_model
         self._settings = settings
+        self._secret = settings.openrouter_key or None
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if settings.openrouter_key:
             headers["Authorization"] = f"Bearer {settings.openrouter_key}"
@@ -160,9 +183,12 @@ class ChatClient:
             body = None
         if response.status_code != 200:
             raise _status_error(
-                response.status_code, body, parse_retry_after(response.headers.get("retry-after"))
+                response.status_code,
+                body,
+                parse_retry_after(response.headers.get("retry-after")),
+                self._secret,
             )
-        return _completion_from_body(body, self.model)
+        return _completion_from_body(body, self.model, self._secret)
 
     async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Completion]:
         """Yield text deltas as they arrive, then the assembled `Completion` last."""
@@ -186,6 +212,7 @@ class ChatClient:
                         response.status_code,
                         body,
                         parse_retry_after(response.headers.get("retry-after")),
+                        self._secret,
                     )
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
@@ -196,19 +223,16 @@ class ChatClient:
                     try:
                         chunk = json.loads(data)
                     except ValueError:
-                        raise LLMError(
-                            "the model provider sent a malformed stream", retryable=True
-                        ) from None
+                        chunk = None
                     if isinstance(chunk, dict) and chunk.get("error"):
-                        _completion_from_body(chunk, model)  # raises the classified error
+                        # raises the classified error
+                        _completion_from_body(chunk, model, self._secret)
+                    for delta in _chunk_deltas(chunk):
+                        parts.append(delta)
+                        yield delta
                     model = str(chunk.get("model") or model)
                     if isinstance(chunk.get("usage"), dict):
                         usage = chunk["usage"]
-                    for choice in chunk.get("choices") or []:
-                        delta = (choice.get("delta") or {}).get("content")
-                        if delta:
-                            parts.append(delta)
-                            yield delta
         except httpx.TimeoutException:
             raise LLMError("the model provider did not answer in time", retryable=True) from None
         except httpx.HTTPError:

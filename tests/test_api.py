@@ -61,7 +61,7 @@ async def test_queue_returns_seed_shape(client: httpx.AsyncClient, api: ApiServe
     }
     assert body["message"] == "Content generation job queued successfully"
     assert body["status"] == "queued"
-    assert body["delaySeconds"] == 1
+    assert body["delaySeconds"] == 1 and isinstance(body["delaySeconds"], int)
     assert uuid.UUID(body["jobId"]).version == 4
     assert ISO_MS.match(body["scheduledFor"]) and ISO_MS.match(body["estimatedCompletionTime"])
     scheduled = parse(body["scheduledFor"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_MODEL = "openai/gpt-4o-mini"
@@ -38,10 +40,15 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_tls: bool = False
     mongo_db: str | None = None
+    # SQL store: postgresql://… or sqlite:///path; with neither MONGO_URI nor this, an
+    # embedded SQLite file in DATA_DIR is used.
+    database_url: str | None = None
+    data_dir: str = ".smartgen"
 
     host: str = "127.0.0.1"
     port: int = Field(5000, ge=0, le=65535)
-    cors_origins: list[str] = Field(default_factory=list)
+    # NoDecode: the environment's value reaches `_split_origins` as text ("a,b" or JSON).
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
 
     jwt_secret: str | None = None
@@ -72,6 +79,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     store_write_retry_seconds: float = Field(30.0, ge=0)
 
+    # auto: OpenRouter/BASE_URL when a key is set or BASE_URL is local, else offline drafts
+    llm_provider: Literal["auto", "openai", "offline"] = "auto"
     openrouter_model: str = DEFAULT_MODEL
     openrouter_referer: str | None = None
     openrouter_title: str | None = "smartgen"
@@ -82,7 +91,9 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)  # a ValueError becomes a ValidationError
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
@@ -97,13 +108,20 @@ class Settings(BaseSettings):
         """The one Redis address every component uses (queue, Socket.IO, limits)."""
         if self.redis_url:
             return self.redis_url
-        host = self.redis_endpoint or "127.0.0.1"
-        # Redis Cloud endpoints are often given as "host:port".
-        if ":" in host and not host.startswith("[") and self.redis_port is None:
-            host, _, port_text = host.rpartition(":")
-            port = int(port_text)
-        else:
-            port = self.redis_port or 6379
+        host = (self.redis_endpoint or "").strip() or "127.0.0.1"
+        port_text = ""
+        # Redis Cloud endpoints are often given as "host:port"; IPv6 as "[::1]:port" or "::1".
+        if host.startswith("["):
+            address, _, rest = host[1:].partition("]")
+            host = f"[{address}]"
+            port_text = rest.removeprefix(":")
+        elif host.count(":") == 1:
+            host, _, port_text = host.partition(":")
+        elif ":" in host:
+            host = f"[{host}]"
+        if port_text and not port_text.isdigit():
+            raise ConfigError(f"REDIS_ENDPOINT: {port_text!r} is not a port number")
+        port = self.redis_port or (int(port_text) if port_text else 6379)
         scheme = "rediss" if self.redis_tls else "redis"
         auth = ""
         if self.redis_user or self.redis_password:
@@ -117,7 +135,10 @@ class Settings(BaseSettings):
     def redis_display(self) -> str:
         """The Redis address without credentials, for logs and banners."""
         parts = urlsplit(self.redis_connection_url)
-        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path}"
 
     @property
     def llm_is_local(self) -> bool:
@@ -166,7 +187,18 @@ class Settings(BaseSettings):
             )
         return self.mongo_uri
 
+    @property
+    def use_offline_llm(self) -> bool:
+        """No key and no local server: write offline drafts (never when a key is set)."""
+        if self.llm_provider == "offline":
+            return True
+        if self.llm_provider == "openai":
+            return False
+        return not self.openrouter_key and not self.llm_is_local
+
     def require_llm_credentials(self) -> None:
+        if self.use_offline_llm:
+            return
         if not self.openrouter_key and not self.llm_is_local:
             raise ConfigError(
                 "OPENROUTER_KEY is not set: set it, or point BASE_URL at a local "
@@ -182,3 +214,5 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]).upper() or "settings"
         raise ConfigError(f"{name}: {first['msg']}") from None
+    except SettingsError as exc:  # a value the environment source could not decode
+        raise ConfigError(str(exc)) from None

@@ -15,6 +15,7 @@ from bullmq import Worker
 from smartgen.config import Settings
 from smartgen.generation.tasks import GenerationTask, backoff_strategy
 from smartgen.llm.client import ChatClient
+from smartgen.llm.offline import OFFLINE_MODEL, OfflineWriter
 from smartgen.queue import worker_connection
 from smartgen.realtime import close_manager, worker_publisher
 from smartgen.store import open_store
@@ -39,7 +40,15 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
 
     store = open_store(settings)
     await store.init()
-    llm = ChatClient(settings, max_connections=settings.worker_concurrency)
+    llm: ChatClient | OfflineWriter
+    if settings.use_offline_llm:
+        log.warning(
+            "no OPENROUTER_KEY and no local BASE_URL: writing offline drafts (model %s)",
+            OFFLINE_MODEL,
+        )
+        llm = OfflineWriter()
+    else:
+        llm = ChatClient(settings, max_connections=settings.worker_concurrency)
     publisher, manager = worker_publisher(settings)
     publisher.start()
     task = GenerationTask(store=store, llm=llm, notifier=publisher, settings=settings)

@@ -29,7 +29,7 @@ class QueuedResponse(BaseModel):
     message: str = "Content generation job queued successfully"
     jobId: str
     status: Status
-    delaySeconds: float
+    delaySeconds: int | float
     scheduledFor: str
     estimatedCompletionTime: str
 

@@ -110,7 +110,10 @@ async def test_missing_setting_stops_with_one_line(env: dict[str, str], processe
     out = api.output().strip()
     assert out.startswith("smartgen: configuration error: JWT_SECRET is not set")
     assert len(out.splitlines()) == 1
-    worker = Process("worker", {**env, "OPENROUTER_KEY": "", "BASE_URL": "https://openrouter.ai/api/v1"})
+    worker = Process(
+        "worker",
+        {**env, "OPENROUTER_KEY": "", "BASE_URL": "https://openrouter.ai/api/v1", "LLM_PROVIDER": "openai"},
+    )
     processes.append(worker)
     assert worker.proc.wait(20) == 2
     assert "OPENROUTER_KEY is not set" in worker.output()

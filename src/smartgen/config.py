@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     stalled_interval_ms: int = Field(30_000, ge=1000)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     store_write_retry_seconds: float = Field(30.0, ge=0)
+    reconcile_interval_seconds: float = Field(60.0, gt=0)
+    reconcile_grace_seconds: float = Field(30.0, ge=0)
+    reconcile_max_age_seconds: float = Field(24 * 3600.0, gt=0)
+    reconcile_batch: int = Field(500, ge=1)
 
     # auto: OpenRouter/BASE_URL when a key is set or BASE_URL is local, else offline drafts
     llm_provider: Literal["auto", "openai", "offline"] = "auto"

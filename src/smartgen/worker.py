@@ -13,10 +13,11 @@ from typing import Any
 from bullmq import Worker
 
 from smartgen.config import Settings
+from smartgen.generation.reconcile import Reconciler
 from smartgen.generation.tasks import GenerationTask, backoff_strategy
 from smartgen.llm.client import ChatClient
 from smartgen.llm.offline import OFFLINE_MODEL, OfflineWriter
-from smartgen.queue import worker_connection
+from smartgen.queue import GenerationQueue, api_redis, worker_connection
 from smartgen.realtime import close_manager, worker_publisher
 from smartgen.store import open_store
 
@@ -52,6 +53,10 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     publisher, manager = worker_publisher(settings)
     publisher.start()
     task = GenerationTask(store=store, llm=llm, notifier=publisher, settings=settings)
+    producer = GenerationQueue(settings, api_redis(settings))
+    reconciler = Reconciler(store=store, queue=producer, notifier=publisher, settings=settings)
+    stop_reconciler = asyncio.Event()
+    reconciling: asyncio.Task[None] | None = None
     worker = Worker(
         settings.queue_name,
         task,
@@ -74,6 +79,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         await worker.blockingRedisConnection.getRedisVersion()
         await worker.redisConnection.getRedisVersion()
         runner = asyncio.ensure_future(worker.run())
+        reconciling = asyncio.create_task(reconciler.run_forever(stop_reconciler))
         log.info(
             "worker ready: queue %r on %s, concurrency %d, model %s",
             settings.queue_name,
@@ -82,6 +88,9 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             llm.model,
         )
         await stop.wait()
+        stop_reconciler.set()
+        if reconciling is not None:
+            await reconciling
         log.info(
             "worker stopping: finishing running jobs (grace %.0fs)", settings.shutdown_grace_seconds
         )
@@ -96,6 +105,10 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(runner, 5)
     finally:
+        stop_reconciler.set()
+        if reconciling is not None and not reconciling.done():
+            reconciling.cancel()
+        await producer.close()
         await publisher.close()
         await close_manager(manager)
         await llm.close()

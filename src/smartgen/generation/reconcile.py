@@ -1,0 +1,117 @@
+"""The reconciler: the store is the source of truth, so no job may wait forever.
+
+Redis can lose data (no persistence, FLUSHALL, a failover) and the API can fail between
+its two writes. At start-up and then periodically, the worker looks for jobs that are
+`queued` or `processing` in the store, past their time, and asks the queue about each:
+
+- a live queue entry (delayed, waiting, active, …): nothing to do;
+- no entry: queue it again, to run now (same job id, so two workers doing this at once
+  add it once);
+- an entry the queue has finished with while the store disagrees: `failed` → record the
+  failure; `completed` → the completion was lost, queue it again;
+- older than `RECONCILE_MAX_AGE_SECONDS`: fail it with a clear message instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from redis.exceptions import RedisError
+
+from smartgen.config import Settings
+from smartgen.errors import AppError
+from smartgen.queue import GenerationQueue
+from smartgen.realtime import Notifier
+from smartgen.store.base import Job, JobStatus, Store
+from smartgen.times import utcnow
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = frozenset({"delayed", "waiting", "active", "prioritized", "waiting-children"})
+EXPIRED = "Generation failed: the job could not be processed in time; please queue it again"
+LOST = "Generation failed: the job could not be processed; please queue it again"
+
+
+@dataclass
+class ReconcileReport:
+    checked: int = 0
+    requeued: int = 0
+    failed: int = 0
+
+
+class Reconciler:
+    def __init__(
+        self, *, store: Store, queue: GenerationQueue, notifier: Notifier, settings: Settings
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.notifier = notifier
+        self.settings = settings
+
+    async def run_once(self) -> ReconcileReport:
+        report = ReconcileReport()
+        now = utcnow()
+        # Leave a margin so a job that is due right now is not raced with its own delivery.
+        due_before = now - timedelta(seconds=self.settings.reconcile_grace_seconds)
+        jobs = await self.store.jobs.list_unfinished_due(
+            due_before, limit=self.settings.reconcile_batch
+        )
+        max_age = timedelta(seconds=self.settings.reconcile_max_age_seconds)
+        for job in jobs:
+            report.checked += 1
+            state = await self.queue.state(job.job_id)
+            if state in LIVE_STATES:
+                continue
+            if now - job.scheduled_for > max_age:
+                await self._fail(job, EXPIRED)
+                report.failed += 1
+            elif state == "failed":
+                await self._fail(job, LOST)
+                report.failed += 1
+            else:
+                if state == "completed":
+                    await self.queue.remove(job.job_id)
+                await self.queue.enqueue(job_id=job.job_id, data=_data(job), delay_ms=0)
+                report.requeued += 1
+                log.warning("job %s had no queue entry (%s): queued again", job.job_id, state)
+        return report
+
+    async def _fail(self, job: Job, message: str) -> None:
+        at = utcnow()
+        if await self.store.jobs.mark_failed(job.job_id, error=message, at=at):
+            log.warning("job %s failed by the reconciler: %s", job.job_id, message)
+            await self.notifier.job_changed(
+                replace(job, status=JobStatus.failed, error=message, failed_at=at, updated_at=at)
+            )
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """At start-up, then every RECONCILE_INTERVAL_SECONDS until `stop` is set."""
+        while not stop.is_set():
+            try:
+                report = await self.run_once()
+                if report.requeued or report.failed:
+                    log.info(
+                        "reconciler: checked %d, queued again %d, failed %d",
+                        report.checked,
+                        report.requeued,
+                        report.failed,
+                    )
+            except (AppError, RedisError, OSError, TimeoutError) as exc:
+                log.warning("reconciler skipped a round: %s", exc)
+            except Exception:
+                log.exception("reconciler error")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.reconcile_interval_seconds)
+
+
+def _data(job: Job) -> dict[str, str]:
+    return {
+        "jobId": job.job_id,
+        "userId": job.user_id,
+        "contentType": job.content_type,
+        "prompt": job.prompt,
+    }

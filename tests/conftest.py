@@ -171,7 +171,7 @@ class ApiServer:
 
     @property
     def runtime(self) -> Any:
-        return self.app.other_asgi_app.state.runtime
+        return self.app.fastapi_app.state.runtime
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from smartgen.content.router import router as content_router
 from smartgen.deps import Runtime
 from smartgen.errors import AppError
 from smartgen.generation.router import router as generation_router
+from smartgen.limits import RateLimiter, RequestLimits
 from smartgen.queue import GenerationQueue, api_redis
 from smartgen.realtime import RealtimeServer
 from smartgen.store import open_store
@@ -114,6 +115,7 @@ def create_app(settings: Settings) -> socketio.ASGIApp:
                 tokens=tokens,
                 redis=redis,
                 notifier=realtime.publisher,
+                limiter=RateLimiter(redis),
             )
             yield
         finally:
@@ -136,6 +138,7 @@ def create_app(settings: Settings) -> socketio.ASGIApp:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
+            expose_headers=["Retry-After"],
             allow_headers=["Authorization", "Content-Type"],
         )
     _install_error_handlers(app)
@@ -175,4 +178,8 @@ def create_app(settings: Settings) -> socketio.ASGIApp:
             )
         return JSONResponse({"status": "ready", "checks": checks})
 
-    return socketio.ASGIApp(realtime.sio, other_asgi_app=app)
+    limited = RequestLimits(app, max_body_bytes=settings.max_body_bytes)
+    asgi = socketio.ASGIApp(realtime.sio, other_asgi_app=limited)
+    asgi.fastapi_app = app  # for tools and tests that need the app's state
+    asgi.realtime = realtime
+    return asgi

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(5000, ge=0, le=65535)
     # NoDecode: the environment's value reaches `_split_origins` as text ("a,b" or JSON).
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # Rate limits (Redis-backed, across API processes); 0 turns one off.
+    generate_rate_limit: int = Field(60, ge=0)
+    generate_rate_window_seconds: float = Field(60.0, gt=0)
+    login_rate_limit: int = Field(10, ge=0)  # per email
+    login_ip_rate_limit: int = Field(100, ge=0)  # per client address
+    login_rate_window_seconds: float = Field(300.0, gt=0)
+    register_ip_rate_limit: int = Field(30, ge=0)
+    register_rate_window_seconds: float = Field(3600.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
 

@@ -14,6 +14,7 @@ from smartgen.store.base import Store
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from smartgen.limits import RateLimiter
     from smartgen.queue import GenerationQueue
     from smartgen.realtime import Notifier
 
@@ -28,6 +29,7 @@ class Runtime:
     tokens: TokenCodec
     redis: Redis
     notifier: Notifier
+    limiter: RateLimiter
 
 
 def get_runtime(request: Request) -> Runtime:

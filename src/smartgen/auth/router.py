@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from smartgen.auth import service
 from smartgen.auth.schemas import Credentials, Registration, TokenResponse, UserOut, user_out
-from smartgen.deps import CurrentUser, StoreDep, TokensDep
+from smartgen.deps import CurrentUser, RuntimeDep, StoreDep, TokensDep
 from smartgen.errors import NotFound
 from smartgen.store.base import User
 from smartgen.times import iso_ms
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+def _client_ip(request: Request) -> str:
+    # uvicorn's proxy_headers already resolved X-Forwarded-For from trusted proxies.
+    return request.client.host if request.client else "unknown"
 
 
 def _token_response(tokens: TokensDep, user: User) -> TokenResponse:
@@ -25,15 +30,41 @@ def _token_response(tokens: TokensDep, user: User) -> TokenResponse:
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED)
-async def register(body: Registration, store: StoreDep, tokens: TokensDep) -> TokenResponse:
+async def register(
+    body: Registration, request: Request, rt: RuntimeDep, store: StoreDep, tokens: TokensDep
+) -> TokenResponse:
     """Create an account and return an access token (409 when the email is taken)."""
+    await rt.limiter.hit(
+        "register-ip",
+        _client_ip(request),
+        limit=rt.settings.register_ip_rate_limit,
+        window_seconds=rt.settings.register_rate_window_seconds,
+        fail_open=True,
+    )
     user = await service.register(store=store, email=body.email, password=body.password)
     return _token_response(tokens, user)
 
 
 @router.post("/login")
-async def login(body: Credentials, store: StoreDep, tokens: TokensDep) -> TokenResponse:
+async def login(
+    body: Credentials, request: Request, rt: RuntimeDep, store: StoreDep, tokens: TokensDep
+) -> TokenResponse:
     """Exchange email and password for an access token (401 when they do not match)."""
+    window = rt.settings.login_rate_window_seconds
+    await rt.limiter.hit(
+        "login-ip",
+        _client_ip(request),
+        limit=rt.settings.login_ip_rate_limit,
+        window_seconds=window,
+        fail_open=True,
+    )
+    await rt.limiter.hit(
+        "login",
+        body.email,
+        limit=rt.settings.login_rate_limit,
+        window_seconds=window,
+        fail_open=True,
+    )
     user = await service.authenticate(store=store, email=body.email, password=body.password)
     return _token_response(tokens, user)
 

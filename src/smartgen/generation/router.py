@@ -23,6 +23,13 @@ async def queue_generation(
     body: GenerationRequest, principal: CurrentUser, rt: RuntimeDep
 ) -> QueuedResponse:
     """Queue a content generation; it runs after GENERATION_DELAY_SECONDS."""
+    await rt.limiter.hit(
+        "generate",
+        principal.user_id,
+        limit=rt.settings.generate_rate_limit,
+        window_seconds=rt.settings.generate_rate_window_seconds,
+        fail_open=False,  # without Redis the job could not be queued anyway
+    )
     job = await service.enqueue_generation(
         store=rt.store,
         queue=rt.queue,

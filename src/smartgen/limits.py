@@ -1,0 +1,142 @@
+"""Request limits: body size and JSON content type (ASGI middleware), and Redis-backed
+rate limits that hold across every API process."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from smartgen.errors import ServiceUnavailable, TooManyRequests
+
+# One round trip: count this hit in a fixed window and return the count and the window's
+# remaining time.
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {count, ttl}
+"""
+
+
+class RateLimiter:
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "smartgen:rl") -> None:
+        self._script = client.register_script(_HIT)
+        self._prefix = prefix
+
+    async def hit(
+        self, bucket: str, key: str, *, limit: int, window_seconds: float, fail_open: bool
+    ) -> None:
+        """Count one hit; `TooManyRequests` with `Retry-After` once over `limit`."""
+        if limit <= 0:
+            return
+        window_ms = max(1, int(window_seconds * 1000))
+        try:
+            count, ttl_ms = await self._script(
+                keys=[f"{self._prefix}:{bucket}:{key}"], args=[window_ms]
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            if fail_open:
+                return
+            raise ServiceUnavailable(
+                "The rate limiter (Redis) is unavailable; try again shortly",
+                code="queue_unavailable",
+            ) from exc
+        if int(count) > limit:
+            retry_after = max(1, math.ceil(int(ttl_ms) / 1000))
+            raise TooManyRequests(
+                f"Too many requests: at most {limit} per {window_seconds:g} s; "
+                f"retry in {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+            )
+
+
+def _error(status: int, code: str, message: str) -> tuple[dict[str, Any], bytes]:
+    body = json.dumps({"error": code, "message": message}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    return start, body
+
+
+class RequestLimits:
+    """413 for bodies over `max_body_bytes` (declared or streamed), 415 for a body that is
+    not declared JSON on POST/PUT/PATCH."""
+
+    def __init__(self, app: Any, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        length_text = headers.get(b"content-length", b"").decode("latin-1").strip()
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        length = int(length_text) if length_text.isdigit() else None
+        if length is not None and length > self.max_body_bytes:
+            await self._reject(send, 413, "payload_too_large", self._too_large())
+            return
+        has_body = chunked or (length or 0) > 0
+        content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip()
+        if has_body and not _is_json(content_type):
+            await self._reject(
+                send,
+                415,
+                "unsupported_media_type",
+                "Request body must be JSON: send Content-Type: application/json",
+            )
+            return
+        # Bodies here are small JSON documents: read the whole body first (bounded), so an
+        # oversized one is refused before any handler runs.
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_body_bytes:
+                await self._reject(send, 413, "payload_too_large", self._too_large())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return dict(await receive())
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> str:
+        return f"Request body is larger than {self.max_body_bytes} bytes"
+
+    @staticmethod
+    async def _reject(send: Any, status: int, code: str, message: str) -> None:
+        start, body = _error(status, code, message)
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+
+
+def _is_json(content_type: str) -> bool:
+    content_type = content_type.lower()
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )

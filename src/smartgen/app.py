@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -63,6 +64,19 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
     )
 
 
+def _allowed_methods(request: Request) -> set[str]:
+    """Every method the app serves at this path, from its OpenAPI description."""
+    app: FastAPI = request.app
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, request.url.path):
+            methods.update(m.upper() for m in operations)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return methods
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -73,12 +87,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _validation_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; list them all.
+            methods = sorted(_allowed_methods(request))
+            if methods:
+                headers["Allow"] = ", ".join(methods)
         return JSONResponse(
             {"error": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)},
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers or None,
         )
 
     @app.exception_handler(Exception)
@@ -145,6 +165,19 @@ def create_app(settings: Settings) -> socketio.ASGIApp:
     app.include_router(auth_router)
     app.include_router(generation_router)
     app.include_router(content_router)
+
+    describe = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # Document the configured prompt limit, not the model's hard ceiling.
+        if app.openapi_schema is None:
+            schema = describe()
+            body = schema.get("components", {}).get("schemas", {}).get("GenerationRequest", {})
+            if "prompt" in body.get("properties", {}):
+                body["properties"]["prompt"]["maxLength"] = settings.prompt_max_chars
+        return app.openapi_schema or describe()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

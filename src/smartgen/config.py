@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(5000, ge=0, le=65535)
     # NoDecode: the environment's value reaches `_split_origins` as text ("a,b" or JSON).
-    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # Above the largest valid body (a 20,000-character prompt, JSON-escaped).
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
     # Rate limits (Redis-backed, across API processes); 0 turns one off.
     generate_rate_limit: int = Field(60, ge=0)
     generate_rate_window_seconds: float = Field(60.0, gt=0)
@@ -69,7 +70,7 @@ class Settings(BaseSettings):
 
     generation_delay_seconds: float = Field(60.0, ge=0, le=7 * 24 * 3600)
     expected_processing_seconds: float = Field(30.0, ge=0)
-    prompt_max_chars: int = Field(4000, ge=1, le=100_000)
+    prompt_max_chars: int = Field(4000, ge=1, le=20_000)
     jobs_list_default_limit: int = Field(50, ge=1)
     jobs_list_max_limit: int = Field(200, ge=1)
 

@@ -4,6 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The one error shape every endpoint answers with."""
+
+    error: str
+    message: str
+    details: list[FieldError] | None = None
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these error statuses, all with `ErrorBody`."""
+    text = {
+        400: "The body is not JSON",
+        401: "Missing, malformed, expired or invalid token",
+        404: "Not found (or not yours)",
+        409: "Conflict with the current state",
+        413: "Body too large",
+        415: "Body is not JSON",
+        422: "Invalid fields or parameters",
+        429: "Rate limited; see Retry-After",
+        503: "A backing service (queue, database) is unavailable",
+    }
+    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
+
 
 class AppError(Exception):
     status_code = 500

@@ -7,11 +7,13 @@ from fastapi import APIRouter, Request, status
 from smartgen.auth import service
 from smartgen.auth.schemas import Credentials, Registration, TokenResponse, UserOut, user_out
 from smartgen.deps import CurrentUser, RuntimeDep, StoreDep, TokensDep
-from smartgen.errors import NotFound
+from smartgen.errors import NotFound, error_responses
 from smartgen.store.base import User
 from smartgen.times import iso_ms
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(
+    prefix="/auth", tags=["auth"], responses=error_responses(400, 413, 415, 422, 429, 503)
+)
 
 
 def _client_ip(request: Request) -> str:
@@ -29,7 +31,7 @@ def _token_response(tokens: TokensDep, user: User) -> TokenResponse:
     )
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED)
+@router.post("/register", status_code=status.HTTP_201_CREATED, responses=error_responses(409))
 async def register(
     body: Registration, request: Request, rt: RuntimeDep, store: StoreDep, tokens: TokensDep
 ) -> TokenResponse:
@@ -45,7 +47,7 @@ async def register(
     return _token_response(tokens, user)
 
 
-@router.post("/login")
+@router.post("/login", responses=error_responses(401))
 async def login(
     body: Credentials, request: Request, rt: RuntimeDep, store: StoreDep, tokens: TokensDep
 ) -> TokenResponse:
@@ -69,7 +71,7 @@ async def login(
     return _token_response(tokens, user)
 
 
-@router.get("/me")
+@router.get("/me", responses=error_responses(401, 404))
 async def me(principal: CurrentUser, store: StoreDep) -> UserOut:
     """The account the token belongs to."""
     user = await store.users.get(principal.user_id)

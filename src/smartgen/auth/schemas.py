@@ -7,13 +7,17 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+\-']+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}$")
 
 
 class Credentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(max_length=254, examples=["ada@example.com"])
+    email: str = Field(
+        max_length=254,
+        examples=["ada@example.com"],
+        json_schema_extra={"pattern": _EMAIL.pattern},
+    )
     password: str = Field(min_length=1, max_length=256, examples=["correct horse battery"])
 
     @field_validator("email")

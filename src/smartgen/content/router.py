@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query
 from smartgen.content import service
 from smartgen.content.schemas import ContentOut, content_out
 from smartgen.deps import CurrentUser, StoreDep
+from smartgen.errors import error_responses
 
-router = APIRouter(prefix="/contents", tags=["content"])
+router = APIRouter(prefix="/contents", tags=["content"], responses=error_responses(401, 422, 503))
 
 
 @router.get("")
@@ -24,7 +25,7 @@ async def list_contents(
     return [content_out(c) for c in items]
 
 
-@router.get("/{contentId}")
+@router.get("/{contentId}", responses=error_responses(404))
 async def get_content(contentId: str, principal: CurrentUser, store: StoreDep) -> ContentOut:
     """One saved content of the caller's."""
     return content_out(

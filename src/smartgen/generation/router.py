@@ -10,12 +10,17 @@ from fastapi import APIRouter, Body, Query, Response, status
 from smartgen.content import service as content_service
 from smartgen.content.schemas import ContentOut, SaveRequest, content_out
 from smartgen.deps import CurrentUser, RuntimeDep
+from smartgen.errors import error_responses
 from smartgen.generation import service
 from smartgen.generation.schemas import GenerationRequest, JobOut, QueuedResponse, Status, job_out
 from smartgen.store.base import JobStatus
 from smartgen.times import iso_ms
 
-router = APIRouter(prefix="/generate-content", tags=["generation"])
+router = APIRouter(
+    prefix="/generate-content",
+    tags=["generation"],
+    responses=error_responses(400, 401, 413, 415, 422, 429, 503),
+)
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
@@ -68,7 +73,7 @@ async def list_jobs(
     return [job_out(j) for j in jobs]
 
 
-@router.get("/{jobId}", response_model_exclude_none=True)
+@router.get("/{jobId}", response_model_exclude_none=True, responses=error_responses(404))
 async def get_job(jobId: str, principal: CurrentUser, rt: RuntimeDep) -> JobOut:
     """One of the caller's jobs: status, and the content once completed."""
     return job_out(await service.get_job(store=rt.store, user_id=principal.user_id, job_id=jobId))
@@ -77,7 +82,10 @@ async def get_job(jobId: str, principal: CurrentUser, rt: RuntimeDep) -> JobOut:
 @router.post(
     "/{jobId}/save",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "Already saved: the existing document"}},
+    responses={
+        200: {"model": ContentOut, "description": "Already saved: the existing document"},
+        **error_responses(404, 409),
+    },
 )
 async def save_job(
     jobId: str,

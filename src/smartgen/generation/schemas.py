@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from smartgen.store.base import Job
 from smartgen.times import iso_ms
 
+# PROMPT_MAX_CHARS may be configured up to this; the schema documents the ceiling.
+PROMPT_HARD_LIMIT = 20_000
+
 ContentType = Literal["Blog Post Outline", "Product Description", "Social Media Caption"]
 Status = Literal["queued", "processing", "completed", "failed"]
 
@@ -18,7 +21,7 @@ class GenerationRequest(BaseModel):
 
     prompt: str = Field(
         min_length=1,
-        max_length=100_000,
+        max_length=PROMPT_HARD_LIMIT,
         description="What to write about (trimmed; at most PROMPT_MAX_CHARS characters)",
         examples=["How to bake a sourdough bread"],
     )

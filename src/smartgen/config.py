@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # Redis: REDIS_URL wins over the parts; rediss:// turns TLS on.
     redis_url: str | None = None
     redis_tls: bool = False
+    # `smartgen dev` with no Redis configured: "auto" uses 127.0.0.1:6379 when it answers,
+    # else starts a private redis-server; "private" always starts the private one.
+    embedded_redis: Literal["auto", "private"] = "auto"
     mongo_db: str | None = None
     # SQL store: postgresql://… or sqlite:///path; with neither MONGO_URI nor this, an
     # embedded SQLite file in DATA_DIR is used.

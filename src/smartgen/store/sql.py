@@ -1,0 +1,611 @@
+"""SQL store on SQLAlchemy 2 Core (async): SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+The same records and semantics as `mongo.py`: state transitions are single conditional
+`UPDATE … WHERE status IN (…)` statements judged by their row count, uniqueness comes from
+unique indexes (email, job id, one content per job), datetimes go in and come out as UTC
+with millisecond precision (SQLite has no time zone: it stores naive UTC, re-tagged on read).
+
+Every statement is a single autocommitted statement (the engine runs in AUTOCOMMIT), so a
+call costs one round trip and never leaves a transaction open; only `init()` uses an explicit
+transaction.
+
+Schema: `metadata.create_all` plus a one-row `schema_version` table, not Alembic, because
+- there is one schema version so far, and `create_all` builds it from nothing and is a no-op
+  on a database that has it;
+- there is no migration tool to install, configure or remember to run: `init()` (called by the
+  API and the worker at start-up) brings any database up to date, the embedded SQLite default
+  included;
+- future changes are upgrade steps keyed on the version, all in `_upgrade()`, run under a lock
+  (a PostgreSQL advisory lock, SQLite `BEGIN IMMEDIATE`) so an API and a worker starting
+  together do not race; a database written by a newer smartgen is refused, not guessed at.
+Should migrations ever need branching or autogeneration, Alembic can take over from the
+recorded version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    Dialect,
+    Executable,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    event,
+    exc,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.types import DateTime, TypeDecorator
+
+from smartgen.config import ConfigError
+from smartgen.errors import Conflict, StoreUnavailable
+from smartgen.store.base import (
+    Completion,
+    Content,
+    ContentRepository,
+    Job,
+    JobRepository,
+    JobStatus,
+    User,
+    UserRepository,
+)
+from smartgen.times import as_utc, utcnow
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+SCHEMA_VERSION = 1
+# pg_advisory_xact_lock key for schema changes ("smartgen" in ASCII).
+_SCHEMA_LOCK = 0x736D61727467656E
+_UNFINISHED = [JobStatus.queued.value, JobStatus.processing.value]
+_UNAVAILABLE_MESSAGE = "The database is unavailable; try again shortly"
+
+
+# --- schema ------------------------------------------------------------------------------
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC in and out, truncated to milliseconds as MongoDB (and `utcnow()`) keep it."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = as_utc(value)
+        value = value.replace(microsecond=value.microsecond // 1000 * 1000)
+        # SQLite keeps text: naive UTC, so every stored value compares correctly as a string.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+# INTEGER PRIMARY KEY is SQLite's rowid alias (autoincrement); BIGSERIAL on PostgreSQL.
+_RowId = BigInteger().with_variant(Integer(), "sqlite")
+_Json = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=True),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", String, primary_key=True),
+    Column("email", String, nullable=False),
+    Column("password_hash", String, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ux_users_email", "email", unique=True),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    # Insertion order: the tiebreak for equal `created_at` (MongoDB's `_id`).
+    Column("id", _RowId, primary_key=True, autoincrement=True),
+    Column("job_id", String, nullable=False),
+    Column("user_id", String, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("content_type", String, nullable=False),
+    Column("scheduled_for", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("started_at", UtcDateTime),
+    Column("completed_at", UtcDateTime),
+    Column("failed_at", UtcDateTime),
+    Column("generated_content", Text),
+    Column("error", Text),
+    Column("model", String),
+    Column("usage", _Json),
+    Column("attempts", Integer, nullable=False, default=0),
+    Index("ux_jobs_job_id", "job_id", unique=True),
+    Index("ix_jobs_user_created", "user_id", "created_at", "id"),
+    Index("ix_jobs_user_updated", "user_id", "updated_at"),
+    Index("ix_jobs_status_scheduled", "status", "scheduled_for"),
+)
+
+contents = Table(
+    "contents",
+    metadata,
+    Column("id", _RowId, primary_key=True, autoincrement=True),
+    Column("content_id", String, nullable=False),
+    Column("user_id", String, nullable=False),
+    Column("job_id", String, nullable=False),
+    Column("title", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("content_type", String, nullable=False),
+    Column("prompt", Text),
+    Column("model", String),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ux_contents_job_id", "job_id", unique=True),
+    Index("ux_contents_content_id", "content_id", unique=True),
+    Index("ix_contents_user_created", "user_id", "created_at", "id"),
+)
+
+_USER_COLS = [users.c.user_id, users.c.email, users.c.password_hash, users.c.created_at]
+_JOB_COLS = [c for c in jobs.c if c.name != "id"]
+_CONTENT_COLS = [c for c in contents.c if c.name not in ("id", "updated_at")]
+
+
+def _upgrade(conn: Connection, from_version: int) -> None:
+    """Bring a database written at `from_version` up to `SCHEMA_VERSION`, step by step.
+
+    Runs before `create_all` (which adds whole new tables and their indexes); each step
+    alters what already exists. Add `if from_version < N: …` blocks here with each bump.
+    """
+    del conn, from_version  # version 1 is the first schema: nothing to upgrade yet
+
+
+def _migrate(conn: Connection) -> None:
+    current: int | None = None
+    if inspect(conn).has_table(schema_version.name):
+        current = conn.execute(select(schema_version.c.version)).scalar()
+    if current is not None and current > SCHEMA_VERSION:
+        raise ConfigError(
+            f"The database schema is version {current}, newer than this smartgen understands "
+            f"(version {SCHEMA_VERSION}): upgrade smartgen, or point DATABASE_URL elsewhere"
+        )
+    if current is not None and current < SCHEMA_VERSION:
+        _upgrade(conn, current)
+    metadata.create_all(conn)
+    if current != SCHEMA_VERSION:
+        now = utcnow()
+        conn.execute(schema_version.delete())
+        conn.execute(schema_version.insert().values(id=1, version=SCHEMA_VERSION, updated_at=now))
+
+
+# --- errors -----------------------------------------------------------------------------
+def _is_unavailable(error: BaseException) -> bool:
+    """Errors meaning "the database did not answer", not "the statement was wrong"."""
+    if isinstance(error, exc.DBAPIError) and (
+        error.connection_invalidated
+        # No statement: connecting failed (refused, unknown database/role, too many
+        # connections, server starting up): no statement was ever sent.
+        or error.statement is None
+    ):
+        return True
+    return isinstance(
+        error,
+        exc.OperationalError  # connection refused/lost, SQLite busy or unopenable
+        | exc.InterfaceError  # connection closed under us
+        | exc.DisconnectionError
+        | exc.TimeoutError  # pool checkout timeout
+        | TimeoutError  # asyncpg connect/command timeouts
+        | OSError,  # refused/reset sockets that reach us unwrapped
+    )
+
+
+def _unavailable(
+    fn: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Turn "the database did not answer" into `StoreUnavailable` (503 in the API)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as error:
+            if _is_unavailable(error):
+                raise StoreUnavailable(_UNAVAILABLE_MESSAGE) from error
+            raise
+
+    return wrapper
+
+
+def _reason(error: BaseException) -> str:
+    """One line naming the driver's error, e.g. `InvalidCatalogNameError: database …`."""
+    orig = getattr(error, "orig", None) or error
+    # SQLAlchemy's asyncpg adapter wraps asyncpg's own (better named) exception.
+    orig = orig.__cause__ or orig
+    text_ = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text_[0]}" if text_ else type(orig).__name__
+
+
+# --- URLs -------------------------------------------------------------------------------
+def sql_url(raw: str) -> URL:
+    """Normalise a DATABASE_URL to an async driver URL; `ConfigError` for anything else.
+
+    Accepted: postgresql://, postgres://, postgresql+asyncpg:// (→ asyncpg; `sslmode` becomes
+    asyncpg's `ssl`) and sqlite:///path, sqlite+aiosqlite:///path (→ aiosqlite).
+    """
+    try:
+        url = make_url(raw.strip())
+    except exc.ArgumentError:
+        raise ConfigError(
+            "DATABASE_URL is not a database URL: e.g. postgresql://user@host:5432/smartgen "
+            "or sqlite:///./.smartgen/smartgen.db"
+        ) from None
+    if url.drivername in ("postgresql", "postgres", "postgresql+asyncpg"):
+        url = url.set(drivername="postgresql+asyncpg")
+        if "sslmode" in url.query:
+            query = dict(url.query)
+            query["ssl"] = query.pop("sslmode")
+            url = url.set(query=query)
+        return url
+    if url.drivername in ("sqlite", "sqlite+aiosqlite"):
+        database = url.database or ""
+        if not database or database == ":memory:" or database.startswith("file:"):
+            raise ConfigError(
+                "DATABASE_URL: SQLite needs a file path (sqlite:///path/to/smartgen.db); the "
+                "API and the worker are separate processes and must share it"
+            )
+        return url.set(drivername="sqlite+aiosqlite")
+    raise ConfigError(
+        f"DATABASE_URL: unsupported database {url.drivername!r}; use postgresql://… or sqlite:///…"
+    )
+
+
+def describe_url(url: URL) -> str:
+    """`postgresql (host:5432/db)` or `sqlite (path, embedded)`: no credentials."""
+    if url.get_backend_name() == "sqlite":
+        return f"sqlite ({url.database}, embedded)"
+    return f"postgresql ({url.host or 'localhost'}:{url.port or 5432}/{url.database or ''})"
+
+
+# --- repositories -----------------------------------------------------------------------
+class _Repository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def _first(self, stmt: Executable) -> Row[Any] | None:
+        async with self._engine.connect() as conn:
+            return (await conn.execute(stmt)).first()
+
+    async def _all(self, stmt: Executable) -> Sequence[Row[Any]]:
+        async with self._engine.connect() as conn:
+            return (await conn.execute(stmt)).all()
+
+    async def _rowcount(self, stmt: Executable) -> int:
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(stmt)).rowcount)
+
+
+def _limited(n: int) -> int | None:
+    # As with a MongoDB cursor: 0 means no limit; a negative limit counts like a positive one.
+    return abs(n) or None
+
+
+def _user(row: Row[Any] | None) -> User | None:
+    return None if row is None else User(**row._asdict())
+
+
+def _job(row: Row[Any]) -> Job:
+    fields = row._asdict()
+    fields["status"] = JobStatus(fields["status"])
+    fields["attempts"] = int(fields["attempts"] or 0)
+    return Job(**fields)
+
+
+def _content(row: Row[Any]) -> Content:
+    return Content(**row._asdict())
+
+
+class SqlUsers(_Repository):
+    @_unavailable
+    async def create(self, user: User) -> None:
+        stmt = users.insert().values(
+            user_id=user.user_id,
+            email=user.email,
+            password_hash=user.password_hash,
+            created_at=user.created_at,
+            updated_at=user.created_at,
+        )
+        try:
+            await self._rowcount(stmt)
+        except exc.IntegrityError:
+            raise Conflict(
+                "An account with this email already exists", code="email_taken"
+            ) from None
+
+    @_unavailable
+    async def get(self, user_id: str) -> User | None:
+        return _user(await self._first(select(*_USER_COLS).where(users.c.user_id == user_id)))
+
+    @_unavailable
+    async def get_by_email(self, email: str) -> User | None:
+        return _user(await self._first(select(*_USER_COLS).where(users.c.email == email)))
+
+
+class SqlJobs(_Repository):
+    @_unavailable
+    async def create(self, job: Job) -> None:
+        # The same fields as the MongoDB store writes at creation; the rest come with the
+        # transitions.
+        await self._rowcount(
+            jobs.insert().values(
+                job_id=job.job_id,
+                user_id=job.user_id,
+                status=job.status.value,
+                prompt=job.prompt,
+                content_type=job.content_type,
+                scheduled_for=job.scheduled_for,
+                created_at=job.created_at,
+                updated_at=job.updated_at,
+                attempts=job.attempts,
+            )
+        )
+
+    @_unavailable
+    async def get(self, job_id: str) -> Job | None:
+        row = await self._first(select(*_JOB_COLS).where(jobs.c.job_id == job_id))
+        return _job(row) if row else None
+
+    @_unavailable
+    async def get_for_user(self, job_id: str, user_id: str) -> Job | None:
+        stmt = select(*_JOB_COLS).where(jobs.c.job_id == job_id, jobs.c.user_id == user_id)
+        row = await self._first(stmt)
+        return _job(row) if row else None
+
+    @_unavailable
+    async def list_for_user(
+        self, user_id: str, *, limit: int, status: JobStatus | None = None
+    ) -> list[Job]:
+        stmt = select(*_JOB_COLS).where(jobs.c.user_id == user_id)
+        if status is not None:
+            stmt = stmt.where(jobs.c.status == status.value)
+        stmt = stmt.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(_limited(limit))
+        return [_job(r) for r in await self._all(stmt)]
+
+    @_unavailable
+    async def list_changed_since(self, user_id: str, since: datetime, *, limit: int) -> list[Job]:
+        stmt = (
+            select(*_JOB_COLS)
+            .where(jobs.c.user_id == user_id, jobs.c.updated_at > since)
+            .order_by(jobs.c.updated_at.asc(), jobs.c.id.asc())
+            .limit(_limited(limit))
+        )
+        return [_job(r) for r in await self._all(stmt)]
+
+    @_unavailable
+    async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
+        stmt = (
+            select(*_JOB_COLS)
+            .where(jobs.c.status.in_(_UNFINISHED), jobs.c.scheduled_for < due_before)
+            .order_by(jobs.c.scheduled_for.asc(), jobs.c.id.asc())
+            .limit(_limited(limit))
+        )
+        return [_job(r) for r in await self._all(stmt)]
+
+    @_unavailable
+    async def mark_processing(self, job_id: str, *, at: datetime, attempt: int) -> Job | None:
+        stmt = (
+            jobs.update()
+            .where(jobs.c.job_id == job_id, jobs.c.status.in_(_UNFINISHED))
+            .values(
+                status=JobStatus.processing.value,
+                started_at=at,
+                updated_at=at,
+                attempts=attempt,
+            )
+            .returning(*_JOB_COLS)
+        )
+        row = await self._first(stmt)
+        return _job(row) if row else None
+
+    @_unavailable
+    async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
+        stmt = (
+            jobs.update()
+            .where(jobs.c.job_id == job_id, jobs.c.status == JobStatus.processing.value)
+            .values(
+                status=JobStatus.completed.value,
+                generated_content=result.content,
+                model=result.model,
+                usage=result.usage,
+                completed_at=at,
+                updated_at=at,
+                error=None,
+            )
+        )
+        return await self._rowcount(stmt) == 1
+
+    @_unavailable
+    async def mark_failed(self, job_id: str, *, error: str, at: datetime) -> bool:
+        stmt = (
+            jobs.update()
+            .where(jobs.c.job_id == job_id, jobs.c.status.in_(_UNFINISHED))
+            .values(status=JobStatus.failed.value, error=error, failed_at=at, updated_at=at)
+        )
+        return await self._rowcount(stmt) == 1
+
+    @_unavailable
+    async def delete(self, job_id: str) -> None:
+        await self._rowcount(jobs.delete().where(jobs.c.job_id == job_id))
+
+
+class SqlContents(_Repository):
+    @_unavailable
+    async def create_once(self, content: Content) -> tuple[Content, bool]:
+        stmt = contents.insert().values(
+            content_id=content.content_id,
+            user_id=content.user_id,
+            job_id=content.job_id,
+            title=content.title,
+            body=content.body,
+            content_type=content.content_type,
+            prompt=content.prompt,
+            model=content.model,
+            created_at=content.created_at,
+            updated_at=content.created_at,
+        )
+        try:
+            await self._rowcount(stmt)
+            return content, True
+        except exc.IntegrityError:
+            # The unique index on job_id decided the race; hand back the winner.
+            row = await self._first(
+                select(*_CONTENT_COLS).where(contents.c.job_id == content.job_id)
+            )
+            if row is None:  # pragma: no cover - a concurrent delete, or a content_id clash
+                raise
+            return _content(row), False
+
+    @_unavailable
+    async def get_for_user(self, content_id: str, user_id: str) -> Content | None:
+        stmt = select(*_CONTENT_COLS).where(
+            contents.c.content_id == content_id, contents.c.user_id == user_id
+        )
+        row = await self._first(stmt)
+        return _content(row) if row else None
+
+    @_unavailable
+    async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
+        stmt = (
+            select(*_CONTENT_COLS)
+            .where(contents.c.user_id == user_id)
+            .order_by(contents.c.created_at.desc(), contents.c.id.desc())
+            .limit(_limited(limit))
+        )
+        return [_content(r) for r in await self._all(stmt)]
+
+
+# --- the store --------------------------------------------------------------------------
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL waits for other connections' locks.
+        cursor.execute("PRAGMA busy_timeout = 5000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # Safe with WAL (no corruption); a power cut may lose the last commits, not the file.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+class SqlStore:
+    """`Store` over SQLAlchemy: `name` is "sqlite" or "postgresql"."""
+
+    def __init__(self, url: str | URL, *, timeout: float = 5.0) -> None:
+        self.url = url if isinstance(url, URL) else sql_url(url)
+        self.description = describe_url(self.url)
+        self.name = "sqlite" if self.url.get_backend_name() == "sqlite" else "postgresql"
+        # Engines hold asyncio pools: create the store inside the running loop.
+        if self.name == "sqlite":
+            self._sqlite_directory = os.path.dirname(os.path.abspath(self.url.database or ""))
+            engine = create_async_engine(self.url, isolation_level="AUTOCOMMIT")
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_async_engine(
+                self.url,
+                isolation_level="AUTOCOMMIT",
+                pool_size=10,
+                max_overflow=20,
+                pool_timeout=timeout,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args={
+                    "timeout": timeout,
+                    "command_timeout": 30,
+                    "server_settings": {"application_name": "smartgen"},
+                },
+            )
+        self._engine = engine
+        # Annotated with the protocols: `Store`'s attributes are mutable, hence invariant.
+        self.users: UserRepository = SqlUsers(engine)
+        self.jobs: JobRepository = SqlJobs(engine)
+        self.contents: ContentRepository = SqlContents(engine)
+
+    async def init(self) -> None:
+        """Create or upgrade the schema (idempotent, safe to run from several processes)."""
+        try:
+            if self.name == "sqlite":
+                await self._init_sqlite()
+            else:
+                await self._init_postgresql()
+        except (ConfigError, StoreUnavailable):
+            raise
+        except Exception as error:
+            if _is_unavailable(error):
+                raise StoreUnavailable(
+                    f"Cannot open the {self.description} database: {_reason(error)}"
+                ) from error
+            raise
+
+    async def _init_sqlite(self) -> None:
+        directory = self._sqlite_directory
+        try:
+            await asyncio.to_thread(os.makedirs, directory, exist_ok=True)
+        except OSError as error:
+            raise StoreUnavailable(
+                f"Cannot create the directory {directory!r} for the SQLite database: "
+                f"{error.strerror or error}"
+            ) from error
+        async with self._engine.connect() as conn:
+            # The engine autocommits; take the write lock for the whole check-and-create.
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                await conn.run_sync(_migrate)
+            except BaseException:
+                await conn.exec_driver_sql("ROLLBACK")
+                raise
+            await conn.exec_driver_sql("COMMIT")
+
+    async def _init_postgresql(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execution_options(isolation_level="READ COMMITTED")
+            async with conn.begin():
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK}
+                )
+                await conn.run_sync(_migrate)
+
+    async def ping(self) -> None:
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as error:
+            if _is_unavailable(error):
+                label = "SQLite" if self.name == "sqlite" else "PostgreSQL"
+                raise StoreUnavailable(f"{label} does not answer") from error
+            raise
+
+    async def close(self) -> None:
+        await self._engine.dispose()

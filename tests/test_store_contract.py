@@ -1,0 +1,715 @@
+"""The repository contract (store/base.py), one suite run against every store: MongoDB (the
+wire-protocol test server), PostgreSQL (a real server on 127.0.0.1:5432, in a database this
+session creates and drops) and SQLite (a file under tmp_path)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from smartgen.config import ConfigError
+from smartgen.errors import Conflict, StoreUnavailable
+from smartgen.store import describe_store, open_store
+from smartgen.store.base import Completion, Content, Job, JobStatus, Store, User
+from smartgen.times import utcnow
+from tests.conftest import free_port
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+BACKENDS = ["mongodb", "postgresql", "sqlite"]
+T0 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+
+
+def _listening(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
+        return True
+    return False
+
+
+@pytest.fixture(scope="session")
+async def pg_database() -> AsyncIterator[str]:
+    """A database of our own on the machine's PostgreSQL, dropped at the end of the session."""
+    if not _listening(PG_HOST, PG_PORT):
+        pytest.skip(f"no PostgreSQL listening on {PG_HOST}:{PG_PORT}")
+    import asyncpg
+
+    name = f"smartgen_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncpg.connect(
+            host=PG_HOST, port=PG_PORT, user="postgres", database="postgres", timeout=5
+        )
+    except (OSError, asyncpg.PostgresError) as error:
+        pytest.skip(f"cannot connect to PostgreSQL as postgres (trust auth expected): {error}")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        admin = await asyncpg.connect(
+            host=PG_HOST, port=PG_PORT, user="postgres", database="postgres", timeout=5
+        )
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def _reset_postgres(url: str) -> None:
+    """A fresh, empty schema for each test (cheaper than a database per test)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Backend:
+    """Opens stores on this test's own, initially empty database; closes them all after."""
+
+    name: str
+    make: Callable[[], Store]
+    unreachable: Callable[[], Store]
+    url: str = ""
+    opened: list[Store] = field(default_factory=list)
+
+    def open(self) -> Store:
+        store = self.make()
+        self.opened.append(store)
+        return store
+
+    def open_unreachable(self) -> Store:
+        store = self.unreachable()
+        self.opened.append(store)
+        return store
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    from smartgen.store.mongo import MongoStore
+    from smartgen.store.sql import SqlStore
+
+    if request.param == "mongodb":
+        uri = request.getfixturevalue("mongo_uri")
+        database = f"c_{uuid.uuid4().hex[:10]}"
+        return Backend(
+            "mongodb",
+            lambda: MongoStore(uri, database),
+            lambda: MongoStore(f"mongodb://127.0.0.1:{free_port()}", "x", timeout_ms=300),
+        )
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_database")
+        return Backend(
+            "postgresql",
+            lambda: SqlStore(url),
+            lambda: SqlStore(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout=2),
+            url=url,
+        )
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the data directory should be")
+    url = f"sqlite:///{tmp_path / 'data' / 'smartgen.db'}"
+    return Backend(
+        "sqlite",
+        lambda: SqlStore(url),
+        lambda: SqlStore(f"sqlite:///{blocker / 'smartgen.db'}"),
+        url=url,
+    )
+
+
+@pytest.fixture
+async def backend(backend_spec: Backend) -> AsyncIterator[Backend]:
+    if backend_spec.name == "postgresql":
+        await _reset_postgres(backend_spec.url)
+    try:
+        yield backend_spec
+    finally:
+        for store in backend_spec.opened:
+            await store.close()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> Store:
+    store = backend.open()
+    await store.init()
+    return store
+
+
+def oid() -> str:
+    return str(ObjectId())
+
+
+def make_user(**kw: Any) -> User:
+    user_id = kw.pop("user_id", oid())
+    fields: dict[str, Any] = {
+        "user_id": user_id,
+        "email": f"{user_id}@example.com",
+        "password_hash": "$argon2id$v=19$stub",
+        "created_at": utcnow(),
+    }
+    return User(**{**fields, **kw})
+
+
+def make_job(user_id: str, **kw: Any) -> Job:
+    at = kw.pop("at", T0)
+    fields: dict[str, Any] = {
+        "job_id": uuid.uuid4().hex,
+        "user_id": user_id,
+        "status": JobStatus.queued,
+        "prompt": "How to bake a sourdough bread",
+        "content_type": "Blog Post Outline",
+        "scheduled_for": at + timedelta(seconds=60),
+        "created_at": at,
+        "updated_at": at,
+    }
+    return Job(**{**fields, **kw})
+
+
+def make_content(user_id: str, job_id: str, **kw: Any) -> Content:
+    fields: dict[str, Any] = {
+        "content_id": uuid.uuid4().hex,
+        "user_id": user_id,
+        "job_id": job_id,
+        "title": "Sourdough",
+        "body": "# Sourdough\n\n1. Starter",
+        "content_type": "Blog Post Outline",
+        "created_at": T0,
+        "prompt": "How to bake a sourdough bread",
+        "model": "fake/model-1",
+    }
+    return Content(**{**fields, **kw})
+
+
+def assert_utc(value: datetime | None) -> None:
+    assert value is not None
+    assert value.utcoffset() == timedelta(0)
+    assert value.microsecond % 1000 == 0
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+async def test_init_is_idempotent_and_ping_answers(backend: Backend, store: Store) -> None:
+    assert store.name == backend.name
+    await store.init()
+    other = backend.open()
+    await other.init()
+    await store.ping()
+    await other.ping()
+    user = make_user()
+    await store.users.create(user)
+    assert await other.users.get(user.user_id) == user
+
+
+async def test_concurrent_init_on_an_empty_database(backend: Backend) -> None:
+    # An API and a worker starting together on a fresh database.
+    stores = [backend.open() for _ in range(3)]
+    await asyncio.gather(*(s.init() for s in stores))
+    user = make_user()
+    await stores[0].users.create(user)
+    assert await stores[2].users.get_by_email(user.email) == user
+
+
+async def test_unreachable_database_raises_store_unavailable(backend: Backend) -> None:
+    store = backend.open_unreachable()
+    with pytest.raises(StoreUnavailable) as info:
+        await asyncio.wait_for(store.init(), 20)
+    assert info.value.status_code == 503
+    assert info.value.message
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(store.ping(), 20)
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(store.users.get(oid()), 20)
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(store.jobs.list_for_user(oid(), limit=5), 20)
+
+
+# --- users --------------------------------------------------------------------------------
+async def test_users_create_and_get(store: Store) -> None:
+    created = utcnow().replace(microsecond=123456)
+    user = make_user(email="Ada@Example.com", created_at=created)
+    await store.users.create(user)
+    expected = make_user(
+        user_id=user.user_id,
+        email="Ada@Example.com",
+        created_at=created.replace(microsecond=123000),
+    )
+    got = await store.users.get(user.user_id)
+    assert got == expected
+    assert got is not None
+    assert_utc(got.created_at)
+    assert await store.users.get_by_email("Ada@Example.com") == expected
+    assert await store.users.get_by_email("nobody@example.com") is None
+
+
+@pytest.mark.parametrize("user_id", ["not-an-id", "", "0" * 24, "zz" * 12])
+async def test_unknown_or_malformed_user_ids_are_none(store: Store, user_id: str) -> None:
+    await store.users.create(make_user())
+    assert await store.users.get(user_id) is None
+
+
+async def test_duplicate_email_is_a_conflict(store: Store) -> None:
+    first = make_user(email="dup@example.com")
+    await store.users.create(first)
+    with pytest.raises(Conflict) as info:
+        await store.users.create(make_user(email="dup@example.com"))
+    assert info.value.code == "email_taken"
+    assert info.value.status_code == 409
+    assert await store.users.get_by_email("dup@example.com") == first
+    # The store is still usable after the failed insert.
+    second = make_user()
+    await store.users.create(second)
+    assert await store.users.get(second.user_id) == second
+
+
+# --- jobs ---------------------------------------------------------------------------------
+async def test_job_create_get_and_ownership(store: Store) -> None:
+    owner, other = oid(), oid()
+    job = make_job(owner)
+    await store.jobs.create(job)
+    got = await store.jobs.get(job.job_id)
+    assert got == job
+    assert got is not None
+    assert got.status is JobStatus.queued
+    assert got.attempts == 0
+    assert (got.started_at, got.completed_at, got.failed_at) == (None, None, None)
+    assert (got.generated_content, got.error, got.model, got.usage) == (None, None, None, None)
+    for value in (got.created_at, got.updated_at, got.scheduled_for):
+        assert_utc(value)
+    assert await store.jobs.get_for_user(job.job_id, owner) == job
+    assert await store.jobs.get_for_user(job.job_id, other) is None
+    assert await store.jobs.get("no-such-job") is None
+    assert await store.jobs.get_for_user("no-such-job", owner) is None
+
+
+async def test_datetimes_come_back_utc_with_milliseconds(store: Store) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    local = datetime(2030, 6, 1, 14, 0, 0, 123456, tzinfo=plus2)
+    job = make_job(oid(), at=local, scheduled_for=local + timedelta(minutes=1))
+    await store.jobs.create(job)
+    got = await store.jobs.get(job.job_id)
+    assert got is not None
+    want = datetime(2030, 6, 1, 12, 0, 0, 123000, tzinfo=UTC)
+    assert got.created_at == want
+    assert got.updated_at == want
+    assert got.scheduled_for == want + timedelta(minutes=1)
+    assert got.created_at.tzinfo is not None
+    assert got.created_at.utcoffset() == timedelta(0)
+    assert got.created_at.isoformat() == "2030-06-01T12:00:00.123000+00:00"
+
+
+async def test_list_for_user_newest_first_with_limit_and_status(store: Store) -> None:
+    user, other = oid(), oid()
+    jobs = [make_job(user, at=T0 + timedelta(seconds=i)) for i in range(5)]
+    # Two more with the same creation time: the later insert comes first.
+    twins = [make_job(user, at=T0 + timedelta(seconds=10)) for _ in range(2)]
+    for job in [*jobs, *twins]:
+        await store.jobs.create(job)
+    await store.jobs.create(make_job(other, at=T0 + timedelta(seconds=20)))
+
+    listed = await store.jobs.list_for_user(user, limit=50)
+    newest_first = [twins[1], twins[0], *reversed(jobs)]
+    assert [j.job_id for j in listed] == [j.job_id for j in newest_first]
+    assert listed[0] == twins[1]
+
+    top3 = await store.jobs.list_for_user(user, limit=3)
+    assert [j.job_id for j in top3] == [j.job_id for j in newest_first[:3]]
+
+    assert await store.jobs.mark_processing(jobs[1].job_id, at=T0 + timedelta(minutes=1), attempt=1)
+    assert await store.jobs.mark_failed(jobs[3].job_id, error="boom", at=T0 + timedelta(minutes=1))
+    processing = await store.jobs.list_for_user(user, limit=50, status=JobStatus.processing)
+    assert [j.job_id for j in processing] == [jobs[1].job_id]
+    failed = await store.jobs.list_for_user(user, limit=50, status=JobStatus.failed)
+    assert [(j.job_id, j.error) for j in failed] == [(jobs[3].job_id, "boom")]
+    queued = await store.jobs.list_for_user(user, limit=2, status=JobStatus.queued)
+    assert [j.job_id for j in queued] == [twins[1].job_id, twins[0].job_id]
+    assert await store.jobs.list_for_user(user, limit=50, status=JobStatus.completed) == []
+    assert await store.jobs.list_for_user(oid(), limit=50) == []
+
+
+async def test_list_changed_since_oldest_change_first(store: Store) -> None:
+    user, other = oid(), oid()
+    a, b, c = (make_job(user) for _ in range(3))
+    for job in (a, b, c):
+        await store.jobs.create(job)
+    await store.jobs.create(make_job(other, at=T0 + timedelta(hours=1)))
+    assert await store.jobs.mark_processing(a.job_id, at=T0 + timedelta(seconds=1), attempt=1)
+    assert await store.jobs.mark_processing(b.job_id, at=T0 + timedelta(seconds=3), attempt=1)
+    assert await store.jobs.mark_failed(c.job_id, error="x", at=T0 + timedelta(seconds=2))
+
+    changed = await store.jobs.list_changed_since(user, T0, limit=10)
+    assert [j.job_id for j in changed] == [a.job_id, c.job_id, b.job_id]
+    assert changed[1].status is JobStatus.failed
+    # Strictly after `since`.
+    later = await store.jobs.list_changed_since(user, T0 + timedelta(seconds=1), limit=10)
+    assert [j.job_id for j in later] == [c.job_id, b.job_id]
+    assert [j.job_id for j in await store.jobs.list_changed_since(user, T0, limit=1)] == [a.job_id]
+    assert await store.jobs.list_changed_since(user, T0 + timedelta(seconds=3), limit=10) == []
+
+
+async def test_list_unfinished_due(store: Store) -> None:
+    user = oid()
+    now = T0 + timedelta(hours=1)
+
+    def due(minutes: int) -> Job:
+        return make_job(user, scheduled_for=now + timedelta(minutes=minutes))
+
+    queued_due, processing_due, completed_due, failed_due, queued_later = (
+        due(-5),
+        due(-4),
+        due(-3),
+        due(-2),
+        due(+5),
+    )
+    for job in (queued_due, processing_due, completed_due, failed_due, queued_later):
+        await store.jobs.create(job)
+    for job in (processing_due, completed_due):
+        assert await store.jobs.mark_processing(job.job_id, at=now, attempt=1)
+    assert await store.jobs.mark_completed(
+        completed_due.job_id, result=Completion("done", "m"), at=now
+    )
+    assert await store.jobs.mark_failed(failed_due.job_id, error="x", at=now)
+
+    found = await store.jobs.list_unfinished_due(now, limit=100)
+    assert {j.job_id for j in found} == {queued_due.job_id, processing_due.job_id}
+    assert {j.status for j in found} == {JobStatus.queued, JobStatus.processing}
+    assert len(await store.jobs.list_unfinished_due(now, limit=1)) == 1
+    everything = await store.jobs.list_unfinished_due(now + timedelta(hours=1), limit=100)
+    assert {j.job_id for j in everything} == {
+        queued_due.job_id,
+        processing_due.job_id,
+        queued_later.job_id,
+    }
+    assert await store.jobs.list_unfinished_due(now - timedelta(hours=1), limit=100) == []
+
+
+async def test_queued_processing_completed(store: Store) -> None:
+    job = make_job(oid())
+    await store.jobs.create(job)
+    started = T0 + timedelta(seconds=61)
+    running = await store.jobs.mark_processing(job.job_id, at=started, attempt=1)
+    assert running is not None
+    assert running.status is JobStatus.processing
+    assert running.started_at == running.updated_at == started
+    assert running.attempts == 1
+    assert running.created_at == job.created_at
+
+    # A redelivered message (at-least-once) may start it again; the attempt is recorded.
+    again = await store.jobs.mark_processing(
+        job.job_id, at=started + timedelta(seconds=5), attempt=2
+    )
+    assert again is not None
+    assert again.attempts == 2
+    assert again.status is JobStatus.processing
+
+    done_at = started + timedelta(seconds=9)
+    usage = {"prompt_tokens": 12, "completion_tokens": 340, "total_tokens": 352, "cost": 0.0012}
+    result = Completion(content="# Outline\n- one", model="fake/model-1", usage=usage)
+    assert await store.jobs.mark_completed(job.job_id, result=result, at=done_at) is True
+    done = await store.jobs.get(job.job_id)
+    assert done is not None
+    assert done.status is JobStatus.completed
+    assert done.generated_content == "# Outline\n- one"
+    assert done.model == "fake/model-1"
+    assert done.usage == usage
+    assert done.completed_at == done.updated_at == done_at
+    assert done.error is None
+    assert done.attempts == 2
+
+    # Final: never back to processing, never failed, never completed twice.
+    assert await store.jobs.mark_processing(job.job_id, at=done_at, attempt=3) is None
+    assert await store.jobs.mark_failed(job.job_id, error="late", at=done_at) is False
+    other = Completion(content="other", model="m2")
+    assert await store.jobs.mark_completed(job.job_id, result=other, at=done_at) is False
+    assert await store.jobs.get(job.job_id) == done
+
+
+async def test_completion_without_usage(store: Store) -> None:
+    job = make_job(oid())
+    await store.jobs.create(job)
+    assert await store.jobs.mark_processing(job.job_id, at=T0, attempt=1)
+    assert await store.jobs.mark_completed(job.job_id, result=Completion("text", "m"), at=T0)
+    done = await store.jobs.get(job.job_id)
+    assert done is not None
+    assert done.usage is None
+
+
+async def test_mark_completed_needs_processing(store: Store) -> None:
+    job = make_job(oid())
+    await store.jobs.create(job)
+    assert await store.jobs.mark_completed(job.job_id, result=Completion("x", "m"), at=T0) is False
+    assert await store.jobs.get(job.job_id) == job
+
+
+async def test_failed_from_queued_and_from_processing(store: Store) -> None:
+    queued, running = make_job(oid()), make_job(oid())
+    for job in (queued, running):
+        await store.jobs.create(job)
+    failed_at = T0 + timedelta(seconds=30)
+    assert await store.jobs.mark_failed(queued.job_id, error="LLM refused", at=failed_at) is True
+    failed = await store.jobs.get(queued.job_id)
+    assert failed is not None
+    assert failed.status is JobStatus.failed
+    assert failed.error == "LLM refused"
+    assert failed.failed_at == failed.updated_at == failed_at
+    assert failed.attempts == 0
+    # Final.
+    assert await store.jobs.mark_processing(queued.job_id, at=failed_at, attempt=1) is None
+    assert (
+        await store.jobs.mark_completed(queued.job_id, result=Completion("x", "m"), at=failed_at)
+        is False
+    )
+    assert await store.jobs.mark_failed(queued.job_id, error="again", at=failed_at) is False
+    assert await store.jobs.get(queued.job_id) == failed
+
+    assert await store.jobs.mark_processing(running.job_id, at=T0, attempt=3)
+    assert await store.jobs.mark_failed(running.job_id, error="timeout", at=failed_at) is True
+    got = await store.jobs.get(running.job_id)
+    assert got is not None
+    assert (got.status, got.error, got.attempts) == (JobStatus.failed, "timeout", 3)
+
+
+async def test_transitions_of_an_unknown_job(store: Store) -> None:
+    assert await store.jobs.mark_processing("nope", at=T0, attempt=1) is None
+    assert await store.jobs.mark_completed("nope", result=Completion("x", "m"), at=T0) is False
+    assert await store.jobs.mark_failed("nope", error="x", at=T0) is False
+
+
+async def test_concurrent_mark_processing_and_completion(store: Store) -> None:
+    job = make_job(oid())
+    await store.jobs.create(job)
+    assert await store.jobs.mark_processing(job.job_id, at=T0, attempt=1)
+    results = await asyncio.gather(
+        *(
+            store.jobs.mark_completed(job.job_id, result=Completion(f"r{i}", "m"), at=T0)
+            for i in range(5)
+        )
+    )
+    assert sorted(results) == [False, False, False, False, True]
+
+
+async def test_delete(store: Store) -> None:
+    user = oid()
+    keep, gone = make_job(user), make_job(user)
+    for job in (keep, gone):
+        await store.jobs.create(job)
+    await store.jobs.delete(gone.job_id)
+    assert await store.jobs.get(gone.job_id) is None
+    assert await store.jobs.get(keep.job_id) == keep
+    await store.jobs.delete(gone.job_id)  # deleting twice is fine
+    await store.jobs.delete("never-existed")
+    assert [j.job_id for j in await store.jobs.list_for_user(user, limit=10)] == [keep.job_id]
+
+
+# --- contents -----------------------------------------------------------------------------
+async def test_create_once_is_idempotent_per_job(store: Store) -> None:
+    user = oid()
+    first = make_content(user, "job-1")
+    stored, created = await store.contents.create_once(first)
+    assert (stored, created) == (first, True)
+
+    again = make_content(user, "job-1", title="Another title")
+    stored, created = await store.contents.create_once(again)
+    assert created is False
+    assert stored == first
+    assert stored.created_at.utcoffset() == timedelta(0)
+    assert await store.contents.get_for_user(again.content_id, user) is None
+    assert [c.content_id for c in await store.contents.list_for_user(user, limit=10)] == [
+        first.content_id
+    ]
+
+
+async def test_create_once_races_create_one(store: Store) -> None:
+    user = oid()
+    attempts = [make_content(user, "job-race", title=f"t{i}") for i in range(6)]
+    results = await asyncio.gather(*(store.contents.create_once(c) for c in attempts))
+    assert sorted(created for _, created in results) == [False] * 5 + [True]
+    winner = next(c for c, created in results if created)
+    assert {c.content_id for c, _ in results} == {winner.content_id}
+    assert len(await store.contents.list_for_user(user, limit=10)) == 1
+
+
+async def test_contents_get_list_and_isolation(store: Store) -> None:
+    alice, bob = oid(), oid()
+    saved = []
+    for i in range(4):
+        content = make_content(
+            alice, f"a{i}", created_at=T0 + timedelta(seconds=i), prompt=None, model=None
+        )
+        saved.append((await store.contents.create_once(content))[0])
+    bobs, created = await store.contents.create_once(make_content(bob, "b0"))
+    assert created
+
+    got = await store.contents.get_for_user(saved[2].content_id, alice)
+    assert got == saved[2]
+    assert got is not None
+    assert got.prompt is None and got.model is None
+    assert await store.contents.get_for_user(saved[2].content_id, bob) is None
+    assert await store.contents.get_for_user(bobs.content_id, alice) is None
+    assert await store.contents.get_for_user("no-such-content", alice) is None
+
+    listed = await store.contents.list_for_user(alice, limit=10)
+    assert [c.content_id for c in listed] == [c.content_id for c in reversed(saved)]
+    assert listed[0] == saved[3]
+    top2 = await store.contents.list_for_user(alice, limit=2)
+    assert [c.content_id for c in top2] == [saved[3].content_id, saved[2].content_id]
+    assert await store.contents.list_for_user(bob, limit=10) == [bobs]
+    assert await store.contents.list_for_user(oid(), limit=10) == []
+
+
+# --- SQL specifics ------------------------------------------------------------------------
+SQL_ONLY = pytest.mark.parametrize("backend_spec", ["postgresql", "sqlite"], indirect=True)
+
+
+@SQL_ONLY
+async def test_schema_version_is_recorded_and_a_newer_one_refused(backend: Backend) -> None:
+    from sqlalchemy import select, update
+
+    from smartgen.store.sql import SCHEMA_VERSION, SqlStore, schema_version
+
+    store = backend.open()
+    await store.init()
+    assert isinstance(store, SqlStore)
+    engine = store._engine
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(schema_version.c.id, schema_version.c.version))).all()
+        assert [tuple(r) for r in rows] == [(1, SCHEMA_VERSION)]
+        await conn.execute(update(schema_version).values(version=SCHEMA_VERSION + 1))
+    newer = backend.open()
+    with pytest.raises(ConfigError, match="newer than this smartgen understands"):
+        await newer.init()
+
+
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_uses_wal_and_creates_its_directory(backend: Backend) -> None:
+    from smartgen.store.sql import SqlStore
+
+    store = backend.open()
+    assert isinstance(store, SqlStore)
+    path = Path(store.url.database or "")
+    assert not await asyncio.to_thread(path.parent.exists)
+    await store.init()
+    assert await asyncio.to_thread(path.is_file)
+    async with store._engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+        assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 5000
+
+
+@pytest.mark.parametrize(
+    ("raw", "driver"),
+    [
+        ("postgresql://u:p@db.example:6543/app", "postgresql+asyncpg"),
+        ("postgres://u:p@db.example:6543/app", "postgresql+asyncpg"),
+        ("postgresql+asyncpg://u:p@db.example:6543/app", "postgresql+asyncpg"),
+        ("sqlite:///rel/smartgen.db", "sqlite+aiosqlite"),
+        ("sqlite+aiosqlite:////abs/smartgen.db", "sqlite+aiosqlite"),
+    ],
+)
+def test_database_urls_are_normalised(raw: str, driver: str) -> None:
+    from smartgen.store.sql import sql_url
+
+    url = sql_url(raw)
+    assert url.drivername == driver
+    if driver.startswith("postgresql"):
+        assert (url.host, url.port, url.database, url.password) == ("db.example", 6543, "app", "p")
+
+
+def test_sslmode_becomes_asyncpg_ssl() -> None:
+    from smartgen.store.sql import sql_url
+
+    url = sql_url("postgres://u@h/db?sslmode=require")
+    assert dict(url.query) == {"ssl": "require"}
+
+
+@pytest.mark.parametrize("raw", ["mysql://u@h/db", "sqlite://", "sqlite:///:memory:", "not a url"])
+def test_unsupported_database_urls_are_config_errors(raw: str) -> None:
+    from smartgen.store.sql import sql_url
+
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        sql_url(raw)
+
+
+def settings_for(**kw: Any) -> Any:
+    base = {"mongo_uri": None, "mongo_database": "smartgen", "database_url": None}
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_describe_store_names_the_store_without_credentials() -> None:
+    mongo = settings_for(mongo_uri="mongodb://admin:s3cret@127.0.0.1:27017/app?authSource=admin")
+    assert describe_store(mongo) == "mongodb (127.0.0.1:27017/smartgen)"
+    pg = settings_for(database_url="postgres://admin:s3cret@db.internal/app")
+    assert describe_store(pg) == "postgresql (db.internal:5432/app)"
+    assert describe_store(settings_for(data_dir=".smartgen")) == (
+        "sqlite (./.smartgen/smartgen.db, embedded)"
+    )
+    assert describe_store(settings_for(data_dir="/var/lib/smartgen")) == (
+        "sqlite (/var/lib/smartgen/smartgen.db, embedded)"
+    )
+    for settings in (mongo, pg):
+        assert "s3cret" not in describe_store(settings)
+
+
+async def test_open_store_follows_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smartgen.store.mongo import MongoStore
+    from smartgen.store.sql import SqlStore
+
+    opened: list[Store] = []
+    try:
+        mongo = open_store(
+            settings_for(mongo_uri="mongodb://127.0.0.1:1/app", mongo_database="app")
+        )
+        opened.append(mongo)
+        assert isinstance(mongo, MongoStore)
+        pg = open_store(settings_for(database_url="postgresql://u@127.0.0.1:1/app"))
+        opened.append(pg)
+        assert isinstance(pg, SqlStore)
+        assert pg.name == "postgresql"
+        monkeypatch.chdir(tmp_path)
+        embedded = open_store(settings_for(data_dir=".smartgen"))
+        opened.append(embedded)
+        assert isinstance(embedded, SqlStore)
+        assert embedded.name == "sqlite"
+        assert embedded.url.database == str(tmp_path / ".smartgen" / "smartgen.db")
+        await embedded.init()
+        assert await asyncio.to_thread((tmp_path / ".smartgen" / "smartgen.db").is_file)
+    finally:
+        for store in opened:
+            await store.close()
+
+
+def test_real_settings_select_the_embedded_sqlite_file(tmp_path: Path) -> None:
+    from smartgen.config import Settings
+
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, mongo_uri=None, database_url=None, data_dir=str(tmp_path / "d")
+    )
+    assert describe_store(settings) == f"sqlite ({tmp_path / 'd' / 'smartgen.db'}, embedded)"
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, mongo_uri=None, database_url="postgresql://u:pw@127.0.0.1:1/app"
+    )
+    assert describe_store(settings) == "postgresql (127.0.0.1:1/app)"
+
+
+def test_a_mongodb_deployment_never_imports_sqlalchemy() -> None:
+    code = (
+        "import sys, smartgen.store, smartgen.store.mongo\n"
+        "from types import SimpleNamespace as S\n"
+        "smartgen.store.describe_store(S(mongo_uri='mongodb://h/db', mongo_database='db'))\n"
+        "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -25,16 +25,26 @@ async def test_seed_flow_with_real_processes(
     fake_llm.script(flaky, [Reply(status=429, headers={"Retry-After": "1"})])
 
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        r = await client.post("/auth/register", json={"email": f"a{unique}@example.com", "password": "pa55word!"})
+        r = await client.post(
+            "/auth/register", json={"email": f"a{unique}@example.com", "password": "pa55word!"}
+        )
         assert r.status_code == 201
         alice = {"Authorization": f"Bearer {r.json()['token']}"}
-        r = await client.post("/auth/register", json={"email": f"b{unique}@example.com", "password": "pa55word!"})
+        r = await client.post(
+            "/auth/register", json={"email": f"b{unique}@example.com", "password": "pa55word!"}
+        )
         bob = {"Authorization": f"Bearer {r.json()['token']}"}
 
         jobs = {}
-        for name, prompt in [("ok", f"Sourdough {ok}"), ("down", f"x {down}"), ("flaky", f"y {flaky}")]:
+        for name, prompt in [
+            ("ok", f"Sourdough {ok}"),
+            ("down", f"x {down}"),
+            ("flaky", f"y {flaky}"),
+        ]:
             r = await client.post(
-                "/generate-content", json={"prompt": prompt, "contentType": "Blog Post Outline"}, headers=alice
+                "/generate-content",
+                json={"prompt": prompt, "contentType": "Blog Post Outline"},
+                headers=alice,
             )
             assert r.status_code == 202
             jobs[name] = r.json()
@@ -46,16 +56,22 @@ async def test_seed_flow_with_real_processes(
         done = await wait_for_status(client, jobs["ok"]["jobId"], alice, {"completed", "failed"})
         assert done["status"] == "completed"
         assert done["generatedContent"].startswith(f"# Outline: Sourdough {ok}")
-        failed = await wait_for_status(client, jobs["down"]["jobId"], alice, {"completed", "failed"}, 30)
+        failed = await wait_for_status(
+            client, jobs["down"]["jobId"], alice, {"completed", "failed"}, 30
+        )
         assert failed["status"] == "failed" and failed["error"]
         assert "generatedContent" not in failed
-        recovered = await wait_for_status(client, jobs["flaky"]["jobId"], alice, {"completed", "failed"}, 30)
+        recovered = await wait_for_status(
+            client, jobs["flaky"]["jobId"], alice, {"completed", "failed"}, 30
+        )
         assert recovered["status"] == "completed"
 
         listed = (await client.get("/generate-content", headers=alice)).json()
         assert [j["jobId"] for j in listed] == [jobs[n]["jobId"] for n in ("flaky", "down", "ok")]
         assert (await client.get("/generate-content", headers=bob)).json() == []
-        assert (await client.get(f"/generate-content/{jobs['ok']['jobId']}", headers=bob)).status_code == 404
+        assert (
+            await client.get(f"/generate-content/{jobs['ok']['jobId']}", headers=bob)
+        ).status_code == 404
 
         r = await client.post(f"/generate-content/{jobs['ok']['jobId']}/save", headers=alice)
         assert r.status_code == 201
@@ -81,17 +97,23 @@ async def test_seed_flow_with_real_processes(
     assert "sk-or-test-key" not in worker.output() + api.output()
 
 
-async def test_dev_runs_both_and_stops_on_sigint(env: dict[str, str], processes: list[Process], unique: str) -> None:
+async def test_dev_runs_both_and_stops_on_sigint(
+    env: dict[str, str], processes: list[Process], unique: str
+) -> None:
     port = free_port()
     dev = Process("dev", env, PORT=str(port))
     processes.append(dev)
     url = f"http://127.0.0.1:{port}"
     await wait_http(url, dev)
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        r = await client.post("/auth/register", json={"email": f"d{unique}@example.com", "password": "pa55word!"})
+        r = await client.post(
+            "/auth/register", json={"email": f"d{unique}@example.com", "password": "pa55word!"}
+        )
         headers = {"Authorization": f"Bearer {r.json()['token']}"}
         r = await client.post(
-            "/generate-content", json={"prompt": f"dev {unique}", "contentType": "Social Media Caption"}, headers=headers
+            "/generate-content",
+            json={"prompt": f"dev {unique}", "contentType": "Social Media Caption"},
+            headers=headers,
         )
         job = await wait_for_status(client, r.json()["jobId"], headers, {"completed", "failed"})
         assert job["status"] == "completed"
@@ -103,7 +125,9 @@ async def test_dev_runs_both_and_stops_on_sigint(env: dict[str, str], processes:
     assert dev.proc.returncode == 0, dev.output()
 
 
-async def test_missing_setting_stops_with_one_line(env: dict[str, str], processes: list[Process]) -> None:
+async def test_missing_setting_stops_with_one_line(
+    env: dict[str, str], processes: list[Process]
+) -> None:
     api = Process("api", {**env, "JWT_SECRET": ""})
     processes.append(api)
     assert api.proc.wait(20) == 2
@@ -112,8 +136,26 @@ async def test_missing_setting_stops_with_one_line(env: dict[str, str], processe
     assert len(out.splitlines()) == 1
     worker = Process(
         "worker",
-        {**env, "OPENROUTER_KEY": "", "BASE_URL": "https://openrouter.ai/api/v1", "LLM_PROVIDER": "openai"},
+        {
+            **env,
+            "OPENROUTER_KEY": "",
+            "BASE_URL": "https://openrouter.ai/api/v1",
+            "LLM_PROVIDER": "openai",
+        },
     )
     processes.append(worker)
     assert worker.proc.wait(20) == 2
     assert "OPENROUTER_KEY is not set" in worker.output()
+
+
+async def test_unreachable_database_is_one_line_and_exit_3(
+    env: dict[str, str], processes: list[Process]
+) -> None:
+    dead = {**env, "MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/x", "PORT": str(free_port())}
+    for command in ("api", "worker"):
+        proc = Process(command, dead)
+        processes.append(proc)
+        assert proc.proc.wait(30) == 3, proc.output()
+        out = proc.output().strip().splitlines()
+        assert out[-1].startswith("smartgen: "), out
+        assert "Traceback" not in proc.output()

@@ -95,3 +95,20 @@ async def test_login_attempts_are_limited(settings: Settings) -> None:
             "/auth/login", json={"email": other["email"], "password": "correct horse"}
         )
         assert r.status_code == 200
+
+
+async def test_cap_on_unfinished_jobs(settings: Settings) -> None:
+    s = settings.model_copy(update={"max_unfinished_jobs": 2, "generation_delay_seconds": 60.0})
+    async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url) as client:
+        alice, bob = await register(client), await register(client)
+        codes = [
+            (await client.post("/generate-content", json=JOB, headers=alice["headers"])).status_code
+            for _ in range(3)
+        ]
+        assert codes == [202, 202, 429]
+        r = await client.post("/generate-content", json=JOB, headers=alice["headers"])
+        assert r.json()["error"] == "too_many_unfinished_jobs"
+        assert "at most 2" in r.json()["message"]
+        assert (
+            await client.post("/generate-content", json=JOB, headers=bob["headers"])
+        ).status_code == 202

@@ -383,6 +383,8 @@ async def test_list_unfinished_due(store: Store) -> None:
     )
     assert await store.jobs.mark_failed(failed_due.job_id, error="x", at=now)
 
+    assert await store.jobs.count_unfinished(user) == 3  # queued, processing, queued later
+    assert await store.jobs.count_unfinished(oid()) == 0
     found = await store.jobs.list_unfinished_due(now, limit=100)
     assert {j.job_id for j in found} == {queued_due.job_id, processing_due.job_id}
     assert {j.status for j in found} == {JobStatus.queued, JobStatus.processing}

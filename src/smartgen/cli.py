@@ -16,6 +16,7 @@ from typing import Any
 
 from smartgen import __version__
 from smartgen.config import ConfigError, Settings, load_settings
+from smartgen.errors import StoreUnavailable
 from smartgen.terminal import add_client_commands, run_client_command
 
 
@@ -29,6 +30,21 @@ def _setup_logging(level: str) -> None:
     if level.lower() != "debug":
         for name in ("httpx", "httpcore", "pymongo", "socketio.server", "engineio.server"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def preflight_store(settings: Settings) -> None:
+    """Open the store and bring its schema/indexes up to date before serving, so an
+    unreachable database is one clear line and exit code 3, not a traceback."""
+    from smartgen.store import open_store
+
+    async def check() -> None:
+        store = open_store(settings)
+        try:
+            await store.init()
+        finally:
+            await store.close()
+
+    asyncio.run(check())
 
 
 def run_api(settings: Settings) -> int:
@@ -47,6 +63,7 @@ def run_api(settings: Settings) -> int:
     from smartgen.app import create_app
 
     app = create_app(settings)
+    preflight_store(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -71,6 +88,7 @@ def run_worker_process(settings: Settings) -> int:
     from smartgen.worker import run_worker
 
     settings.require_llm_credentials()
+    preflight_store(settings)
     try:
         import uvloop
 
@@ -202,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"smartgen: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(f"smartgen: {exc.message}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
     return 2

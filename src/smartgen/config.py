@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     # Rate limits (Redis-backed, across API processes); 0 turns one off.
     generate_rate_limit: int = Field(60, ge=0)
+    max_unfinished_jobs: int = Field(100, ge=0)  # per user: queued + processing
     generate_rate_window_seconds: float = Field(60.0, gt=0)
     login_rate_limit: int = Field(10, ge=0)  # per email
     login_ip_rate_limit: int = Field(100, ge=0)  # per client address

@@ -7,7 +7,7 @@ from datetime import timedelta
 from uuid import UUID, uuid4
 
 from smartgen.config import Settings
-from smartgen.errors import AppError, NotFound, ValidationFailed
+from smartgen.errors import AppError, NotFound, TooManyRequests, ValidationFailed
 from smartgen.queue import GenerationQueue
 from smartgen.store.base import Job, JobStatus, Store
 from smartgen.times import utcnow
@@ -34,6 +34,15 @@ async def enqueue_generation(
             f"prompt: must be at most {settings.prompt_max_chars} characters (got {len(prompt)})",
             details=[{"field": "prompt", "message": "too long"}],
         )
+    if settings.max_unfinished_jobs:
+        unfinished = await store.jobs.count_unfinished(user_id)
+        if unfinished >= settings.max_unfinished_jobs:
+            raise TooManyRequests(
+                f"You have {unfinished} unfinished jobs (at most {settings.max_unfinished_jobs}); "
+                "wait for some to finish",
+                code="too_many_unfinished_jobs",
+                headers={"Retry-After": str(max(1, round(settings.generation_delay_seconds)))},
+            )
     now = utcnow()
     delay = settings.generation_delay_seconds
     job = Job(

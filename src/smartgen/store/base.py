@@ -101,6 +101,9 @@ class JobRepository(Protocol):
     async def list_changed_since(self, user_id: str, since: datetime, *, limit: int) -> list[Job]:
         """The user's jobs whose `updatedAt` is after `since`, oldest change first."""
 
+    async def count_unfinished(self, user_id: str) -> int:
+        """How many of the user's jobs are `queued` or `processing`."""
+
     async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
         """Jobs `queued`/`processing` whose `scheduledFor` is before `due_before`."""
 

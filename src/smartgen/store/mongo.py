@@ -167,6 +167,12 @@ class MongoJobs:
         return [_job_from_doc(d) async for d in cursor]
 
     @_unavailable
+    async def count_unfinished(self, user_id: str) -> int:
+        return int(
+            await self._c.count_documents({"userId": user_id, "status": {"$in": _UNFINISHED}})
+        )
+
+    @_unavailable
     async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
         cursor = self._c.find({"status": {"$in": _UNFINISHED}, "scheduledFor": {"$lt": due_before}})
         return [_job_from_doc(d) async for d in cursor.limit(limit)]
@@ -290,6 +296,7 @@ class MongoStore:
         await self._db["jobs"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
         await self._db["jobs"].create_index([("userId", ASCENDING), ("updatedAt", ASCENDING)])
         await self._db["jobs"].create_index([("status", ASCENDING), ("scheduledFor", ASCENDING)])
+        await self._db["jobs"].create_index([("userId", ASCENDING), ("status", ASCENDING)])
         await self._db["contents"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
         await self._db["contents"].create_index("jobId", unique=True)
         await self._db["contents"].create_index("contentId", unique=True)

@@ -47,6 +47,7 @@ from sqlalchemy import (
     Text,
     event,
     exc,
+    func,
     inspect,
     select,
     text,
@@ -149,6 +150,7 @@ jobs = Table(
     Index("ix_jobs_user_created", "user_id", "created_at", "id"),
     Index("ix_jobs_user_updated", "user_id", "updated_at"),
     Index("ix_jobs_status_scheduled", "status", "scheduled_for"),
+    Index("ix_jobs_user_status", "user_id", "status"),
 )
 
 contents = Table(
@@ -403,6 +405,16 @@ class SqlJobs(_Repository):
             .limit(_limited(limit))
         )
         return [_job(r) for r in await self._all(stmt)]
+
+    @_unavailable
+    async def count_unfinished(self, user_id: str) -> int:
+        stmt = (
+            select(func.count())
+            .select_from(jobs)
+            .where(jobs.c.user_id == user_id, jobs.c.status.in_(_UNFINISHED))
+        )
+        row = await self._first(stmt)
+        return int(row[0]) if row is not None else 0
 
     @_unavailable
     async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:

@@ -141,6 +141,7 @@ def fault_env(env: dict[str, str]) -> dict[str, str]:
         **env,
         "LOCK_DURATION_MS": "2000",
         "STALLED_INTERVAL_MS": "1000",
+        "PROCESSING_LEASE_SECONDS": "5",
         "GENERATION_DELAY_SECONDS": "0",
     }
 

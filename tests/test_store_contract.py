@@ -715,3 +715,36 @@ def test_a_mongodb_deployment_never_imports_sqlalchemy() -> None:
         "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_processing_lease_blocks_a_second_delivery(store: Store) -> None:
+    user = oid()
+    job = make_job(user)
+    await store.jobs.create(job)
+    now = T0 + timedelta(hours=2)
+    taken = await store.jobs.mark_processing(
+        job.job_id, at=now, attempt=1, lease_until=now + timedelta(seconds=30)
+    )
+    assert taken is not None and taken.lease_until == now + timedelta(seconds=30)
+    # Another delivery while the lease runs: refused.
+    assert (
+        await store.jobs.mark_processing(job.job_id, at=now + timedelta(seconds=10), attempt=2)
+        is None
+    )
+    # After the lease: taken over.
+    later = now + timedelta(seconds=31)
+    again = await store.jobs.mark_processing(job.job_id, at=later, attempt=2, lease_until=None)
+    assert again is not None and again.attempts == 2 and again.lease_until is None
+    # Without a lease, a redelivery may take it at once.
+    assert await store.jobs.mark_processing(job.job_id, at=later, attempt=3) is not None
+    # The lease's owner (a retry of the same queue message) may take it back at once;
+    # another owner may not.
+    held = await store.jobs.mark_processing(
+        job.job_id, at=later, attempt=4, lease_until=later + timedelta(minutes=1), owner="m1"
+    )
+    assert held is not None and held.lease_owner == "m1"
+    assert await store.jobs.mark_processing(job.job_id, at=later, attempt=5, owner="m2") is None
+    retry = await store.jobs.mark_processing(
+        job.job_id, at=later, attempt=5, lease_until=later + timedelta(minutes=1), owner="m1"
+    )
+    assert retry is not None and retry.attempts == 5

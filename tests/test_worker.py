@@ -43,8 +43,12 @@ async def worker(settings: Settings) -> AsyncIterator[None]:
         yield
 
 
-async def queue(client: httpx.AsyncClient, headers: dict[str, str], prompt: str, kind: str = "Blog Post Outline") -> dict:
-    r = await client.post("/generate-content", json={"prompt": prompt, "contentType": kind}, headers=headers)
+async def queue(
+    client: httpx.AsyncClient, headers: dict[str, str], prompt: str, kind: str = "Blog Post Outline"
+) -> dict:
+    r = await client.post(
+        "/generate-content", json={"prompt": prompt, "contentType": kind}, headers=headers
+    )
     assert r.status_code == 202, r.text
     return r.json()
 
@@ -83,7 +87,9 @@ async def test_delayed_job_starts_on_time_after_long_block(
         user = await register(client)
         queued = await queue(client, user["headers"], f"late? [idle-{unique}]")
         assert queued["delaySeconds"] == 8
-        job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed"}, timeout=25)
+        job = await wait_for_status(
+            client, queued["jobId"], user["headers"], {"completed"}, timeout=25
+        )
     lateness = (ts(job["startedAt"]) - ts(queued["scheduledFor"])).total_seconds()
     assert 0 <= lateness < 2.5, lateness
 
@@ -95,10 +101,15 @@ async def test_retryable_errors_then_failed(
     marker = f"[down-{unique}]"
     fake_llm.always(marker, Reply(status=500))
     queued = await queue(client, user["headers"], f"x {marker}")
-    job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed", "failed"}, timeout=30)
+    job = await wait_for_status(
+        client, queued["jobId"], user["headers"], {"completed", "failed"}, timeout=30
+    )
     assert job["status"] == "failed"
     assert job["attempts"] == 3
-    assert job["error"] == "Generation failed: the model provider answered HTTP 500: fake upstream error 500"
+    assert (
+        job["error"]
+        == "Generation failed: the model provider answered HTTP 500: fake upstream error 500"
+    )
     assert "sk-or-test-key" not in job["error"] and "Traceback" not in job["error"]
     assert "generatedContent" not in job
     assert len(fake_llm.calls_for(marker)) == 3
@@ -111,7 +122,9 @@ async def test_rate_limited_then_success_honours_retry_after(
     marker = f"[429-{unique}]"
     fake_llm.script(marker, [Reply(status=429, headers={"Retry-After": "2"})])
     queued = await queue(client, user["headers"], f"x {marker}")
-    job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed", "failed"}, timeout=30)
+    job = await wait_for_status(
+        client, queued["jobId"], user["headers"], {"completed", "failed"}, timeout=30
+    )
     assert job["status"] == "completed"
     assert job["attempts"] == 2
     first, second = fake_llm.calls_for(marker)
@@ -123,7 +136,9 @@ async def test_non_retryable_error_fails_at_once(
 ) -> None:
     user = await register(client)
     marker = f"[402-{unique}]"
-    fake_llm.always(marker, Reply(status=402, json_body={"error": {"message": "Insufficient credits"}}))
+    fake_llm.always(
+        marker, Reply(status=402, json_body={"error": {"message": "Insufficient credits"}})
+    )
     queued = await queue(client, user["headers"], f"x {marker}")
     job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed", "failed"})
     assert job["status"] == "failed"
@@ -138,10 +153,15 @@ async def test_malformed_answers_retry_then_succeed(
     marker = f"[bad-{unique}]"
     fake_llm.script(
         marker,
-        [Reply(raw_body=b"<html>gateway</html>"), Reply(json_body={"error": {"message": "upstream", "code": 502}})],
+        [
+            Reply(raw_body=b"<html>gateway</html>"),
+            Reply(json_body={"error": {"message": "upstream", "code": 502}}),
+        ],
     )
     queued = await queue(client, user["headers"], f"x {marker}")
-    job = await wait_for_status(client, queued["jobId"], user["headers"], {"completed", "failed"}, timeout=30)
+    job = await wait_for_status(
+        client, queued["jobId"], user["headers"], {"completed", "failed"}, timeout=30
+    )
     assert job["status"] == "completed"
     assert len(fake_llm.calls_for(marker)) == 3
 
@@ -154,7 +174,12 @@ async def test_redelivered_message_does_not_generate_again(
     queued = await queue(client, user["headers"], f"x {marker}")
     done = await wait_for_status(client, queued["jobId"], user["headers"], {"completed"})
     # The same message delivered again (a new bullmq job carrying the same jobId).
-    data = {"jobId": queued["jobId"], "userId": user["userId"], "prompt": f"x {marker}", "contentType": "Blog Post Outline"}
+    data = {
+        "jobId": queued["jobId"],
+        "userId": user["userId"],
+        "prompt": f"x {marker}",
+        "contentType": "Blog Post Outline",
+    }
     await api.runtime.queue._queue.add(JOB_NAME, data, {"jobId": str(uuid.uuid4())})
     await asyncio.sleep(1.5)
     again = await wait_for_status(client, queued["jobId"], user["headers"], {"completed"})
@@ -165,12 +190,16 @@ async def test_redelivered_message_does_not_generate_again(
 async def test_queue_unavailable_answers_503_and_leaves_no_job(
     settings: Settings, unique: str
 ) -> None:
-    dead = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "queue_timeout_seconds": 1.0})
+    dead = settings.model_copy(
+        update={"redis_url": "redis://127.0.0.1:1/0", "queue_timeout_seconds": 1.0}
+    )
     dead.__dict__.pop("redis_connection_url", None)
     async with ApiServer(dead) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as client:
         user = await register(client)
         r = await client.post(
-            "/generate-content", json={"prompt": "x", "contentType": "Blog Post Outline"}, headers=user["headers"]
+            "/generate-content",
+            json={"prompt": "x", "contentType": "Blog Post Outline"},
+            headers=user["headers"],
         )
         assert r.status_code == 503
         assert r.json()["error"] == "queue_unavailable"
@@ -180,3 +209,55 @@ async def test_queue_unavailable_answers_503_and_leaves_no_job(
         assert r.status_code == 503
         assert r.json()["checks"]["redis"] == "unavailable"
         assert "redis" in r.json()["message"]
+
+
+async def test_concurrent_duplicate_deliveries_generate_once(
+    settings: Settings, fake_llm: FakeLLM, unique: str
+) -> None:
+    """Two queue messages for one job, due at the same moment: one LLM call, one
+    completion, one `job_completed` event."""
+    import socketio
+
+    s = settings.model_copy(update={"processing_lease_seconds": 3.0})
+    marker = f"[twice-{unique}]"
+    fake_llm.script(marker, [Reply(delay=1.0)])
+    async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        user = await register(client)
+        events: list[dict] = []
+        sio = socketio.AsyncClient()
+        sio.on("job_completed", lambda data: events.append(data))
+        await sio.connect(api.url, auth={"token": user["token"]}, transports=["websocket"])
+        try:
+            queued = await queue(client, user["headers"], f"x {marker}")
+            data = {
+                "jobId": queued["jobId"],
+                "userId": user["userId"],
+                "prompt": f"x {marker}",
+                "contentType": "Blog Post Outline",
+            }
+            duplicate = str(uuid.uuid4())
+            await api.runtime.queue._queue.add(
+                JOB_NAME,
+                data,
+                {
+                    "jobId": duplicate,
+                    "delay": 1000,
+                    "attempts": 3,
+                    "backoff": {"type": "smartgen", "delay": 200},
+                },
+            )
+            async with running_worker(s):
+                job = await wait_for_status(
+                    client, queued["jobId"], user["headers"], {"completed", "failed"}
+                )
+                assert job["status"] == "completed"
+                for _ in range(100):  # the duplicate retries after the lease, then sees it done
+                    if await api.runtime.queue.state(duplicate) == "completed":
+                        break
+                    await asyncio.sleep(0.1)
+                assert await api.runtime.queue.state(duplicate) == "completed"
+            await asyncio.sleep(0.5)
+        finally:
+            await sio.disconnect()
+    assert len(fake_llm.calls_for(marker)) == 1
+    assert [e["jobId"] for e in events] == [queued["jobId"]]

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     stalled_interval_ms: int = Field(30_000, ge=1000)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     store_write_retry_seconds: float = Field(30.0, ge=0)
+    # How long one delivery owns a `processing` job; default: the LLM timeout + 15 s.
+    processing_lease_seconds: float | None = Field(None, gt=0)
     reconcile_interval_seconds: float = Field(60.0, gt=0)
     reconcile_grace_seconds: float = Field(30.0, ge=0)
     reconcile_max_age_seconds: float = Field(24 * 3600.0, gt=0)
@@ -204,6 +206,10 @@ class Settings(BaseSettings):
                 "MONGO_URI is not set: e.g. MONGO_URI=mongodb://127.0.0.1:27017/smartgen"
             )
         return self.mongo_uri
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.processing_lease_seconds or self.llm_timeout_seconds + 15.0
 
     @property
     def use_offline_llm(self) -> bool:

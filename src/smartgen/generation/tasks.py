@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import asdict, replace
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from bullmq.custom_errors import UnrecoverableError
@@ -95,9 +96,15 @@ class GenerationTask:
             return "missing"
         if record.status.is_final:
             return f"already {record.status.value}"
-        started = await self.store.jobs.mark_processing(job_id, at=utcnow(), attempt=attempt)
+        now = utcnow()
+        lease = now + timedelta(seconds=self.settings.lease_seconds)
+        # The queue message's id owns the lease: its own retries and stalled-job recovery
+        # may take the job over at once; another message for the same job may not.
+        started = await self.store.jobs.mark_processing(
+            job_id, at=now, attempt=attempt, lease_until=lease, owner=str(job.id)
+        )
         if started is None:
-            return "already final"
+            return await self._not_taken(job_id, now, last_attempt)
         await self.notifier.job_changed(started)
 
         kept = data.get("result")
@@ -121,6 +128,17 @@ class GenerationTask:
 
         await self._complete(job, started, data, completion)
         return "completed"
+
+    async def _not_taken(self, job_id: str, now: datetime, last_attempt: bool) -> str:
+        """Another delivery of the same job holds it (or it just finished)."""
+        current = await self.store.jobs.get(job_id)
+        if current is None or current.status.is_final:
+            return "already final"
+        held_for = (current.lease_until - now).total_seconds() if current.lease_until else 0.0
+        if last_attempt:
+            # The holder finishes it; if it dies, the reconciler queues the job again.
+            return "held by another delivery"
+        raise RetryLater("another delivery of this job is running", max(0.5, held_for + 0.5))
 
     async def _complete(
         self, job: Any, started: Job, data: dict[str, Any], completion: Completion

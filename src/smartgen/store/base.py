@@ -53,6 +53,10 @@ class Job:
     model: str | None = None
     usage: dict[str, Any] | None = None
     attempts: int = 0
+    # While a delivery generates, no other queue message for the same job may take it
+    # over; retries of the same message (same owner) may.
+    lease_until: datetime | None = None
+    lease_owner: str | None = None
 
 
 @dataclass(slots=True)
@@ -107,8 +111,18 @@ class JobRepository(Protocol):
     async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
         """Jobs `queued`/`processing` whose `scheduledFor` is before `due_before`."""
 
-    async def mark_processing(self, job_id: str, *, at: datetime, attempt: int) -> Job | None:
-        """`queued`/`processing` → `processing`; None when the job is final or unknown."""
+    async def mark_processing(
+        self,
+        job_id: str,
+        *,
+        at: datetime,
+        attempt: int,
+        lease_until: datetime | None = None,
+        owner: str | None = None,
+    ) -> Job | None:
+        """`queued` → `processing`, or take over a `processing` job whose lease has run
+        out, has none, or is held by the same `owner`; None when the job is final, leased
+        to another owner, or unknown."""
 
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
         """`processing` → `completed`; False when it was not processing."""

@@ -57,6 +57,8 @@ def _job_from_doc(doc: dict[str, Any]) -> Job:
         model=doc.get("model"),
         usage=doc.get("usage"),
         attempts=int(doc.get("attempts") or 0),
+        lease_until=_dt(doc.get("leaseUntil")),
+        lease_owner=doc.get("leaseOwner"),
     )
 
 
@@ -178,17 +180,35 @@ class MongoJobs:
         return [_job_from_doc(d) async for d in cursor.limit(limit)]
 
     @_unavailable
-    async def mark_processing(self, job_id: str, *, at: datetime, attempt: int) -> Job | None:
+    async def mark_processing(
+        self,
+        job_id: str,
+        *,
+        at: datetime,
+        attempt: int,
+        lease_until: datetime | None = None,
+        owner: str | None = None,
+    ) -> Job | None:
         # update_one + read instead of find_one_and_update: the test server scans the whole
         # collection for the latter, and the conditional filter alone gives the guarantee.
+        processing = JobStatus.processing.value
+        takeable: list[dict[str, Any]] = [
+            {"status": JobStatus.queued.value},
+            {"status": processing, "leaseUntil": None},  # None also matches missing
+            {"status": processing, "leaseUntil": {"$lte": at}},
+        ]
+        if owner is not None:
+            takeable.append({"status": processing, "leaseOwner": owner})
         result = await self._c.update_one(
-            {"jobId": job_id, "status": {"$in": _UNFINISHED}},
+            {"jobId": job_id, "$or": takeable},
             {
                 "$set": {
-                    "status": JobStatus.processing.value,
+                    "status": processing,
                     "startedAt": at,
                     "updatedAt": at,
                     "attempts": attempt,
+                    "leaseUntil": lease_until,
+                    "leaseOwner": owner,
                 }
             },
         )

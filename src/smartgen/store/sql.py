@@ -45,10 +45,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     event,
     exc,
     func,
     inspect,
+    or_,
     select,
     text,
 )
@@ -146,6 +148,8 @@ jobs = Table(
     Column("model", String),
     Column("usage", _Json),
     Column("attempts", Integer, nullable=False, default=0),
+    Column("lease_until", UtcDateTime),
+    Column("lease_owner", String),
     Index("ux_jobs_job_id", "job_id", unique=True),
     Index("ix_jobs_user_created", "user_id", "created_at", "id"),
     Index("ix_jobs_user_updated", "user_id", "updated_at"),
@@ -427,15 +431,32 @@ class SqlJobs(_Repository):
         return [_job(r) for r in await self._all(stmt)]
 
     @_unavailable
-    async def mark_processing(self, job_id: str, *, at: datetime, attempt: int) -> Job | None:
+    async def mark_processing(
+        self,
+        job_id: str,
+        *,
+        at: datetime,
+        attempt: int,
+        lease_until: datetime | None = None,
+        owner: str | None = None,
+    ) -> Job | None:
+        free = [jobs.c.lease_until.is_(None), jobs.c.lease_until <= at]
+        if owner is not None:
+            free.append(jobs.c.lease_owner == owner)
+        takeable = or_(
+            jobs.c.status == JobStatus.queued.value,
+            and_(jobs.c.status == JobStatus.processing.value, or_(*free)),
+        )
         stmt = (
             jobs.update()
-            .where(jobs.c.job_id == job_id, jobs.c.status.in_(_UNFINISHED))
+            .where(jobs.c.job_id == job_id, takeable)
             .values(
                 status=JobStatus.processing.value,
                 started_at=at,
                 updated_at=at,
                 attempts=attempt,
+                lease_until=lease_until,
+                lease_owner=owner,
             )
             .returning(*_JOB_COLS)
         )

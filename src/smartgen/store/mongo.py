@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -13,7 +13,16 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from smartgen.errors import Conflict, StoreUnavailable
-from smartgen.store.base import Completion, Content, Job, JobStatus, User
+from smartgen.store.base import (
+    Completion,
+    Content,
+    ContentRepository,
+    Job,
+    JobRepository,
+    JobStatus,
+    User,
+    UserRepository,
+)
 from smartgen.times import as_utc
 
 P = ParamSpec("P")
@@ -22,7 +31,9 @@ R = TypeVar("R")
 _UNFINISHED = [JobStatus.queued.value, JobStatus.processing.value]
 
 
-def _unavailable(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _unavailable(
+    fn: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn "the database did not answer" into `StoreUnavailable` (503 in the API)."""
 
     @functools.wraps(fn)
@@ -232,7 +243,7 @@ class MongoJobs:
                 "$unset": {"error": ""},
             },
         )
-        return res.matched_count == 1
+        return bool(res.matched_count == 1)
 
     @_unavailable
     async def mark_failed(self, job_id: str, *, error: str, at: datetime) -> bool:
@@ -247,7 +258,7 @@ class MongoJobs:
                 }
             },
         )
-        return res.matched_count == 1
+        return bool(res.matched_count == 1)
 
     @_unavailable
     async def delete(self, job_id: str) -> None:
@@ -306,9 +317,9 @@ class MongoStore:
         )
         db = self._client[database]
         self._db = db
-        self.users = MongoUsers(db)
-        self.jobs = MongoJobs(db)
-        self.contents = MongoContents(db)
+        self.users: UserRepository = MongoUsers(db)
+        self.jobs: JobRepository = MongoJobs(db)
+        self.contents: ContentRepository = MongoContents(db)
 
     @_unavailable
     async def init(self) -> None:

@@ -135,7 +135,7 @@ def create_app(settings: Settings) -> socketio.ASGIApp:
                 tokens=tokens,
                 redis=redis,
                 notifier=realtime.publisher,
-                limiter=RateLimiter(redis),
+                limiter=RateLimiter(redis, prefix=f"{settings.queue_prefix}:smartgen:rl"),
             )
             yield
         finally:

@@ -24,7 +24,7 @@ return {count, ttl}
 
 
 class RateLimiter:
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "smartgen:rl") -> None:
+    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
         self._script = client.register_script(_HIT)
         self._prefix = prefix
 

@@ -544,9 +544,7 @@ class SqlContents(_Repository):
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
-        # busy_timeout first: switching to WAL waits for other connections' locks.
         cursor.execute("PRAGMA busy_timeout = 5000")
-        cursor.execute("PRAGMA journal_mode = WAL")
         # Safe with WAL (no corruption); a power cut may lose the last commits, not the file.
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
@@ -611,6 +609,18 @@ class SqlStore:
                 f"Cannot create the directory {directory!r} for the SQLite database: "
                 f"{error.strerror or error}"
             ) from error
+        # WAL is a property of the file, set once here. Switching to it can answer "database
+        # is locked" at once (without waiting on busy_timeout) while another process opens
+        # the same new file, so retry for a bounded time.
+        for attempt in range(100):
+            try:
+                async with self._engine.connect() as conn:
+                    await conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+                break
+            except exc.OperationalError as error:
+                if "locked" not in str(error) or attempt == 99:
+                    raise
+                await asyncio.sleep(0.05)
         async with self._engine.connect() as conn:
             # The engine autocommits; take the write lock for the whole check-and-create.
             await conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,175 @@
+"""The smartgen HTTP API as the client sees it: bearer token, renewal, one-line errors."""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+import sys
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from smartgen import __version__
+from smartgen.terminal.credentials import CredentialStore, _local_email
+from smartgen.terminal.errors import ClientError, Unreachable
+
+
+def job_path(job_id: str, *rest: str) -> str:
+    """`/generate-content/<id>[/…]`, the id escaped (it comes from the command line)."""
+    if job_id.strip(".") == "":  # "." and ".." would be resolved away by the URL
+        raise ClientError(f"job {job_id} not found", status=404)
+    return "/".join(("/generate-content", quote(str(job_id), safe=""), *rest))
+
+
+class Api:
+    """The smartgen HTTP API with a bearer token that renews itself once when refused."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        creds: CredentialStore,
+        email: str | None = None,
+        password: str | None = None,
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.creds = creds
+        self.email = email.strip().lower() if email else None
+        self.password = password
+        self.token: str | None = None
+        self._notice = notice or (lambda _msg: None)
+        self.http = httpx.AsyncClient(
+            base_url=url,
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            headers={"User-Agent": f"smartgen-terminal/{__version__}"},
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _send(
+        self, method: str, path: str, *, body: Any = None, params: Any = None, token: str | None
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            return await self.http.request(method, path, json=body, params=params, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise Unreachable(
+                f"cannot reach smartgen at {self.url}: is it running? start it with `make run`"
+            ) from None
+        except httpx.TimeoutException:
+            raise ClientError(f"smartgen at {self.url} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise Unreachable(
+                f"request to {self.url} failed: {exc or type(exc).__name__}"
+            ) from None
+
+    def _result(self, r: httpx.Response) -> Any:
+        try:
+            data = r.json()
+        except ValueError:
+            data = None
+        if r.is_success:
+            if data is None:
+                raise ClientError(
+                    f"unexpected answer from {self.url} (HTTP {r.status_code}, not JSON):"
+                    " is it a smartgen server?"
+                )
+            return data
+        message = data.get("message") if isinstance(data, dict) else None
+        message = str(message or r.reason_phrase or "error")
+        if r.status_code == 401:
+            message = f"authentication refused by {self.url}: {message}"
+        elif r.status_code >= 500:
+            message = f"smartgen at {self.url} failed (HTTP {r.status_code}): {message}"
+        raise ClientError(message, status=r.status_code)
+
+    async def call(self, method: str, path: str, *, body: Any = None, params: Any = None) -> Any:
+        token = await self.ensure_token()
+        r = await self._send(method, path, body=body, params=params, token=token)
+        if r.status_code == 401:
+            token = await self.ensure_token(refused=token)
+            r = await self._send(method, path, body=body, params=params, token=token)
+        return self._result(r)
+
+    async def _auth(self, path: str, email: str, password: str) -> Any:
+        r = await self._send("POST", path, body={"email": email, "password": password}, token=None)
+        return self._result(r)
+
+    async def ensure_token(self, refused: str | None = None) -> str:
+        """A token for this server: the stored one, else log in, else register a local user."""
+        if self.token and self.token != refused:
+            return self.token
+        entry = self.creds.get(self.url)
+        email = self.email or entry.get("email")
+        same_user = bool(email) and email == entry.get("email")
+        stored_token = entry.get("token") if same_user else None
+        password_matches = self.password is None or self.password == entry.get("password")
+        if stored_token and stored_token != refused and password_matches:
+            self.token = str(stored_token)
+            return self.token
+        password = self.password or (entry.get("password") if same_user else None)
+        if email and not password:
+            if self.email is None:
+                raise ClientError(
+                    f"the stored token for {email} was refused by {self.url}:"
+                    f" log in again with --email {email} --password …"
+                )
+            if not sys.stdin.isatty():
+                raise ClientError("--password is required with --email", exit_code=2)
+            password = getpass.getpass(f"password for {email} at {self.url}: ")
+        if email and password:
+            body = await self._login(email, str(password), local=same_user and entry.get("local"))
+            new = {"email": email, "token": body["token"]}
+            if same_user and entry.get("local") and password == entry.get("password"):
+                new.update(password=password, local=True)  # only our own generated password
+        else:
+            body, new = await self._register_local()
+        self.creds.put(self.url, new)
+        self.token = str(body["token"])
+        return self.token
+
+    async def _login(self, email: str, password: str, *, local: Any) -> Any:
+        try:
+            return await self._auth("/auth/login", email, password)
+        except ClientError as exc:
+            if exc.status != 401 or not local:
+                raise
+        # A local user the server no longer knows (e.g. a fresh embedded database): recreate it.
+        try:
+            return await self._auth("/auth/register", email, password)
+        except ClientError as exc:
+            raise ClientError(
+                f"authentication refused by {self.url} for {email}: {exc.message}"
+            ) from None
+
+    async def _register_local(self) -> tuple[Any, dict[str, Any]]:
+        password = secrets.token_urlsafe(24)
+        for suffix in ("", f"-{secrets.token_hex(3)}", f"-{secrets.token_hex(6)}"):
+            email = _local_email(suffix)
+            try:
+                body = await self._auth("/auth/register", email, password)
+            except ClientError as exc:
+                if exc.status == 409:  # taken (another config dir registered it)
+                    continue
+                raise
+            self._notice(f"registered local user {email} (credentials in {self.creds.path})")
+            return body, {
+                "email": email,
+                "token": body["token"],
+                "password": password,
+                "local": True,
+            }
+        raise ClientError(f"could not register a local user at {self.url}")
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        try:
+            job: dict[str, Any] = await self.call("GET", job_path(job_id))
+        except ClientError as exc:
+            if exc.status == 404:
+                raise ClientError(f"job {job_id} not found", status=404) from None
+            raise
+        return job

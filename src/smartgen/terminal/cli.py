@@ -1,0 +1,167 @@
+"""The client's command line: the arguments of each command, and running one of them with
+the exit code contract (0, 1 for failures, 2 for usage errors, 130 when interrupted)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+from smartgen.terminal.api import Api
+from smartgen.terminal.commands import COMMANDS
+from smartgen.terminal.credentials import CredentialStore, credentials_path
+from smartgen.terminal.errors import ClientError
+from smartgen.terminal.output import Session
+from smartgen.terminal.waiting import STATUSES, WAIT_MARGIN
+
+CONTENT_TYPES = ("Blog Post Outline", "Product Description", "Social Media Caption")
+
+
+def resolve_url(given: str | None) -> str:
+    url = (given or os.environ.get("SMARTGEN_URL") or "").strip()
+    if not url:
+        url = f"http://127.0.0.1:{os.environ.get('PORT') or 5000}"
+    if "://" not in url:
+        url = f"http://{url}"
+    url = url.rstrip("/")
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ClientError(f"invalid URL {url!r}: expected http://HOST:PORT", exit_code=2)
+    return url
+
+
+def _content_type(value: str) -> str:
+    """Accept any case and the first word ("blog", "product", "social")."""
+    wanted = " ".join(value.split()).lower()
+    for name in CONTENT_TYPES:
+        if wanted in (name.lower(), name.split()[0].lower()):
+            return name
+    return value
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+        return value
+
+    return parse
+
+
+def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `generate`, `jobs`, `show` and `save` on the CLI's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("server and account")
+    group.add_argument(
+        "--url",
+        help="the smartgen API (default: $SMARTGEN_URL, else http://127.0.0.1:$PORT or :5000)",
+    )
+    group.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout (for scripts)"
+    )
+    group.add_argument("--email", help="log in as this user (default: the stored or local user)")
+    group.add_argument("--password", help="password for --email (asked for on a terminal)")
+
+    gen = sub.add_parser(
+        "generate",
+        parents=[common],
+        help="queue a generation, follow it live and print the result",
+        description="Queue a generation, show a countdown and a spinner until it finishes, "
+        "and print the content as Markdown.",
+    )
+    gen.add_argument("prompt", help='what to write about, e.g. "How to bake a sourdough bread"')
+    gen.add_argument(
+        "-t",
+        "--type",
+        type=_content_type,
+        choices=CONTENT_TYPES,
+        default=CONTENT_TYPES[0],
+        metavar="TYPE",
+        help=f"one of {', '.join(repr(c) for c in CONTENT_TYPES)} (default: %(default)r)",
+    )
+    gen.add_argument("--save", action="store_true", help="save the result as permanent content")
+    gen.add_argument("--title", help="title of the saved content (implies --save)")
+    gen.add_argument("--no-wait", action="store_true", help="queue the job and return at once")
+    gen.add_argument(
+        "--timeout",
+        type=_positive(float),
+        metavar="SECONDS",
+        help=f"give up waiting after this long (default: the delay + {WAIT_MARGIN:g}s)",
+    )
+    gen.set_defaults(client_command="generate")
+
+    jobs = sub.add_parser("jobs", parents=[common], help="list your recent jobs")
+    jobs.add_argument("--limit", type=_positive(int), metavar="N", help="at most N (default 50)")
+    jobs.add_argument("--status", choices=STATUSES, help="only jobs in this state")
+    jobs.set_defaults(client_command="jobs")
+
+    show = sub.add_parser("show", parents=[common], help="print one job and its content")
+    show.add_argument("job_id", metavar="JOB_ID")
+    show.set_defaults(client_command="show")
+
+    save = sub.add_parser("save", parents=[common], help="save a completed job's content")
+    save.add_argument("job_id", metavar="JOB_ID")
+    save.add_argument("--title", help="title (default: the content's first heading)")
+    save.set_defaults(client_command="save")
+
+
+async def _run(session: Session, command: str, args: argparse.Namespace) -> int:
+    try:
+        return await COMMANDS[command](session, args)
+    finally:
+        await session.api.aclose()
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """Run a command registered by `add_client_commands`; returns the exit code."""
+    command = getattr(args, "client_command", None)
+    if command not in COMMANDS:
+        print(f"smartgen: unknown command {command!r}", file=sys.stderr)
+        return 2
+    session: Session | None = None
+    try:
+        url = resolve_url(args.url)
+        quiet = bool(args.json)
+        api = Api(
+            url,
+            creds=CredentialStore(credentials_path()),
+            email=args.email,
+            password=args.password,
+            notice=None if quiet else lambda msg: print(f"smartgen: {msg}", file=sys.stderr),
+        )
+        session = Session(api=api, json=quiet)
+        return asyncio.run(_run(session, command, args))
+    except ClientError as exc:
+        print(f"smartgen: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        job_id = session.job_id if session else None
+        hint = f": job {job_id} goes on, see `smartgen show {job_id}`" if job_id else ""
+        print(f"smartgen: interrupted{hint}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or an unforeseen answer: still one line, no traceback
+        print(f"smartgen: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smartgen", description="The smartgen terminal client.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_client_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_client_command(build_parser().parse_args(argv))

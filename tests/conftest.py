@@ -58,17 +58,26 @@ class RedisServer:
     def start(self) -> None:
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--dir", self.dir,
-            "--maxmemory-policy", "noeviction",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--dir",
+            self.dir,
+            "--maxmemory-policy",
+            "noeviction",
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
@@ -116,7 +125,9 @@ def unique() -> str:
 
 
 @pytest.fixture
-def env(redis_server: RedisServer, mongo_uri: str, fake_llm: FakeLLM, unique: str) -> dict[str, str]:
+def env(
+    redis_server: RedisServer, mongo_uri: str, fake_llm: FakeLLM, unique: str
+) -> dict[str, str]:
     """Environment variables for one test's system: own database, own queue prefix."""
     base = mongo_uri.rstrip("/")
     return {
@@ -202,7 +213,11 @@ async def register(client: httpx.AsyncClient, email: str | None = None) -> dict[
 
 
 async def wait_for_status(
-    client: httpx.AsyncClient, job_id: str, headers: dict[str, str], statuses: set[str], timeout: float = 20
+    client: httpx.AsyncClient,
+    job_id: str,
+    headers: dict[str, str],
+    statuses: set[str],
+    timeout: float = 20,
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}

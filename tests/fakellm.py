@@ -52,7 +52,9 @@ class Call:
 
 
 def default_content(prompt: str) -> str:
-    return f"# Outline: {prompt}\n\n## Introduction\n\n### Why it matters\n- A point about {prompt}\n"
+    return (
+        f"# Outline: {prompt}\n\n## Introduction\n\n### Why it matters\n- A point about {prompt}\n"
+    )
 
 
 def completion_body(content: str, model: str) -> dict[str, Any]:
@@ -94,7 +96,9 @@ class FakeLLM:
                     body = json.loads(raw or b"{}")
                 except ValueError:
                     body = {}
-                call = Call(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
+                call = Call(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()
+                )
                 with fake._lock:
                     fake.calls.append(call)
                 if not self.path.endswith("/chat/completions"):
@@ -112,11 +116,20 @@ class FakeLLM:
                 elif reply.json_body is not None:
                     payload = json.dumps(reply.json_body).encode()
                 elif reply.status == 200:
-                    content = reply.content if reply.content is not None else default_content(call.prompt)
-                    payload = json.dumps(completion_body(content, body.get("model", "fake"))).encode()
+                    content = (
+                        reply.content if reply.content is not None else default_content(call.prompt)
+                    )
+                    payload = json.dumps(
+                        completion_body(content, body.get("model", "fake"))
+                    ).encode()
                 else:
                     payload = json.dumps(
-                        {"error": {"message": f"fake upstream error {reply.status}", "code": reply.status}}
+                        {
+                            "error": {
+                                "message": f"fake upstream error {reply.status}",
+                                "code": reply.status,
+                            }
+                        }
                     ).encode()
                 self._send(reply.status, payload, reply.headers)
 
@@ -133,7 +146,9 @@ class FakeLLM:
                     pass
 
             def _stream(self, reply: Reply, call: Call) -> None:
-                content = reply.content if reply.content is not None else default_content(call.prompt)
+                content = (
+                    reply.content if reply.content is not None else default_content(call.prompt)
+                )
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
@@ -143,7 +158,10 @@ class FakeLLM:
                     words = content.split(" ")
                     for i, word in enumerate(words):
                         piece = word if i == 0 else " " + word
-                        chunk = {"model": "fake", "choices": [{"index": 0, "delta": {"content": piece}}]}
+                        chunk = {
+                            "model": "fake",
+                            "choices": [{"index": 0, "delta": {"content": piece}}],
+                        }
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         self.wfile.flush()
                     usage = {"model": "fake", "choices": [], "usage": {"total_tokens": len(words)}}

@@ -9,7 +9,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.conftest import ApiServer, register, wait_for_status
+from tests.conftest import ApiServer, register
 
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -20,15 +20,23 @@ def parse(ts: str) -> datetime:
 
 async def test_register_login_me(client: httpx.AsyncClient) -> None:
     user = await register(client, "Ada@Example.com")
-    r = await client.post("/auth/register", json={"email": "ada@example.com", "password": "another one"})
+    r = await client.post(
+        "/auth/register", json={"email": "ada@example.com", "password": "another one"}
+    )
     assert r.status_code == 409
     assert r.json()["error"] == "email_taken"
-    r = await client.post("/auth/login", json={"email": "ada@example.com", "password": "wrong password"})
+    r = await client.post(
+        "/auth/login", json={"email": "ada@example.com", "password": "wrong password"}
+    )
     assert r.status_code == 401
     assert r.json()["message"] == "Wrong email or password"
-    r = await client.post("/auth/login", json={"email": "nobody@example.com", "password": "correct horse"})
+    r = await client.post(
+        "/auth/login", json={"email": "nobody@example.com", "password": "correct horse"}
+    )
     assert r.status_code == 401
-    r = await client.post("/auth/login", json={"email": "ADA@example.com", "password": "correct horse"})
+    r = await client.post(
+        "/auth/login", json={"email": "ADA@example.com", "password": "correct horse"}
+    )
     assert r.status_code == 200
     token = r.json()["token"]
     r = await client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
@@ -57,7 +65,12 @@ async def test_queue_returns_seed_shape(client: httpx.AsyncClient, api: ApiServe
     assert r.status_code == 202, r.text
     body = r.json()
     assert set(body) == {
-        "message", "jobId", "status", "delaySeconds", "scheduledFor", "estimatedCompletionTime"
+        "message",
+        "jobId",
+        "status",
+        "delaySeconds",
+        "scheduledFor",
+        "estimatedCompletionTime",
     }
     assert body["message"] == "Content generation job queued successfully"
     assert body["status"] == "queued"
@@ -82,10 +95,18 @@ async def test_queue_returns_seed_shape(client: httpx.AsyncClient, api: ApiServe
 @pytest.mark.parametrize(
     ("payload", "status", "fragment"),
     [
-        ({"prompt": "x", "contentType": "Poem"}, 422, "'Blog Post Outline', 'Product Description' or 'Social Media Caption'"),
+        (
+            {"prompt": "x", "contentType": "Poem"},
+            422,
+            "'Blog Post Outline', 'Product Description' or 'Social Media Caption'",
+        ),
         ({"prompt": "   ", "contentType": "Blog Post Outline"}, 422, "prompt"),
         ({"contentType": "Blog Post Outline"}, 422, "prompt: required"),
-        ({"prompt": "x", "contentType": "Blog Post Outline", "extra": 1}, 422, "extra: unknown field"),
+        (
+            {"prompt": "x", "contentType": "Blog Post Outline", "extra": 1},
+            422,
+            "extra: unknown field",
+        ),
         ({"prompt": "x" * 4001, "contentType": "Blog Post Outline"}, 422, "at most 4000"),
         ({"prompt": 5, "contentType": "Blog Post Outline"}, 422, "prompt"),
     ],
@@ -119,8 +140,14 @@ async def test_queue_rejects_non_json(client: httpx.AsyncClient) -> None:
 )
 async def test_auth_required(client: httpx.AsyncClient, header: str | None, message: str) -> None:
     headers = {"Authorization": header} if header else {}
-    for method, path in [("GET", "/generate-content"), ("POST", "/generate-content"), ("GET", "/auth/me")]:
-        r = await client.request(method, path, headers=headers, json={"prompt": "x", "contentType": "Blog Post Outline"})
+    for method, path in [
+        ("GET", "/generate-content"),
+        ("POST", "/generate-content"),
+        ("GET", "/auth/me"),
+    ]:
+        r = await client.request(
+            method, path, headers=headers, json={"prompt": "x", "contentType": "Blog Post Outline"}
+        )
         assert r.status_code == 401
         assert message in r.json()["message"]
 

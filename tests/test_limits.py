@@ -55,25 +55,24 @@ async def test_generate_rate_limit_is_per_user_and_shared_across_processes(
     settings: Settings,
 ) -> None:
     s = settings.model_copy(update={"generate_rate_limit": 3, "generate_rate_window_seconds": 30})
-    async with ApiServer(s) as one, ApiServer(s) as two:
-        async with (
-            httpx.AsyncClient(base_url=one.url) as c1,
-            httpx.AsyncClient(base_url=two.url) as c2,
-        ):
-            alice, bob = await register(c1), await register(c1)
-            codes = []
-            for client in (c1, c2, c1, c2):
-                r = await client.post("/generate-content", json=JOB, headers=alice["headers"])
-                codes.append(r.status_code)
-            assert codes == [202, 202, 202, 429]
-            assert r.json()["error"] == "rate_limited"
-            assert 1 <= int(r.headers["Retry-After"]) <= 30
-            assert "at most 3 per 30 s" in r.json()["message"]
-            # Bob has his own allowance; Alice's refused request queued nothing.
-            assert (
-                await c2.post("/generate-content", json=JOB, headers=bob["headers"])
-            ).status_code == 202
-            assert len((await c1.get("/generate-content", headers=alice["headers"])).json()) == 3
+    async with (
+        ApiServer(s) as one, ApiServer(s) as two, httpx.AsyncClient(base_url=one.url) as c1,
+        httpx.AsyncClient(base_url=two.url) as c2,
+    ):
+        alice, bob = await register(c1), await register(c1)
+        codes = []
+        for client in (c1, c2, c1, c2):
+            r = await client.post("/generate-content", json=JOB, headers=alice["headers"])
+            codes.append(r.status_code)
+        assert codes == [202, 202, 202, 429]
+        assert r.json()["error"] == "rate_limited"
+        assert 1 <= int(r.headers["Retry-After"]) <= 30
+        assert "at most 3 per 30 s" in r.json()["message"]
+        # Bob has his own allowance; Alice's refused request queued nothing.
+        assert (
+            await c2.post("/generate-content", json=JOB, headers=bob["headers"])
+        ).status_code == 202
+        assert len((await c1.get("/generate-content", headers=alice["headers"])).json()) == 3
 
 
 async def test_login_attempts_are_limited(settings: Settings) -> None:

@@ -90,12 +90,7 @@ class GenerationTask:
     async def _run(
         self, job: Any, job_id: str, data: dict[str, Any], attempt: int, last_attempt: bool
     ) -> str:
-        record = await self.store.jobs.get(job_id)
-        if record is None:
-            log.info("job %s is not in the store; dropping it", job_id)
-            return "missing"
-        if record.status.is_final:
-            return f"already {record.status.value}"
+        # One conditional write decides; the job is read only when it was not taken.
         now = utcnow()
         lease = now + timedelta(seconds=self.settings.lease_seconds)
         # The queue message's id owns the lease: its own retries and stalled-job recovery
@@ -132,8 +127,11 @@ class GenerationTask:
     async def _not_taken(self, job_id: str, now: datetime, last_attempt: bool) -> str:
         """Another delivery of the same job holds it (or it just finished)."""
         current = await self.store.jobs.get(job_id)
-        if current is None or current.status.is_final:
-            return "already final"
+        if current is None:
+            log.info("job %s is not in the store; dropping it", job_id)
+            return "missing"
+        if current.status.is_final:
+            return f"already {current.status.value}"
         held_for = (current.lease_until - now).total_seconds() if current.lease_until else 0.0
         if last_attempt:
             # The holder finishes it; if it dies, the reconciler queues the job again.

@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import socketio
+from redis import asyncio as aioredis
+from redis.asyncio.client import PubSub
+from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from smartgen.auth.tokens import TokenCodec, bearer_token
 from smartgen.config import Settings
@@ -29,8 +32,13 @@ from smartgen.store.base import Job, JobStatus, Store
 from smartgen.times import iso_ms, parse_iso
 
 log = logging.getLogger(__name__)
+socketio_log = logging.getLogger("smartgen.socketio")  # Redis listener errors stay visible
 
+CHANNEL = "smartgen-socketio"
 SYNC_LIMIT = 500
+# How long a handshake may wait for this process's Redis subscription (first client only):
+# a client that was told "connected" must not miss an event published right after.
+SUBSCRIBE_WAIT_SECONDS = 5.0
 Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]
 
 
@@ -138,36 +146,106 @@ class EventPublisher:
         self._task = None
 
 
-def redis_manager(settings: Settings, *, write_only: bool) -> socketio.AsyncRedisManager:
-    return socketio.AsyncRedisManager(
+class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
+    """python-socketio's pub/sub client manager over a Redis client we own and close.
+
+    `socketio.AsyncRedisManager` builds a new Redis client on every (re)connect without
+    closing the previous one (an emit before the first subscriber leaks a connection), has
+    no close, and cannot say when its subscription is live; this one does all three through
+    the two methods the base class leaves to backends (`_publish`, `_listen`)."""
+
+    name = "smartgen-redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        channel: str,
+        write_only: bool,
+        redis_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(channel=channel, write_only=write_only, logger=socketio_log)
+        self.redis_url = url
+        self.redis_options = redis_options or {}
+        self.redis: aioredis.Redis | None = None
+        self.pubsub: PubSub | None = None
+        # Set once Redis confirmed our SUBSCRIBE: from then on every publish reaches us.
+        self.subscribed = asyncio.Event()
+
+    def _client(self) -> aioredis.Redis:
+        if self.redis is None:  # created lazily, inside the running loop
+            self.redis = aioredis.Redis.from_url(self.redis_url, **self.redis_options)
+        return self.redis
+
+    async def _publish(self, data: Any) -> None:
+        # redis-py retries connection errors itself; what still fails reaches the caller
+        # (the EventPublisher counts it as dropped).
+        await self._client().publish(self.channel, self.json.dumps(data))
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        channel = self.channel.encode()
+        pause = 1.0
+        while True:
+            self.pubsub = pubsub = self._client().pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                async for message in pubsub.listen():
+                    if message.get("channel") != channel:
+                        continue
+                    if message["type"] == "subscribe":
+                        self.subscribed.set()
+                        pause = 1.0
+                    elif message["type"] == "message":
+                        yield message["data"]
+            except Exception as exc:  # Redis down or restarting: resubscribe with backoff
+                self.subscribed.clear()
+                socketio_log.warning("Redis subscription lost (%s); retrying in %.0fs", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def wait_subscribed(self, seconds: float) -> bool:
+        """Whether the subscription is live, waiting for it at most `seconds`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.subscribed.wait(), seconds)
+        return self.subscribed.is_set()
+
+    async def close(self) -> None:
+        """Stop the listener and close every Redis connection."""
+        listener = getattr(self, "thread", None)
+        if isinstance(listener, asyncio.Task):
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+        if self.pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+            self.pubsub = None
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+            self.redis = None
+        self.subscribed.clear()
+
+
+def redis_manager(settings: Settings, *, write_only: bool) -> RedisManager:
+    """The Socket.IO manager on the queue's Redis (one source of truth for its address)."""
+    return RedisManager(
         settings.redis_connection_url,
-        channel="smartgen-socketio",
+        channel=CHANNEL,
         write_only=write_only,
-        logger=logging.getLogger("smartgen.socketio"),
         redis_options={"socket_connect_timeout": 5, "health_check_interval": 30},
     )
 
 
-async def close_manager(manager: socketio.AsyncRedisManager) -> None:
-    """Stop the manager's listener and close its Redis connections (the library has no
-    close of its own)."""
-    listener = getattr(manager, "thread", None)
-    if isinstance(listener, asyncio.Task):
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await listener
-    pubsub = getattr(manager, "pubsub", None)
-    if pubsub is not None:
-        with contextlib.suppress(Exception):
-            await pubsub.aclose()
-    redis = getattr(manager, "redis", None)
-    if redis is not None:
-        with contextlib.suppress(Exception):
-            await redis.aclose()
-    manager.connected = False
+async def close_manager(manager: RedisManager) -> None:
+    """Stop the manager's listener and close its Redis connections."""
+    await manager.close()
 
 
-def worker_publisher(settings: Settings) -> tuple[EventPublisher, socketio.AsyncRedisManager]:
+def worker_publisher(settings: Settings) -> tuple[EventPublisher, RedisManager]:
     """The worker's notifier: a write-only Redis manager behind a background publisher."""
     manager = redis_manager(settings, write_only=True)
 
@@ -186,17 +264,27 @@ def _handshake_token(environ: dict[str, Any], auth: Any) -> str:
         return bearer_token(header)
     query = parse_qs(environ.get("QUERY_STRING", ""))
     if query.get("token"):
-        return query["token"][0]
-    raise Unauthorized("missing token: pass it as auth.token", code="missing_token")
+        return str(query["token"][0])
+    raise Unauthorized(
+        "Missing token: send it as auth.token, an Authorization: Bearer header "
+        "or a token query parameter",
+        code="missing_token",
+    )
 
 
 def _parse_since(data: Any) -> datetime:
     value = data.get("since") if isinstance(data, dict) else data
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value / 1000, UTC)  # JavaScript's Date.now()
-    if isinstance(value, str) and value.strip():
-        return parse_iso(value)
-    raise ValueError("since must be an ISO 8601 timestamp or milliseconds since the epoch")
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value / 1000, UTC)  # JavaScript's Date.now()
+        if isinstance(value, str) and value.strip():
+            return parse_iso(value)
+    except (ValueError, OverflowError, OSError):
+        pass  # one clear message below, whatever the parser said
+    shown = repr(value)[:80]
+    raise ValueError(
+        f"since must be an ISO 8601 timestamp or milliseconds since the epoch, got {shown}"
+    )
 
 
 class RealtimeServer:
@@ -206,9 +294,10 @@ class RealtimeServer:
         self.settings = settings
         self.tokens = tokens
         self.store: Store | None = None
+        self.manager = redis_manager(settings, write_only=False)
         self.sio = socketio.AsyncServer(
             async_mode="asgi",
-            client_manager=redis_manager(settings, write_only=False),
+            client_manager=self.manager,
             cors_allowed_origins=settings.cors_origins or None,
             logger=False,
             engineio_logger=False,
@@ -227,18 +316,33 @@ class RealtimeServer:
             principal = self.tokens.verify(_handshake_token(environ, auth))
         except Unauthorized as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
-        await self.sio.save_session(sid, {"userId": principal.user_id})
-        await self.sio.enter_room(sid, user_room(principal.user_id))
+        delay: float | None = None
         if principal.expires_at is not None:
             delay = (principal.expires_at - datetime.now(UTC)).total_seconds()
-            self._expiry[sid] = asyncio.create_task(self._expire(sid, max(0.0, delay)))
+            if delay <= 0:  # inside the verifier's clock-skew leeway, but already over
+                raise socketio.exceptions.ConnectionRefusedError("Token has expired")
+        # This process subscribes to Redis when its first client arrives; hold that
+        # client's handshake until the subscription is live, so that an event published
+        # after "connected" (by the worker or another API process) is never missed.
+        if not await self.manager.wait_subscribed(SUBSCRIBE_WAIT_SECONDS):
+            log.warning(
+                "Socket.IO: Redis subscription not ready; events from other processes may be missed"
+            )
+        await self.sio.save_session(sid, {"userId": principal.user_id})
+        await self.sio.enter_room(sid, user_room(principal.user_id))
+        if delay is not None:  # a connection lives no longer than its token
+            self._expiry[sid] = asyncio.create_task(self._expire(sid, delay))
 
     async def _expire(self, sid: str, delay: float) -> None:
         await asyncio.sleep(delay)
         self._expiry.pop(sid, None)
+        # The socket is local to this process: no need to go through Redis.
         with contextlib.suppress(Exception):
-            await self.sio.emit("token_expired", {"message": "token has expired"}, to=sid)
-            await self.sio.disconnect(sid)
+            await self.sio.emit(
+                "token_expired", {"message": "token has expired"}, to=sid, ignore_queue=True
+            )
+        with contextlib.suppress(Exception):
+            await self.sio.disconnect(sid, ignore_queue=True)
 
     async def _on_disconnect(self, sid: str, *args: Any) -> None:
         task = self._expiry.pop(sid, None)
@@ -271,4 +375,7 @@ class RealtimeServer:
         for task in self._expiry.values():
             task.cancel()
         self._expiry.clear()
-        await close_manager(self.sio.manager)
+        # Stops Engine.IO's ping-timeout service task (otherwise left running forever).
+        with contextlib.suppress(Exception):
+            await self.sio.shutdown()
+        await close_manager(self.manager)

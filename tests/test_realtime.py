@@ -21,12 +21,11 @@ import socketio
 from redis import asyncio as aioredis
 
 from smartgen.config import Settings
-from smartgen.realtime import EventPublisher, close_manager, worker_publisher
+from smartgen.realtime import EventPublisher, close_manager, event_channel, worker_publisher
 from smartgen.store.base import Job, JobStatus
 from smartgen.times import iso_ms, utcnow
 from tests.conftest import JWT_SECRET, ApiServer, register
 
-CHANNEL = "smartgen-socketio"  # the Socket.IO pub/sub channel every process shares
 WAIT = 15.0  # upper bound for any single wait; never a speed assertion
 # Polling first then upgrade (the default), and websocket only. (python-engineio's client
 # waits for its pending long-poll when it disconnects over polling only: up to 45 s.)
@@ -435,7 +434,8 @@ async def test_api_subscribes_before_first_handshake_and_closes_its_connections(
         return len(await probe.client_list()) - 1  # not counting the probe itself
 
     async def subscribers() -> int:
-        return int(dict(await probe.pubsub_numsub(CHANNEL))[CHANNEL.encode()])
+        channel = event_channel(settings)
+        return int(dict(await probe.pubsub_numsub(channel))[channel.encode()])
 
     try:
         before = await connections()

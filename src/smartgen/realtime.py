@@ -34,7 +34,6 @@ from smartgen.times import iso_ms, parse_iso
 log = logging.getLogger(__name__)
 socketio_log = logging.getLogger("smartgen.socketio")  # Redis listener errors stay visible
 
-CHANNEL = "smartgen-socketio"
 SYNC_LIMIT = 500
 # How long a handshake may wait for this process's Redis subscription (first client only):
 # a client that was told "connected" must not miss an event published right after.
@@ -230,11 +229,17 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
         self.subscribed.clear()
 
 
+def event_channel(settings: Settings) -> str:
+    """The pub/sub channel of one deployment: deployments sharing a Redis (distinct queue
+    prefixes or names) never see each other's events."""
+    return f"{settings.queue_prefix}:{settings.queue_name}:socketio"
+
+
 def redis_manager(settings: Settings, *, write_only: bool) -> RedisManager:
     """The Socket.IO manager on the queue's Redis (one source of truth for its address)."""
     return RedisManager(
         settings.redis_connection_url,
-        channel=CHANNEL,
+        channel=event_channel(settings),
         write_only=write_only,
         redis_options={"socket_connect_timeout": 5, "health_check_interval": 30},
     )

@@ -223,3 +223,32 @@ async def test_health_and_docs(client: httpx.AsyncClient, api: ApiServer) -> Non
     assert (await client.get("/docs")).status_code == 200
     schema = (await client.get("/openapi.json")).json()
     assert "/generate-content/{jobId}/save" in schema["paths"]
+
+
+async def test_saved_contents_are_isolated(client: httpx.AsyncClient, api: ApiServer) -> None:
+    from smartgen.store.base import Completion
+
+    alice, bob = await register(client), await register(client)
+    r = await client.post(
+        "/generate-content",
+        json={"prompt": "alice's private draft", "contentType": "Blog Post Outline"},
+        headers=alice["headers"],
+    )
+    job_id = r.json()["jobId"]
+    store = api.runtime.store
+    # Complete it through the store, as the worker would.
+    from smartgen.times import utcnow
+
+    assert await store.jobs.mark_processing(job_id, at=utcnow(), attempt=1)
+    completion = Completion(content="## Private\n\ntext", model="m")
+    assert await store.jobs.mark_completed(job_id, result=completion, at=utcnow())
+    r = await client.post(f"/generate-content/{job_id}/save", headers=alice["headers"])
+    assert r.status_code == 201
+    content_id = r.json()["contentId"]
+    assert r.json()["title"] == "Private"
+    assert (
+        await client.get(f"/contents/{content_id}", headers=alice["headers"])
+    ).status_code == 200
+    assert (await client.get(f"/contents/{content_id}", headers=bob["headers"])).status_code == 404
+    assert (await client.get("/contents", headers=bob["headers"])).json() == []
+    assert (await client.get("/contents/not-a-uuid", headers=alice["headers"])).status_code == 404

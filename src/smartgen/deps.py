@@ -1,4 +1,7 @@
-"""Dependencies, each declared once as an `Annotated` alias."""
+"""Dependencies, each declared once as an `Annotated` alias.
+
+All are `async def`: FastAPI runs a plain `def` dependency in a worker thread, a thread
+hop per dependency per request for work that never blocks."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ class Runtime:
     limiter: RateLimiter
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -41,15 +44,15 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_store(runtime: RuntimeDep) -> Store:
+async def get_store(runtime: RuntimeDep) -> Store:
     return runtime.store
 
 
-def get_tokens(runtime: RuntimeDep) -> TokenCodec:
+async def get_tokens(runtime: RuntimeDep) -> TokenCodec:
     return runtime.tokens
 
 
-def get_settings(runtime: RuntimeDep) -> Settings:
+async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
@@ -58,7 +61,7 @@ def get_settings(runtime: RuntimeDep) -> Settings:
 _bearer = HTTPBearer(auto_error=False, description="The JWT from /auth/register or /auth/login")
 
 
-def current_user(
+async def current_user(
     request: Request,
     runtime: RuntimeDep,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],

@@ -398,6 +398,63 @@ async def test_list_unfinished_due(store: Store) -> None:
     assert await store.jobs.list_unfinished_due(now - timedelta(hours=1), limit=100) == []
 
 
+async def test_create_with_a_cap_on_unfinished_jobs(store: Store) -> None:
+    user, other = oid(), oid()
+    first, second, refused = (make_job(user, at=T0 + timedelta(seconds=i)) for i in range(3))
+    assert await store.jobs.create(first, max_unfinished=2) is True
+    assert await store.jobs.create(second, max_unfinished=2) is True
+    # Cap reached: nothing inserted.
+    assert await store.jobs.create(refused, max_unfinished=2) is False
+    assert await store.jobs.get(refused.job_id) is None
+    assert await store.jobs.count_unfinished(user) == 2
+    listed = await store.jobs.list_for_user(user, limit=50)
+    assert [j.job_id for j in listed] == [second.job_id, first.job_id]
+    # A capped insert stores the same record as a plain one.
+    assert await store.jobs.get(first.job_id) == first
+    # A lower cap refuses too; another user is not affected.
+    assert await store.jobs.create(make_job(user), max_unfinished=1) is False
+    assert await store.jobs.create(make_job(other), max_unfinished=2) is True
+    assert await store.jobs.create(make_job(other), max_unfinished=2) is True
+    assert await store.jobs.count_unfinished(other) == 2
+    # No cap (0, the default): always inserted.
+    assert await store.jobs.create(refused, max_unfinished=0) is True
+    assert await store.jobs.get(refused.job_id) == refused
+    assert await store.jobs.create(make_job(user)) is True
+    assert await store.jobs.count_unfinished(user) == 4
+    assert await store.jobs.count_unfinished(other) == 2
+
+
+async def test_cap_counts_only_queued_and_processing_jobs(store: Store) -> None:
+    user = oid()
+    completed, failed, processing = (make_job(user) for _ in range(3))
+    for job in (completed, failed, processing):
+        assert await store.jobs.create(job, max_unfinished=3) is True
+    now = T0 + timedelta(minutes=1)
+    for job in (completed, processing):
+        assert await store.jobs.mark_processing(job.job_id, at=now, attempt=1)
+    assert await store.jobs.mark_completed(completed.job_id, result=Completion("c", "m"), at=now)
+    assert await store.jobs.mark_failed(failed.job_id, error="x", at=now)
+    assert await store.jobs.count_unfinished(user) == 1  # the processing one
+    # Final jobs free their places: one processing + one queued reach a cap of 2.
+    plus2 = timezone(timedelta(hours=2))
+    local = datetime(2030, 6, 1, 14, 0, 0, 123456, tzinfo=plus2)
+    queued = make_job(user, at=local, scheduled_for=local + timedelta(minutes=1))
+    assert await store.jobs.create(queued, max_unfinished=2) is True
+    assert await store.jobs.create(make_job(user), max_unfinished=2) is False
+    assert await store.jobs.count_unfinished(user) == 2
+    # Datetimes through the capped insert come back UTC with milliseconds.
+    got = await store.jobs.get(queued.job_id)
+    assert got is not None
+    want = datetime(2030, 6, 1, 12, 0, 0, 123000, tzinfo=UTC)
+    assert (got.created_at, got.updated_at) == (want, want)
+    assert got.scheduled_for == want + timedelta(minutes=1)
+    assert_utc(got.scheduled_for)
+    # Once the processing job completes, there is room again.
+    assert await store.jobs.mark_completed(processing.job_id, result=Completion("c", "m"), at=now)
+    assert await store.jobs.create(make_job(user), max_unfinished=2) is True
+    assert await store.jobs.create(make_job(user), max_unfinished=2) is False
+
+
 async def test_queued_processing_completed(store: Store) -> None:
     job = make_job(oid())
     await store.jobs.create(job)

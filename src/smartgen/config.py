@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # SQL store: postgresql://… or sqlite:///path; with neither MONGO_URI nor this, an
     # embedded SQLite file in DATA_DIR is used.
     database_url: str | None = None
+    # Connections each process keeps to PostgreSQL; the sum over API and worker processes
+    # must stay under the server's max_connections (100 by default).
+    db_pool_size: int = Field(15, ge=1, le=500)
     data_dir: str = ".smartgen"
 
     host: str = "127.0.0.1"

@@ -33,7 +33,7 @@ def open_store(settings: Settings) -> Store:
 
     database_url = getattr(settings, "database_url", None)
     if database_url:
-        return SqlStore(database_url)
+        return SqlStore(database_url, pool_size=getattr(settings, "db_pool_size", 15))
     # Absolute, so that the API and the worker agree even if one changes directory later.
     path = os.path.abspath(_sqlite_default(settings))
     return SqlStore(URL.create("sqlite+aiosqlite", database=path))

@@ -91,7 +91,11 @@ class UserRepository(Protocol):
 
 
 class JobRepository(Protocol):
-    async def create(self, job: Job) -> None: ...
+    async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
+        """Insert the job and return True, unless `max_unfinished > 0` and the user already
+        has at least that many jobs `queued`/`processing`: then insert nothing and return
+        False. The check and the insert are one statement where the store allows it (SQL),
+        not a lock: concurrent creations for the same user may overshoot the cap slightly."""
 
     async def get(self, job_id: str) -> Job | None: ...
 

@@ -138,7 +138,11 @@ class MongoJobs:
         self._c = db["jobs"]
 
     @_unavailable
-    async def create(self, job: Job) -> None:
+    async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
+        # Two round trips: MongoDB has no insert conditional on other documents (short of a
+        # transaction, which a standalone server does not offer).
+        if max_unfinished > 0 and await self.count_unfinished(job.user_id) >= max_unfinished:
+            return False
         await self._c.insert_one(
             {
                 "jobId": job.job_id,
@@ -152,6 +156,7 @@ class MongoJobs:
                 "attempts": job.attempts,
             }
         )
+        return True
 
     @_unavailable
     async def get(self, job_id: str) -> Job | None:

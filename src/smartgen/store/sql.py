@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Executable, Row, and_, event, exc, func, or_, select, text
+from sqlalchemy import Executable, Integer, Row, and_, event, exc, func, literal, or_, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -231,22 +231,39 @@ class SqlUsers(_Repository):
 
 class SqlJobs(_Repository):
     @_unavailable
-    async def create(self, job: Job) -> None:
+    async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
         # The same fields as the MongoDB store writes at creation; the rest come with the
         # transitions.
-        await self._rowcount(
-            jobs.insert().values(
-                job_id=job.job_id,
-                user_id=job.user_id,
-                status=job.status.value,
-                prompt=job.prompt,
-                content_type=job.content_type,
-                scheduled_for=job.scheduled_for,
-                created_at=job.created_at,
-                updated_at=job.updated_at,
-                attempts=job.attempts,
-            )
+        values: dict[str, Any] = {
+            "job_id": job.job_id,
+            "user_id": job.user_id,
+            "status": job.status.value,
+            "prompt": job.prompt,
+            "content_type": job.content_type,
+            "scheduled_for": job.scheduled_for,
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
+            "attempts": job.attempts,
+        }
+        if max_unfinished <= 0:
+            return await self._rowcount(jobs.insert().values(**values)) == 1
+        # One statement, judged by its row count:
+        #   INSERT INTO jobs (…) SELECT :v… WHERE (SELECT count(*) FROM jobs
+        #     WHERE user_id = :u AND status IN ('queued', 'processing')) < :cap
+        # Each value is bound with its column's type, so asyncpg gets typed parameters
+        # (`$1::VARCHAR`, …) in a FROM-less SELECT list and datetimes go through
+        # UtcDateTime as in a plain insert.
+        columns = [jobs.c[name] for name in values]
+        unfinished = (
+            select(func.count())
+            .select_from(jobs)
+            .where(jobs.c.user_id == job.user_id, jobs.c.status.in_(_UNFINISHED))
+            .scalar_subquery()
         )
+        rows = select(*(literal(values[c.name], c.type) for c in columns)).where(
+            unfinished < literal(max_unfinished, Integer())
+        )
+        return await self._rowcount(jobs.insert().from_select(columns, rows)) == 1
 
     @_unavailable
     async def get(self, job_id: str) -> Job | None:
@@ -423,7 +440,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class SqlStore:
     """`Store` over SQLAlchemy: `name` is "sqlite" or "postgresql"."""
 
-    def __init__(self, url: str | URL, *, timeout: float = 5.0) -> None:
+    def __init__(self, url: str | URL, *, timeout: float = 5.0, pool_size: int = 15) -> None:
         self.url = url if isinstance(url, URL) else sql_url(url)
         self.description = describe_url(self.url)
         self.name = "sqlite" if self.url.get_backend_name() == "sqlite" else "postgresql"
@@ -433,13 +450,17 @@ class SqlStore:
             engine = create_async_engine(self.url, isolation_level="AUTOCOMMIT")
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
+            # A fixed pool: overflow connections were opened and closed under load (each
+            # with its statements prepared again), and a pre-ping cost a round trip per
+            # statement. A connection the server dropped fails one statement (503) and is
+            # discarded; `pool_recycle` retires old ones.
             engine = create_async_engine(
                 self.url,
                 isolation_level="AUTOCOMMIT",
-                pool_size=10,
-                max_overflow=20,
+                pool_size=pool_size,
+                max_overflow=0,
                 pool_timeout=timeout,
-                pool_pre_ping=True,
+                pool_pre_ping=False,
                 pool_recycle=1800,
                 connect_args={
                     "timeout": timeout,

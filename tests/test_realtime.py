@@ -470,16 +470,17 @@ async def test_publisher_never_blocks_on_delivery() -> None:
     release = asyncio.Event()
     delivered: list[str] = []
 
-    async def stuck_emit(event: str, payload: dict[str, Any], room: str) -> None:
+    async def stuck_emit(events: list[tuple[str, dict[str, Any], str]]) -> None:
         await release.wait()
-        delivered.append(event)
+        delivered.extend(event for event, _, _ in events)
 
     publisher = EventPublisher(stuck_emit, max_pending=3)
     user_id = uuid.uuid4().hex[:24]
     try:
-        # Each completed job is two events; the queue holds three: the second job's
-        # events overflow and are dropped, and job_changed itself never waits.
-        for _ in range(3):
+        # Each completed job is two events; the first job's are in flight (stuck), the
+        # queue holds three more: later events overflow and are dropped, and
+        # job_changed itself never waits.
+        for _ in range(4):
             await asyncio.wait_for(publisher.job_changed(make_job(user_id)), WAIT)
         assert publisher.dropped >= 2
         release.set()
@@ -487,8 +488,33 @@ async def test_publisher_never_blocks_on_delivery() -> None:
         await asyncio.wait_for(publisher.close(grace=WAIT), WAIT + 1)
     assert delivered[:2] == ["job_status", "job_completed"]
 
+
+async def test_publisher_sends_pending_events_together_in_order() -> None:
+    batches: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def emit(events: list[tuple[str, dict[str, Any], str]]) -> None:
+        batches.append([f"{event}:{payload['jobId']}" for event, payload, _ in events])
+        await gate.wait()
+
+    publisher = EventPublisher(emit)
+    user_id = uuid.uuid4().hex[:24]
+    jobs = [make_job(user_id) for _ in range(4)]
+    try:
+        await publisher.job_changed(jobs[0])
+        await asyncio.sleep(0.05)  # the first batch is in flight, held at the gate
+        for job in jobs[1:]:
+            await publisher.job_changed(job)
+        gate.set()
+    finally:
+        await asyncio.wait_for(publisher.close(grace=WAIT), WAIT + 1)
+    first = [f"job_status:{jobs[0].job_id}", f"job_completed:{jobs[0].job_id}"]
+    rest = [f"{e}:{j.job_id}" for j in jobs[1:] for e in ("job_status", "job_completed")]
+    assert batches == [first, rest]  # everything that waited went out in one round trip
+    assert publisher.sent == 8
+
     # A publisher whose delivery never finishes is stopped within its grace period.
-    async def never_returns(event: str, payload: dict[str, Any], room: str) -> None:
+    async def never_returns(events: list[tuple[str, dict[str, Any], str]]) -> None:
         await asyncio.Event().wait()
 
     forever = EventPublisher(never_returns)

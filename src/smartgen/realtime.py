@@ -38,7 +38,8 @@ SYNC_LIMIT = 500
 # How long a handshake may wait for this process's Redis subscription (first client only):
 # a client that was told "connected" must not miss an event published right after.
 SUBSCRIBE_WAIT_SECONDS = 5.0
-Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]
+Event = tuple[str, dict[str, Any], str]  # (event name, payload, room)
+EmitBatch = Callable[[list[Event]], Awaitable[None]]
 
 
 def user_room(user_id: str) -> str:
@@ -95,8 +96,9 @@ class EventPublisher:
     """Hands events to a background task, so a slow Redis or an absent client never
     holds up a request or a job. Delivery is at most once: clients resync with `sync`."""
 
-    def __init__(self, emit: Emit, *, max_pending: int = 10_000) -> None:
+    def __init__(self, emit: EmitBatch, *, max_pending: int = 10_000, batch: int = 256) -> None:
         self._emit = emit
+        self._batch = batch
         self._pending: asyncio.Queue[tuple[str, dict[str, Any], str] | None] = asyncio.Queue(
             max_pending
         )
@@ -119,17 +121,26 @@ class EventPublisher:
                 log.warning("event queue full: dropped %s for job %s", event, job.job_id)
 
     async def _run(self) -> None:
-        while True:
+        # Everything pending goes out together, in order, in one round trip: one PUBLISH
+        # at a time let a busy worker's events fall seconds behind the store.
+        stopping = False
+        while not stopping:
             item = await self._pending.get()
-            if item is None:
-                return
-            event, payload, room = item
+            batch: list[Event] = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= self._batch or self._pending.empty():
+                    break
+                item = self._pending.get_nowait()
+            stopping = item is None
+            if not batch:
+                continue
             try:
-                await self._emit(event, payload, room)
-                self.sent += 1
-            except Exception:  # delivery is best effort; the store stays the truth
-                self.dropped += 1
-                log.warning("could not publish %s for job %s", event, payload.get("jobId"))
+                await self._emit(batch)
+                self.sent += len(batch)
+            except Exception as exc:  # delivery is best effort; the store stays the truth
+                self.dropped += len(batch)
+                log.warning("could not publish %d events: %s", len(batch), type(exc).__name__)
 
     async def close(self, grace: float = 5.0) -> None:
         """Send what is pending (bounded by `grace`), then stop."""
@@ -175,6 +186,30 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
         if self.redis is None:  # created lazily, inside the running loop
             self.redis = aioredis.Redis.from_url(self.redis_url, **self.redis_options)
         return self.redis
+
+    async def emit_many(self, events: list[Event]) -> None:
+        """Emit to rooms like `emit` (no callbacks, JSON payloads), publishing all the
+        messages in one pipelined round trip, in order."""
+        messages = []
+        for event, payload, room in events:
+            message = {
+                "method": "emit",
+                "event": event,
+                "data": [payload],
+                "binary": False,
+                "namespace": "/",
+                "room": room,
+                "skip_sid": None,
+                "callback": None,
+                "host_id": self.host_id,
+            }
+            if not self.write_only:
+                await self._handle_emit(message)  # this process's own clients
+            messages.append(self.json.dumps(message))
+        pipe = self._client().pipeline(transaction=False)
+        for text in messages:
+            pipe.publish(self.channel, text)
+        await pipe.execute()
 
     async def _publish(self, data: Any) -> None:
         # redis-py retries connection errors itself; what still fails reaches the caller
@@ -253,11 +288,7 @@ async def close_manager(manager: RedisManager) -> None:
 def worker_publisher(settings: Settings) -> tuple[EventPublisher, RedisManager]:
     """The worker's notifier: a write-only Redis manager behind a background publisher."""
     manager = redis_manager(settings, write_only=True)
-
-    async def emit(event: str, payload: dict[str, Any], room: str) -> None:
-        await manager.emit(event, payload, namespace="/", room=room)
-
-    return EventPublisher(emit), manager
+    return EventPublisher(manager.emit_many), manager
 
 
 def _handshake_token(environ: dict[str, Any], auth: Any) -> str:
@@ -308,13 +339,14 @@ class RealtimeServer:
             engineio_logger=False,
         )
         self._expiry: dict[str, asyncio.Task[None]] = {}
-        self.publisher = EventPublisher(self._emit)
+        self.publisher = EventPublisher(self._emit_many)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("sync", self._on_sync)
 
-    async def _emit(self, event: str, payload: dict[str, Any], room: str) -> None:
-        await self.sio.emit(event, payload, room=room, namespace="/")
+    async def _emit_many(self, events: list[Event]) -> None:
+        manager: RedisManager = self.sio.manager
+        await manager.emit_many(events)
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         try:

@@ -66,6 +66,12 @@ class Reconciler:
             state = await self.queue.state(job.job_id)
             if state in LIVE_STATES:
                 continue
+            # The job may have finished between the two reads (its queue entry is then
+            # completed or removed): only the store's answer after the queue's counts.
+            current = await self.store.jobs.get(job.job_id)
+            if current is None or current.status.is_final:
+                continue
+            job = current
             if now - job.scheduled_for > max_age:
                 await self._fail(job, EXPIRED)
                 report.failed += 1

@@ -626,6 +626,144 @@ async def test_stream_closed_early_releases_the_connection(
     assert result.content == "a b c d e f g"
 
 
+async def test_stream_crlf_and_cr_line_endings(
+    fake_llm: FakeLLM, make_client: Factory, marker: str
+) -> None:
+    body = sse(delta("a"), delta("b")).replace(b"\n", b"\r\n") + sse(delta("c"), "[DONE]").replace(
+        b"\n", b"\r"
+    )
+    fake_llm.script(marker, [Reply(raw_body=b": hi\r\n\r\n" + body)])
+    deltas, final = await collect(make_client(), marker)
+    assert deltas == ["a", "b", "c"]
+    assert final.content == "abc"
+
+
+async def test_stream_line_longer_than_the_read_buffer(
+    fake_llm: FakeLLM, make_client: Factory, marker: str
+) -> None:
+    big = "é" * 300_000  # one 600 KB data line
+    fake_llm.script(marker, [Reply(raw_body=sse(delta("start "), delta(big), "[DONE]"))])
+    deltas, final = await collect(make_client(), marker)
+    assert deltas == ["start ", big]
+    assert final.content == "start " + big
+
+
+# --- timeouts while the body arrives (a raw server that writes slowly) ---------------------
+
+
+Writer = Callable[[asyncio.StreamWriter], Any]
+
+
+@contextlib.asynccontextmanager
+async def slow_server(answer: Writer) -> AsyncIterator[str]:
+    """An HTTP server that reads one request per connection and runs `answer` on it."""
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            await answer(writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def sse_head() -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+
+
+async def test_stream_may_outlast_the_timeout_while_data_flows(
+    make_client: Factory, marker: str
+) -> None:
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head())
+        for word in ["one", " two", " three", " four"]:
+            writer.write(sse(delta(word)))
+            await writer.drain()
+            await asyncio.sleep(0.3)  # 1.2 s in all, never 0.5 s of silence
+        writer.write(sse("[DONE]"))
+
+    async with slow_server(answer) as url:
+        deltas, final = await collect(make_client(base_url=url, llm_timeout_seconds=0.5), marker)
+    assert deltas == ["one", " two", " three", " four"]
+    assert final.content == "one two three four"
+
+
+async def test_stream_that_stalls_times_out(make_client: Factory, marker: str) -> None:
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(sse_head() + sse(delta("partial")))
+        await writer.drain()
+        await asyncio.sleep(1.5)
+
+    async with slow_server(answer) as url:
+        started = time.monotonic()
+        got, err = await stream_fail(make_client(base_url=url, llm_timeout_seconds=0.5), marker)
+        elapsed = time.monotonic() - started
+    assert got == ["partial"]
+    assert err.retryable is True
+    assert err.status is None
+    assert "did not answer in time" in err.message
+    assert elapsed < 1.4
+
+
+async def test_complete_ends_within_the_timeout_even_if_the_body_trickles(
+    make_client: Factory, marker: str
+) -> None:
+    """The job's lease counts on `complete()` ending within LLM_TIMEOUT_SECONDS."""
+    body = json.dumps({"choices": [{"message": {"content": "Hello"}}]}).encode()
+
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        writer.write(head.encode() + b"\r\n\r\n")
+        for byte in body:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    async with slow_server(answer) as url:
+        started = time.monotonic()
+        err = await fail(make_client(base_url=url, llm_timeout_seconds=0.5), marker)
+        elapsed = time.monotonic() - started
+    assert err.retryable is True
+    assert "did not answer in time" in err.message
+    assert elapsed < 1.4
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+async def test_close_is_idempotent_and_a_closed_client_refuses_work(
+    fake_llm: FakeLLM, marker: str
+) -> None:
+    unused = ChatClient(make_settings(fake_llm.base_url))
+    await unused.close()
+    with pytest.raises(RuntimeError):
+        await unused.complete(msgs(marker))
+
+    used = ChatClient(make_settings(fake_llm.base_url), max_connections=2)
+    assert (await used.complete(msgs(marker))).content
+    await used.close()
+    await used.close()
+    with pytest.raises(RuntimeError):
+        await used.complete(msgs(marker))
+
+
 # --- parse_retry_after --------------------------------------------------------------------
 
 

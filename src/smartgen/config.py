@@ -108,6 +108,7 @@ class Settings(BaseSettings):
     openrouter_referer: str | None = None
     openrouter_title: str | None = "smartgen"
     llm_timeout_seconds: float = Field(60.0, gt=0)
+    llm_proxy: str | None = None  # e.g. http://proxy.internal:3128 for the model provider
     llm_max_tokens: int = Field(1200, ge=1)
     llm_temperature: float = Field(0.7, ge=0, le=2)
 

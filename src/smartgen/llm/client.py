@@ -3,17 +3,23 @@
 `complete()` returns one `Completion`; `stream()` yields text deltas then the final
 `Completion`. Both share request building and error classification, so every caller
 sees the same `LLMError` with `retryable` and `retry_after` set.
+
+It runs on one pooled `aiohttp.ClientSession`, not httpx: httpx's pool does work in
+proportion to its pooled connections on every request, which at WORKER_CONCURRENCY=200
+left the worker short of CPU (53 % of ideal throughput, against 86-88 % and 2.82 → 2.19 ms
+of worker CPU per job with aiohttp).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
+import aiohttp
 
 from smartgen.config import Settings
 from smartgen.store.base import Completion
@@ -137,13 +143,39 @@ def _chunk_deltas(chunk: Any) -> list[str]:
     return deltas
 
 
+async def _sse_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The lines of an event stream without their endings (CRLF, LF or CR, as SSE allows).
+
+    Split here rather than with `StreamReader.readline`, which caps a line at twice the
+    read buffer (128 KiB): one large chunk from a provider must not fail the stream.
+    """
+    pending: list[bytes] = []
+    async for data in content.iter_any():
+        if b"\n" not in data and b"\r" not in data:
+            pending.append(data)
+            continue
+        if pending:
+            pending.append(data)
+            data = b"".join(pending)
+            pending = []
+        lines = data.splitlines(keepends=True)
+        if not lines[-1].endswith((b"\n", b"\r")):
+            pending.append(lines.pop())
+        # A CRLF split across two reads leaves an extra empty line: harmless, never data.
+        for line in lines:
+            yield line.rstrip(b"\r\n").decode("utf-8", "replace")
+    if pending:
+        yield b"".join(pending).decode("utf-8", "replace")
+
+
 class ChatClient:
-    """One pooled HTTP client per process; create it in the running loop, close on exit."""
+    """One pooled HTTP session per process; use it in the running loop, close on exit."""
 
     def __init__(self, settings: Settings, *, max_connections: int = 100) -> None:
         self.model = settings.openrouter_model
         self._settings = settings
         self._secret = settings.openrouter_key or None
+        self._url = settings.base_url + "/chat/completions"
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if settings.openrouter_key:
             headers["Authorization"] = f"Bearer {settings.openrouter_key}"
@@ -151,15 +183,38 @@ class ChatClient:
             headers["HTTP-Referer"] = settings.openrouter_referer
         if settings.openrouter_title:
             headers["X-Title"] = settings.openrouter_title
-        self._http = httpx.AsyncClient(
-            base_url=settings.base_url + "/",
-            headers=headers,
-            timeout=httpx.Timeout(settings.llm_timeout_seconds, connect=10.0),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            follow_redirects=False,
+        self._headers = headers
+        self._max_connections = max_connections
+        # The whole call of `complete()` ends within LLM_TIMEOUT_SECONDS (the job's lease
+        # assumes it); a stream may run longer as long as the provider keeps sending.
+        self._timeout = aiohttp.ClientTimeout(total=settings.llm_timeout_seconds, connect=10)
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=10, sock_read=settings.llm_timeout_seconds
         )
+        self._http: aiohttp.ClientSession | None = None
+        self._closed = False
+        # An explicit proxy (LLM_PROXY); the environment's HTTP(S)_PROXY is not read per
+        # request, which would cost two thread-pool lookups each time.
+        self._proxy = settings.llm_proxy
+
+    def _session(self) -> aiohttp.ClientSession:
+        """The session, created on first use so that it belongs to the running loop."""
+        if self._http is None:
+            if self._closed:
+                raise RuntimeError("the ChatClient is closed")
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections,
+                    limit_per_host=self._max_connections,
+                    keepalive_timeout=30,
+                ),
+                headers=self._headers,
+                timeout=self._timeout,
+                json_serialize=functools.partial(
+                    json.dumps, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+                ),
+            )
+        return self._http
 
     def payload(self, messages: list[dict[str, str]], *, stream: bool = False) -> dict[str, Any]:
         return {
@@ -171,50 +226,54 @@ class ChatClient:
         }
 
     async def complete(self, messages: list[dict[str, str]]) -> Completion:
+        session = self._session()
         try:
-            response = await self._http.post("chat/completions", json=self.payload(messages))
-        except httpx.TimeoutException:
+            async with session.post(
+                self._url, json=self.payload(messages), allow_redirects=False, proxy=self._proxy
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+        except TimeoutError:
             raise LLMError("the model provider did not answer in time", retryable=True) from None
-        except httpx.HTTPError:
+        except aiohttp.ClientError:
             raise LLMError("could not reach the model provider", retryable=True) from None
         try:
-            body = response.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
-        if response.status_code != 200:
-            raise _status_error(
-                response.status_code,
-                body,
-                parse_retry_after(response.headers.get("retry-after")),
-                self._secret,
-            )
+        if status != 200:
+            raise _status_error(status, body, parse_retry_after(retry_after), self._secret)
         return _completion_from_body(body, self.model, self._secret)
 
     async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Completion]:
         """Yield text deltas as they arrive, then the assembled `Completion` last."""
+        session = self._session()
         parts: list[str] = []
         model = self.model
         usage: dict[str, Any] | None = None
         try:
-            async with self._http.stream(
-                "POST",
-                "chat/completions",
+            async with session.post(
+                self._url,
                 json=self.payload(messages, stream=True),
                 headers={"Accept": "text/event-stream"},
+                timeout=self._stream_timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
             ) as response:
-                if response.status_code != 200:
-                    raw = await response.aread()
+                if response.status != 200:
+                    raw = await response.read()
                     try:
                         body = json.loads(raw)
                     except ValueError:
                         body = None
                     raise _status_error(
-                        response.status_code,
+                        response.status,
                         body,
-                        parse_retry_after(response.headers.get("retry-after")),
+                        parse_retry_after(response.headers.get("Retry-After")),
                         self._secret,
                     )
-                async for line in response.aiter_lines():
+                async for line in _sse_lines(response.content):
                     if not line.startswith("data:"):
                         continue  # comments (": OPENROUTER PROCESSING"), blank lines, ids
                     data = line[5:].strip()
@@ -233,9 +292,9 @@ class ChatClient:
                     model = str(chunk.get("model") or model)
                     if isinstance(chunk.get("usage"), dict):
                         usage = chunk["usage"]
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise LLMError("the model provider did not answer in time", retryable=True) from None
-        except httpx.HTTPError:
+        except aiohttp.ClientError:
             raise LLMError("could not reach the model provider", retryable=True) from None
         text = "".join(parts).strip()
         if not text:
@@ -243,4 +302,6 @@ class ChatClient:
         yield Completion(content=text, model=model, usage=usage)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        self._closed = True
+        if self._http is not None:
+            await self._http.close()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
@@ -23,27 +21,16 @@ from smartgen.store.base import (
     User,
     UserRepository,
 )
+from smartgen.store.unavailable import translate_unavailable
 from smartgen.times import as_utc
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _UNFINISHED = [JobStatus.queued.value, JobStatus.processing.value]
 
 
-def _unavailable(
-    fn: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Turn "the database did not answer" into `StoreUnavailable` (503 in the API)."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except ConnectionFailure as exc:
-            raise StoreUnavailable("The database is unavailable; try again shortly") from exc
-
-    return wrapper
+_unavailable = translate_unavailable(
+    lambda error: isinstance(error, ConnectionFailure),
+    "The database is unavailable; try again shortly",
+)
 
 
 def _dt(value: Any) -> datetime | None:

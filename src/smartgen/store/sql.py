@@ -16,9 +16,8 @@ The schema (tables, column types, its version and upgrades, and why not Alembic)
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -46,6 +45,7 @@ from smartgen.store.sql_schema import (
     schema_version,
     users,
 )
+from smartgen.store.unavailable import translate_unavailable
 
 # The schema's names stay importable from here, where callers and tests have found them.
 __all__ = [
@@ -98,21 +98,7 @@ def _is_unavailable(error: BaseException) -> bool:
     )
 
 
-def _unavailable(
-    fn: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Turn "the database did not answer" into `StoreUnavailable` (503 in the API)."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except Exception as error:
-            if _is_unavailable(error):
-                raise StoreUnavailable(_UNAVAILABLE_MESSAGE) from error
-            raise
-
-    return wrapper
+_unavailable = translate_unavailable(_is_unavailable, _UNAVAILABLE_MESSAGE)
 
 
 def _reason(error: BaseException) -> str:

@@ -300,7 +300,6 @@ def test_no_key_and_auto_provider_means_offline_drafts(monkeypatch: pytest.Monke
 def test_mongo_database_from_uri(monkeypatch: pytest.MonkeyPatch, uri: str, database: str) -> None:
     s = settings(monkeypatch, MONGO_URI=uri)
     assert s.mongo_database == database
-    assert s.require_mongo_uri() == uri
 
 
 def test_mongo_db_overrides_the_uri(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -310,11 +309,6 @@ def test_mongo_db_overrides_the_uri(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_mongo_database_default_without_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings(monkeypatch).mongo_database == "smartgen"
-
-
-def test_require_mongo_uri_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match=r"^MONGO_URI is not set"):
-        settings(monkeypatch).require_mongo_uri()
 
 
 # --- JWT secret ---------------------------------------------------------------------------

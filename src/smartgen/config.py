@@ -204,13 +204,6 @@ class Settings(BaseSettings):
             )
         return secret
 
-    def require_mongo_uri(self) -> str:
-        if not self.mongo_uri:
-            raise ConfigError(
-                "MONGO_URI is not set: e.g. MONGO_URI=mongodb://127.0.0.1:27017/smartgen"
-            )
-        return self.mongo_uri
-
     @property
     def lease_seconds(self) -> float:
         return self.processing_lease_seconds or self.llm_timeout_seconds + 15.0

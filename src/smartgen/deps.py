@@ -52,10 +52,6 @@ async def get_tokens(runtime: RuntimeDep) -> TokenCodec:
     return runtime.tokens
 
 
-async def get_settings(runtime: RuntimeDep) -> Settings:
-    return runtime.settings
-
-
 # Declares the Bearer scheme in OpenAPI (the docs' "Authorize" button); the header is
 # parsed by `bearer_token` so that every refusal says why.
 _bearer = HTTPBearer(auto_error=False, description="The JWT from /auth/register or /auth/login")
@@ -71,5 +67,4 @@ async def current_user(
 
 StoreDep = Annotated[Store, Depends(get_store)]
 TokensDep = Annotated[TokenCodec, Depends(get_tokens)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 CurrentUser = Annotated[Principal, Depends(current_user)]

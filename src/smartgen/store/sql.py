@@ -21,7 +21,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Executable, Integer, Row, and_, event, exc, func, literal, or_, select, text
+from sqlalchemy import (
+    Executable,
+    Integer,
+    Row,
+    and_,
+    bindparam,
+    event,
+    exc,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -156,17 +168,19 @@ class _Repository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def _first(self, stmt: Executable) -> Row[Any] | None:
+    async def _first(
+        self, stmt: Executable, params: dict[str, Any] | None = None
+    ) -> Row[Any] | None:
         async with self._engine.connect() as conn:
-            return (await conn.execute(stmt)).first()
+            return (await conn.execute(stmt, params)).first()
 
     async def _all(self, stmt: Executable) -> Sequence[Row[Any]]:
         async with self._engine.connect() as conn:
             return (await conn.execute(stmt)).all()
 
-    async def _rowcount(self, stmt: Executable) -> int:
+    async def _rowcount(self, stmt: Executable, params: dict[str, Any] | None = None) -> int:
         async with self._engine.connect() as conn:
-            return int((await conn.execute(stmt)).rowcount)
+            return int((await conn.execute(stmt, params)).rowcount)
 
 
 def _limited(n: int) -> int | None:
@@ -215,6 +229,77 @@ class SqlUsers(_Repository):
         return _user(await self._first(select(*_USER_COLS).where(users.c.email == email)))
 
 
+# The hot statements (one per queued job, two per processed job) are built once with
+# bind parameters: building a statement and its cache key on every call cost more CPU
+# than executing it.
+_CREATE_FIELDS = (
+    "job_id",
+    "user_id",
+    "status",
+    "prompt",
+    "content_type",
+    "scheduled_for",
+    "created_at",
+    "updated_at",
+    "attempts",
+)
+_INSERT_JOB = jobs.insert()  # VALUES from the parameters' keys (the column names)
+# INSERT INTO jobs (…) SELECT :v… WHERE (SELECT count(*) FROM jobs WHERE user_id = :u AND
+# status IN ('queued', 'processing')) < :cap. Each value is bound with its column's type, so
+# asyncpg gets typed parameters ($1::VARCHAR, …) in the FROM-less SELECT list.
+_INSERT_JOB_UNDER_CAP = jobs.insert().from_select(
+    [jobs.c[name] for name in _CREATE_FIELDS],
+    select(*(bindparam(f"v_{name}", type_=jobs.c[name].type) for name in _CREATE_FIELDS)).where(
+        select(func.count())
+        .select_from(jobs)
+        .where(jobs.c.user_id == bindparam("v_user_id"), jobs.c.status.in_(_UNFINISHED))
+        .scalar_subquery()
+        < bindparam("cap", type_=Integer())
+    ),
+)
+
+
+def _take_job(*, with_owner: bool) -> Executable:
+    # Parameter names differ from column names: those are reserved for SET/VALUES.
+    free = [jobs.c.lease_until.is_(None), jobs.c.lease_until <= bindparam("at")]
+    if with_owner:
+        free.append(jobs.c.lease_owner == bindparam("owner"))
+    takeable = or_(
+        jobs.c.status == JobStatus.queued.value,
+        and_(jobs.c.status == JobStatus.processing.value, or_(*free)),
+    )
+    return (
+        jobs.update()
+        .where(jobs.c.job_id == bindparam("key"), takeable)
+        .values(
+            status=JobStatus.processing.value,
+            started_at=bindparam("at"),
+            updated_at=bindparam("at"),
+            attempts=bindparam("attempt"),
+            lease_until=bindparam("until"),
+            lease_owner=bindparam("owner"),
+        )
+        .returning(*_JOB_COLS)
+    )
+
+
+_TAKE_JOB = _take_job(with_owner=False)
+_TAKE_JOB_AS_OWNER = _take_job(with_owner=True)
+_COMPLETE_JOB = (
+    jobs.update()
+    .where(jobs.c.job_id == bindparam("key"), jobs.c.status == JobStatus.processing.value)
+    .values(
+        status=JobStatus.completed.value,
+        generated_content=bindparam("content"),
+        model=bindparam("model_name"),
+        usage=bindparam("token_usage"),
+        completed_at=bindparam("at"),
+        updated_at=bindparam("at"),
+        error=None,
+    )
+)
+
+
 class SqlJobs(_Repository):
     @_unavailable
     async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
@@ -232,24 +317,9 @@ class SqlJobs(_Repository):
             "attempts": job.attempts,
         }
         if max_unfinished <= 0:
-            return await self._rowcount(jobs.insert().values(**values)) == 1
-        # One statement, judged by its row count:
-        #   INSERT INTO jobs (…) SELECT :v… WHERE (SELECT count(*) FROM jobs
-        #     WHERE user_id = :u AND status IN ('queued', 'processing')) < :cap
-        # Each value is bound with its column's type, so asyncpg gets typed parameters
-        # (`$1::VARCHAR`, …) in a FROM-less SELECT list and datetimes go through
-        # UtcDateTime as in a plain insert.
-        columns = [jobs.c[name] for name in values]
-        unfinished = (
-            select(func.count())
-            .select_from(jobs)
-            .where(jobs.c.user_id == job.user_id, jobs.c.status.in_(_UNFINISHED))
-            .scalar_subquery()
-        )
-        rows = select(*(literal(values[c.name], c.type) for c in columns)).where(
-            unfinished < literal(max_unfinished, Integer())
-        )
-        return await self._rowcount(jobs.insert().from_select(columns, rows)) == 1
+            return await self._rowcount(_INSERT_JOB, values) == 1
+        params = {f"v_{name}": value for name, value in values.items()}
+        return await self._rowcount(_INSERT_JOB_UNDER_CAP, {**params, "cap": max_unfinished}) == 1
 
     @_unavailable
     async def get(self, job_id: str) -> Job | None:
@@ -312,45 +382,27 @@ class SqlJobs(_Repository):
         lease_until: datetime | None = None,
         owner: str | None = None,
     ) -> Job | None:
-        free = [jobs.c.lease_until.is_(None), jobs.c.lease_until <= at]
-        if owner is not None:
-            free.append(jobs.c.lease_owner == owner)
-        takeable = or_(
-            jobs.c.status == JobStatus.queued.value,
-            and_(jobs.c.status == JobStatus.processing.value, or_(*free)),
-        )
-        stmt = (
-            jobs.update()
-            .where(jobs.c.job_id == job_id, takeable)
-            .values(
-                status=JobStatus.processing.value,
-                started_at=at,
-                updated_at=at,
-                attempts=attempt,
-                lease_until=lease_until,
-                lease_owner=owner,
-            )
-            .returning(*_JOB_COLS)
-        )
-        row = await self._first(stmt)
+        stmt = _TAKE_JOB if owner is None else _TAKE_JOB_AS_OWNER
+        params = {
+            "key": job_id,
+            "at": at,
+            "attempt": attempt,
+            "until": lease_until,
+            "owner": owner,
+        }
+        row = await self._first(stmt, params)
         return _job(row) if row else None
 
     @_unavailable
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
-        stmt = (
-            jobs.update()
-            .where(jobs.c.job_id == job_id, jobs.c.status == JobStatus.processing.value)
-            .values(
-                status=JobStatus.completed.value,
-                generated_content=result.content,
-                model=result.model,
-                usage=result.usage,
-                completed_at=at,
-                updated_at=at,
-                error=None,
-            )
-        )
-        return await self._rowcount(stmt) == 1
+        params = {
+            "key": job_id,
+            "content": result.content,
+            "model_name": result.model,
+            "token_usage": result.usage,
+            "at": at,
+        }
+        return await self._rowcount(_COMPLETE_JOB, params) == 1
 
     @_unavailable
     async def mark_failed(self, job_id: str, *, error: str, at: datetime) -> bool:

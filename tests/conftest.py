@@ -278,6 +278,20 @@ async def wait_http(url: str, proc: Process, timeout: float = 20) -> None:
     raise AssertionError(f"{url} did not come up:\n{proc.output()}")
 
 
+async def start_system(
+    env: dict[str, str], processes: list[Process]
+) -> tuple[Process, Process, str]:
+    """A real `smartgen api` on a free port and a `smartgen worker`: (api, worker, url).
+    Both are stopped by the `processes` fixture."""
+    port = free_port()
+    api = Process("api", env, PORT=str(port))
+    worker = Process("worker", env)
+    processes.extend([api, worker])
+    url = f"http://127.0.0.1:{port}"
+    await wait_http(url, api)
+    return api, worker, url
+
+
 @pytest.fixture
 def processes() -> Iterator[list[Process]]:
     procs: list[Process] = []

@@ -7,19 +7,14 @@ import signal
 
 import httpx
 
-from tests.conftest import Process, free_port, wait_for_status, wait_http
+from tests.conftest import Process, free_port, start_system, wait_for_status, wait_http
 from tests.fakellm import FakeLLM, Reply
 
 
 async def test_seed_flow_with_real_processes(
     env: dict[str, str], processes: list[Process], fake_llm: FakeLLM, unique: str
 ) -> None:
-    port = free_port()
-    api = Process("api", env, PORT=str(port))
-    worker = Process("worker", env)
-    processes.extend([api, worker])
-    url = f"http://127.0.0.1:{port}"
-    await wait_http(url, api)
+    api, worker, url = await start_system(env, processes)
     ok, down, flaky = f"[e2e-{unique}]", f"[e2e-down-{unique}]", f"[e2e-429-{unique}]"
     fake_llm.always(down, Reply(status=500))
     fake_llm.script(flaky, [Reply(status=429, headers={"Retry-After": "1"})])

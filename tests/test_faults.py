@@ -21,8 +21,8 @@ from tests.conftest import (
     RedisServer,
     free_port,
     register,
+    start_system,
     wait_for_status,
-    wait_http,
 )
 from tests.fakellm import FakeLLM, Reply
 from tests.test_worker import queue, running_worker
@@ -156,12 +156,7 @@ async def _wait_calls(fake: FakeLLM, marker: str, count: int, timeout: float = 2
 async def test_worker_killed_mid_job_is_recovered_by_another(
     fault_env: dict[str, str], processes: list[Process], fake_llm: FakeLLM, unique: str
 ) -> None:
-    port = free_port()
-    api = Process("api", fault_env, PORT=str(port))
-    first = Process("worker", fault_env)
-    processes.extend([api, first])
-    url = f"http://127.0.0.1:{port}"
-    await wait_http(url, api)
+    _, first, url = await start_system(fault_env, processes)
     marker = f"[sigkill-{unique}]"
     fake_llm.script(marker, [Reply(delay=3.0)])
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -181,12 +176,7 @@ async def test_worker_killed_mid_job_is_recovered_by_another(
 async def test_sigterm_finishes_running_job_then_exits_zero(
     fault_env: dict[str, str], processes: list[Process], fake_llm: FakeLLM, unique: str
 ) -> None:
-    port = free_port()
-    api = Process("api", fault_env, PORT=str(port))
-    worker = Process("worker", fault_env)
-    processes.extend([api, worker])
-    url = f"http://127.0.0.1:{port}"
-    await wait_http(url, api)
+    _, worker, url = await start_system(fault_env, processes)
     marker = f"[sigterm-{unique}]"
     fake_llm.script(marker, [Reply(delay=2.0)])
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -205,12 +195,7 @@ async def test_sigterm_beyond_grace_returns_job_to_queue(
     fault_env: dict[str, str], processes: list[Process], fake_llm: FakeLLM, unique: str
 ) -> None:
     env = {**fault_env, "SHUTDOWN_GRACE_SECONDS": "1"}
-    port = free_port()
-    api = Process("api", env, PORT=str(port))
-    worker = Process("worker", env)
-    processes.extend([api, worker])
-    url = f"http://127.0.0.1:{port}"
-    await wait_http(url, api)
+    _, worker, url = await start_system(env, processes)
     marker = f"[grace-{unique}]"
     fake_llm.script(marker, [Reply(delay=4.0)])
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:

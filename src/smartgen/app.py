@@ -109,8 +109,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def create_app(settings: Settings) -> socketio.ASGIApp:
-    """Build the ASGI application (HTTP + Socket.IO). Clients open in the lifespan."""
+def create_app(settings: Settings, *, init_store: bool = True) -> socketio.ASGIApp:
+    """Build the ASGI application (HTTP + Socket.IO). Clients open in the lifespan, which
+    also creates the store's schema/indexes unless the caller already did
+    (`init_store=False`, as `smartgen api` does after its start-up check)."""
     tokens = TokenCodec(
         settings.require_jwt_secret(),
         expires_minutes=settings.jwt_expires_minutes,
@@ -125,7 +127,8 @@ def create_app(settings: Settings) -> socketio.ASGIApp:
         redis = api_redis(settings)
         queue = GenerationQueue(settings, redis)
         try:
-            await store.init()
+            if init_store:
+                await store.init()
             realtime.store = store
             realtime.publisher.start()
             app.state.runtime = Runtime(

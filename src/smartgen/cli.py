@@ -62,8 +62,8 @@ def run_api(settings: Settings) -> int:
 
     from smartgen.app import create_app
 
-    app = create_app(settings)
-    preflight_store(settings)
+    app = create_app(settings, init_store=False)  # settings checked first; then:
+    preflight_store(settings)  # the schema and indexes, once, before serving
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -92,9 +92,9 @@ def run_worker_process(settings: Settings) -> int:
     try:
         import uvloop
 
-        uvloop.run(run_worker(settings))
+        uvloop.run(run_worker(settings, init_store=False))
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
-        asyncio.run(run_worker(settings))
+        asyncio.run(run_worker(settings, init_store=False))
     return 0
 
 

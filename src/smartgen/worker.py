@@ -30,8 +30,11 @@ def _log_failed(job: Any, err: Exception) -> None:
         log.info("job %s attempt %s: %s", job.id, job.attemptsMade, str(err)[:200])
 
 
-async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or SIGTERM/SIGINT), then close gracefully."""
+async def run_worker(
+    settings: Settings, *, stop: asyncio.Event | None = None, init_store: bool = True
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT), then close gracefully. The store's
+    schema/indexes are created first unless the caller already did (`init_store=False`)."""
     settings.require_llm_credentials()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -40,7 +43,8 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             loop.add_signal_handler(sig, stop.set)
 
     store = open_store(settings)
-    await store.init()
+    if init_store:
+        await store.init()
     llm: ChatClient | OfflineWriter
     if settings.use_offline_llm:
         log.warning(

@@ -37,6 +37,31 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def log(message: str) -> None:
+    stamp = datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def run_main(run: Callable[[Cleanup], Any]) -> int:
+    """A benchmark script's entry: signals, file-descriptor limit, `run(cleanup)` on uvloop
+    when available, and the clean-up always (also on Ctrl-C)."""
+    install_signal_handlers()
+    raise_fd_limit()
+    cleanup = Cleanup()
+    try:
+        try:
+            import uvloop
+
+            return int(uvloop.run(run(cleanup)))
+        except ImportError:  # pragma: no cover
+            return int(asyncio.run(run(cleanup)))
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        return 130
+    finally:
+        cleanup.run()
+
+
 # --- clean-up ----------------------------------------------------------------------------
 class Cleanup:
     """Undo actions, run last-in first-out, each at most once, errors reported not raised."""

@@ -49,19 +49,15 @@ from harness import (
     Workspace,
     close_listeners,
     connect_listeners,
-    install_signal_handlers,
+    log,
     machine,
     percentile,
-    raise_fd_limit,
     register_users,
+    run_main,
     smartgen_env,
 )
 
 KILL_MARGIN_S = 0.5  # clock granularity between the store's timestamps and ours
-
-
-def log(message: str) -> None:
-    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -671,22 +667,8 @@ def main() -> int:
         args.src = os.path.abspath(args.src)
     if args.quick:
         args.jobs, args.users = 1000, 20
-    install_signal_handlers()
-    raise_fd_limit()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    cleanup = Cleanup()
-    try:
-        try:
-            import uvloop
-
-            return uvloop.run(run(args, cleanup))
-        except ImportError:  # pragma: no cover
-            return asyncio.run(run(args, cleanup))
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-        return 130
-    finally:
-        cleanup.run()
+    return run_main(lambda cleanup: run(args, cleanup))
 
 
 if __name__ == "__main__":

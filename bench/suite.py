@@ -51,13 +51,13 @@ from harness import (
     Workspace,
     close_listeners,
     connect_listeners,
-    install_signal_handlers,
+    log,
     machine,
     mint_users,
     ms_between,
     percentile,
-    raise_fd_limit,
     register_users,
+    run_main,
     smartgen_env,
     summarize_profile,
     wait_final,
@@ -105,11 +105,6 @@ TARGET_INGEST_P99_MS = 50.0
 TARGET_CONCURRENCY = 0.90
 TARGET_LATENESS_P99_MS = 250.0
 TARGET_WORKER_RSS_MB = 150.0
-
-
-def log(message: str) -> None:
-    stamp = datetime.now().strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
 
 class RssSampler:
@@ -901,21 +896,7 @@ def main() -> int:
         args.src = os.path.abspath(args.src)
         if not os.path.isdir(os.path.join(args.src, "smartgen")):
             parser.error(f"--src {args.src}: no smartgen package there")
-    install_signal_handlers()
-    raise_fd_limit()
-    cleanup = Cleanup()
-    try:
-        try:
-            import uvloop
-
-            return uvloop.run(run(args, cleanup))
-        except ImportError:  # pragma: no cover
-            return asyncio.run(run(args, cleanup))
-    except KeyboardInterrupt:
-        log("interrupted: cleaning up")
-        return 130
-    finally:
-        cleanup.run()
+    return run_main(lambda cleanup: run(args, cleanup))
 
 
 if __name__ == "__main__":

@@ -263,6 +263,24 @@ class Redis:
         finally:
             await client.aclose()
 
+    async def command_counts(self, *, reset: bool = False) -> dict[str, int]:
+        """Calls per command since the last reset (INFO commandstats), then reset if asked.
+        Scripts count as EVALSHA plus the commands they run (`redis.call` inside)."""
+        from redis import asyncio as aioredis
+
+        client = aioredis.Redis.from_url(self.url)
+        try:
+            stats = await client.info("commandstats")
+            if reset:
+                await client.config_resetstat()
+        finally:
+            await client.aclose()
+        return {
+            name.removeprefix("cmdstat_"): int(value["calls"])
+            for name, value in stats.items()
+            if isinstance(value, dict)
+        }
+
 
 # --- the fake LLM -------------------------------------------------------------------------
 class FakeLLM:

@@ -362,10 +362,12 @@ class Suite:
             # One Socket.IO client per registered user: the API relays the worker's events.
             listeners = await connect_listeners([(url, u) for u in users[: plan.users]])
             await asyncio.sleep(0.5)
+            await self.redis.command_counts(reset=True)
             api_cpu0 = api.cpu_seconds()
             async with self.profiled(api, "api-post"):
                 submitted = await self.submit(url, users, n, concurrency=32)
             api_cpu1 = api.cpu_seconds()
+            redis_post = await self.redis.command_counts(reset=True)
             log(f"  {n} jobs queued at {submitted['rps']:.0f}/s (no worker running)")
             worker = await system.worker(WORKER_CONCURRENCY="50")
             worker_cpu0, api_cpu2, began = worker.cpu_seconds(), api.cpu_seconds(), time.time()
@@ -373,6 +375,7 @@ class Suite:
                 counts, finished = await wait_final(system.probe, submitted["ok"], 40 + n / 20)
             drained = time.time() - began
             worker_cpu1 = worker.cpu_seconds()
+            redis_drain = await self.redis.command_counts()
             # The API's share of the drain: relaying the worker's events to the sockets.
             jobs = await system.probe.jobs()
             connected = {x.user.user_id for x in listeners}
@@ -410,12 +413,19 @@ class Suite:
                 "llm_calls": llm["calls"],
                 "worker_rss_mb": round(worker.rss_mb(), 1),
                 "api_rss_mb": round(api.rss_mb(), 1),
+                "redis_calls_per_job_post": _per_job(redis_post, max(1, submitted["ok"])),
+                "redis_calls_per_job_drain": _per_job(redis_drain, total),
             }
             log(
                 f"  drained in {drained:.1f} s: {figures['jobs_per_s']} jobs/s; CPU per job: "
                 f"API {api_post_ms:.2f} + {api_events_ms:.2f} (events) ms, "
                 f"worker {worker_ms:.2f} ms"
             )
+            for label, calls in (
+                ("queueing", figures["redis_calls_per_job_post"]),
+                ("processing", figures["redis_calls_per_job_drain"]),
+            ):
+                log(f"  Redis calls per job, {label}: {_fmt_calls(calls)}")
             return figures
         finally:
             await close_listeners(listeners)
@@ -565,6 +575,18 @@ class Suite:
             await self.llm.configure(hold=False)
             await self.llm.release()
             await system.close()
+
+
+def _per_job(counts: dict[str, int], jobs: int) -> dict[str, float]:
+    """Redis calls per job by command (commands run by scripts included), largest first."""
+    per = {name: round(calls / jobs, 2) for name, calls in counts.items()}
+    per = {name: v for name, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+    return {"total": round(sum(per.values()), 2), **per}
+
+
+def _fmt_calls(calls: dict[str, float]) -> str:
+    rest = ", ".join(f"{name} {v:g}" for name, v in list(calls.items())[1:9])
+    return f"{calls['total']:g} ({rest})"
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:

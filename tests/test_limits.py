@@ -56,7 +56,9 @@ async def test_generate_rate_limit_is_per_user_and_shared_across_processes(
 ) -> None:
     s = settings.model_copy(update={"generate_rate_limit": 3, "generate_rate_window_seconds": 30})
     async with (
-        ApiServer(s) as one, ApiServer(s) as two, httpx.AsyncClient(base_url=one.url) as c1,
+        ApiServer(s) as one,
+        ApiServer(s) as two,
+        httpx.AsyncClient(base_url=one.url) as c1,
         httpx.AsyncClient(base_url=two.url) as c2,
     ):
         alice, bob = await register(c1), await register(c1)

@@ -1,6 +1,7 @@
 """The repository contract (store/base.py), one suite run against every store: MongoDB (the
 wire-protocol test server), PostgreSQL (a real server on 127.0.0.1:5432, in a database this
-session creates and drops) and SQLite (a file under tmp_path)."""
+session creates and drops) through both the asyncpg store (`postgresql`, the one deployments
+use) and the SQLAlchemy store (`postgresql-sqlalchemy`), and SQLite (a file under tmp_path)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from smartgen.times import utcnow
 from tests.conftest import free_port
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
-BACKENDS = ["mongodb", "postgresql", "sqlite"]
+BACKENDS = ["mongodb", "postgresql", "postgresql-sqlalchemy", "sqlite"]
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
 
@@ -103,6 +104,7 @@ class Backend:
 @pytest.fixture(params=BACKENDS)
 def backend_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     from smartgen.store.mongo import MongoStore
+    from smartgen.store.postgres import PostgresStore
     from smartgen.store.sql import SqlStore
 
     if request.param == "mongodb":
@@ -114,6 +116,14 @@ def backend_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
             lambda: MongoStore(f"mongodb://127.0.0.1:{free_port()}", "x", timeout_ms=300),
         )
     if request.param == "postgresql":
+        url = request.getfixturevalue("pg_database")
+        return Backend(
+            "postgresql",
+            lambda: PostgresStore(url),
+            lambda: PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout=2),
+            url=url,
+        )
+    if request.param == "postgresql-sqlalchemy":
         url = request.getfixturevalue("pg_database")
         return Backend(
             "postgresql",
@@ -630,26 +640,69 @@ async def test_contents_get_list_and_isolation(store: Store) -> None:
 
 
 # --- SQL specifics ------------------------------------------------------------------------
-SQL_ONLY = pytest.mark.parametrize("backend_spec", ["postgresql", "sqlite"], indirect=True)
+SQL_ONLY = pytest.mark.parametrize(
+    "backend_spec", ["postgresql", "postgresql-sqlalchemy", "sqlite"], indirect=True
+)
 
 
 @SQL_ONLY
 async def test_schema_version_is_recorded_and_a_newer_one_refused(backend: Backend) -> None:
     from sqlalchemy import select, update
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-    from smartgen.store.sql import SCHEMA_VERSION, SqlStore, schema_version
+    from smartgen.store.sql import SCHEMA_VERSION, schema_version, sql_url
 
     store = backend.open()
     await store.init()
-    assert isinstance(store, SqlStore)
-    engine = store._engine
-    async with engine.connect() as conn:
-        rows = (await conn.execute(select(schema_version.c.id, schema_version.c.version))).all()
-        assert [tuple(r) for r in rows] == [(1, SCHEMA_VERSION)]
-        await conn.execute(update(schema_version).values(version=SCHEMA_VERSION + 1))
+    engine = create_async_engine(sql_url(backend.url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(schema_version.c.id, schema_version.c.version))).all()
+            assert [tuple(r) for r in rows] == [(1, SCHEMA_VERSION)]
+            await conn.execute(update(schema_version).values(version=SCHEMA_VERSION + 1))
+    finally:
+        await engine.dispose()
     newer = backend.open()
     with pytest.raises(ConfigError, match="newer than this smartgen understands"):
         await newer.init()
+
+
+@pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)
+async def test_postgres_store_survives_a_dropped_connection(backend: Backend) -> None:
+    """A connection the server terminates fails at most the statement that meets it (503),
+    and the next call gets a fresh connection; nothing is left half-written."""
+    import asyncpg
+
+    store = backend.open()
+    await store.init()
+    user = make_user()
+    await store.users.create(user)
+    admin = await asyncpg.connect(backend.url, timeout=5)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'smartgen' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    outcomes: list[str] = []
+    for _ in range(3):
+        try:
+            got = await store.users.get(user.user_id)
+            outcomes.append("ok" if got == user else "wrong")
+        except StoreUnavailable:
+            outcomes.append("unavailable")
+    assert outcomes[-1] == "ok"
+    assert "wrong" not in outcomes
+    assert outcomes.count("unavailable") <= 1
+
+
+def test_postgres_dsn_keeps_libpq_spelling() -> None:
+    from smartgen.store.postgres import asyncpg_dsn
+    from smartgen.store.sql import sql_url
+
+    dsn = asyncpg_dsn(sql_url("postgres://u:p%40ss@db.example:6543/app?sslmode=require"))
+    assert dsn == "postgresql://u:p%40ss@db.example:6543/app?sslmode=require"
 
 
 @pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
@@ -725,6 +778,7 @@ async def test_open_store_follows_configuration(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from smartgen.store.mongo import MongoStore
+    from smartgen.store.postgres import PostgresStore
     from smartgen.store.sql import SqlStore
 
     opened: list[Store] = []
@@ -736,7 +790,7 @@ async def test_open_store_follows_configuration(
         assert isinstance(mongo, MongoStore)
         pg = open_store(settings_for(database_url="postgresql://u@127.0.0.1:1/app"))
         opened.append(pg)
-        assert isinstance(pg, SqlStore)
+        assert isinstance(pg, PostgresStore)
         assert pg.name == "postgresql"
         monkeypatch.chdir(tmp_path)
         embedded = open_store(settings_for(data_dir=".smartgen"))

@@ -425,6 +425,57 @@ async def test_worker_publisher_reaches_api_clients(
     assert publisher.sent == 5 and publisher.dropped == 0
 
 
+async def test_a_batch_of_events_is_one_published_message(
+    api: ApiServer,
+    settings: Settings,
+    client: httpx.AsyncClient,
+    listeners: Callable[[], Listener],
+) -> None:
+    alice = await register(client)
+    alices = listeners()
+    await alices.connect(api.url, auth={"token": alice["token"]}, transports=["websocket"])
+    jobs = [make_job(alice["userId"], JobStatus.processing) for _ in range(3)]
+    events = [
+        ("job_status", {"jobId": j.job_id, "n": i}, f"user:{alice['userId']}")
+        for i, j in enumerate(jobs)
+    ]
+    spy = aioredis.Redis.from_url(settings.redis_connection_url)
+    pubsub = spy.pubsub()
+    _, manager = worker_publisher(settings)
+    try:
+        await pubsub.subscribe(event_channel(settings))
+        await manager.emit_many(events)
+        published = []
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and not published:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if message is not None:
+                published.append(message)
+        await alices.wait_for("job_status", jobs[-1].job_id)
+        assert [d["n"] for d in alices.events("job_status")] == [0, 1, 2]
+        # Nothing more was published for these three events.
+        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
+        assert len(published) == 1
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await spy.aclose()
+        await close_manager(manager)
+
+
+def test_unbatch_keeps_only_manager_messages() -> None:
+    import json
+
+    from smartgen.realtime import BATCH_METHOD, _unbatch
+
+    one = {"method": "emit", "event": "job_status"}
+    assert _unbatch(json, json.dumps(one)) == [one]
+    batch = {"method": BATCH_METHOD, "messages": [one, 5, "x", {**one, "event": "b"}]}
+    assert _unbatch(json, json.dumps(batch).encode()) == [one, {**one, "event": "b"}]
+    assert _unbatch(json, b"not json") == []
+    assert _unbatch(json, "[1, 2]") == []
+    assert _unbatch(json, json.dumps({"method": BATCH_METHOD, "messages": "nope"})) == []
+
+
 async def test_api_subscribes_before_first_handshake_and_closes_its_connections(
     settings: Settings, listeners: Callable[[], Listener]
 ) -> None:

@@ -370,3 +370,56 @@ def test_bearer_token_then_verify() -> None:
     tokens = codec()
     token, _ = tokens.issue("u5")
     assert tokens.verify(bearer_token(f"Bearer {token}")).user_id == "u5"
+
+
+# --- verified tokens are remembered -------------------------------------------------------
+
+
+def test_a_verified_token_is_not_decoded_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = codec()
+    token, _ = tokens.issue("user-1")
+    first = tokens.verify(token)
+    calls = 0
+    real_decode = jwt.decode
+
+    def counting_decode(*args: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real_decode(*args, **kw)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    assert tokens.verify(token) == first
+    assert tokens.verify(token) == first
+    assert calls == 0
+    # Another token (same claims, another signature) is decoded, and refused.
+    head, payload, _ = token.split(".")
+    forged = f"{head}.{payload}.{b64(b'x' * 32)}"
+    assert refused(forged, tokens).code == "invalid_token"
+    assert calls == 1
+    assert forged not in tokens._verified
+
+
+def test_a_remembered_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = codec()
+    token = mint({"sub": "user-1", "exp": now() + 60})
+    assert tokens.verify(token).user_id == "user-1"
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 60 + 4)  # within the leeway
+    assert tokens.verify(token).user_id == "user-1"
+    monkeypatch.setattr(time, "time", lambda: real_time() + 60 + 7)
+    assert refused(token, tokens).code == "token_expired"
+    assert token not in tokens._verified
+
+
+def test_remembered_tokens_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import smartgen.auth.tokens as module
+
+    monkeypatch.setattr(module, "VERIFIED_CACHE_SIZE", 8)
+    tokens = codec()
+    issued = [mint({"sub": f"user-{i}", "exp": now() + 60}) for i in range(20)]
+    for i, token in enumerate(issued):
+        assert tokens.verify(token).user_id == f"user-{i}"
+    assert len(tokens._verified) == 8
+    assert list(tokens._verified) == issued[-8:]
+    # A forgotten token is simply verified again.
+    assert tokens.verify(issued[0]).user_id == "user-0"

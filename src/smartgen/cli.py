@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -47,6 +48,20 @@ def preflight_store(settings: Settings) -> None:
     asyncio.run(check())
 
 
+def settle_heap() -> None:
+    """Before serving: move everything loaded so far (modules, app, settings) out of the
+    garbage collector's sight, and collect the young generation less often.
+
+    A full collection walks every tracked object; with ~100 MB of long-lived objects that
+    took tens of milliseconds, stalling every request in flight at that moment (it set
+    the API's p99 latency under load). Frozen objects are never walked again; cycles among
+    new objects are still collected."""
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, 10_000), gen1, gen2)
+
+
 def run_api(settings: Settings) -> int:
     import uvicorn
 
@@ -75,6 +90,7 @@ def run_api(settings: Settings) -> int:
         proxy_headers=True,
     )
     server = GracefulServer(config)
+    settle_heap()
     logging.getLogger("smartgen").info(
         "API on http://%s:%d (docs at /docs), Socket.IO at /socket.io/",
         settings.host,
@@ -89,6 +105,7 @@ def run_worker_process(settings: Settings) -> int:
 
     settings.require_llm_credentials()
     preflight_store(settings)
+    settle_heap()
     try:
         import uvloop
 

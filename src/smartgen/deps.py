@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
 from smartgen.config import Settings
@@ -52,18 +52,24 @@ async def get_tokens(runtime: RuntimeDep) -> TokenCodec:
     return runtime.tokens
 
 
-# Declares the Bearer scheme in OpenAPI (the docs' "Authorize" button); the header is
-# parsed by `bearer_token` so that every refusal says why.
-_bearer = HTTPBearer(auto_error=False, description="The JWT from /auth/register or /auth/login")
+class BearerUser(HTTPBearer):
+    """The caller, from `Authorization: Bearer <JWT>`: one dependency that is also the
+    Bearer scheme in OpenAPI (the docs' "Authorize" button). The header is parsed by
+    `bearer_token` so that every refusal says why."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            scheme_name="HTTPBearer",
+            auto_error=False,
+            description="The JWT from /auth/register or /auth/login",
+        )
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        runtime: Runtime = request.app.state.runtime
+        return runtime.tokens.verify(bearer_token(request.headers.get("authorization")))
 
 
-async def current_user(
-    request: Request,
-    runtime: RuntimeDep,
-    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    return runtime.tokens.verify(bearer_token(request.headers.get("authorization")))
-
+current_user = BearerUser()
 
 StoreDep = Annotated[Store, Depends(get_store)]
 TokensDep = Annotated[TokenCodec, Depends(get_tokens)]

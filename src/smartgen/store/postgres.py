@@ -203,8 +203,11 @@ class _Checkout:
 
     async def __aenter__(self) -> asyncpg.Connection:
         try:
-            self._pool = await self._owner._get()
-            self._conn = await self._pool.acquire(timeout=self._owner._timeout)
+            self._pool = self._owner._pool or await self._owner._get()
+            # asyncio.timeout, not acquire(timeout=…): that wraps every checkout in a new
+            # task (wait_for), a cost paid on each statement.
+            async with asyncio.timeout(self._owner._timeout):
+                self._conn = await self._pool.acquire()
         except _NoConnection:
             raise
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:

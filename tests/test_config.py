@@ -421,3 +421,45 @@ def test_cors_origins_bad_json_is_a_config_error(monkeypatch: pytest.MonkeyPatch
 def test_cors_origins_as_keyword() -> None:
     assert Settings(_env_file=None, cors_origins="a,b").cors_origins == ["a", "b"]
     assert Settings(_env_file=None, cors_origins=["x"]).cors_origins == ["x"]
+
+
+# --- process tuning -----------------------------------------------------------------------
+
+
+def test_fastapi_telemetry_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    from fastapi import FastAPI
+
+    from smartgen.app import _telemetry_option
+
+    off = settings(monkeypatch, JWT_SECRET=STRONG_SECRET)
+    on = settings(monkeypatch, JWT_SECRET=STRONG_SECRET, OTEL_ENABLED="true")
+    assert off.otel_enabled is False and on.otel_enabled is True
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        assert _telemetry_option(off) == _telemetry_option(on) == {}
+        return
+    assert _telemetry_option(off) == {
+        "telemetry": {"tracing": False, "metrics": False, "logs": False}
+    }
+    assert _telemetry_option(on) == {"telemetry": {}}
+    # FastAPI accepts both, and the default asks no OTel provider anything per request.
+    quiet = FastAPI(**_telemetry_option(off))
+    assert quiet._native_telemetry.enabled() is False
+    FastAPI(**_telemetry_option(on))
+
+
+def test_settle_heap_freezes_start_up_objects() -> None:
+    import gc
+
+    from smartgen.cli import settle_heap
+
+    threshold = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold()[0] >= 10_000
+        assert gc.isenabled()  # cycles among new objects are still collected
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -77,6 +78,17 @@ def _allowed_methods(request: Request) -> set[str]:
     return methods
 
 
+def _telemetry_option(settings: Settings) -> dict[str, Any]:
+    """`FastAPI(telemetry=…)` where this FastAPI has native OpenTelemetry: off unless
+    OTEL_ENABLED (then FastAPI's defaults: spans, metrics and logs when a provider is set
+    up, e.g. by FASTAPI_OTEL_AUTO_CONFIGURE=true and the standard OTEL_* variables)."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    if settings.otel_enabled:
+        return {"telemetry": {}}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -147,6 +159,7 @@ def create_app(settings: Settings, *, init_store: bool = True) -> socketio.ASGIA
             await store.close()
 
     app = FastAPI(
+        **_telemetry_option(settings),
         title="smartgen",
         version=__version__,
         description=(

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     register_rate_window_seconds: float = Field(3600.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
+    # FastAPI's native OpenTelemetry (request spans, metrics, error logs) to the globally
+    # configured OTel providers. Off by default: while on, every request asks the
+    # providers whether anyone listens, even when no one was configured.
+    otel_enabled: bool = False
 
     jwt_secret: str | None = None
     jwt_expires_minutes: int = Field(60 * 24, ge=1)

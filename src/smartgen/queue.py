@@ -106,7 +106,9 @@ class GenerationQueue:
         does not answer in time."""
         opts = job_options(self._settings, job_id, delay_ms)
         try:
-            await asyncio.wait_for(self._queue.add(JOB_NAME, data, opts), self._timeout)
+            # asyncio.timeout rather than wait_for: no extra task per job.
+            async with asyncio.timeout(self._timeout):
+                await self._queue.add(JOB_NAME, data, opts)
         except (RedisError, OSError, TimeoutError) as exc:
             raise ServiceUnavailable(
                 "The job queue (Redis) is unavailable; the job was not queued, try again shortly",

@@ -142,6 +142,12 @@ class _Pool:
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._closed = False
+        # First come, first served. asyncpg's pool hands a released connection to whoever
+        # asks next, and a waiter that loses that race goes back to the end of the line:
+        # with more requests in flight than connections, some waited 5-10 times the
+        # median (GET p99 111-201 ms at p50 20 ms, 64 clients, 15 connections). Waiting
+        # here, on a FIFO semaphore, the pool itself never has waiters.
+        self._turns = asyncio.Semaphore(size)
 
     async def _get(self) -> asyncpg.Pool:
         if self._pool is not None:
@@ -202,12 +208,18 @@ class _Checkout:
         self._conn: asyncpg.Connection | None = None
 
     async def __aenter__(self) -> asyncpg.Connection:
+        owner = self._owner
         try:
-            self._pool = self._owner._pool or await self._owner._get()
             # asyncio.timeout, not acquire(timeout=…): that wraps every checkout in a new
             # task (wait_for), a cost paid on each statement.
-            async with asyncio.timeout(self._owner._timeout):
-                self._conn = await self._pool.acquire()
+            async with asyncio.timeout(owner._timeout):
+                await owner._turns.acquire()
+                try:
+                    self._pool = owner._pool or await owner._get()
+                    self._conn = await self._pool.acquire()
+                except BaseException:
+                    owner._turns.release()
+                    raise
         except _NoConnection:
             raise
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
@@ -215,8 +227,11 @@ class _Checkout:
         return self._conn
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._pool is not None and self._conn is not None:
-            await self._pool.release(self._conn)
+        try:
+            if self._pool is not None and self._conn is not None:
+                await self._pool.release(self._conn)
+        finally:
+            self._owner._turns.release()
 
 
 def asyncpg_dsn(url: URL) -> str:

@@ -18,8 +18,8 @@ def as_utc(value: datetime) -> datetime:
 
 def iso_ms(value: datetime) -> str:
     """`2026-01-11T19:34:18.356Z`, as JavaScript's `Date.toISOString()` writes it."""
-    value = as_utc(value)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # isoformat ends in "+00:00" for an aware UTC value; it is twice as fast as strftime.
+    return as_utc(value).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_iso(text: str) -> datetime:

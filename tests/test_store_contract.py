@@ -697,6 +697,74 @@ async def test_postgres_store_survives_a_dropped_connection(backend: Backend) ->
     assert outcomes.count("unavailable") <= 1
 
 
+@pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)
+async def test_postgres_pool_is_bounded_fair_and_drops_interrupted_connections(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncpg
+
+    from smartgen.store import postgres
+
+    store = postgres.PostgresStore(backend.url, pool_size=2, timeout=1.0)
+    backend.opened.append(store)
+    await store.init()
+    pool = store._pool
+
+    async def server_connections() -> int:
+        conn = await asyncpg.connect(backend.url, timeout=5)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = 'smartgen' AND datname = current_database()"
+                )
+            )
+        finally:
+            await conn.close()
+
+    # Ten callers, two connections: all served, in the order they asked.
+    order: list[int] = []
+
+    async def call(i: int) -> None:
+        async with pool.connection() as conn:
+            order.append(i)
+            await conn.execute("SELECT pg_sleep(0.02)")
+
+    await asyncio.gather(*(call(i) for i in range(2)))  # both connections open
+    order.clear()
+    await asyncio.gather(*(call(i) for i in range(10)))
+    assert order == list(range(10))
+    assert len(pool._idle) == 2
+    assert await server_connections() == 2
+
+    # Both connections busy: a third caller gives up after `timeout` (503), not never.
+    async with pool.connection(), pool.connection():
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(store.users.get(oid()), 10)
+
+    # A call cancelled with its statement in flight: that connection is not reused.
+    before = {id(c) for c, _ in pool._idle}
+    task = asyncio.create_task(pool.execute("SELECT pg_sleep(5)"))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    after = {id(c) for c, _ in pool._idle}
+    assert len(after) == 1 and after < before
+    user = make_user()
+    await store.users.create(user)  # the store still works
+    assert await store.users.get(user.user_id) == user
+
+    # Idle connections past their lifetime are closed.
+    monkeypatch.setattr(postgres, "IDLE_LIFETIME_SECONDS", 0.0)
+    await asyncio.gather(*(call(i) for i in range(4)))
+    assert len(pool._idle) <= 1
+
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.users.get(user.user_id)
+
+
 def test_postgres_dsn_keeps_libpq_spelling() -> None:
     from smartgen.store.postgres import asyncpg_dsn
     from smartgen.store.sql import sql_url

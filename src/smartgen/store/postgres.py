@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
@@ -66,7 +67,16 @@ _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57", "3D", "28")
 
 
 def _is_unavailable(error: BaseException) -> bool:
-    if isinstance(error, _NoConnection | OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(
+        error,
+        _NoConnection
+        | OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        # The client's protocol state broke (e.g. a reply to a cancelled call): the
+        # connection is closed on release, and a retry gets a fresh one.
+        | asyncpg.exceptions.InternalClientError,
+    ):
         # InterfaceError covers a connection closed under us (ConnectionDoesNotExistError
         # is an InterfaceError subclass in some versions, a PostgresError in others).
         return True
@@ -125,50 +135,76 @@ def _content(row: Sequence[Any]) -> Content:
 
 
 # --- connections ------------------------------------------------------------------------
-async def _keep(_connection: asyncpg.Connection) -> None:
-    """Pool reset hook: nothing to undo. Statements autocommit and no session state is
-    ever set, so asyncpg's default reset (`RESET ALL; UNLISTEN *; …`, one more round trip
-    on every release) would buy nothing."""
+IDLE_LIFETIME_SECONDS = 300.0  # an idle connection older than this is closed
 
 
 class _Pool:
-    """An asyncpg pool opened on first use (a store is built before anything connects),
-    checkouts bounded by `timeout`."""
+    """Up to `size` connections, opened on demand (a store is built before anything
+    connects) and handed out first come, first served.
+
+    Not asyncpg's `Pool`: that one gives a released connection to whoever asks next, so a
+    waiter that loses the race goes back to the end of the line (with 64 requests in flight
+    on 15 connections, some `GET`s waited 5-10 times the median), and its per-checkout
+    bookkeeping (a proxy object, an inactivity timer, a reset hook) cost about 16 µs per
+    statement, more than a third of the statement's own client-side CPU. Here a FIFO
+    semaphore orders the callers and idle connections sit on a stack (the most recently
+    used first, so a burst's extra connections age out at the bottom)."""
 
     def __init__(self, dsn: str, *, size: int, timeout: float) -> None:
         self._dsn = dsn
-        self._size = size
         self._timeout = timeout
-        self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
-        self._closed = False
-        # First come, first served. asyncpg's pool hands a released connection to whoever
-        # asks next, and a waiter that loses that race goes back to the end of the line:
-        # with more requests in flight than connections, some waited 5-10 times the
-        # median (GET p99 111-201 ms at p50 20 ms, 64 clients, 15 connections). Waiting
-        # here, on a FIFO semaphore, the pool itself never has waiters.
         self._turns = asyncio.Semaphore(size)
+        self._idle: list[tuple[asyncpg.Connection, float]] = []  # (connection, idle since)
+        self._closed = False
 
-    async def _get(self) -> asyncpg.Pool:
-        if self._pool is not None:
-            return self._pool
-        async with self._opening:
-            if self._closed:
-                raise _NoConnection("the store is closed")
-            if self._pool is None:
-                # min_size=0: nothing connects here; connections open on demand, and a
-                # connection the server dropped is replaced at its next checkout.
-                self._pool = await asyncpg.create_pool(
-                    self._dsn,
-                    min_size=0,
-                    max_size=self._size,
-                    timeout=self._timeout,  # connecting
-                    command_timeout=30,
-                    max_inactive_connection_lifetime=300,
-                    reset=_keep,
-                    server_settings={"application_name": "smartgen"},
-                )
-            return self._pool
+    async def _open(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self._dsn,
+            timeout=self._timeout,
+            command_timeout=30,
+            server_settings={"application_name": "smartgen"},
+        )
+
+    async def acquire(self) -> asyncpg.Connection:
+        """A connection; `_NoConnection` when none could be had within `timeout`."""
+        try:
+            # asyncio.timeout, not wait_for: no task per checkout.
+            async with asyncio.timeout(self._timeout):
+                await self._turns.acquire()
+                try:
+                    conn = await self._take()
+                except BaseException:
+                    self._turns.release()
+                    raise
+        except _NoConnection:
+            raise
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise _NoConnection(f"no database connection: {error}") from error
+        return conn
+
+    async def _take(self) -> asyncpg.Connection:
+        if self._closed:
+            raise _NoConnection("the store is closed")
+        while self._idle:
+            conn, _ = self._idle.pop()
+            if not conn.is_closed():  # the server may have dropped it while idle
+                return conn
+        return await self._open()
+
+    def release(self, conn: asyncpg.Connection, *, reusable: bool) -> None:
+        """Give a connection back; one that met anything but a statement error (a lost
+        connection, a timeout, a cancelled call with a reply still in flight) is closed."""
+        try:
+            if reusable and not self._closed and not conn.is_closed():
+                now = time.monotonic()
+                self._idle.append((conn, now))
+                while self._idle and now - self._idle[0][1] > IDLE_LIFETIME_SECONDS:
+                    old, _ = self._idle.pop(0)
+                    old.terminate()
+            else:
+                conn.terminate()
+        finally:
+            self._turns.release()
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         async with self.connection() as conn:
@@ -187,51 +223,41 @@ class _Pool:
         return _Checkout(self)
 
     async def close(self) -> None:
-        async with self._opening:
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
+        """Close idle connections now; busy ones are closed when they come back."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
             try:
-                await asyncio.wait_for(pool.close(), 10)
-            except TimeoutError:
-                pool.terminate()
+                await asyncio.wait_for(conn.close(), 5)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
 
 
 class _Checkout:
     """`async with`: one connection from the pool; failing to get one is `_NoConnection`."""
 
-    __slots__ = ("_conn", "_owner", "_pool")
+    __slots__ = ("_conn", "_pool")
 
-    def __init__(self, owner: _Pool) -> None:
-        self._owner = owner
-        self._pool: asyncpg.Pool | None = None
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
         self._conn: asyncpg.Connection | None = None
 
     async def __aenter__(self) -> asyncpg.Connection:
-        owner = self._owner
-        try:
-            # asyncio.timeout, not acquire(timeout=…): that wraps every checkout in a new
-            # task (wait_for), a cost paid on each statement.
-            async with asyncio.timeout(owner._timeout):
-                await owner._turns.acquire()
-                try:
-                    self._pool = owner._pool or await owner._get()
-                    self._conn = await self._pool.acquire()
-                except BaseException:
-                    owner._turns.release()
-                    raise
-        except _NoConnection:
-            raise
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            raise _NoConnection(f"no database connection: {error}") from error
+        self._conn = await self._pool.acquire()
         return self._conn
 
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            if self._pool is not None and self._conn is not None:
-                await self._pool.release(self._conn)
-        finally:
-            self._owner._turns.release()
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if self._conn is not None:
+            # A statement error (constraint, syntax, …) leaves the connection idle and
+            # usable: every statement autocommits. The server shutting the session down
+            # (also a PostgresError) does not.
+            reusable = exc is None or (
+                isinstance(exc, asyncpg.PostgresError) and not _is_unavailable(exc)
+            )
+            self._pool.release(self._conn, reusable=reusable)
+            self._conn = None
 
 
 def asyncpg_dsn(url: URL) -> str:

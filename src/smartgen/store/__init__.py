@@ -43,7 +43,10 @@ def open_store(settings: Settings) -> Store:
         return SqlStore(url, pool_size=pool_size)
     # Absolute, so that the API and the worker agree even if one changes directory later.
     path = os.path.abspath(_sqlite_default(settings))
-    return SqlStore(URL.create("sqlite+aiosqlite", database=path))
+    return SqlStore(
+        URL.create("sqlite+aiosqlite", database=path),
+        pool_size=getattr(settings, "db_pool_size", 15),
+    )
 
 
 def _mongo_hosts(uri: str) -> str:

@@ -172,6 +172,8 @@ class ChannelTap:
     def _run(self) -> None:
         import redis
 
+        from smartgen.realtime import manager_messages
+
         client = redis.Redis.from_url(self.url)
         pubsub = client.pubsub()
         try:
@@ -182,19 +184,17 @@ class ChannelTap:
                 if message is None or message.get("type") not in ("message", "pmessage"):
                     continue
                 at = time.time()
-                try:
-                    data = json.loads(message["data"])
-                except (ValueError, TypeError):
-                    continue
-                if data.get("event") not in ("job_completed", "job_failed"):
-                    continue
-                payload = data.get("data")
-                if isinstance(payload, list | tuple) and payload:
-                    payload = payload[0]
-                if isinstance(payload, dict) and payload.get("jobId"):
-                    job_id = str(payload["jobId"])
-                    self.published_at.setdefault(job_id, at)
-                    self.published[job_id] = self.published.get(job_id, 0) + 1
+                # One published message may carry a batch of emits (RedisManager.emit_many).
+                for data in manager_messages(json, message["data"]):
+                    if data.get("event") not in ("job_completed", "job_failed"):
+                        continue
+                    payload = data.get("data")
+                    if isinstance(payload, list | tuple) and payload:
+                        payload = payload[0]
+                    if isinstance(payload, dict) and payload.get("jobId"):
+                        job_id = str(payload["jobId"])
+                        self.published_at.setdefault(job_id, at)
+                        self.published[job_id] = self.published.get(job_id, 0) + 1
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
         finally:

@@ -462,18 +462,35 @@ async def test_a_batch_of_events_is_one_published_message(
         await close_manager(manager)
 
 
-def test_unbatch_keeps_only_manager_messages() -> None:
+def test_a_process_skips_its_own_batches_undecoded(settings: Settings) -> None:
     import json
 
-    from smartgen.realtime import BATCH_METHOD, _unbatch
+    from smartgen.realtime import BATCH_METHOD, redis_manager
+
+    ours, theirs = (redis_manager(settings, write_only=False) for _ in range(2))
+    assert ours.host_id != theirs.host_id
+    batch = {"method": BATCH_METHOD, "host_id": ours.host_id, "messages": [{"a": 1}]}
+    assert ours._from_this_process(json.dumps(batch).encode())
+    assert ours._from_this_process(json.dumps(batch))
+    assert not theirs._from_this_process(json.dumps(batch).encode())
+    # Another process's batch, and python-socketio's own single messages, are decoded.
+    assert not ours._from_this_process(json.dumps({**batch, "host_id": theirs.host_id}))
+    single = {"method": "emit", "event": "x", "host_id": ours.host_id}
+    assert not ours._from_this_process(json.dumps(single))
+
+
+def test_manager_messages_keep_only_manager_messages() -> None:
+    import json
+
+    from smartgen.realtime import BATCH_METHOD, manager_messages
 
     one = {"method": "emit", "event": "job_status"}
-    assert _unbatch(json, json.dumps(one)) == [one]
+    assert manager_messages(json, json.dumps(one)) == [one]
     batch = {"method": BATCH_METHOD, "messages": [one, 5, "x", {**one, "event": "b"}]}
-    assert _unbatch(json, json.dumps(batch).encode()) == [one, {**one, "event": "b"}]
-    assert _unbatch(json, b"not json") == []
-    assert _unbatch(json, "[1, 2]") == []
-    assert _unbatch(json, json.dumps({"method": BATCH_METHOD, "messages": "nope"})) == []
+    assert manager_messages(json, json.dumps(batch).encode()) == [one, {**one, "event": "b"}]
+    assert manager_messages(json, b"not json") == []
+    assert manager_messages(json, "[1, 2]") == []
+    assert manager_messages(json, json.dumps({"method": BATCH_METHOD, "messages": "nope"})) == []
 
 
 async def test_api_subscribes_before_first_handshake_and_closes_its_connections(

@@ -161,7 +161,7 @@ class EventPublisher:
 BATCH_METHOD = "smartgen_batch"
 
 
-def _unbatch(codec: Any, data: bytes | str) -> list[dict[str, Any]]:
+def manager_messages(codec: Any, data: bytes | str) -> list[dict[str, Any]]:
     """The manager messages in one published message, decoded once."""
     try:
         decoded = codec.loads(data)
@@ -201,6 +201,7 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
         self.pubsub: PubSub | None = None
         # Set once Redis confirmed our SUBSCRIBE: from then on every publish reaches us.
         self.subscribed = asyncio.Event()
+        self._own_prefix: bytes | None = None
 
     def _client(self) -> aioredis.Redis:
         if self.redis is None:  # created lazily, inside the running loop
@@ -230,13 +231,20 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
             messages.append(message)
         if not messages:
             return
-        if len(messages) == 1:
-            text = self.json.dumps(messages[0])
-        else:
-            text = self.json.dumps(
-                {"method": BATCH_METHOD, "messages": messages, "host_id": self.host_id}
-            )
+        # host_id first: this process recognises its own batches by their first bytes and
+        # skips them undecoded (its clients already had them, above).
+        text = self.json.dumps(
+            {"method": BATCH_METHOD, "host_id": self.host_id, "messages": messages}
+        )
         await self._client().publish(self.channel, text)
+
+    def _from_this_process(self, data: bytes | str) -> bool:
+        prefix = self._own_prefix
+        if prefix is None:
+            head = self.json.dumps({"method": BATCH_METHOD, "host_id": self.host_id})
+            prefix = self._own_prefix = head[:-1].encode() + b","
+        raw = data.encode() if isinstance(data, str) else data
+        return raw.startswith(prefix)
 
     async def _publish(self, data: Any) -> None:
         # redis-py retries connection errors itself; what still fails reaches the caller
@@ -257,7 +265,9 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
                         self.subscribed.set()
                         pause = 1.0
                     elif message["type"] == "message":
-                        for item in _unbatch(self.json, message["data"]):
+                        if self._from_this_process(message["data"]):
+                            continue
+                        for item in manager_messages(self.json, message["data"]):
                             yield item
             except Exception as exc:  # Redis down or restarting: resubscribe with backoff
                 self.subscribed.clear()

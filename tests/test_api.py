@@ -9,6 +9,7 @@ from datetime import datetime
 import httpx
 import pytest
 
+from smartgen.config import Settings
 from tests.conftest import ApiServer, register
 
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -252,3 +253,18 @@ async def test_saved_contents_are_isolated(client: httpx.AsyncClient, api: ApiSe
     assert (await client.get(f"/contents/{content_id}", headers=bob["headers"])).status_code == 404
     assert (await client.get("/contents", headers=bob["headers"])).json() == []
     assert (await client.get("/contents/not-a-uuid", headers=alice["headers"])).status_code == 404
+
+
+async def test_heap_settles_after_start_up_only_when_asked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smartgen import heap
+    from smartgen.app import create_app
+
+    calls: list[bool] = []
+    monkeypatch.setattr(heap, "settle_heap", lambda: calls.append(True))
+    for settle in (False, True):
+        app = create_app(settings, settle_heap=settle).fastapi_app
+        async with app.router.lifespan_context(app):
+            assert app.state.runtime.store is not None  # after start-up
+    assert calls == [True]

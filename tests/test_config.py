@@ -452,7 +452,7 @@ def test_fastapi_telemetry_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) 
 def test_settle_heap_freezes_start_up_objects() -> None:
     import gc
 
-    from smartgen.cli import settle_heap
+    from smartgen.heap import settle_heap
 
     threshold = gc.get_threshold()
     try:

@@ -261,3 +261,26 @@ async def test_concurrent_duplicate_deliveries_generate_once(
             await sio.disconnect()
     assert len(fake_llm.calls_for(marker)) == 1
     assert [e["jobId"] for e in events] == [queued["jobId"]]
+
+
+async def test_worker_settles_its_heap_after_start_up_only_when_asked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smartgen import heap
+
+    calls: list[bool] = []
+    settled = asyncio.Event()
+
+    def record() -> None:
+        calls.append(True)
+        settled.set()
+
+    monkeypatch.setattr(heap, "settle_heap", record)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, stop=stop, settle_heap=True))
+    await asyncio.wait_for(settled.wait(), 15)
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    async with running_worker(settings):  # the default: no settling
+        pass
+    assert calls == [True]

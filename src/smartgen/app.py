@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from smartgen import __version__
+from smartgen import __version__, heap
 from smartgen.auth.router import router as auth_router
 from smartgen.auth.tokens import TokenCodec
 from smartgen.config import Settings
@@ -121,10 +121,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def create_app(settings: Settings, *, init_store: bool = True) -> socketio.ASGIApp:
+def create_app(
+    settings: Settings, *, init_store: bool = True, settle_heap: bool = False
+) -> socketio.ASGIApp:
     """Build the ASGI application (HTTP + Socket.IO). Clients open in the lifespan, which
     also creates the store's schema/indexes unless the caller already did
-    (`init_store=False`, as `smartgen api` does after its start-up check)."""
+    (`init_store=False`, as `smartgen api` does after its start-up check), and, with
+    `settle_heap`, freezes the start-up objects for the garbage collector (`heap.py`)."""
     tokens = TokenCodec(
         settings.require_jwt_secret(),
         expires_minutes=settings.jwt_expires_minutes,
@@ -152,6 +155,8 @@ def create_app(settings: Settings, *, init_store: bool = True) -> socketio.ASGIA
                 notifier=realtime.publisher,
                 limiter=RateLimiter(redis, prefix=f"{settings.queue_prefix}:smartgen:rl"),
             )
+            if settle_heap:
+                heap.settle_heap()
             yield
         finally:
             await realtime.close()

@@ -12,6 +12,7 @@ from typing import Any
 
 from bullmq import Worker
 
+from smartgen import heap
 from smartgen.config import Settings
 from smartgen.generation.reconcile import Reconciler
 from smartgen.generation.tasks import GenerationTask, backoff_strategy
@@ -31,10 +32,15 @@ def _log_failed(job: Any, err: Exception) -> None:
 
 
 async def run_worker(
-    settings: Settings, *, stop: asyncio.Event | None = None, init_store: bool = True
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    init_store: bool = True,
+    settle_heap: bool = False,
 ) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT), then close gracefully. The store's
-    schema/indexes are created first unless the caller already did (`init_store=False`)."""
+    schema/indexes are created first unless the caller already did (`init_store=False`);
+    with `settle_heap`, start-up objects are frozen for the garbage collector (`heap.py`)."""
     settings.require_llm_credentials()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,6 +90,8 @@ async def run_worker(
         await worker.redisConnection.getRedisVersion()
         runner = asyncio.ensure_future(worker.run())
         reconciling = asyncio.create_task(reconciler.run_forever(stop_reconciler))
+        if settle_heap:
+            heap.settle_heap()
         log.info(
             "worker ready: queue %r on %s, concurrency %d, model %s",
             settings.queue_name,

@@ -29,7 +29,7 @@ from smartgen.times import utcnow
 from tests.conftest import free_port
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
-BACKENDS = ["mongodb", "postgresql", "postgresql-sqlalchemy", "sqlite"]
+BACKENDS = ["mongodb", "postgresql", "postgresql-sqlalchemy", "sqlite", "sqlite-sqlalchemy"]
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
 
@@ -106,6 +106,7 @@ def backend_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     from smartgen.store.mongo import MongoStore
     from smartgen.store.postgres import PostgresStore
     from smartgen.store.sql import SqlStore
+    from smartgen.store.sqlite import SqliteStore
 
     if request.param == "mongodb":
         uri = request.getfixturevalue("mongo_uri")
@@ -134,10 +135,11 @@ def backend_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the data directory should be")
     url = f"sqlite:///{tmp_path / 'data' / 'smartgen.db'}"
+    store_class = SqliteStore if request.param == "sqlite" else SqlStore
     return Backend(
         "sqlite",
-        lambda: SqlStore(url),
-        lambda: SqlStore(f"sqlite:///{blocker / 'smartgen.db'}"),
+        lambda: store_class(url),
+        lambda: store_class(f"sqlite:///{blocker / 'smartgen.db'}"),
         url=url,
     )
 
@@ -641,7 +643,9 @@ async def test_contents_get_list_and_isolation(store: Store) -> None:
 
 # --- SQL specifics ------------------------------------------------------------------------
 SQL_ONLY = pytest.mark.parametrize(
-    "backend_spec", ["postgresql", "postgresql-sqlalchemy", "sqlite"], indirect=True
+    "backend_spec",
+    ["postgresql", "postgresql-sqlalchemy", "sqlite", "sqlite-sqlalchemy"],
+    indirect=True,
 )
 
 
@@ -773,19 +777,103 @@ def test_postgres_dsn_keeps_libpq_spelling() -> None:
     assert dsn == "postgresql://u:p%40ss@db.example:6543/app?sslmode=require"
 
 
-@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("backend_spec", ["sqlite", "sqlite-sqlalchemy"], indirect=True)
 async def test_sqlite_uses_wal_and_creates_its_directory(backend: Backend) -> None:
-    from smartgen.store.sql import SqlStore
+    import sqlite3
 
     store = backend.open()
-    assert isinstance(store, SqlStore)
-    path = Path(store.url.database or "")
+    path = Path(backend.url.removeprefix("sqlite:///"))
     assert not await asyncio.to_thread(path.parent.exists)
     await store.init()
     assert await asyncio.to_thread(path.is_file)
-    async with store._engine.connect() as conn:
-        assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
-        assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 5000
+    await store.users.create(make_user())  # the store's own connections are open
+
+    def pragmas() -> tuple[str, int]:
+        conn = sqlite3.connect(path)
+        try:
+            return (
+                conn.execute("PRAGMA journal_mode").fetchone()[0],
+                len(conn.execute("SELECT * FROM users").fetchall()),
+            )
+        finally:
+            conn.close()
+
+    assert await asyncio.to_thread(pragmas) == ("wal", 1)
+    if backend_kind(store) == "sqlite":
+        from smartgen.store.sqlite import BUSY_TIMEOUT_MS, SqliteStore
+
+        assert isinstance(store, SqliteStore)
+        busy = await store._pool.run(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0])
+        assert busy == BUSY_TIMEOUT_MS == 5000
+
+
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_pool_keeps_a_connection_until_its_thread_is_done(backend: Backend) -> None:
+    """A call cancelled while its statement runs in a pool thread: the connection is
+    not handed to anyone else until that statement ends, then it is reused."""
+    from smartgen.store.sqlite import SqliteStore
+
+    store = SqliteStore(backend.url, pool_size=1, timeout=30)
+    backend.opened.append(store)
+    await store.init()
+    long = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) "
+    ended: list[str] = []
+
+    def slow(conn: Any) -> int:
+        value = int(conn.execute(long + "SELECT count(*) FROM c").fetchone()[0])
+        ended.append("slow")
+        return value
+
+    task = asyncio.create_task(store._pool.run(slow))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert ended == []  # still running (about half a second here)
+    assert store._pool._turns.locked()  # so its turn is not given away
+    # The only connection is still busy in its thread: this call waits for it.
+    user = make_user()
+    await asyncio.wait_for(store.users.create(user), 30)
+    assert ended == ["slow"]
+    assert await store.users.get(user.user_id) == user
+    assert len(store._pool._idle) == 1
+
+
+def backend_kind(store: Store) -> str:
+    return "sqlite" if type(store).__name__ == "SqliteStore" else "other"
+
+
+@pytest.mark.parametrize("backend_spec", ["sqlite-sqlalchemy"], indirect=True)
+async def test_sqlite_files_are_shared_by_both_sql_stores(backend: Backend) -> None:
+    """The sqlite3 store and the SQLAlchemy store read and write the same file format:
+    datetimes as naive UTC text, JSON as text, the same transitions."""
+    from smartgen.store.sqlite import SqliteStore
+
+    old = backend.open()
+    await old.init()
+    new = SqliteStore(backend.url)
+    backend.opened.append(new)
+    user = make_user()
+    await old.users.create(user)
+    assert await new.users.get(user.user_id) == user
+    job = make_job(user.user_id)
+    assert await new.jobs.create(job, max_unfinished=5)
+    assert await old.jobs.get(job.job_id) == job
+    at = T0 + timedelta(seconds=61, microseconds=123456)
+    taken = await old.jobs.mark_processing(job.job_id, at=at, attempt=1, owner="m1")
+    assert taken is not None
+    assert await new.jobs.get(job.job_id) == taken
+    result = Completion(content="# Done", model="fake/model-1", usage={"total_tokens": 7})
+    assert await new.jobs.mark_completed(job.job_id, result=result, at=at)
+    both = [await s.jobs.get(job.job_id) for s in (old, new)]
+    assert both[0] == both[1]
+    assert both[0] is not None and both[0].usage == {"total_tokens": 7}
+    assert [j.job_id for j in await old.jobs.list_changed_since(user.user_id, T0, limit=5)] == [
+        job.job_id
+    ]
+    assert [j.job_id for j in await new.jobs.list_changed_since(user.user_id, T0, limit=5)] == [
+        job.job_id
+    ]
 
 
 @pytest.mark.parametrize(
@@ -847,7 +935,7 @@ async def test_open_store_follows_configuration(
 ) -> None:
     from smartgen.store.mongo import MongoStore
     from smartgen.store.postgres import PostgresStore
-    from smartgen.store.sql import SqlStore
+    from smartgen.store.sqlite import SqliteStore
 
     opened: list[Store] = []
     try:
@@ -863,11 +951,15 @@ async def test_open_store_follows_configuration(
         monkeypatch.chdir(tmp_path)
         embedded = open_store(settings_for(data_dir=".smartgen"))
         opened.append(embedded)
-        assert isinstance(embedded, SqlStore)
+        assert isinstance(embedded, SqliteStore)
         assert embedded.name == "sqlite"
         assert embedded.url.database == str(tmp_path / ".smartgen" / "smartgen.db")
         await embedded.init()
         assert await asyncio.to_thread((tmp_path / ".smartgen" / "smartgen.db").is_file)
+        named = open_store(settings_for(database_url=f"sqlite:///{tmp_path / 'other.db'}"))
+        opened.append(named)
+        assert isinstance(named, SqliteStore)
+        assert named.path == str(tmp_path / "other.db")
     finally:
         for store in opened:
             await store.close()

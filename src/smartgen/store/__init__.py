@@ -1,9 +1,10 @@
 """Store selection: configuration decides which implementation of `Store` is used.
 
 `MONGO_URI` → MongoDB; else `DATABASE_URL` → PostgreSQL (asyncpg, `postgres.py`) or SQLite
-(SQLAlchemy, `sql.py`); else the embedded default, a SQLite file in the data directory. Each
-implementation is imported only in its branch, so a MongoDB deployment never imports
-SQLAlchemy (nor a SQL one PyMongo's store).
+(sqlite3, `sqlite.py`); else the embedded default, a SQLite file in the data directory. Both
+SQL stores create their schema through SQLAlchemy (`sql.py`, which is also a complete store
+for either database). Each implementation is imported only in its branch, so a MongoDB
+deployment never imports SQLAlchemy (nor a SQL one PyMongo's store).
 """
 
 from __future__ import annotations
@@ -30,23 +31,22 @@ def open_store(settings: Settings) -> Store:
 
     from sqlalchemy.engine import URL
 
-    from smartgen.store.sql import SqlStore, sql_url
+    from smartgen.store.sql import sql_url
 
+    pool_size = getattr(settings, "db_pool_size", 15)
     database_url = getattr(settings, "database_url", None)
     if database_url:
         url = sql_url(database_url)
-        pool_size = getattr(settings, "db_pool_size", 15)
         if url.get_backend_name() == "postgresql":
             from smartgen.store.postgres import PostgresStore
 
             return PostgresStore(url, pool_size=pool_size)
-        return SqlStore(url, pool_size=pool_size)
-    # Absolute, so that the API and the worker agree even if one changes directory later.
-    path = os.path.abspath(_sqlite_default(settings))
-    return SqlStore(
-        URL.create("sqlite+aiosqlite", database=path),
-        pool_size=getattr(settings, "db_pool_size", 15),
-    )
+    else:
+        # Absolute, so that the API and the worker agree even if one changes directory.
+        url = URL.create("sqlite+aiosqlite", database=os.path.abspath(_sqlite_default(settings)))
+    from smartgen.store.sqlite import SqliteStore
+
+    return SqliteStore(url, pool_size=pool_size)
 
 
 def _mongo_hosts(uri: str) -> str:

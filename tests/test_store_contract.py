@@ -748,7 +748,12 @@ async def test_postgres_pool_is_bounded_fair_and_drops_interrupted_connections(
 
     # A call cancelled with its statement in flight: that connection is not reused.
     before = {id(c) for c, _ in pool._idle}
-    task = asyncio.create_task(pool.execute("SELECT pg_sleep(5)"))
+
+    async def sleep_on_server() -> None:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT pg_sleep(5)")
+
+    task = asyncio.create_task(sleep_on_server())
     await asyncio.sleep(0.3)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -1,8 +1,9 @@
 """SQLite store on the standard library's `sqlite3`: the embedded default.
 
-The same records, statements and semantics as the SQLAlchemy store in `sql.py` (which owns
-the schema: `init()` runs its migration and switches the file to WAL), and the same file
-format, so either store opens a database the other wrote.
+The repositories and their statements are `sqlrepo.py`'s (shared with the PostgreSQL
+store); this module runs them on sqlite3. The schema is `sql_schema.py`'s (`init()` runs its
+migration through `sql.py` and switches the file to WAL), in the same file format as the
+SQLAlchemy store, so either store opens a database the other wrote.
 
 Each call runs its whole statement (execute, fetch, close) in one trip to a small thread
 pool, on a connection of its own taken first come, first served. Through SQLAlchemy and
@@ -19,47 +20,27 @@ aware UTC. `usage` is JSON text.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.engine import URL
 
 from smartgen.config import ConfigError
-from smartgen.errors import Conflict, StoreUnavailable
-from smartgen.store.base import (
-    Completion,
-    Content,
-    ContentRepository,
-    Job,
-    JobRepository,
-    JobStatus,
-    User,
-    UserRepository,
-)
+from smartgen.errors import StoreUnavailable
+from smartgen.store import sqlrepo
+from smartgen.store.base import ContentRepository, JobRepository, UserRepository
 from smartgen.store.unavailable import translate_unavailable
 from smartgen.times import as_utc
 
 T = TypeVar("T")
 _UNAVAILABLE_MESSAGE = "The database is unavailable; try again shortly"
 BUSY_TIMEOUT_MS = 5000
-
-_USER_COLS = "user_id, email, password_hash, created_at"
-_JOB_FIELDS = [f.name for f in fields(Job)]
-_JOB_COLS = ", ".join(_JOB_FIELDS)
-_CONTENT_FIELDS = [f.name for f in fields(Content)]
-_CONTENT_COLS = ", ".join(_CONTENT_FIELDS)
-_UNFINISHED = "('queued', 'processing')"
-_JOB_TIMES = [i for i, f in enumerate(fields(Job)) if f.name.endswith(("_at", "_for", "_until"))]
-_STATUS = _JOB_FIELDS.index("status")
-_USAGE = _JOB_FIELDS.index("usage")
-_CONTENT_CREATED = _CONTENT_FIELDS.index("created_at")
-_ATTEMPTS = _JOB_FIELDS.index("attempts")
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -93,30 +74,6 @@ def _limit(n: int) -> int:
     # As with a MongoDB cursor: 0 means no limit (LIMIT -1 in SQLite); a negative limit
     # counts like a positive one.
     return abs(n) or -1
-
-
-def _user(row: Sequence[Any] | None) -> User | None:
-    if row is None:
-        return None
-    user_id, email, password_hash, created_at = row
-    return User(user_id, email, password_hash, _dt(created_at))  # type: ignore[arg-type]
-
-
-def _job(row: Sequence[Any]) -> Job:
-    values = list(row)
-    for i in _JOB_TIMES:
-        values[i] = _dt(values[i])
-    values[_STATUS] = JobStatus(values[_STATUS])
-    if values[_USAGE] is not None:
-        values[_USAGE] = json.loads(values[_USAGE])
-    values[_ATTEMPTS] = int(values[_ATTEMPTS] or 0)
-    return Job(*values)
-
-
-def _content(row: Sequence[Any]) -> Content:
-    values = list(row)
-    values[_CONTENT_CREATED] = _dt(values[_CONTENT_CREATED])
-    return Content(*values)
 
 
 # --- connections ------------------------------------------------------------------------
@@ -223,10 +180,7 @@ class _Outcome(Generic[T]):
     error: BaseException | None
 
 
-Params = Sequence[Any] | dict[str, Any]
-
-
-def _fetchone(sql: str, args: Params) -> Callable[[sqlite3.Connection], Any]:
+def _fetchone(sql: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
     def work(conn: sqlite3.Connection) -> Any:
         cursor = conn.execute(sql, args)
         try:
@@ -237,7 +191,7 @@ def _fetchone(sql: str, args: Params) -> Callable[[sqlite3.Connection], Any]:
     return work
 
 
-def _fetchall(sql: str, args: Params) -> Callable[[sqlite3.Connection], list[Any]]:
+def _fetchall(sql: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], list[Any]]:
     def work(conn: sqlite3.Connection) -> list[Any]:
         cursor = conn.execute(sql, args)
         try:
@@ -248,7 +202,7 @@ def _fetchall(sql: str, args: Params) -> Callable[[sqlite3.Connection], list[Any
     return work
 
 
-def _execute(sql: str, args: Params) -> Callable[[sqlite3.Connection], int]:
+def _execute(sql: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], int]:
     def work(conn: sqlite3.Connection) -> int:
         cursor = conn.execute(sql, args)
         try:
@@ -259,238 +213,39 @@ def _execute(sql: str, args: Params) -> Callable[[sqlite3.Connection], int]:
     return work
 
 
-# --- repositories -----------------------------------------------------------------------
-class _Repository:
+# --- the driver -----------------------------------------------------------------------
+class _Driver:
+    """`sqlrepo.Driver` on the pool: `$n` parameters become `?n`, casts go (SQLite's types
+    are affinities), datetimes are naive UTC text."""
+
+    unique_violation = sqlite3.IntegrityError
+
     def __init__(self, pool: _Pool) -> None:
         self._pool = pool
 
-    async def _one(self, sql: str, *args: Any) -> Any:
+    def statement(self, text: str) -> str:
+        return re.sub(r"\$(\d+)", r"?\1", re.sub(r"::\w+", "", text))
+
+    def ts(self, value: datetime | None) -> str | None:
+        return _ts(value)
+
+    def dt(self, value: Any) -> datetime | None:
+        return _dt(value)
+
+    def limit(self, n: int) -> int:
+        return _limit(n)
+
+    @_unavailable
+    async def one(self, sql: str, args: Sequence[Any]) -> Any:
         return await self._pool.run(_fetchone(sql, args))
 
-    async def _all(self, sql: str, *args: Any) -> list[Any]:
+    @_unavailable
+    async def all(self, sql: str, args: Sequence[Any]) -> list[Any]:
         return await self._pool.run(_fetchall(sql, args))
 
-    async def _changes(self, sql: str, *args: Any) -> int:
+    @_unavailable
+    async def changes(self, sql: str, args: Sequence[Any]) -> int:
         return await self._pool.run(_execute(sql, args))
-
-
-class SqliteUsers(_Repository):
-    @_unavailable
-    async def create(self, user: User) -> None:
-        try:
-            await self._changes(
-                "INSERT INTO users (user_id, email, password_hash, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                user.user_id,
-                user.email,
-                user.password_hash,
-                _ts(user.created_at),
-                _ts(user.created_at),
-            )
-        except sqlite3.IntegrityError:
-            raise Conflict(
-                "An account with this email already exists", code="email_taken"
-            ) from None
-
-    @_unavailable
-    async def get(self, user_id: str) -> User | None:
-        return _user(await self._one(f"SELECT {_USER_COLS} FROM users WHERE user_id = ?", user_id))
-
-    @_unavailable
-    async def get_by_email(self, email: str) -> User | None:
-        return _user(await self._one(f"SELECT {_USER_COLS} FROM users WHERE email = ?", email))
-
-
-_CREATE_COLS = (
-    "job_id, user_id, status, prompt, content_type, scheduled_for, created_at, updated_at, attempts"
-)
-_INSERT_JOB = f"INSERT INTO jobs ({_CREATE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_JOB_UNDER_CAP = (
-    f"INSERT INTO jobs ({_CREATE_COLS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? "
-    f"WHERE (SELECT count(*) FROM jobs WHERE user_id = ? AND status IN {_UNFINISHED}) < ?"
-)
-_TAKE_JOB = (
-    "UPDATE jobs SET status = 'processing', started_at = :at, updated_at = :at, "
-    "attempts = :attempt, lease_until = :until, lease_owner = :owner "
-    "WHERE job_id = :key AND (status = 'queued' OR (status = 'processing' AND "
-    "(lease_until IS NULL OR lease_until <= :at OR lease_owner = :owner))) "
-    f"RETURNING {_JOB_COLS}"
-)
-_COMPLETE_JOB = (
-    "UPDATE jobs SET status = 'completed', generated_content = ?, model = ?, usage = ?, "
-    "completed_at = ?, updated_at = ?, error = NULL WHERE job_id = ? AND status = 'processing'"
-)
-_FAIL_JOB = (
-    "UPDATE jobs SET status = 'failed', error = ?, failed_at = ?, updated_at = ? "
-    f"WHERE job_id = ? AND status IN {_UNFINISHED}"
-)
-
-
-class SqliteJobs(_Repository):
-    @_unavailable
-    async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
-        values = (
-            job.job_id,
-            job.user_id,
-            job.status.value,
-            job.prompt,
-            job.content_type,
-            _ts(job.scheduled_for),
-            _ts(job.created_at),
-            _ts(job.updated_at),
-            job.attempts,
-        )
-        if max_unfinished <= 0:
-            return await self._changes(_INSERT_JOB, *values) == 1
-        written = await self._changes(_INSERT_JOB_UNDER_CAP, *values, job.user_id, max_unfinished)
-        return written == 1
-
-    @_unavailable
-    async def get(self, job_id: str) -> Job | None:
-        row = await self._one(f"SELECT {_JOB_COLS} FROM jobs WHERE job_id = ?", job_id)
-        return _job(row) if row else None
-
-    @_unavailable
-    async def get_for_user(self, job_id: str, user_id: str) -> Job | None:
-        row = await self._one(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE job_id = ? AND user_id = ?", job_id, user_id
-        )
-        return _job(row) if row else None
-
-    @_unavailable
-    async def list_for_user(
-        self, user_id: str, *, limit: int, status: JobStatus | None = None
-    ) -> list[Job]:
-        if status is None:
-            rows = await self._all(
-                f"SELECT {_JOB_COLS} FROM jobs WHERE user_id = ? "
-                "ORDER BY created_at DESC, id DESC LIMIT ?",
-                user_id,
-                _limit(limit),
-            )
-        else:
-            rows = await self._all(
-                f"SELECT {_JOB_COLS} FROM jobs WHERE user_id = ? AND status = ? "
-                "ORDER BY created_at DESC, id DESC LIMIT ?",
-                user_id,
-                status.value,
-                _limit(limit),
-            )
-        return [_job(r) for r in rows]
-
-    @_unavailable
-    async def list_changed_since(self, user_id: str, since: datetime, *, limit: int) -> list[Job]:
-        rows = await self._all(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE user_id = ? AND updated_at > ? "
-            "ORDER BY updated_at ASC, id ASC LIMIT ?",
-            user_id,
-            _ts(since),
-            _limit(limit),
-        )
-        return [_job(r) for r in rows]
-
-    @_unavailable
-    async def count_unfinished(self, user_id: str) -> int:
-        row = await self._one(
-            f"SELECT count(*) FROM jobs WHERE user_id = ? AND status IN {_UNFINISHED}", user_id
-        )
-        return int(row[0]) if row is not None else 0
-
-    @_unavailable
-    async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
-        rows = await self._all(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE status IN {_UNFINISHED} AND scheduled_for < ? "
-            "ORDER BY scheduled_for ASC, id ASC LIMIT ?",
-            _ts(due_before),
-            _limit(limit),
-        )
-        return [_job(r) for r in rows]
-
-    @_unavailable
-    async def mark_processing(
-        self,
-        job_id: str,
-        *,
-        at: datetime,
-        attempt: int,
-        lease_until: datetime | None = None,
-        owner: str | None = None,
-    ) -> Job | None:
-        params = {
-            "key": job_id,
-            "at": _ts(at),
-            "attempt": attempt,
-            "until": _ts(lease_until),
-            "owner": owner,
-        }
-        row = await self._pool.run(_fetchone(_TAKE_JOB, params))
-        return _job(row) if row else None
-
-    @_unavailable
-    async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
-        usage = None if result.usage is None else json.dumps(result.usage)
-        when = _ts(at)
-        written = await self._changes(
-            _COMPLETE_JOB, result.content, result.model, usage, when, when, job_id
-        )
-        return written == 1
-
-    @_unavailable
-    async def mark_failed(self, job_id: str, *, error: str, at: datetime) -> bool:
-        when = _ts(at)
-        return await self._changes(_FAIL_JOB, error, when, when, job_id) == 1
-
-    @_unavailable
-    async def delete(self, job_id: str) -> None:
-        await self._changes("DELETE FROM jobs WHERE job_id = ?", job_id)
-
-
-class SqliteContents(_Repository):
-    @_unavailable
-    async def create_once(self, content: Content) -> tuple[Content, bool]:
-        try:
-            await self._changes(
-                "INSERT INTO contents (content_id, user_id, job_id, title, body, content_type, "
-                "prompt, model, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                content.content_id,
-                content.user_id,
-                content.job_id,
-                content.title,
-                content.body,
-                content.content_type,
-                content.prompt,
-                content.model,
-                _ts(content.created_at),
-                _ts(content.created_at),
-            )
-            return content, True
-        except sqlite3.IntegrityError:
-            # The unique index on job_id decided the race; hand back the winner.
-            row = await self._one(
-                f"SELECT {_CONTENT_COLS} FROM contents WHERE job_id = ?", content.job_id
-            )
-            if row is None:  # pragma: no cover - a concurrent delete, or a content_id clash
-                raise
-            return _content(row), False
-
-    @_unavailable
-    async def get_for_user(self, content_id: str, user_id: str) -> Content | None:
-        row = await self._one(
-            f"SELECT {_CONTENT_COLS} FROM contents WHERE content_id = ? AND user_id = ?",
-            content_id,
-            user_id,
-        )
-        return _content(row) if row else None
-
-    @_unavailable
-    async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
-        rows = await self._all(
-            f"SELECT {_CONTENT_COLS} FROM contents WHERE user_id = ? "
-            "ORDER BY created_at DESC, id DESC LIMIT ?",
-            user_id,
-            _limit(limit),
-        )
-        return [_content(r) for r in rows]
 
 
 # --- the store --------------------------------------------------------------------------
@@ -509,9 +264,10 @@ class SqliteStore:
         self.path = os.path.abspath(self.url.database or "")
         self._timeout = timeout
         self._pool = _Pool(self.path, size=pool_size, timeout=timeout)
-        self.users: UserRepository = SqliteUsers(self._pool)
-        self.jobs: JobRepository = SqliteJobs(self._pool)
-        self.contents: ContentRepository = SqliteContents(self._pool)
+        driver = _Driver(self._pool)
+        self.users: UserRepository = sqlrepo.Users(driver)
+        self.jobs: JobRepository = sqlrepo.Jobs(driver)
+        self.contents: ContentRepository = sqlrepo.Contents(driver)
 
     async def init(self) -> None:
         """Create the directory and the file, switch it to WAL, create or upgrade the

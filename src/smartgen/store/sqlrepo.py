@@ -1,0 +1,299 @@
+"""The repositories of the two direct SQL stores, written once.
+
+`postgres.py` (asyncpg) and `sqlite.py` (sqlite3) each supply a `Driver`: how to run one
+statement, how to write a datetime and read it back, what "no limit" is, which error means
+a unique index refused a row. The statements are written once here, in PostgreSQL's
+spelling (`$1` parameters, `::type` casts); a driver rewrites them for its database once,
+when the store is built.
+
+Every statement autocommits, so a call is one round trip and never leaves a transaction
+open. State transitions are single conditional `UPDATE … WHERE status …` statements judged
+by their row count; uniqueness comes from unique indexes (email, job id, one content per
+job). The tables are `sql_schema.py`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import fields
+from datetime import datetime
+from typing import Any, Protocol
+
+from smartgen.errors import Conflict
+from smartgen.store.base import Completion, Content, Job, JobStatus, User
+
+Row = Sequence[Any]
+
+
+class Driver(Protocol):
+    """One database's side of the repositories. `one`, `all` and `changes` raise
+    `StoreUnavailable` when the database does not answer."""
+
+    @property
+    def unique_violation(self) -> type[Exception]:
+        """The error a unique index raises on a duplicate."""
+
+    def statement(self, text: str) -> str:
+        """`text` (PostgreSQL's spelling) as this database wants it."""
+
+    def ts(self, value: datetime | None) -> Any:
+        """A datetime as this database stores it (UTC, milliseconds)."""
+
+    def dt(self, value: Any) -> datetime | None:
+        """A stored datetime back as an aware UTC datetime."""
+
+    def limit(self, n: int) -> Any:
+        """The LIMIT parameter for at most `n` rows; 0 means no limit."""
+
+    async def one(self, sql: str, args: Sequence[Any]) -> Row | None: ...
+
+    async def all(self, sql: str, args: Sequence[Any]) -> list[Row]: ...
+
+    async def changes(self, sql: str, args: Sequence[Any]) -> int:
+        """Run a command; the number of rows it affected."""
+
+
+# Column lists in the records' field order, so a row builds its record positionally.
+_USER_FIELDS = [f.name for f in fields(User)]
+_JOB_FIELDS = [f.name for f in fields(Job)]
+_CONTENT_FIELDS = [f.name for f in fields(Content)]
+USER_COLS = ", ".join(_USER_FIELDS)
+JOB_COLS = ", ".join(_JOB_FIELDS)
+CONTENT_COLS = ", ".join(_CONTENT_FIELDS)
+_TIMES = ("_at", "_for", "_until")
+_USER_TIMES = [i for i, name in enumerate(_USER_FIELDS) if name.endswith(_TIMES)]
+_JOB_TIMES = [i for i, name in enumerate(_JOB_FIELDS) if name.endswith(_TIMES)]
+_CONTENT_TIMES = [i for i, name in enumerate(_CONTENT_FIELDS) if name.endswith(_TIMES)]
+_STATUS = _JOB_FIELDS.index("status")
+_USAGE = _JOB_FIELDS.index("usage")
+_ATTEMPTS = _JOB_FIELDS.index("attempts")
+UNFINISHED = "('queued', 'processing')"
+_CREATE_COLS = (
+    "job_id, user_id, status, prompt, content_type, scheduled_for, created_at, updated_at, attempts"
+)
+
+STATEMENTS = {
+    "user_insert": (
+        "INSERT INTO users (user_id, email, password_hash, created_at, updated_at) "
+        "VALUES ($1, $2, $3, $4, $4)"
+    ),
+    "user_by_id": f"SELECT {USER_COLS} FROM users WHERE user_id = $1",
+    "user_by_email": f"SELECT {USER_COLS} FROM users WHERE email = $1",
+    "job_insert": f"INSERT INTO jobs ({_CREATE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    # The cap and the insert in one statement: nothing is inserted when the user already
+    # has `cap` unfinished jobs (uses ix_jobs_user_status). The casts type the parameters
+    # of a FROM-less SELECT for PostgreSQL.
+    "job_insert_under_cap": (
+        f"INSERT INTO jobs ({_CREATE_COLS}) "
+        "SELECT $1::varchar, $2::varchar, $3::varchar, $4::text, $5::varchar, "
+        "$6::timestamptz, $7::timestamptz, $8::timestamptz, $9::integer "
+        f"WHERE (SELECT count(*) FROM jobs WHERE user_id = $2 AND status IN {UNFINISHED}) "
+        "< $10::integer"
+    ),
+    "job_by_id": f"SELECT {JOB_COLS} FROM jobs WHERE job_id = $1",
+    "job_by_id_for_user": f"SELECT {JOB_COLS} FROM jobs WHERE job_id = $1 AND user_id = $2",
+    "jobs_for_user": (
+        f"SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+    ),
+    "jobs_for_user_in_status": (
+        f"SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 AND status = $3 "
+        "ORDER BY created_at DESC, id DESC LIMIT $2"
+    ),
+    "jobs_changed_since": (
+        f"SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 AND updated_at > $2 "
+        "ORDER BY updated_at ASC, id ASC LIMIT $3"
+    ),
+    "jobs_unfinished_count": (
+        f"SELECT count(*) FROM jobs WHERE user_id = $1 AND status IN {UNFINISHED}"
+    ),
+    "jobs_unfinished_due": (
+        f"SELECT {JOB_COLS} FROM jobs WHERE status IN {UNFINISHED} AND scheduled_for < $1 "
+        "ORDER BY scheduled_for ASC, id ASC LIMIT $2"
+    ),
+    # `queued` → `processing`, or take over a `processing` job whose lease ran out, has
+    # none, or is held by the same owner ($5; NULL matches no owner).
+    "job_take": (
+        "UPDATE jobs SET status = 'processing', started_at = $2, updated_at = $2, "
+        "attempts = $3, lease_until = $4, lease_owner = $5 "
+        "WHERE job_id = $1 AND (status = 'queued' OR (status = 'processing' AND "
+        "(lease_until IS NULL OR lease_until <= $2 OR lease_owner = $5))) "
+        f"RETURNING {JOB_COLS}"
+    ),
+    "job_complete": (
+        "UPDATE jobs SET status = 'completed', generated_content = $2, model = $3, "
+        "usage = $4::jsonb, completed_at = $5, updated_at = $5, error = NULL "
+        "WHERE job_id = $1 AND status = 'processing'"
+    ),
+    "job_fail": (
+        "UPDATE jobs SET status = 'failed', error = $2, failed_at = $3, updated_at = $3 "
+        f"WHERE job_id = $1 AND status IN {UNFINISHED}"
+    ),
+    "job_delete": "DELETE FROM jobs WHERE job_id = $1",
+    "content_insert": (
+        "INSERT INTO contents (content_id, user_id, job_id, title, body, content_type, "
+        "prompt, model, created_at, updated_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
+    ),
+    "content_by_job": f"SELECT {CONTENT_COLS} FROM contents WHERE job_id = $1",
+    "content_by_id_for_user": (
+        f"SELECT {CONTENT_COLS} FROM contents WHERE content_id = $1 AND user_id = $2"
+    ),
+    "contents_for_user": (
+        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 "
+        "ORDER BY created_at DESC, id DESC LIMIT $2"
+    ),
+}
+
+
+class _Repository:
+    def __init__(self, driver: Driver) -> None:
+        self._db = driver
+        self._sql = {name: driver.statement(text) for name, text in STATEMENTS.items()}
+
+    def _times(self, row: Row, indices: list[int]) -> list[Any]:
+        values = list(row)
+        for i in indices:
+            values[i] = self._db.dt(values[i])
+        return values
+
+    def _user(self, row: Row | None) -> User | None:
+        return None if row is None else User(*self._times(row, _USER_TIMES))
+
+    def _job(self, row: Row) -> Job:
+        values = self._times(row, _JOB_TIMES)
+        values[_STATUS] = JobStatus(values[_STATUS])
+        if values[_USAGE] is not None:
+            values[_USAGE] = json.loads(values[_USAGE])
+        values[_ATTEMPTS] = int(values[_ATTEMPTS] or 0)
+        return Job(*values)
+
+    def _content(self, row: Row) -> Content:
+        return Content(*self._times(row, _CONTENT_TIMES))
+
+
+class Users(_Repository):
+    async def create(self, user: User) -> None:
+        args = (user.user_id, user.email, user.password_hash, self._db.ts(user.created_at))
+        try:
+            await self._db.changes(self._sql["user_insert"], args)
+        except self._db.unique_violation:
+            raise Conflict(
+                "An account with this email already exists", code="email_taken"
+            ) from None
+
+    async def get(self, user_id: str) -> User | None:
+        return self._user(await self._db.one(self._sql["user_by_id"], (user_id,)))
+
+    async def get_by_email(self, email: str) -> User | None:
+        return self._user(await self._db.one(self._sql["user_by_email"], (email,)))
+
+
+class Jobs(_Repository):
+    async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
+        # The same fields as the other stores write at creation; the rest come with the
+        # transitions.
+        ts = self._db.ts
+        values = (
+            job.job_id,
+            job.user_id,
+            job.status.value,
+            job.prompt,
+            job.content_type,
+            ts(job.scheduled_for),
+            ts(job.created_at),
+            ts(job.updated_at),
+            job.attempts,
+        )
+        if max_unfinished <= 0:
+            return await self._db.changes(self._sql["job_insert"], values) == 1
+        sql = self._sql["job_insert_under_cap"]
+        return await self._db.changes(sql, (*values, max_unfinished)) == 1
+
+    async def get(self, job_id: str) -> Job | None:
+        row = await self._db.one(self._sql["job_by_id"], (job_id,))
+        return self._job(row) if row else None
+
+    async def get_for_user(self, job_id: str, user_id: str) -> Job | None:
+        row = await self._db.one(self._sql["job_by_id_for_user"], (job_id, user_id))
+        return self._job(row) if row else None
+
+    async def list_for_user(
+        self, user_id: str, *, limit: int, status: JobStatus | None = None
+    ) -> list[Job]:
+        if status is None:
+            args: tuple[Any, ...] = (user_id, self._db.limit(limit))
+            rows = await self._db.all(self._sql["jobs_for_user"], args)
+        else:
+            args = (user_id, self._db.limit(limit), status.value)
+            rows = await self._db.all(self._sql["jobs_for_user_in_status"], args)
+        return [self._job(r) for r in rows]
+
+    async def list_changed_since(self, user_id: str, since: datetime, *, limit: int) -> list[Job]:
+        args = (user_id, self._db.ts(since), self._db.limit(limit))
+        return [self._job(r) for r in await self._db.all(self._sql["jobs_changed_since"], args)]
+
+    async def count_unfinished(self, user_id: str) -> int:
+        row = await self._db.one(self._sql["jobs_unfinished_count"], (user_id,))
+        return int(row[0]) if row is not None else 0
+
+    async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
+        args = (self._db.ts(due_before), self._db.limit(limit))
+        return [self._job(r) for r in await self._db.all(self._sql["jobs_unfinished_due"], args)]
+
+    async def mark_processing(
+        self,
+        job_id: str,
+        *,
+        at: datetime,
+        attempt: int,
+        lease_until: datetime | None = None,
+        owner: str | None = None,
+    ) -> Job | None:
+        args = (job_id, self._db.ts(at), attempt, self._db.ts(lease_until), owner)
+        row = await self._db.one(self._sql["job_take"], args)
+        return self._job(row) if row else None
+
+    async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
+        usage = None if result.usage is None else json.dumps(result.usage)
+        args = (job_id, result.content, result.model, usage, self._db.ts(at))
+        return await self._db.changes(self._sql["job_complete"], args) == 1
+
+    async def mark_failed(self, job_id: str, *, error: str, at: datetime) -> bool:
+        args = (job_id, error, self._db.ts(at))
+        return await self._db.changes(self._sql["job_fail"], args) == 1
+
+    async def delete(self, job_id: str) -> None:
+        await self._db.changes(self._sql["job_delete"], (job_id,))
+
+
+class Contents(_Repository):
+    async def create_once(self, content: Content) -> tuple[Content, bool]:
+        args = (
+            content.content_id,
+            content.user_id,
+            content.job_id,
+            content.title,
+            content.body,
+            content.content_type,
+            content.prompt,
+            content.model,
+            self._db.ts(content.created_at),
+        )
+        try:
+            await self._db.changes(self._sql["content_insert"], args)
+            return content, True
+        except self._db.unique_violation:
+            # The unique index on job_id decided the race; hand back the winner.
+            row = await self._db.one(self._sql["content_by_job"], (content.job_id,))
+            if row is None:  # pragma: no cover - a concurrent delete, or a content_id clash
+                raise
+            return self._content(row), False
+
+    async def get_for_user(self, content_id: str, user_id: str) -> Content | None:
+        row = await self._db.one(self._sql["content_by_id_for_user"], (content_id, user_id))
+        return self._content(row) if row else None
+
+    async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
+        args = (user_id, self._db.limit(limit))
+        return [self._content(r) for r in await self._db.all(self._sql["contents_for_user"], args)]

@@ -647,32 +647,31 @@ class Smartgen:
         self.cwd = ws.dir / f"cwd-{secrets.token_hex(3)}"
         self.cwd.mkdir()
 
-    async def api(self, name: str = "api", **extra: str) -> tuple[Proc, str]:
-        port = free_port()
-        env = {**self.env, "PORT": str(port), **{k: str(v) for k, v in extra.items()}}
-        proc = Proc(
+    def _spawn(self, name: str, command: str, env: dict[str, str], **kw: Any) -> Proc:
+        return Proc(
             name,
-            [PYTHON, "-m", "smartgen", "api"],
+            [PYTHON, "-m", "smartgen", command],
             env=env,
             cwd=self.cwd,
             log_dir=self.ws.logs,
             cleanup=self.ws.cleanup,
+            **kw,
         )
+
+    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+        return {**self.env, **{k: str(v) for k, v in extra.items()}}
+
+    async def api(self, name: str = "api", **extra: str) -> tuple[Proc, str]:
+        port = free_port()
+        proc = self._spawn(name, "api", self._env({"PORT": str(port), **extra}))
         url = f"http://127.0.0.1:{port}"
         await wait_healthy(url, proc)
         return proc, url
 
     async def worker(self, name: str = "worker", *, ready: bool = True, **extra: str) -> Proc:
-        env = {**self.env, **{k: str(v) for k, v in extra.items()}}
-        proc = Proc(
-            name,
-            [PYTHON, "-m", "smartgen", "worker"],
-            env=env,
-            cwd=self.cwd,
-            log_dir=self.ws.logs,
-            cleanup=self.ws.cleanup,
-            stop_timeout=float(env.get("SHUTDOWN_GRACE_SECONDS", "30")) + 15,
-        )
+        env = self._env(extra)
+        stop_timeout = float(env.get("SHUTDOWN_GRACE_SECONDS", "30")) + 15
+        proc = self._spawn(name, "worker", env, stop_timeout=stop_timeout)
         if ready:
             await proc.wait_for_output("worker ready", 60)
         return proc

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Process, free_port, wait_http
+from tests.conftest import Process, free_port, start_system
 from tests.fakellm import FakeLLM, Reply
 
 RUN_TIMEOUT = 90.0  # upper bound for one client run; never a speed assertion
@@ -85,12 +85,7 @@ class Client:
 @pytest.fixture
 async def server_url(env: dict[str, str], processes: list[Process]) -> str:
     """A real API and worker (GENERATION_DELAY_SECONDS=1) on a loopback port."""
-    port = free_port()
-    api = Process("api", env, PORT=str(port))
-    worker = Process("worker", env)
-    processes.extend([api, worker])
-    url = f"http://127.0.0.1:{port}"
-    await wait_http(url, api)
+    _, _, url = await start_system(env, processes)
     return url
 
 

@@ -201,7 +201,9 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
         self.pubsub: PubSub | None = None
         # Set once Redis confirmed our SUBSCRIBE: from then on every publish reaches us.
         self.subscribed = asyncio.Event()
-        self._own_prefix: bytes | None = None
+        # How this process's batches begin (`emit_many` writes host_id right after method).
+        head = self.json.dumps({"method": BATCH_METHOD, "host_id": self.host_id})
+        self._own_prefix = head[:-1].encode() + b","
 
     def _client(self) -> aioredis.Redis:
         if self.redis is None:  # created lazily, inside the running loop
@@ -239,12 +241,8 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
         await self._client().publish(self.channel, text)
 
     def _from_this_process(self, data: bytes | str) -> bool:
-        prefix = self._own_prefix
-        if prefix is None:
-            head = self.json.dumps({"method": BATCH_METHOD, "host_id": self.host_id})
-            prefix = self._own_prefix = head[:-1].encode() + b","
         raw = data.encode() if isinstance(data, str) else data
-        return raw.startswith(prefix)
+        return raw.startswith(self._own_prefix)
 
     async def _publish(self, data: Any) -> None:
         # redis-py retries connection errors itself; what still fails reaches the caller

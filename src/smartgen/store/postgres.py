@@ -24,10 +24,9 @@ from typing import Any, cast
 import asyncpg
 from sqlalchemy.engine import URL
 
-from smartgen.config import ConfigError
 from smartgen.errors import StoreUnavailable
 from smartgen.store import sqlrepo
-from smartgen.store.base import ContentRepository, JobRepository, UserRepository
+from smartgen.store.turns import Turns
 from smartgen.store.unavailable import translate_unavailable
 from smartgen.times import as_utc
 
@@ -52,20 +51,17 @@ def _is_unavailable(error: BaseException) -> bool:
         _NoConnection
         | OSError
         | TimeoutError
-        | asyncpg.InterfaceError
+        | asyncpg.InterfaceError  # the connection closed under us
         # The client's protocol state broke (e.g. a reply to a cancelled call): the
         # connection is closed on release, and a retry gets a fresh one.
         | asyncpg.exceptions.InternalClientError,
     ):
-        # InterfaceError covers a connection closed under us (ConnectionDoesNotExistError
-        # is an InterfaceError subclass in some versions, a PostgresError in others).
         return True
-    if isinstance(error, asyncpg.PostgresError):
-        sqlstate = getattr(error, "sqlstate", None) or ""
-        return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or isinstance(
-            error, asyncpg.exceptions.ConnectionDoesNotExistError
-        )
-    return False
+    # ConnectionDoesNotExistError (a lost connection) is SQLSTATE 08003.
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    return isinstance(error, asyncpg.PostgresError) and (
+        sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    )
 
 
 _unavailable = translate_unavailable(_is_unavailable, _UNAVAILABLE_MESSAGE)
@@ -104,20 +100,18 @@ IDLE_LIFETIME_SECONDS = 300.0  # an idle connection older than this is closed
 
 class _Pool:
     """Up to `size` connections, opened on demand (a store is built before anything
-    connects) and handed out first come, first served.
+    connects) and handed out in turn (`turns.py`).
 
-    Not asyncpg's `Pool`: that one gives a released connection to whoever asks next, so a
-    waiter that loses the race goes back to the end of the line (with 64 requests in flight
-    on 15 connections, some `GET`s waited 5-10 times the median), and its per-checkout
+    Not asyncpg's `Pool`: besides letting newcomers overtake its waiters, its per-checkout
     bookkeeping (a proxy object, an inactivity timer, a reset hook) cost about 16 µs per
-    statement, more than a third of the statement's own client-side CPU. Here a FIFO
-    semaphore orders the callers and idle connections sit on a stack (the most recently
-    used first, so a burst's extra connections age out at the bottom)."""
+    statement, more than a third of the statement's own client-side CPU. Idle connections
+    sit on a stack (the most recently used first, so a burst's extra connections age out
+    at the bottom)."""
 
     def __init__(self, dsn: str, *, size: int, timeout: float) -> None:
         self._dsn = dsn
         self._timeout = timeout
-        self._turns = asyncio.Semaphore(size)
+        self._turns = Turns(size, timeout)
         self._idle: list[tuple[asyncpg.Connection, float]] = []  # (connection, idle since)
         self._closed = False
 
@@ -132,19 +126,18 @@ class _Pool:
     async def acquire(self) -> asyncpg.Connection:
         """A connection; `_NoConnection` when none could be had within `timeout`."""
         try:
-            # asyncio.timeout, not wait_for: no task per checkout.
-            async with asyncio.timeout(self._timeout):
-                await self._turns.acquire()
-                try:
-                    conn = await self._take()
-                except BaseException:
-                    self._turns.release()
-                    raise
-        except _NoConnection:
+            await self._turns.acquire()
+        except TimeoutError as error:
+            raise _NoConnection("no database connection came free in time") from error
+        try:
+            return await self._take()
+        except BaseException as error:
+            self._turns.release()
+            if isinstance(
+                error, OSError | TimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError
+            ):
+                raise _NoConnection(f"no database connection: {error}") from error
             raise
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            raise _NoConnection(f"no database connection: {error}") from error
-        return conn
 
     async def _take(self) -> asyncpg.Connection:
         if self._closed:
@@ -259,36 +252,15 @@ class _Driver:
 
 
 # --- the store --------------------------------------------------------------------------
-class PostgresStore:
-    """`Store` on asyncpg; `init()` creates or upgrades the schema through `sql.py`."""
+class PostgresStore(sqlrepo.DirectStore):
+    """`Store` on asyncpg."""
 
     name = "postgresql"
 
     def __init__(self, url: str | URL, *, timeout: float = 5.0, pool_size: int = 15) -> None:
-        from smartgen.store.sql import describe_url, sql_url
-
-        self.url = sql_url(url) if isinstance(url, str) else url
-        if self.url.get_backend_name() != "postgresql":
-            raise ConfigError(f"PostgresStore needs a postgresql:// URL, not {self.url.drivername}")
-        self.description = describe_url(self.url)
-        self._timeout = timeout
+        super().__init__(url, timeout=timeout)
         self._pool = _Pool(asyncpg_dsn(self.url), size=pool_size, timeout=timeout)
-        driver = _Driver(self._pool)
-        self.users: UserRepository = sqlrepo.Users(driver)
-        self.jobs: JobRepository = sqlrepo.Jobs(driver)
-        self.contents: ContentRepository = sqlrepo.Contents(driver)
-
-    async def init(self) -> None:
-        """Create or upgrade the schema (idempotent, safe to run from several processes)."""
-        from smartgen.store.sql import SqlStore
-
-        # The schema lives in SQLAlchemy's metadata (sql_schema.py); its one-off engine
-        # holds a single connection for the migration.
-        schema = SqlStore(self.url, timeout=self._timeout, pool_size=1)
-        try:
-            await schema.init()
-        finally:
-            await schema.close()
+        self._serve(_Driver(self._pool))
 
     async def ping(self) -> None:
         try:

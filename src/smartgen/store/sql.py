@@ -62,6 +62,7 @@ from smartgen.store.sql_schema import (
     schema_version,
     users,
 )
+from smartgen.store.turns import Turns
 from smartgen.store.unavailable import translate_unavailable
 
 # The schema's names stay importable from here, where callers and tests have found them.
@@ -169,27 +170,8 @@ def describe_url(url: URL) -> str:
 
 
 # --- repositories -----------------------------------------------------------------------
-class _Turns:
-    """First come, first served for the engine's connections, each wait bounded.
-
-    SQLAlchemy's async pool (an asyncio.Queue) lets a newcomer take a connection a waiter
-    was woken for, and the waiter goes back to the end of the line (some requests waited
-    5-10 times the median); callers queue here instead, so the pool never has waiters."""
-
-    def __init__(self, size: int, timeout: float) -> None:
-        self._semaphore = asyncio.Semaphore(size)
-        self._timeout = timeout
-
-    async def __aenter__(self) -> None:
-        async with asyncio.timeout(self._timeout):  # TimeoutError: StoreUnavailable
-            await self._semaphore.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._semaphore.release()
-
-
 class _Repository:
-    def __init__(self, engine: AsyncEngine, turns: _Turns) -> None:
+    def __init__(self, engine: AsyncEngine, turns: Turns) -> None:
         self._engine = engine
         self._turns = turns
 
@@ -541,7 +523,8 @@ class SqlStore:
             )
         self._engine = engine
         # Annotated with the protocols: `Store`'s attributes are mutable, hence invariant.
-        turns = _Turns(pool_size, timeout)
+        # A fixed pool entered in turn: see turns.py.
+        turns = Turns(pool_size, timeout)
         self.users: UserRepository = SqlUsers(engine, turns)
         self.jobs: JobRepository = SqlJobs(engine, turns)
         self.contents: ContentRepository = SqlContents(engine, turns)

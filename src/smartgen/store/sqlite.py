@@ -31,10 +31,9 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.engine import URL
 
-from smartgen.config import ConfigError
 from smartgen.errors import StoreUnavailable
 from smartgen.store import sqlrepo
-from smartgen.store.base import ContentRepository, JobRepository, UserRepository
+from smartgen.store.turns import Turns
 from smartgen.store.unavailable import translate_unavailable
 from smartgen.times import as_utc
 
@@ -78,13 +77,12 @@ def _limit(n: int) -> int:
 
 # --- connections ------------------------------------------------------------------------
 class _Pool:
-    """Up to `size` connections to one file and as many threads, entered in turn (a FIFO
-    semaphore: first come, first served, each wait bounded by `timeout`)."""
+    """Up to `size` connections to one file and as many threads, entered in turn
+    (`turns.py`)."""
 
     def __init__(self, path: str, *, size: int, timeout: float) -> None:
         self._path = path
-        self._timeout = timeout
-        self._turns = asyncio.Semaphore(size)
+        self._turns = Turns(size, timeout)
         self._idle: list[sqlite3.Connection] = []
         self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="smartgen-sqlite")
         self._closed = False
@@ -110,8 +108,7 @@ class _Pool:
         """`work(connection)` in a pool thread, on a connection no one else is using."""
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._turns.acquire()
+            await self._turns.acquire()
         except TimeoutError as error:
             raise _NoConnection("no database connection came free in time") from error
         conn = self._idle.pop() if self._idle else None
@@ -180,37 +177,31 @@ class _Outcome(Generic[T]):
     error: BaseException | None
 
 
-def _fetchone(sql: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
-    def work(conn: sqlite3.Connection) -> Any:
+def _statement(
+    sql: str, args: Sequence[Any], take: Callable[[sqlite3.Cursor], T]
+) -> Callable[[sqlite3.Connection], T]:
+    """Work for a pool thread: run one statement and `take` its result from the cursor."""
+
+    def work(conn: sqlite3.Connection) -> T:
         cursor = conn.execute(sql, args)
         try:
-            return cursor.fetchone()
+            return take(cursor)
         finally:
             cursor.close()
 
     return work
 
 
-def _fetchall(sql: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], list[Any]]:
-    def work(conn: sqlite3.Connection) -> list[Any]:
-        cursor = conn.execute(sql, args)
-        try:
-            return cursor.fetchall()
-        finally:
-            cursor.close()
-
-    return work
+def _rows(cursor: sqlite3.Cursor) -> list[Any]:
+    return cursor.fetchall()
 
 
-def _execute(sql: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], int]:
-    def work(conn: sqlite3.Connection) -> int:
-        cursor = conn.execute(sql, args)
-        try:
-            return int(cursor.rowcount)
-        finally:
-            cursor.close()
+def _row(cursor: sqlite3.Cursor) -> Any:
+    return cursor.fetchone()
 
-    return work
+
+def _rowcount(cursor: sqlite3.Cursor) -> int:
+    return int(cursor.rowcount)
 
 
 # --- the driver -----------------------------------------------------------------------
@@ -237,52 +228,32 @@ class _Driver:
 
     @_unavailable
     async def one(self, sql: str, args: Sequence[Any]) -> Any:
-        return await self._pool.run(_fetchone(sql, args))
+        return await self._pool.run(_statement(sql, args, _row))
 
     @_unavailable
     async def all(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        return await self._pool.run(_fetchall(sql, args))
+        return await self._pool.run(_statement(sql, args, _rows))
 
     @_unavailable
     async def changes(self, sql: str, args: Sequence[Any]) -> int:
-        return await self._pool.run(_execute(sql, args))
+        return await self._pool.run(_statement(sql, args, _rowcount))
 
 
 # --- the store --------------------------------------------------------------------------
-class SqliteStore:
-    """`Store` on sqlite3; `init()` creates or upgrades the schema through `sql.py`."""
+class SqliteStore(sqlrepo.DirectStore):
+    """`Store` on sqlite3."""
 
     name = "sqlite"
 
     def __init__(self, url: str | URL, *, timeout: float = 5.0, pool_size: int = 15) -> None:
-        from smartgen.store.sql import describe_url, sql_url
-
-        self.url = sql_url(url) if isinstance(url, str) else url
-        if self.url.get_backend_name() != "sqlite":
-            raise ConfigError(f"SqliteStore needs a sqlite:/// URL, not {self.url.drivername}")
-        self.description = describe_url(self.url)
+        super().__init__(url, timeout=timeout)
         self.path = os.path.abspath(self.url.database or "")
-        self._timeout = timeout
         self._pool = _Pool(self.path, size=pool_size, timeout=timeout)
-        driver = _Driver(self._pool)
-        self.users: UserRepository = sqlrepo.Users(driver)
-        self.jobs: JobRepository = sqlrepo.Jobs(driver)
-        self.contents: ContentRepository = sqlrepo.Contents(driver)
-
-    async def init(self) -> None:
-        """Create the directory and the file, switch it to WAL, create or upgrade the
-        schema (idempotent, safe to run from several processes)."""
-        from smartgen.store.sql import SqlStore
-
-        schema = SqlStore(self.url, timeout=self._timeout, pool_size=1)
-        try:
-            await schema.init()
-        finally:
-            await schema.close()
+        self._serve(_Driver(self._pool))
 
     async def ping(self) -> None:
         try:
-            await self._pool.run(_fetchone("SELECT 1", ()))
+            await self._pool.run(_statement("SELECT 1", (), _row))
         except Exception as error:
             if _is_unavailable(error):
                 raise StoreUnavailable("SQLite does not answer") from error

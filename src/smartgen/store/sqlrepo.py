@@ -20,8 +20,20 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy.engine import URL
+
+from smartgen.config import ConfigError
 from smartgen.errors import Conflict
-from smartgen.store.base import Completion, Content, Job, JobStatus, User
+from smartgen.store.base import (
+    Completion,
+    Content,
+    ContentRepository,
+    Job,
+    JobRepository,
+    JobStatus,
+    User,
+    UserRepository,
+)
 
 Row = Sequence[Any]
 
@@ -147,9 +159,9 @@ STATEMENTS = {
 
 
 class _Repository:
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, statements: dict[str, str]) -> None:
         self._db = driver
-        self._sql = {name: driver.statement(text) for name, text in STATEMENTS.items()}
+        self._sql = statements
 
     def _times(self, row: Row, indices: list[int]) -> list[Any]:
         values = list(row)
@@ -297,3 +309,41 @@ class Contents(_Repository):
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
         args = (user_id, self._db.limit(limit))
         return [self._content(r) for r in await self._db.all(self._sql["contents_for_user"], args)]
+
+
+class DirectStore:
+    """What the two direct SQL stores share: their URL, the repositories over their driver,
+    and `init()`, which runs `sql.py`'s migration. Each store adds its pool, `ping()` and
+    `close()`."""
+
+    name: str  # the URL's backend: "postgresql" or "sqlite"
+
+    def __init__(self, url: str | URL, *, timeout: float) -> None:
+        from smartgen.store.sql import describe_url, sql_url
+
+        self.url = sql_url(url) if isinstance(url, str) else url
+        if self.url.get_backend_name() != self.name:
+            raise ConfigError(
+                f"{type(self).__name__} needs a {self.name} URL, not {self.url.drivername}"
+            )
+        self.description = describe_url(self.url)
+        self._timeout = timeout
+
+    def _serve(self, driver: Driver) -> None:
+        statements = {name: driver.statement(text) for name, text in STATEMENTS.items()}
+        self.users: UserRepository = Users(driver, statements)
+        self.jobs: JobRepository = Jobs(driver, statements)
+        self.contents: ContentRepository = Contents(driver, statements)
+
+    async def init(self) -> None:
+        """Create or upgrade the schema (idempotent, safe to run from several processes);
+        for SQLite also create the directory and the file and switch it to WAL."""
+        from smartgen.store.sql import SqlStore
+
+        # The schema lives in SQLAlchemy's metadata (sql_schema.py); this one-off engine
+        # holds a single connection for the migration.
+        schema = SqlStore(self.url, timeout=self._timeout, pool_size=1)
+        try:
+            await schema.init()
+        finally:
+            await schema.close()

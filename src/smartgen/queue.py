@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable
+from smartgen.store.base import Job
 
 JOB_NAME = "generate"
 BACKOFF_TYPE = "smartgen"  # exponential with jitter, and never sooner than Retry-After
@@ -65,6 +66,17 @@ def api_redis(settings: Settings) -> aioredis.Redis:
         health_check_interval=30,
         max_connections=256,
     )
+
+
+def job_data(job: Job) -> dict[str, str]:
+    """The queue message of a job: ids and what to generate (the worker reads the rest from
+    the store)."""
+    return {
+        "jobId": job.job_id,
+        "userId": job.user_id,
+        "contentType": job.content_type,
+        "prompt": job.prompt,
+    }
 
 
 def job_options(settings: Settings, job_id: str, delay_ms: int) -> dict[str, Any]:

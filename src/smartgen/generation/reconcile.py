@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from smartgen.config import Settings
 from smartgen.errors import AppError
-from smartgen.queue import GenerationQueue
+from smartgen.queue import GenerationQueue, job_data
 from smartgen.realtime import Notifier
 from smartgen.store.base import Job, JobStatus, Store
 from smartgen.times import utcnow
@@ -81,7 +81,7 @@ class Reconciler:
             else:
                 if state == "completed":
                     await self.queue.remove(job.job_id)
-                await self.queue.enqueue(job_id=job.job_id, data=_data(job), delay_ms=0)
+                await self.queue.enqueue(job_id=job.job_id, data=job_data(job), delay_ms=0)
                 report.requeued += 1
                 log.warning("job %s had no queue entry (%s): queued again", job.job_id, state)
         return report
@@ -112,12 +112,3 @@ class Reconciler:
                 log.exception("reconciler error")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.reconcile_interval_seconds)
-
-
-def _data(job: Job) -> dict[str, str]:
-    return {
-        "jobId": job.job_id,
-        "userId": job.user_id,
-        "contentType": job.content_type,
-        "prompt": job.prompt,
-    }

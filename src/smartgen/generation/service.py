@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 
 from smartgen.config import Settings
 from smartgen.errors import AppError, NotFound, TooManyRequests, ValidationFailed
-from smartgen.queue import GenerationQueue
+from smartgen.queue import GenerationQueue, job_data
 from smartgen.store.base import Job, JobStatus, Store
 from smartgen.times import utcnow
 
@@ -58,16 +58,7 @@ async def enqueue_generation(
             headers={"Retry-After": str(max(1, round(settings.generation_delay_seconds)))},
         )
     try:
-        await queue.enqueue(
-            job_id=job.job_id,
-            data={
-                "jobId": job.job_id,
-                "userId": user_id,
-                "contentType": content_type,
-                "prompt": prompt,
-            },
-            delay_ms=round(delay * 1000),
-        )
+        await queue.enqueue(job_id=job.job_id, data=job_data(job), delay_ms=round(delay * 1000))
     except AppError:
         try:
             await store.jobs.delete(job.job_id)

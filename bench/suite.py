@@ -258,9 +258,10 @@ class Suite:
                 # database connections), as they would in a steady state.
                 await self.load(tool, "post", url, tokens_file, concurrency, WARMUP_SECONDS)
                 with RssSampler(api) as sampler:
-                    figures = await self.load(
-                        tool, "post", url, tokens_file, concurrency, plan.ingest_seconds
-                    )
+                    async with self.profiled(api, f"api-ingest-post-c{concurrency}"):
+                        figures = await self.load(
+                            tool, "post", url, tokens_file, concurrency, plan.ingest_seconds
+                        )
                 rss_load = max(rss_load, sampler.max_mb)
                 log(f"  POST c={concurrency}: {fmt_load(figures)}")
                 post.append(figures)

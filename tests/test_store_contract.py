@@ -436,6 +436,21 @@ async def test_create_with_a_cap_on_unfinished_jobs(store: Store) -> None:
     assert await store.jobs.count_unfinished(other) == 2
 
 
+async def test_concurrent_creates_all_land_intact(store: Store) -> None:
+    """Many creates at once (the PostgreSQL store sends them together): each caller gets
+    its own answer and every record reads back exactly as written."""
+    users = [oid() for _ in range(5)]
+    jobs = [
+        make_job(users[i % 5], at=T0 + timedelta(milliseconds=i), prompt=f"prompt {i}")
+        for i in range(40)
+    ]
+    results = await asyncio.gather(*(store.jobs.create(j, max_unfinished=100) for j in jobs))
+    assert results == [True] * 40
+    for job in jobs:
+        assert await store.jobs.get(job.job_id) == job
+    assert [await store.jobs.count_unfinished(u) for u in users] == [8] * 5
+
+
 async def test_cap_counts_only_queued_and_processing_jobs(store: Store) -> None:
     user = oid()
     completed, failed, processing = (make_job(user) for _ in range(3))
@@ -669,6 +684,69 @@ async def test_schema_version_is_recorded_and_a_newer_one_refused(backend: Backe
     newer = backend.open()
     with pytest.raises(ConfigError, match="newer than this smartgen understands"):
         await newer.init()
+
+
+@pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)
+async def test_postgres_concurrent_creates_share_statements(backend: Backend) -> None:
+    """Creates arriving while inserts are in flight go out together: far fewer statements
+    than jobs."""
+    store = backend.open()
+    await store.init()
+    jobs = [make_job(oid()) for _ in range(60)]
+    assert all(await asyncio.gather(*(store.jobs.create(j, max_unfinished=5) for j in jobs)))
+    inserts = store.jobs.inserts  # type: ignore[attr-defined]
+    assert inserts.items == 60
+    assert inserts.flushes <= 30
+    assert [await store.jobs.get(j.job_id) for j in jobs] == jobs
+
+
+@pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)
+async def test_postgres_batch_insert_applies_each_cap_as_if_one_by_one(backend: Backend) -> None:
+    """The batch statement counts a user's earlier rows in the batch against the cap,
+    exactly as separate inserts would, per user and per cap (0 = none)."""
+    store = backend.open()
+    await store.init()
+    a, b, c = oid(), oid(), oid()
+    assert await store.jobs.create(make_job(a), max_unfinished=0)
+    done = make_job(a, status=JobStatus.completed)
+    assert await store.jobs.create(done)  # finished jobs do not count
+    batch = [
+        (make_job(a), 3),
+        (make_job(b), 0),
+        (make_job(a), 3),
+        (make_job(c), 1),
+        (make_job(a), 3),  # a's fourth unfinished job: refused
+        (make_job(b), 0),
+        (make_job(c), 1),  # c's second: refused
+        (make_job(b), 0),
+    ]
+    jobs = store.jobs
+    ts = jobs._db.ts  # type: ignore[attr-defined]
+    rows = [
+        (
+            (j.job_id, j.user_id, j.status.value, j.prompt, j.content_type,
+             ts(j.scheduled_for), ts(j.created_at), ts(j.updated_at), j.attempts),
+            cap,
+        )
+        for j, cap in batch
+    ]  # fmt: skip
+    results = await jobs._insert_batch(rows)  # type: ignore[attr-defined]
+    assert results == [True, True, True, True, False, True, False, True]
+    for (job, _), ok in zip(batch, results, strict=True):
+        assert (await store.jobs.get(job.job_id) == job) is ok
+    assert [await store.jobs.count_unfinished(u) for u in (a, b, c)] == [3, 3, 1]
+
+
+@pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)
+async def test_postgres_concurrent_creates_on_a_dead_server_all_fail_cleanly(
+    backend: Backend,
+) -> None:
+    store = backend.open_unreachable()
+    results = await asyncio.gather(
+        *(store.jobs.create(make_job(oid()), max_unfinished=5) for _ in range(8)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
 
 
 @pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)

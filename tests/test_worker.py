@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -13,7 +14,7 @@ import pytest
 
 from smartgen.config import Settings
 from smartgen.generation.prompts import SYSTEM_PROMPTS
-from smartgen.queue import JOB_NAME
+from smartgen.queue import JOB_NAME, GenerationQueue, api_redis
 from smartgen.worker import run_worker
 from tests.conftest import ApiServer, register, wait_for_status
 from tests.fakellm import FakeLLM, Reply
@@ -196,19 +197,80 @@ async def test_queue_unavailable_answers_503_and_leaves_no_job(
     dead.__dict__.pop("redis_connection_url", None)
     async with ApiServer(dead) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as client:
         user = await register(client)
-        r = await client.post(
-            "/generate-content",
-            json={"prompt": "x", "contentType": "Blog Post Outline"},
-            headers=user["headers"],
+        replies = await asyncio.gather(
+            *(
+                client.post(
+                    "/generate-content",
+                    json={"prompt": f"x{i}", "contentType": "Blog Post Outline"},
+                    headers=user["headers"],
+                )
+                for i in range(5)
+            )
         )
-        assert r.status_code == 503
-        assert r.json()["error"] == "queue_unavailable"
-        assert "Redis" in r.json()["message"]
+        for r in replies:  # a whole batch of adds fails: every one of its requests hears it
+            assert r.status_code == 503
+            assert r.json()["error"] == "queue_unavailable"
+            assert "Redis" in r.json()["message"]
         assert (await client.get("/generate-content", headers=user["headers"])).json() == []
         r = await client.get("/readyz")
         assert r.status_code == 503
         assert r.json()["checks"]["redis"] == "unavailable"
         assert "redis" in r.json()["message"]
+
+
+async def test_concurrent_adds_go_to_redis_together_with_the_same_options(
+    settings: Settings, unique: str
+) -> None:
+    """Adds made together share round trips (one MULTI/EXEC of bullmq adds); a job added in
+    a batch is stored exactly like one added alone."""
+    redis = api_redis(settings)
+    producer = GenerationQueue(settings, redis)
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(31)]
+
+        def data(job_id: str) -> dict[str, str]:
+            return {"jobId": job_id, "userId": unique, "contentType": "x", "prompt": "p"}
+
+        await producer.enqueue(job_id=ids[0], data=data(ids[0]), delay_ms=60_000)
+        await asyncio.gather(
+            *(producer.enqueue(job_id=i, data=data(i), delay_ms=60_000) for i in ids[1:])
+        )
+        assert producer.adds.items == 31
+        assert producer.adds.flushes <= 4  # alone; then two alone and the rest together
+        key = f"{settings.queue_prefix}:{settings.queue_name}"
+        alone = await redis.hgetall(f"{key}:{ids[0]}")
+        for job_id in ids[1:]:
+            stored = await redis.hgetall(f"{key}:{job_id}")
+            assert stored["name"] == alone["name"] == JOB_NAME
+            assert json.loads(stored["opts"]) == {**json.loads(alone["opts"]), "jobId": job_id}
+            assert json.loads(stored["data"]) == data(job_id)
+            assert stored["delay"] == alone["delay"] == "60000"
+            assert await producer.state(job_id) == "delayed"
+        # Idempotent in a batch too: the same ids again add nothing.
+        await asyncio.gather(
+            *(producer.enqueue(job_id=i, data=data(i), delay_ms=60_000) for i in ids)
+        )
+        assert await redis.zcard(f"{key}:delayed") == 31
+    finally:
+        await producer.close()
+
+
+async def test_concurrent_posts_all_complete(
+    settings: Settings, fake_llm: FakeLLM, unique: str
+) -> None:
+    s = settings.model_copy(update={"generate_rate_limit": 0})
+    marker = f"[together-{unique}]"
+    async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url, timeout=20) as client:
+        user = await register(client)
+        jobs = await asyncio.gather(
+            *(queue(client, user["headers"], f"p{i} {marker}") for i in range(30))
+        )
+        assert api.runtime.queue.adds.items == 30
+        async with running_worker(s):
+            for job in jobs:
+                done = await wait_for_status(client, job["jobId"], user["headers"], {"completed"})
+                assert done["status"] == "completed"
+    assert len(fake_llm.calls_for(marker)) == 30
 
 
 async def test_concurrent_duplicate_deliveries_generate_once(

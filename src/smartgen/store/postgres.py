@@ -24,6 +24,7 @@ from typing import Any, cast
 import asyncpg
 from sqlalchemy.engine import URL
 
+from smartgen.batching import Coalescer
 from smartgen.errors import StoreUnavailable
 from smartgen.store import sqlrepo
 from smartgen.store.turns import Turns
@@ -251,11 +252,56 @@ class _Driver:
             return _affected(await conn.execute(sql, *args))
 
 
+# --- jobs: concurrent inserts in one statement -------------------------------------------
+# A batch of new jobs in one INSERT: each row goes in unless its user's unfinished jobs,
+# counted before the statement plus the user's earlier rows in the batch (`rank`), would
+# exceed its cap, exactly as if the rows had been inserted one after another.
+_JOB_INSERT_BATCH = (
+    "WITH batch AS (SELECT b.*, "
+    "row_number() OVER (PARTITION BY b.user_id ORDER BY b.n) AS rank "
+    "FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::text[], $5::varchar[], "
+    "$6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::integer[], $10::integer[]) "
+    f"WITH ORDINALITY AS b({sqlrepo.JOB_CREATE_COLUMNS}, cap, n)) "
+    f"INSERT INTO jobs ({sqlrepo.JOB_CREATE_COLUMNS}) "
+    f"SELECT {sqlrepo.JOB_CREATE_COLUMNS} FROM batch "
+    "WHERE batch.cap <= 0 OR (SELECT count(*) FROM jobs j WHERE j.user_id = batch.user_id "
+    f"AND j.status IN {sqlrepo.UNFINISHED}) + batch.rank <= batch.cap "
+    "RETURNING job_id"
+)
+
+
+class _Jobs(sqlrepo.Jobs):
+    """Jobs whose concurrent `create` calls share a statement and a commit
+    (`batching.Coalescer`): at most `INSERT_FLUSHES` inserts run at once, and the calls
+    that arrive meanwhile go together in the next. An insert alone runs the single-row
+    statement."""
+
+    INSERT_FLUSHES = 2
+    INSERT_BATCH = 64
+
+    def __init__(self, driver: sqlrepo.Driver, statements: dict[str, str]) -> None:
+        super().__init__(driver, statements)
+        self.inserts: Coalescer[tuple[tuple[Any, ...], int], bool] = Coalescer(
+            self._insert_batch, concurrency=self.INSERT_FLUSHES, max_batch=self.INSERT_BATCH
+        )
+
+    async def _insert(self, values: tuple[Any, ...], cap: int) -> bool:
+        return await self.inserts.submit((values, cap))
+
+    async def _insert_batch(self, rows: list[tuple[tuple[Any, ...], int]]) -> list[bool]:
+        if len(rows) == 1:
+            return [await super()._insert(*rows[0])]
+        columns = list(zip(*((*values, cap) for values, cap in rows), strict=True))
+        inserted = {row[0] for row in await self._db.all(_JOB_INSERT_BATCH, columns)}
+        return [values[0] in inserted for values, _ in rows]
+
+
 # --- the store --------------------------------------------------------------------------
 class PostgresStore(sqlrepo.DirectStore):
     """`Store` on asyncpg."""
 
     name = "postgresql"
+    jobs_repository = _Jobs
 
     def __init__(self, url: str | URL, *, timeout: float = 5.0, pool_size: int = 15) -> None:
         super().__init__(url, timeout=timeout)

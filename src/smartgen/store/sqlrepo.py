@@ -81,9 +81,10 @@ _STATUS = _JOB_FIELDS.index("status")
 _USAGE = _JOB_FIELDS.index("usage")
 _ATTEMPTS = _JOB_FIELDS.index("attempts")
 UNFINISHED = "('queued', 'processing')"
-_CREATE_COLS = (
+JOB_CREATE_COLUMNS = (
     "job_id, user_id, status, prompt, content_type, scheduled_for, created_at, updated_at, attempts"
 )
+_CREATE_COLS = JOB_CREATE_COLUMNS
 
 STATEMENTS = {
     "user_insert": (
@@ -217,10 +218,15 @@ class Jobs(_Repository):
             ts(job.updated_at),
             job.attempts,
         )
-        if max_unfinished <= 0:
+        return await self._insert(values, max_unfinished)
+
+    async def _insert(self, values: tuple[Any, ...], cap: int) -> bool:
+        """One job's row (`JOB_CREATE_COLUMNS`, as the driver writes them), unless `cap > 0`
+        and its user already has `cap` unfinished jobs."""
+        if cap <= 0:
             return await self._db.changes(self._sql["job_insert"], values) == 1
         sql = self._sql["job_insert_under_cap"]
-        return await self._db.changes(sql, (*values, max_unfinished)) == 1
+        return await self._db.changes(sql, (*values, cap)) == 1
 
     async def get(self, job_id: str) -> Job | None:
         row = await self._db.one(self._sql["job_by_id"], (job_id,))
@@ -329,10 +335,12 @@ class DirectStore:
         self.description = describe_url(self.url)
         self._timeout = timeout
 
+    jobs_repository: type[Jobs] = Jobs
+
     def _serve(self, driver: Driver) -> None:
         statements = {name: driver.statement(text) for name, text in STATEMENTS.items()}
         self.users: UserRepository = Users(driver, statements)
-        self.jobs: JobRepository = Jobs(driver, statements)
+        self.jobs: JobRepository = self.jobs_repository(driver, statements)
         self.contents: ContentRepository = Contents(driver, statements)
 
     async def init(self) -> None:

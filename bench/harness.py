@@ -156,21 +156,34 @@ class Proc:
             return self.log_path.read_text(errors="replace")
         return ""
 
+    def pids(self) -> list[int]:
+        """The process and its children (a multi-process API's workers)."""
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+            return [self.pid, *(int(p) for p in children.split())]
+        return [self.pid]
+
     def cpu_seconds(self) -> float:
-        """user + system CPU time of the process (all its threads)."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            text = f.read()
-        fields = text[text.rfind(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        """user + system CPU time of the process (all its threads) and its children."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+                fields = text[text.rfind(")") + 2 :].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
 
     def _status_kb(self, key: str) -> float:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return float(line.split()[1])
-        return 0.0
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        total += float(line.split()[1])
+        return total
 
     def rss_mb(self) -> float:
+        """Resident memory of the process and its children."""
         return self._status_kb("VmRSS") / 1024
 
     def peak_rss_mb(self) -> float:

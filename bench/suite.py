@@ -177,6 +177,7 @@ class Suite:
         *,
         profile_prefix: Path | None = None,
         src: Path | None = None,
+        api_workers: int = 1,
     ) -> None:
         self.backend = backend
         self.plan = plan
@@ -187,6 +188,7 @@ class Suite:
         self.profile_prefix = profile_prefix
         self.profiles: dict[str, Any] = {}
         self.src = src
+        self.api_workers = api_workers
 
     @contextlib.asynccontextmanager
     async def profiled(self, proc: Proc, name: str) -> AsyncIterator[None]:
@@ -209,6 +211,8 @@ class Suite:
             queue_prefix=f"bench{secrets.token_hex(3)}",
             **extra,
         )
+        if self.api_workers > 1:
+            env["API_WORKERS"] = str(self.api_workers)
         if self.src is not None:  # A/B runs: smartgen imported from another checkout
             env["PYTHONPATH"] = str(self.src)
         return System(self, label, env, self.backend.probe(env))
@@ -758,6 +762,7 @@ def print_report(store: str, result: dict[str, Any]) -> None:
             f"{ingest['seconds_per_run']:g} s per run, {ingest['users']} users; no worker "
             "running during ingest"
         )
+    print(f"api:     API_WORKERS={result.get('api_workers', 1)}")
     print()
     print(render(rows_for(store, result["figures"]), ("figure", "value", "target", "result")))
     if store == "mongo":
@@ -838,10 +843,20 @@ async def run_store(
         (BENCH / "results").mkdir(exist_ok=True)
         profile_prefix = BENCH / "results" / f"{stamp}-{store}-profile"
     src = Path(args.src) if args.src else None
-    suite = Suite(backend, plan, ws, redis, llm, profile_prefix=profile_prefix, src=src)
+    suite = Suite(
+        backend,
+        plan,
+        ws,
+        redis,
+        llm,
+        profile_prefix=profile_prefix,
+        src=src,
+        api_workers=args.api_workers,
+    )
     result: dict[str, Any] = {
         "store": store,
         "smartgen_src": str(src) if src else "installed package",
+        "api_workers": args.api_workers,
         "store_description": await backend.describe(),
         "machine": machine(),
         "plan": asdict(plan),
@@ -908,6 +923,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller counts (~3 minutes)")
     parser.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--keep", action="store_true", help="keep the workspace (logs)")
+    parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=1,
+        help="API_WORKERS for the API (processes behind one port; CPU and memory figures "
+        "count them all)",
+    )
     parser.add_argument(
         "--src",
         help="run the smartgen processes from this src/ directory (PYTHONPATH) instead of "

@@ -29,6 +29,7 @@ from smartgen.generation.router import router as generation_router
 from smartgen.limits import RateLimiter, RequestLimits
 from smartgen.queue import GenerationQueue, api_redis
 from smartgen.realtime import RealtimeServer
+from smartgen.sticky import StickyForward, StickyWorker, sticky_sio_class
 from smartgen.store import open_store
 
 log = logging.getLogger(__name__)
@@ -122,19 +123,28 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    settings: Settings, *, init_store: bool = True, settle_heap: bool = False
-) -> socketio.ASGIApp:
+    settings: Settings,
+    *,
+    init_store: bool = True,
+    settle_heap: bool = False,
+    sticky: StickyWorker | None = None,
+) -> Any:
     """Build the ASGI application (HTTP + Socket.IO). Clients open in the lifespan, which
     also creates the store's schema/indexes unless the caller already did
     (`init_store=False`, as `smartgen api` does after its start-up check), and, with
-    `settle_heap`, freezes the start-up objects for the garbage collector (`heap.py`)."""
+    `settle_heap`, freezes the start-up objects for the garbage collector (`heap.py`).
+    `sticky`: this process is one worker of a multi-process API (`sticky.py`)."""
     tokens = TokenCodec(
         settings.require_jwt_secret(),
         expires_minutes=settings.jwt_expires_minutes,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
     )
-    realtime = RealtimeServer(settings, tokens)
+    realtime = (
+        RealtimeServer(settings, tokens)
+        if sticky is None
+        else RealtimeServer(settings, tokens, server_class=sticky_sio_class(sticky.index))
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -241,7 +251,9 @@ def create_app(
         return JSONResponse({"status": "ready", "checks": checks})
 
     limited = RequestLimits(app, max_body_bytes=settings.max_body_bytes)
-    asgi = socketio.ASGIApp(realtime.sio, other_asgi_app=limited)
+    asgi: Any = socketio.ASGIApp(realtime.sio, other_asgi_app=limited)
+    if sticky is not None:
+        asgi = StickyForward(asgi, sticky)
     asgi.fastapi_app = app  # for tools and tests that need the app's state
     asgi.realtime = realtime
     return asgi

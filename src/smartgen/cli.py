@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from smartgen import __version__
 from smartgen.config import ConfigError, Settings, load_settings
@@ -50,17 +49,17 @@ def preflight_store(settings: Settings) -> None:
 def run_api(settings: Settings) -> int:
     import uvicorn
 
-    class GracefulServer(uvicorn.Server):
-        """Exit 0 after a graceful shutdown on SIGTERM/SIGINT (uvicorn re-raises the
-        signal, which makes supervisors report a crash)."""
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            super().handle_exit(sig, frame)
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list):
-                captured.clear()
-
     from smartgen.app import create_app
+    from smartgen.sticky import GracefulServer, StickyWorker, run_worker_api, serve_workers
+
+    worker = StickyWorker.from_env()
+    if worker is not None:  # one process of a multi-process API, started by the dispatcher
+        return run_worker_api(settings, worker)
+    if settings.api_workers > 1:
+        # Settings checked first (create_app), then the schema once, then the workers.
+        create_app(settings, init_store=False)
+        preflight_store(settings)
+        return serve_workers(settings, settings.api_workers)
 
     # Settings checked first (create_app), then the schema once; the heap settles after start-up.
     app = create_app(settings, init_store=False, settle_heap=True)

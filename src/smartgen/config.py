@@ -53,6 +53,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(5000, ge=0, le=65535)
+    # API processes on PORT; above 1, a dispatcher keeps each Socket.IO session on the
+    # process that holds it (sticky.py). One process is one core.
+    api_workers: int = Field(1, ge=1, le=64)
     # NoDecode: the environment's value reaches `_split_origins` as text ("a,b" or JSON).
     # Above the largest valid body (a 20,000-character prompt, JSON-escaped).
     max_body_bytes: int = Field(256 * 1024, ge=1024)

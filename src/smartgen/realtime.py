@@ -362,12 +362,18 @@ def _parse_since(data: Any) -> datetime:
 class RealtimeServer:
     """The API process's Socket.IO server: handshake auth, rooms, expiry, `sync`."""
 
-    def __init__(self, settings: Settings, tokens: TokenCodec) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: TokenCodec,
+        *,
+        server_class: type[socketio.AsyncServer] = socketio.AsyncServer,
+    ) -> None:
         self.settings = settings
         self.tokens = tokens
         self.store: Store | None = None
         self.manager = redis_manager(settings, write_only=False)
-        self.sio = socketio.AsyncServer(
+        self.sio = server_class(
             async_mode="asgi",
             client_manager=self.manager,
             cors_allowed_origins=settings.cors_origins or None,

@@ -35,6 +35,18 @@ async def test_an_idle_coalescer_flushes_each_call_at_once() -> None:
     assert flush.batches == [[1], [2]]
 
 
+async def test_a_call_going_alone_runs_in_its_callers_task() -> None:
+    seen: list[asyncio.Task[object] | None] = []
+
+    async def flush(items: list[int]) -> list[int | Exception]:
+        seen.append(asyncio.current_task())
+        return list(items)
+
+    c: Coalescer[int, int] = Coalescer(flush)
+    assert await c.submit(5) == 5
+    assert seen == [asyncio.current_task()]
+
+
 async def test_calls_made_while_flushes_are_busy_go_out_together_in_order() -> None:
     flush = Recorder()
     flush.gate.clear()
@@ -116,20 +128,30 @@ async def test_a_caller_cancelled_before_its_flush_withdraws_its_item() -> None:
 
 
 async def test_a_caller_cancelled_during_its_flush_leaves_the_batch_alone() -> None:
-    flush = Recorder()
-    flush.gate.clear()
-    c: Coalescer[int, int] = Coalescer(flush, concurrency=1)
+    gates: dict[int, asyncio.Event] = {0: asyncio.Event(), 1: asyncio.Event()}
+    finished: list[list[int]] = []
+
+    async def gated(items: list[int]) -> list[int | Exception]:
+        await gates[items[0]].wait()
+        finished.append(items)
+        return [i * 10 for i in items]
+
+    c: Coalescer[int, int] = Coalescer(gated, concurrency=1)
+    blocker = asyncio.create_task(c.submit(0))  # goes alone, holds the only flush
+    await asyncio.sleep(0)
     a = asyncio.create_task(c.submit(1))
-    await flush.entered.wait()
     b = asyncio.create_task(c.submit(2))
     await asyncio.sleep(0)
+    gates[0].set()
+    assert await blocker == 0
+    await asyncio.sleep(0)  # the batch [1, 2] is in flight now
     a.cancel()
     await asyncio.sleep(0)
-    flush.gate.set()
+    gates[1].set()
     with pytest.raises(asyncio.CancelledError):
         await a
     assert await b == 20
-    assert flush.batches == [[1], [2]]  # the flush of 1 ran to its end
+    assert finished == [[0], [1, 2]]  # the batch ran to its end for b
 
 
 async def test_drain_waits_for_pending_and_running_flushes() -> None:

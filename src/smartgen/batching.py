@@ -35,6 +35,7 @@ class Coalescer(Generic[T, R]):
         self._max_batch = max_batch
         self._pending: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._running: set[asyncio.Task[None]] = set()
+        self._active = 0  # flushes in progress: batch tasks and calls going alone
         # Figures for tests and the bench: how many flushes, how many items.
         self.flushes = 0
         self.items = 0
@@ -43,6 +44,8 @@ class Coalescer(Generic[T, R]):
         """`item`'s outcome once its flush is done. A caller cancelled before its flush
         began withdraws its item; one cancelled later leaves the flush to finish (the
         others in the batch still need it)."""
+        if not self._pending and self._active < self._concurrency:
+            return await self._alone(item)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         entry = (item, future)
         self._pending.append(entry)
@@ -54,16 +57,37 @@ class Coalescer(Generic[T, R]):
                 self._pending.remove(entry)
             raise
 
+    async def _alone(self, item: T) -> R:
+        """Nothing waits and a flush is free: flush this item in the caller's own task (no
+        task, no future: an idle process pays nothing for batching). Calls arriving
+        meanwhile queue behind it as behind any flush."""
+        self._active += 1
+        self.flushes += 1
+        self.items += 1
+        try:
+            outcomes = await self._flush([item])
+        finally:
+            self._active -= 1
+            self._start_flushes()
+        if len(outcomes) != 1:
+            raise RuntimeError(f"flush returned {len(outcomes)} outcomes for 1 items")
+        outcome = outcomes[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
     def _start_flushes(self) -> None:
-        while self._pending and len(self._running) < self._concurrency:
+        while self._pending and self._active < self._concurrency:
             size = min(self._max_batch, len(self._pending))
             batch = [self._pending.popleft() for _ in range(size)]
+            self._active += 1
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        self._active -= 1
         self._start_flushes()
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
@@ -94,8 +118,8 @@ class Coalescer(Generic[T, R]):
 
     async def drain(self) -> None:
         """Wait until nothing is pending or running (for shutdown)."""
-        while self._running or self._pending:
+        while self._active or self._pending:
             if self._running:
                 await asyncio.wait(set(self._running))
-            else:
-                self._start_flushes()
+            else:  # only calls going alone, which end by themselves
+                await asyncio.sleep(0.01)

@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.engine import URL
 
+from smartgen.batching import Coalescer
 from smartgen.errors import StoreUnavailable
 from smartgen.store import sqlrepo
 from smartgen.store.turns import Turns
@@ -192,6 +193,37 @@ def _statement(
     return work
 
 
+def _each_in_one_transaction(
+    statements: list[tuple[str, Sequence[Any]]],
+) -> Callable[[sqlite3.Connection], list[int | Exception]]:
+    """Work for a pool thread: the statements in one transaction (one commit, one trip),
+    each in a savepoint of its own, so one that fails is undone alone and reported to its
+    caller while the others commit. A failure of the transaction itself fails them all."""
+
+    def work(conn: sqlite3.Connection) -> list[int | Exception]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            outcomes: list[int | Exception] = []
+            for sql, args in statements:
+                conn.execute("SAVEPOINT one")
+                try:
+                    outcomes.append(int(conn.execute(sql, args).rowcount))
+                except sqlite3.OperationalError:
+                    raise  # locked, I/O, …: the whole transaction is in doubt
+                except sqlite3.Error as error:
+                    conn.execute("ROLLBACK TO one")
+                    outcomes.append(error)
+                conn.execute("RELEASE one")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    return work
+
+
 def _rows(cursor: sqlite3.Cursor) -> list[Any]:
     return cursor.fetchall()
 
@@ -238,12 +270,54 @@ class _Driver:
     async def changes(self, sql: str, args: Sequence[Any]) -> int:
         return await self._pool.run(_statement(sql, args, _rowcount))
 
+    @_unavailable
+    async def changes_each(
+        self, statements: list[tuple[str, Sequence[Any]]]
+    ) -> list[int | Exception]:
+        """Several commands in one trip and one transaction; each one's row count, or the
+        error that undid it alone."""
+        return await self._pool.run(_each_in_one_transaction(statements))
+
+
+class _Jobs(sqlrepo.Jobs):
+    """Jobs whose concurrent `create` calls share one trip to a pool thread and one commit
+    (`batching.Coalescer`), each insert still its own statement, in arrival order, so each
+    cap counts the rows before it."""
+
+    INSERT_FLUSHES = 2
+    INSERT_BATCH = 64
+
+    def __init__(self, driver: _Driver, statements: dict[str, str]) -> None:
+        super().__init__(driver, statements)
+        self._driver = driver
+        self.inserts: Coalescer[tuple[tuple[Any, ...], int], bool] = Coalescer(
+            self._insert_batch, concurrency=self.INSERT_FLUSHES, max_batch=self.INSERT_BATCH
+        )
+
+    async def _insert(self, values: tuple[Any, ...], cap: int) -> bool:
+        return await self.inserts.submit((values, cap))
+
+    async def _insert_batch(
+        self, rows: list[tuple[tuple[Any, ...], int]]
+    ) -> list[bool | Exception]:
+        if len(rows) == 1:
+            return [await super()._insert(*rows[0])]
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (self._sql["job_insert"], values)
+            if cap <= 0
+            else (self._sql["job_insert_under_cap"], (*values, cap))
+            for values, cap in rows
+        ]
+        outcomes = await self._driver.changes_each(statements)
+        return [o if isinstance(o, Exception) else o == 1 for o in outcomes]
+
 
 # --- the store --------------------------------------------------------------------------
 class SqliteStore(sqlrepo.DirectStore):
     """`Store` on sqlite3."""
 
     name = "sqlite"
+    jobs_repository = _Jobs
 
     def __init__(self, url: str | URL, *, timeout: float = 5.0, pool_size: int = 15) -> None:
         super().__init__(url, timeout=timeout)

@@ -225,3 +225,17 @@ async def test_a_dead_worker_is_replaced_and_sigterm_stops_all(
     for pid in after:
         assert not is_running(pid)
     assert "Traceback" not in api.output()
+
+
+async def test_a_taken_port_is_one_line_and_exit_1(
+    env: dict[str, str], sticky_api: tuple[Process, int]
+) -> None:
+    _, port = sticky_api
+    second = Process("api", env, PORT=str(port), API_WORKERS="2")
+    try:
+        code = await asyncio.to_thread(second.proc.wait, 30)
+        assert code == 1
+        assert "cannot listen on 127.0.0.1:" in second.output()
+        assert "Traceback" not in second.output()
+    finally:
+        second.stop()

@@ -140,9 +140,14 @@ class Dispatcher:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        listener = socket.create_server(
-            (self.settings.host, self.settings.port), backlog=2048, reuse_port=False
-        )
+        try:
+            listener = socket.create_server(
+                (self.settings.host, self.settings.port), backlog=2048, reuse_port=False
+            )
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", self.settings.host, self.settings.port, exc)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return 1
         listener.setblocking(False)
         for _ in range(self.workers):
             parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

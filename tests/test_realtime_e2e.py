@@ -161,8 +161,32 @@ async def read_line(stream: asyncio.StreamReader, seen: list[str], within: float
     return line
 
 
+@pytest.fixture
+async def sticky_system(env: dict[str, str], processes: list[Process]) -> System:
+    """One API of two processes behind one port (API_WORKERS=2), and a worker."""
+    port = free_port()
+    api = Process("api", env, PORT=str(port), API_WORKERS="2")
+    processes.extend([api, Process("worker", env)])
+    url = f"http://127.0.0.1:{port}"
+    await wait_http(url, api, timeout=WAIT)
+    return System(api1=url, api2=url, processes=processes)
+
+
 @pytest.mark.parametrize("mode", ["websocket", "polling"])
 async def test_official_js_client(system: System, js_client: Path, mode: str) -> None:
+    await official_js_client_gets_its_event(system, js_client, mode)
+
+
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
+async def test_official_js_client_with_api_workers(
+    sticky_system: System, js_client: Path, mode: str
+) -> None:
+    """Sessions stay on their process: twice, so that both processes serve one."""
+    for _ in range(2):
+        await official_js_client_gets_its_event(sticky_system, js_client, mode)
+
+
+async def official_js_client_gets_its_event(system: System, js_client: Path, mode: str) -> None:
     async with httpx.AsyncClient(base_url=system.api1, timeout=10) as api1:
         user = await register(api1)
         proc = await asyncio.create_subprocess_exec(

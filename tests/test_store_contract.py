@@ -686,6 +686,22 @@ async def test_schema_version_is_recorded_and_a_newer_one_refused(backend: Backe
         await newer.init()
 
 
+async def insert_batch(store: Store, batch: list[tuple[Job, int]]) -> list[Any]:
+    """One flush of the store's batched job inserts, (job, cap) each, as `create` sends them
+    when calls arrive together."""
+    jobs: Any = store.jobs
+    ts = jobs._db.ts
+    rows = [
+        (
+            (j.job_id, j.user_id, j.status.value, j.prompt, j.content_type,
+             ts(j.scheduled_for), ts(j.created_at), ts(j.updated_at), j.attempts),
+            cap,
+        )
+        for j, cap in batch
+    ]  # fmt: skip
+    return list(await jobs._insert_batch(rows))
+
+
 @pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)
 async def test_postgres_concurrent_creates_share_statements(backend: Backend) -> None:
     """Creates arriving while inserts are in flight go out together: far fewer statements
@@ -720,17 +736,7 @@ async def test_postgres_batch_insert_applies_each_cap_as_if_one_by_one(backend: 
         (make_job(c), 1),  # c's second: refused
         (make_job(b), 0),
     ]
-    jobs = store.jobs
-    ts = jobs._db.ts  # type: ignore[attr-defined]
-    rows = [
-        (
-            (j.job_id, j.user_id, j.status.value, j.prompt, j.content_type,
-             ts(j.scheduled_for), ts(j.created_at), ts(j.updated_at), j.attempts),
-            cap,
-        )
-        for j, cap in batch
-    ]  # fmt: skip
-    results = await jobs._insert_batch(rows)  # type: ignore[attr-defined]
+    results = await insert_batch(store, batch)
     assert results == [True, True, True, True, False, True, False, True]
     for (job, _), ok in zip(batch, results, strict=True):
         assert (await store.jobs.get(job.job_id) == job) is ok
@@ -763,17 +769,7 @@ async def test_sqlite_batch_insert_is_one_transaction_with_each_row_on_its_own(
     first, dup = make_job(a), make_job(b)
     clash = make_job(b, job_id=first.job_id)  # the same job id: refused by the unique index
     batch = [(first, 2), (make_job(a), 2), (clash, 0), (make_job(a), 2), (dup, 0)]
-    jobs = store.jobs
-    ts = jobs._db.ts  # type: ignore[attr-defined]
-    rows = [
-        (
-            (j.job_id, j.user_id, j.status.value, j.prompt, j.content_type,
-             ts(j.scheduled_for), ts(j.created_at), ts(j.updated_at), j.attempts),
-            cap,
-        )
-        for j, cap in batch
-    ]  # fmt: skip
-    results = await jobs._insert_batch(rows)  # type: ignore[attr-defined]
+    results = await insert_batch(store, batch)
     assert results[:2] == [True, True]
     assert isinstance(results[2], sqlite3.IntegrityError)
     assert results[3:] == [False, True]  # a's third job is over its cap of 2
@@ -784,7 +780,8 @@ async def test_sqlite_batch_insert_is_one_transaction_with_each_row_on_its_own(
     # Through the public call, concurrent creates went out in fewer trips than jobs.
     more = [make_job(oid()) for _ in range(30)]
     assert all(await asyncio.gather(*(store.jobs.create(j, max_unfinished=5) for j in more)))
-    assert jobs.inserts.flushes < jobs.inserts.items  # type: ignore[attr-defined]
+    inserts = store.jobs.inserts  # type: ignore[attr-defined]
+    assert inserts.flushes < inserts.items
 
 
 @pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)

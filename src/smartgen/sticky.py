@@ -125,7 +125,6 @@ class Dispatcher:
         self._turn = itertools.cycle(range(workers))
         self._stopping = asyncio.Event()
         self.exit_code = 0
-        self.handed = [0] * workers  # connections per worker (for logs and tests)
 
     def _spawn(self, index: int) -> None:
         child_end = self._child_ends[index]
@@ -194,7 +193,8 @@ class Dispatcher:
             if index is None or index >= self.workers:
                 index = next(self._turn)
             await _hand_over(self.channels[index], conn)
-            self.handed[index] += 1
+        except TimeoutError:
+            log.warning("API worker %d took no connection in time; one was dropped", index)
         except OSError as exc:
             log.debug("connection dropped before hand-over: %s", exc)
         finally:

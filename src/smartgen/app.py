@@ -140,11 +140,8 @@ def create_app(
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
     )
-    realtime = (
-        RealtimeServer(settings, tokens)
-        if sticky is None
-        else RealtimeServer(settings, tokens, server_class=sticky_sio_class(sticky.index))
-    )
+    server_class = socketio.AsyncServer if sticky is None else sticky_sio_class(sticky.index)
+    realtime = RealtimeServer(settings, tokens, server_class=server_class)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

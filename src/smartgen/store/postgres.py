@@ -24,7 +24,6 @@ from typing import Any, cast
 import asyncpg
 from sqlalchemy.engine import URL
 
-from smartgen.batching import Coalescer
 from smartgen.errors import StoreUnavailable
 from smartgen.store import sqlrepo
 from smartgen.store.turns import Turns
@@ -270,27 +269,10 @@ _JOB_INSERT_BATCH = (
 )
 
 
-class _Jobs(sqlrepo.Jobs):
-    """Jobs whose concurrent `create` calls share a statement and a commit
-    (`batching.Coalescer`): at most `INSERT_FLUSHES` inserts run at once, and the calls
-    that arrive meanwhile go together in the next. An insert alone runs the single-row
-    statement."""
+class _Jobs(sqlrepo.CoalescedJobs):
+    """A batch of concurrent creates is one statement (`_JOB_INSERT_BATCH`)."""
 
-    INSERT_FLUSHES = 2
-    INSERT_BATCH = 64
-
-    def __init__(self, driver: sqlrepo.Driver, statements: dict[str, str]) -> None:
-        super().__init__(driver, statements)
-        self.inserts: Coalescer[tuple[tuple[Any, ...], int], bool] = Coalescer(
-            self._insert_batch, concurrency=self.INSERT_FLUSHES, max_batch=self.INSERT_BATCH
-        )
-
-    async def _insert(self, values: tuple[Any, ...], cap: int) -> bool:
-        return await self.inserts.submit((values, cap))
-
-    async def _insert_batch(self, rows: list[tuple[tuple[Any, ...], int]]) -> list[bool]:
-        if len(rows) == 1:
-            return [await super()._insert(*rows[0])]
+    async def _insert_many(self, rows: list[tuple[tuple[Any, ...], int]]) -> list[bool]:
         columns = list(zip(*((*values, cap) for values, cap in rows), strict=True))
         inserted = {row[0] for row in await self._db.all(_JOB_INSERT_BATCH, columns)}
         return [values[0] in inserted for values, _ in rows]

@@ -489,30 +489,26 @@ class SqlStore:
         self.url = url if isinstance(url, URL) else sql_url(url)
         self.description = describe_url(self.url)
         self.name = "sqlite" if self.url.get_backend_name() == "sqlite" else "postgresql"
-        # Engines hold asyncio pools: create the store inside the running loop.
+        # Engines hold asyncio pools: create the store inside the running loop. A fixed
+        # pool: overflow connections (on SQLite each a thread and an open file; on
+        # PostgreSQL each with its statements prepared again) were opened and closed again
+        # under load.
+        fixed_pool: dict[str, Any] = {
+            "isolation_level": "AUTOCOMMIT",
+            "pool_size": pool_size,
+            "max_overflow": 0,
+            "pool_timeout": timeout,
+        }
         if self.name == "sqlite":
             self._sqlite_directory = os.path.dirname(os.path.abspath(self.url.database or ""))
-            # A fixed pool, as for PostgreSQL: overflow connections (each a thread and an
-            # open file) were opened and closed again under load.
-            engine = create_async_engine(
-                self.url,
-                isolation_level="AUTOCOMMIT",
-                pool_size=pool_size,
-                max_overflow=0,
-                pool_timeout=timeout,
-            )
+            engine = create_async_engine(self.url, **fixed_pool)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
-            # A fixed pool: overflow connections were opened and closed under load (each
-            # with its statements prepared again), and a pre-ping cost a round trip per
-            # statement. A connection the server dropped fails one statement (503) and is
-            # discarded; `pool_recycle` retires old ones.
+            # A pre-ping cost a round trip per statement. A connection the server dropped
+            # fails one statement (503) and is discarded; `pool_recycle` retires old ones.
             engine = create_async_engine(
                 self.url,
-                isolation_level="AUTOCOMMIT",
-                pool_size=pool_size,
-                max_overflow=0,
-                pool_timeout=timeout,
+                **fixed_pool,
                 pool_pre_ping=False,
                 pool_recycle=1800,
                 connect_args={

@@ -27,11 +27,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy.engine import URL
 
-from smartgen.batching import Coalescer
 from smartgen.errors import StoreUnavailable
 from smartgen.store import sqlrepo
 from smartgen.store.turns import Turns
@@ -279,36 +278,19 @@ class _Driver:
         return await self._pool.run(_each_in_one_transaction(statements))
 
 
-class _Jobs(sqlrepo.Jobs):
-    """Jobs whose concurrent `create` calls share one trip to a pool thread and one commit
-    (`batching.Coalescer`), each insert still its own statement, in arrival order, so each
-    cap counts the rows before it."""
+class _Jobs(sqlrepo.CoalescedJobs):
+    """A batch of concurrent creates is one trip to a pool thread and one commit, each
+    insert still its own statement, in arrival order, so each cap counts the rows before
+    it."""
 
-    INSERT_FLUSHES = 2
-    INSERT_BATCH = 64
-
-    def __init__(self, driver: _Driver, statements: dict[str, str]) -> None:
-        super().__init__(driver, statements)
-        self._driver = driver
-        self.inserts: Coalescer[tuple[tuple[Any, ...], int], bool] = Coalescer(
-            self._insert_batch, concurrency=self.INSERT_FLUSHES, max_batch=self.INSERT_BATCH
-        )
-
-    async def _insert(self, values: tuple[Any, ...], cap: int) -> bool:
-        return await self.inserts.submit((values, cap))
-
-    async def _insert_batch(
-        self, rows: list[tuple[tuple[Any, ...], int]]
-    ) -> list[bool | Exception]:
-        if len(rows) == 1:
-            return [await super()._insert(*rows[0])]
+    async def _insert_many(self, rows: list[tuple[tuple[Any, ...], int]]) -> list[bool | Exception]:
         statements: list[tuple[str, Sequence[Any]]] = [
             (self._sql["job_insert"], values)
             if cap <= 0
             else (self._sql["job_insert_under_cap"], (*values, cap))
             for values, cap in rows
         ]
-        outcomes = await self._driver.changes_each(statements)
+        outcomes = await cast(_Driver, self._db).changes_each(statements)
         return [o if isinstance(o, Exception) else o == 1 for o in outcomes]
 
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.engine import URL
 
+from smartgen.batching import Coalescer
 from smartgen.config import ConfigError
 from smartgen.errors import Conflict
 from smartgen.store.base import (
@@ -84,7 +85,6 @@ UNFINISHED = "('queued', 'processing')"
 JOB_CREATE_COLUMNS = (
     "job_id, user_id, status, prompt, content_type, scheduled_for, created_at, updated_at, attempts"
 )
-_CREATE_COLS = JOB_CREATE_COLUMNS
 
 STATEMENTS = {
     "user_insert": (
@@ -93,12 +93,14 @@ STATEMENTS = {
     ),
     "user_by_id": f"SELECT {USER_COLS} FROM users WHERE user_id = $1",
     "user_by_email": f"SELECT {USER_COLS} FROM users WHERE email = $1",
-    "job_insert": f"INSERT INTO jobs ({_CREATE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    "job_insert": (
+        f"INSERT INTO jobs ({JOB_CREATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    ),
     # The cap and the insert in one statement: nothing is inserted when the user already
     # has `cap` unfinished jobs (uses ix_jobs_user_status). The casts type the parameters
     # of a FROM-less SELECT for PostgreSQL.
     "job_insert_under_cap": (
-        f"INSERT INTO jobs ({_CREATE_COLS}) "
+        f"INSERT INTO jobs ({JOB_CREATE_COLUMNS}) "
         "SELECT $1::varchar, $2::varchar, $3::varchar, $4::text, $5::varchar, "
         "$6::timestamptz, $7::timestamptz, $8::timestamptz, $9::integer "
         f"WHERE (SELECT count(*) FROM jobs WHERE user_id = $2 AND status IN {UNFINISHED}) "
@@ -315,6 +317,40 @@ class Contents(_Repository):
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
         args = (user_id, self._db.limit(limit))
         return [self._content(r) for r in await self._db.all(self._sql["contents_for_user"], args)]
+
+
+class CoalescedJobs(Jobs):
+    """Jobs whose concurrent `create` calls share one round trip and one commit
+    (`batching.Coalescer`): at most `INSERT_FLUSHES` inserts run at once, and the calls
+    that arrive meanwhile go together in the next. A batch of one runs the single-row
+    statement; a store supplies `_insert_many` for the rest, applying each row's cap as if
+    the rows went in one by one."""
+
+    INSERT_FLUSHES = 2
+    INSERT_BATCH = 64
+
+    def __init__(self, driver: Driver, statements: dict[str, str]) -> None:
+        super().__init__(driver, statements)
+        self.inserts: Coalescer[tuple[tuple[Any, ...], int], bool] = Coalescer(
+            self._insert_batch, concurrency=self.INSERT_FLUSHES, max_batch=self.INSERT_BATCH
+        )
+
+    async def _insert(self, values: tuple[Any, ...], cap: int) -> bool:
+        return await self.inserts.submit((values, cap))
+
+    async def _insert_batch(
+        self, rows: list[tuple[tuple[Any, ...], int]]
+    ) -> Sequence[bool | Exception]:
+        if len(rows) == 1:
+            return [await super()._insert(*rows[0])]
+        return await self._insert_many(rows)
+
+    async def _insert_many(
+        self, rows: list[tuple[tuple[Any, ...], int]]
+    ) -> Sequence[bool | Exception]:
+        """Several (row values, cap) in one round trip: each inserted or not, or the error
+        that refused it alone."""
+        raise NotImplementedError
 
 
 class DirectStore:

@@ -53,6 +53,8 @@ async def test_register_validation(client: httpx.AsyncClient) -> None:
     assert body["error"] == "validation_error"
     fields = {d["field"] for d in body["details"]}
     assert fields == {"email", "password"}
+    # Our validators' words, without pydantic's "Value error, " prefix.
+    assert {"field": "email", "message": "must be an email address"} in body["details"]
 
 
 async def test_queue_returns_seed_shape(client: httpx.AsyncClient, api: ApiServer) -> None:
@@ -110,6 +112,8 @@ async def test_queue_returns_seed_shape(client: httpx.AsyncClient, api: ApiServe
         ),
         ({"prompt": "x" * 4001, "contentType": "Blog Post Outline"}, 422, "at most 4000"),
         ({"prompt": 5, "contentType": "Blog Post Outline"}, 422, "prompt"),
+        # PostgreSQL cannot store NUL: refused up front on every store, alike.
+        ({"prompt": "a\u0000b", "contentType": "Blog Post Outline"}, 422, "NUL"),
     ],
 )
 async def test_queue_validation(
@@ -253,6 +257,17 @@ async def test_saved_contents_are_isolated(client: httpx.AsyncClient, api: ApiSe
     assert (await client.get(f"/contents/{content_id}", headers=bob["headers"])).status_code == 404
     assert (await client.get("/contents", headers=bob["headers"])).json() == []
     assert (await client.get("/contents/not-a-uuid", headers=alice["headers"])).status_code == 404
+
+
+async def test_a_title_with_nul_is_refused(client: httpx.AsyncClient) -> None:
+    user = await register(client)
+    r = await client.post(
+        f"/generate-content/{uuid.uuid4()}/save",
+        json={"title": "bad\u0000title"},
+        headers=user["headers"],
+    )
+    assert r.status_code == 422, r.text
+    assert "title: must not contain NUL" in r.json()["message"]
 
 
 async def test_heap_settles_after_start_up_only_when_asked(

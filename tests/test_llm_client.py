@@ -422,7 +422,16 @@ async def test_200_with_429_error_object_is_retryable(
     assert err.message == "the model provider reported an error: unknown error"
 
 
-@pytest.mark.parametrize("content", ["", "   \n\t "])
+async def test_nul_characters_are_dropped_from_the_answer(
+    fake_llm: FakeLLM, make_client: Factory, marker: str
+) -> None:
+    """PostgreSQL cannot store NUL, and it carries nothing a reader sees."""
+    fake_llm.script(marker, [Reply(content="# Ti\x00tle\n\x00Body.")])
+    result = await make_client().complete(msgs(marker))
+    assert result.content == "# Title\nBody."
+
+
+@pytest.mark.parametrize("content", ["", "   \n\t ", "\x00 \x00"])
 async def test_empty_content(
     fake_llm: FakeLLM, make_client: Factory, marker: str, content: str
 ) -> None:
@@ -582,6 +591,15 @@ async def test_stream_chunk_of_the_wrong_shape(
     assert got == ["ok"]
     assert err.retryable is True
     assert "malformed stream" in err.message
+
+
+async def test_stream_drops_nul_characters(
+    fake_llm: FakeLLM, make_client: Factory, marker: str
+) -> None:
+    fake_llm.script(marker, [Reply(raw_body=sse(delta("one\x00"), delta(" two"), "[DONE]"))])
+    deltas, final = await collect(make_client(), marker)
+    assert deltas == ["one", " two"]
+    assert final.content == "one two"
 
 
 async def test_stream_empty_content(fake_llm: FakeLLM, make_client: Factory, marker: str) -> None:

@@ -785,6 +785,38 @@ async def test_sqlite_batch_insert_is_one_transaction_with_each_row_on_its_own(
 
 
 @pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)
+async def test_postgres_a_refused_row_fails_only_its_own_call_in_a_batch(
+    backend: Backend,
+) -> None:
+    """A value the server refuses (NUL in text; the API refuses it before this) or a job
+    id clash fails the call it belongs to; the rest of its batch goes in, caps still
+    counted in arrival order."""
+    import asyncpg
+
+    store = backend.open()
+    await store.init()
+    a = oid()
+    first = make_job(a)
+    batch = [
+        (first, 2),
+        (make_job(a, prompt="bad\x00prompt"), 2),
+        (make_job(a, job_id=first.job_id), 0),
+        (make_job(a), 2),
+        (make_job(a), 2),  # a's third unfinished job: over the cap
+        (make_job(oid()), 0),
+    ]
+    results = await insert_batch(store, batch)
+    assert isinstance(results[1], asyncpg.PostgresError), results
+    assert isinstance(results[2], asyncpg.UniqueViolationError), results
+    assert [results[0], *results[3:]] == [True, True, False, True]
+    for (job, _), ok in zip(batch, results, strict=True):
+        if job.job_id != first.job_id:
+            assert (await store.jobs.get(job.job_id) == job) is (ok is True)
+    assert await store.jobs.get(first.job_id) == first
+    assert await store.jobs.count_unfinished(a) == 2
+
+
+@pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)
 async def test_postgres_store_survives_a_dropped_connection(backend: Backend) -> None:
     """A connection the server terminates fails at most the statement that meets it (503),
     and the next call gets a fresh connection; nothing is left half-written."""

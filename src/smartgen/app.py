@@ -58,6 +58,8 @@ def _validation_response(exc: RequestValidationError) -> JSONResponse:
             message = "unknown field"
         elif e.get("type") == "missing":
             message = "required"
+        elif e.get("type") == "value_error":  # our validators' own words, not pydantic's prefix
+            message = str((e.get("ctx") or {}).get("error") or message)
         details.append({"field": _field(e.get("loc", ())), "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
     return JSONResponse(

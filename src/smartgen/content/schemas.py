@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from smartgen.store.base import Content
+from smartgen.textcheck import without_nul
 from smartgen.times import iso_ms
 
 
@@ -17,6 +18,11 @@ class SaveRequest(BaseModel):
         description="Optional; defaults to the content's first heading, else the prompt",
         examples=["My Sourdough Guide"],
     )
+
+    @field_validator("title")
+    @classmethod
+    def _title_without_nul(cls, value: str | None) -> str | None:
+        return None if value is None else without_nul(value)
 
 
 class ContentOut(BaseModel):

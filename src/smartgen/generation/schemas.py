@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from smartgen.store.base import Job
+from smartgen.textcheck import without_nul
 from smartgen.times import iso_ms
 
 # PROMPT_MAX_CHARS may be configured up to this; the schema documents the ceiling.
@@ -26,6 +27,8 @@ class GenerationRequest(BaseModel):
         examples=["How to bake a sourdough bread"],
     )
     contentType: ContentType = Field(examples=["Blog Post Outline"])
+
+    _prompt_without_nul = field_validator("prompt")(without_nul)
 
 
 class QueuedResponse(BaseModel):

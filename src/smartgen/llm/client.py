@@ -119,12 +119,19 @@ def _completion_from_body(body: Any, fallback_model: str, secret: str | None = N
         raise LLMError("the model provider sent an answer without choices", retryable=True)
     message = choices[0].get("message") or {}
     content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, str) or not content.strip():
+    text = _text(content) if isinstance(content, str) else ""
+    if not text:
         raise LLMError("the model returned empty content", retryable=True)
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
     return Completion(
-        content=content.strip(), model=str(body.get("model") or fallback_model), usage=usage
+        content=text, model=_text(str(body.get("model") or fallback_model)), usage=usage
     )
+
+
+def _text(value: str) -> str:
+    """Model text as stored: trimmed, without NUL characters (PostgreSQL cannot store them,
+    and they carry nothing a reader sees)."""
+    return value.replace("\x00", "").strip()
 
 
 def _chunk_deltas(chunk: Any) -> list[str]:
@@ -287,8 +294,10 @@ class ChatClient:
                         # raises the classified error
                         _completion_from_body(chunk, model, self._secret)
                     for delta in _chunk_deltas(chunk):
-                        parts.append(delta)
-                        yield delta
+                        piece = delta.replace("\x00", "")
+                        if piece:
+                            parts.append(piece)
+                            yield piece
                     model = str(chunk.get("model") or model)
                     if isinstance(chunk.get("usage"), dict):
                         usage = chunk["usage"]
@@ -296,10 +305,10 @@ class ChatClient:
             raise LLMError("the model provider did not answer in time", retryable=True) from None
         except aiohttp.ClientError:
             raise LLMError("could not reach the model provider", retryable=True) from None
-        text = "".join(parts).strip()
+        text = _text("".join(parts))
         if not text:
             raise LLMError("the model returned empty content", retryable=True)
-        yield Completion(content=text, model=model, usage=usage)
+        yield Completion(content=text, model=_text(model), usage=usage)
 
     async def close(self) -> None:
         self._closed = True

@@ -272,10 +272,22 @@ _JOB_INSERT_BATCH = (
 class _Jobs(sqlrepo.CoalescedJobs):
     """A batch of concurrent creates is one statement (`_JOB_INSERT_BATCH`)."""
 
-    async def _insert_many(self, rows: list[tuple[tuple[Any, ...], int]]) -> list[bool]:
+    async def _insert_many(self, rows: list[tuple[tuple[Any, ...], int]]) -> list[bool | Exception]:
         columns = list(zip(*((*values, cap) for values, cap in rows), strict=True))
-        inserted = {row[0] for row in await self._db.all(_JOB_INSERT_BATCH, columns)}
+        try:
+            inserted = {row[0] for row in await self._db.all(_JOB_INSERT_BATCH, columns)}
+        except asyncpg.PostgresError:
+            # A value the server refuses (or a job id clash) fails the whole statement:
+            # each row again on its own, so that only its own caller hears of it.
+            # Unavailability (StoreUnavailable) fails them all, above this.
+            return [await self._insert_alone(values, cap) for values, cap in rows]
         return [values[0] in inserted for values, _ in rows]
+
+    async def _insert_alone(self, values: tuple[Any, ...], cap: int) -> bool | Exception:
+        try:
+            return await sqlrepo.Jobs._insert(self, values, cap)
+        except Exception as error:  # this row's own failure, for its caller alone
+            return error
 
 
 # --- the store --------------------------------------------------------------------------

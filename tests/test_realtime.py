@@ -462,6 +462,65 @@ async def test_a_batch_of_events_is_one_published_message(
         await close_manager(manager)
 
 
+async def test_events_for_rooms_without_a_client_here_are_never_encoded(
+    api: ApiServer,
+    settings: Settings,
+    client: httpx.AsyncClient,
+    listeners: Callable[[], Listener],
+) -> None:
+    """Most events name a room with no client in this process (the owner is offline, or
+    on another API process): they are skipped before python-socketio encodes them, both
+    from Redis and from this process's own publisher, while the clients here still get
+    every event of theirs."""
+    alice, bob = await register(client), await register(client)
+    alices = listeners()
+    await alices.connect(api.url, auth={"token": alice["token"]}, transports=["websocket"])
+    realtime = api.app.realtime
+    manager = realtime.manager
+    handled: list[str] = []
+    handle_emit = manager._handle_emit
+
+    async def counting(message: dict[str, Any]) -> None:
+        handled.append(message["room"])
+        await handle_emit(message)
+
+    manager._handle_emit = counting
+    alice_room = f"user:{alice['userId']}"
+    # From this process: bob (no socket anywhere) queues a job, then alice does.
+    for user in (bob, alice):
+        r = await client.post(
+            "/generate-content",
+            json={"prompt": "rooms", "contentType": "Blog Post Outline"},
+            headers=user["headers"],
+        )
+        assert r.status_code == 202, r.text
+    await alices.wait_for("job_status", r.json()["jobId"])
+    # From the worker, through Redis: offline owners' jobs around one of alice's.
+    publisher, worker_manager = worker_publisher(settings)
+    try:
+        publisher.start()
+        offline = [make_job(str(uuid.uuid4())) for _ in range(4)]
+        hers = make_job(alice["userId"])
+        for job in [*offline[:2], hers, *offline[2:]]:
+            await publisher.job_changed(job)
+        await alices.wait_for("job_completed", hers.job_id)
+    finally:
+        await publisher.close()
+        await close_manager(worker_manager)
+    assert set(handled) == {alice_room}
+    # Her queued job_status, then the worker's job_status and job_completed.
+    assert len(handled) == 3
+    assert [e for e, _ in alices.received] == ["job_status", "job_status", "job_completed"]
+    # Broadcasts and anything but an emit to one room still pass.
+    assert manager.reaches_a_client({"method": "emit", "room": None})
+    assert manager.reaches_a_client({"method": "emit", "room": ["a", "b"]})
+    assert manager.reaches_a_client({"method": "disconnect", "room": "user:nobody"})
+    assert not manager.reaches_a_client({"method": "emit", "room": "user:nobody"})
+    assert not manager.reaches_a_client(
+        {"method": "emit", "room": alice_room, "namespace": "/other"}
+    )
+
+
 def test_a_process_skips_its_own_batches_undecoded(settings: Settings) -> None:
     import json
 

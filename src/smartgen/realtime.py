@@ -228,7 +228,7 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
                 "callback": None,
                 "host_id": self.host_id,
             }
-            if not self.write_only:
+            if not self.write_only and self.reaches_a_client(message):
                 await self._handle_emit(message)  # this process's own clients
             messages.append(message)
         if not messages:
@@ -239,6 +239,17 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
             {"method": BATCH_METHOD, "host_id": self.host_id, "messages": messages}
         )
         await self._client().publish(self.channel, text)
+
+    def reaches_a_client(self, message: dict[str, Any]) -> bool:
+        """Whether a manager message can reach a client connected to this process.
+        python-socketio encodes an event before it looks up the room's participants, so an
+        event for a room with none here (its owner is offline, or connected to another API
+        process: with N processes that is most events) would be encoded for nobody; such
+        an event is dropped undecoded instead. Anything but an emit to one room passes."""
+        room = message.get("room")
+        if message.get("method") != "emit" or not isinstance(room, str):
+            return True
+        return bool(self.rooms.get(message.get("namespace") or "/", {}).get(room))
 
     def _from_this_process(self, data: bytes | str) -> bool:
         raw = data.encode() if isinstance(data, str) else data
@@ -266,7 +277,8 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
                         if self._from_this_process(message["data"]):
                             continue
                         for item in manager_messages(self.json, message["data"]):
-                            yield item
+                            if self.reaches_a_client(item):
+                                yield item
             except Exception as exc:  # Redis down or restarting: resubscribe with backoff
                 self.subscribed.clear()
                 socketio_log.warning("Redis subscription lost (%s); retrying in %.0fs", exc, pause)

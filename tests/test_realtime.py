@@ -522,20 +522,19 @@ async def test_events_for_rooms_without_a_client_here_are_never_encoded(
 
 
 def test_a_process_skips_its_own_batches_undecoded(settings: Settings) -> None:
-    import json
-
     from smartgen.realtime import BATCH_METHOD, redis_manager
 
     ours, theirs = (redis_manager(settings, write_only=False) for _ in range(2))
     assert ours.host_id != theirs.host_id
+    dumps = ours.json.dumps  # as `emit_many` writes a batch
     batch = {"method": BATCH_METHOD, "host_id": ours.host_id, "messages": [{"a": 1}]}
-    assert ours._from_this_process(json.dumps(batch).encode())
-    assert ours._from_this_process(json.dumps(batch))
-    assert not theirs._from_this_process(json.dumps(batch).encode())
+    assert ours._from_this_process(dumps(batch).encode())
+    assert ours._from_this_process(dumps(batch))
+    assert not theirs._from_this_process(dumps(batch).encode())
     # Another process's batch, and python-socketio's own single messages, are decoded.
-    assert not ours._from_this_process(json.dumps({**batch, "host_id": theirs.host_id}))
+    assert not ours._from_this_process(dumps({**batch, "host_id": theirs.host_id}))
     single = {"method": "emit", "event": "x", "host_id": ours.host_id}
-    assert not ours._from_this_process(json.dumps(single))
+    assert not ours._from_this_process(dumps(single))
 
 
 def test_manager_messages_keep_only_manager_messages() -> None:

@@ -25,6 +25,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.client import PubSub
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
+from smartgen import jsoncodec
 from smartgen.auth.tokens import TokenCodec, bearer_token
 from smartgen.config import Settings
 from smartgen.errors import AppError, Unauthorized
@@ -194,7 +195,9 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
         write_only: bool,
         redis_options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(channel=channel, write_only=write_only, logger=socketio_log)
+        super().__init__(
+            channel=channel, write_only=write_only, logger=socketio_log, json=jsoncodec
+        )
         self.redis_url = url
         self.redis_options = redis_options or {}
         self.redis: aioredis.Redis | None = None
@@ -388,6 +391,7 @@ class RealtimeServer:
         self.sio = server_class(
             async_mode="asgi",
             client_manager=self.manager,
+            json=jsoncodec,
             cors_allowed_origins=settings.cors_origins or None,
             logger=False,
             engineio_logger=False,

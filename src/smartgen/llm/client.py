@@ -12,8 +12,6 @@ of worker CPU per job with aiohttp).
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -21,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from smartgen import jsoncodec
 from smartgen.config import Settings
 from smartgen.store.base import Completion
 
@@ -217,9 +216,7 @@ class ChatClient:
                 ),
                 headers=self._headers,
                 timeout=self._timeout,
-                json_serialize=functools.partial(
-                    json.dumps, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-                ),
+                json_serialize=jsoncodec.dumps,
             )
         return self._http
 
@@ -246,7 +243,7 @@ class ChatClient:
         except aiohttp.ClientError:
             raise LLMError("could not reach the model provider", retryable=True) from None
         try:
-            body = json.loads(raw)
+            body = jsoncodec.loads(raw)
         except ValueError:
             body = None
         if status != 200:
@@ -271,7 +268,7 @@ class ChatClient:
                 if response.status != 200:
                     raw = await response.read()
                     try:
-                        body = json.loads(raw)
+                        body = jsoncodec.loads(raw)
                     except ValueError:
                         body = None
                     raise _status_error(
@@ -287,7 +284,7 @@ class ChatClient:
                     if data == "[DONE]":
                         break
                     try:
-                        chunk = json.loads(data)
+                        chunk = jsoncodec.loads(data)
                     except ValueError:
                         chunk = None
                     if isinstance(chunk, dict) and chunk.get("error"):

@@ -789,6 +789,33 @@ def ms_between(later: datetime | None, earlier: datetime | None) -> float | None
     return (as_utc(later) - as_utc(earlier)).total_seconds() * 1000
 
 
+_REFERENCE_DOC = {
+    "jobId": "0" * 36,
+    "status": "completed",
+    "usage": {"prompt_tokens": 12, "completion_tokens": 340, "total_tokens": 352},
+    "generatedContent": "word " * 200,
+}
+
+
+def reference_cpu_ms(rounds: int = 3) -> float:
+    """CPU time (ms) of a fixed pure-Python workload of the kind our processes run (JSON,
+    dicts, strings, small lists), the least of `rounds`: how fast this machine runs such
+    code right now. On a shared VM it moves by a third within minutes; the cost phase
+    prints it beside its figures so that runs can be compared (lower is faster)."""
+    import json
+
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.process_time()
+        for i in range(3000):
+            doc = json.loads(json.dumps(_REFERENCE_DOC))
+            doc["n"] = i
+            "-".join(sorted(doc))
+            _ = [x * 2 for x in range(50)]
+        best = min(best, time.process_time() - began)
+    return round(best * 1000, 1)
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:

@@ -56,6 +56,7 @@ from harness import (
     mint_users,
     ms_between,
     percentile,
+    reference_cpu_ms,
     register_users,
     run_main,
     smartgen_env,
@@ -364,6 +365,7 @@ class Suite:
         n = plan.cost_jobs
         await self.llm.configure(latency_ms=0, fail_rate=0, hold=False)
         await self.llm.reset()
+        reference_before = reference_cpu_ms()
         system = await self.system("cost")
         listeners = []
         try:
@@ -397,6 +399,7 @@ class Suite:
                 await asyncio.sleep(0.1)
             await asyncio.sleep(0.3)
             api_cpu3 = api.cpu_seconds()
+            reference_after = reference_cpu_ms()
             done = [j for j in jobs if j["status"] == "completed"]
             window = _window_s(done)
             total = max(1, counts.get("completed", 0) + counts.get("failed", 0))
@@ -417,6 +420,7 @@ class Suite:
                 "api_cpu_ms_per_job": round(api_post_ms + api_events_ms, 3),
                 "worker_cpu_ms_per_job": round(worker_ms, 3),
                 "total_cpu_ms_per_job": round(api_post_ms + api_events_ms + worker_ms, 3),
+                "reference_cpu_ms": [reference_before, reference_after],
                 "socketio_clients": len(listeners),
                 "final_events_expected": expected,
                 "final_events_received": sum(len(x.final) for x in listeners),
@@ -430,6 +434,10 @@ class Suite:
                 f"  drained in {drained:.1f} s: {figures['jobs_per_s']} jobs/s; CPU per job: "
                 f"API {api_post_ms:.2f} + {api_events_ms:.2f} (events) ms, "
                 f"worker {worker_ms:.2f} ms"
+            )
+            log(
+                f"  machine speed: reference workload {reference_before} ms CPU before, "
+                f"{reference_after} ms after (lower is faster)"
             )
             for label, calls in (
                 ("queueing", figures["redis_calls_per_job_post"]),
@@ -667,6 +675,11 @@ def rows_for(store: str, figures: dict[str, Any]) -> list[tuple[str, str, str, s
             )
         )
         rows.append(("worker CPU per job", f"{cost['worker_cpu_ms_per_job']:.2f} ms", "", "n/a"))
+        if cost.get("reference_cpu_ms"):
+            before, after = cost["reference_cpu_ms"]
+            rows.append(
+                ("machine speed: reference workload", f"{before} / {after} ms CPU", "", "n/a")
+            )
         rows.append(
             (
                 "CPU per job, API + worker",

@@ -273,6 +273,49 @@ async def test_concurrent_posts_all_complete(
     assert len(fake_llm.calls_for(marker)) == 30
 
 
+async def script_calls(settings: Settings) -> int:
+    redis = api_redis(settings)
+    try:
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+    )
+
+
+async def test_a_completion_takes_the_next_job_in_the_same_script_call(
+    settings: Settings, fake_llm: FakeLLM, unique: str
+) -> None:
+    """As Node's BullMQ does on a busy queue: completing a job and taking the next one is
+    one Lua script call, not two (bullmq for Python completes, then calls moveToActive).
+    Every job still runs exactly once."""
+    s = settings.model_copy(
+        update={"generate_rate_limit": 0, "worker_concurrency": 1, "generation_delay_seconds": 0}
+    )
+    marker = f"[chain-{unique}]"
+    n = 12
+    async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url, timeout=20) as client:
+        user = await register(client)
+        jobs = [await queue(client, user["headers"], f"p{i} {marker}") for i in range(n)]
+        for job in jobs:
+            assert await api.runtime.queue.state(job["jobId"]) == "waiting"
+        before = await script_calls(s)
+        async with running_worker(s):
+            for job in jobs:
+                done = await wait_for_status(client, job["jobId"], user["headers"], {"completed"})
+                assert done["status"] == "completed" and done["attempts"] == 1
+            calls = await script_calls(s) - before
+        for job in jobs:
+            assert await api.runtime.queue.state(job["jobId"]) == "completed"
+    # One call per job, plus the first take and the worker's start-up and idle checks
+    # (two calls per job without the fetch: 24 and more).
+    assert n <= calls <= n + 5, calls
+    assert sorted(c.prompt for c in fake_llm.calls_for(marker)) == sorted(
+        f"p{i} {marker}" for i in range(n)
+    )
+
+
 async def test_concurrent_duplicate_deliveries_generate_once(
     settings: Settings, fake_llm: FakeLLM, unique: str
 ) -> None:

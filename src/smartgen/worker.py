@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import signal
 import socket
 from typing import Any
 
-from bullmq import Worker
+import bullmq
 
 from smartgen import heap
 from smartgen.config import Settings
@@ -23,6 +24,52 @@ from smartgen.realtime import close_manager, worker_publisher
 from smartgen.store import open_store
 
 log = logging.getLogger(__name__)
+
+
+# The next job's data fetched by the completion of the job this task processes.
+_fetched: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "smartgen_fetched", default=None
+)
+
+
+class Worker(bullmq.Worker):  # type: ignore[misc]
+    """bullmq's Worker, completing a job and taking the next one in one Lua script call.
+
+    Node's BullMQ does so (`moveToFinished` with fetchNext, one round trip per job on a
+    busy queue); bullmq for Python completes with `fetch_next=False` and then runs
+    `moveToActive` for the next job in a task of its own: a second script call and a
+    second turn of its loop per job. Here each `processJob` task asks for the next job as
+    it completes its own and returns it, and bullmq's loop processes a task's returned job
+    as it does one from `getNextJob`. Not while closing or paused. bullmq's own
+    `processJob` runs unchanged; only its completion call fetches (pinned to the bullmq
+    versions this was checked against, see pyproject.toml)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        complete = self.backend.moveToCompleted
+
+        async def complete_and_fetch(
+            job: Any, value: Any, remove: Any, token: str, fetch_next: bool = True
+        ) -> Any:
+            fetched = _fetched.get()
+            fetch = fetched is not None and not (self.closing or self.paused)
+            outcome = await complete(job, value, remove, token, fetch_next=fetch)
+            if fetch and fetched is not None:
+                fetched.append((outcome or {}).get("result"))
+            return outcome
+
+        self.backend.moveToCompleted = complete_and_fetch
+
+    async def processJob(self, job: Any, token: str) -> Any:
+        fetched: list[Any] = []
+        _fetched.set(fetched)  # this task's own context (bullmq runs each in a task)
+        await super().processJob(job, token)
+        if not fetched or not fetched[0]:
+            return None
+        job_data, job_id, limit_until, delay_until = fetched[0]
+        return await self.nextJobFromJobData(
+            job_data, job_id, limit_until or 0, delay_until or 0, token
+        )
 
 
 def _log_failed(job: Any, err: Exception) -> None:

@@ -789,6 +789,35 @@ def ms_between(later: datetime | None, earlier: datetime | None) -> float | None
     return (as_utc(later) - as_utc(earlier)).total_seconds() * 1000
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return idle, sum(fields[:8])
+
+
+async def wait_idle(
+    *, idle_share: float = 0.9, window_s: float = 0.5, limit_s: float = 30.0
+) -> str:
+    """Wait until the machine's CPUs are at least `idle_share` idle over `window_s` (or
+    `limit_s` passed): what one phase leaves running (PostgreSQL's checkpoint after a
+    dropped database, Redis freeing a flushed keyspace) must not be counted in the next
+    phase's CPU figures. Returns a line saying how it went."""
+    began = time.monotonic()
+    share = 0.0
+    while True:
+        idle0, total0 = _cpu_times()
+        await asyncio.sleep(window_s)
+        idle1, total1 = _cpu_times()
+        share = (idle1 - idle0) / max(1, total1 - total0)
+        waited = time.monotonic() - began
+        if share >= idle_share:
+            return f"machine idle ({share:.0%}) after {waited:.1f} s"
+        if waited >= limit_s:
+            return f"machine still busy after {waited:.0f} s ({share:.0%} idle); measuring anyway"
+
+
 _REFERENCE_DOC = {
     "jobId": "0" * 36,
     "status": "completed",

@@ -62,6 +62,7 @@ from harness import (
     smartgen_env,
     summarize_profile,
     wait_final,
+    wait_idle,
 )
 from loadgen import post_factory, run_load
 
@@ -880,7 +881,7 @@ async def run_store(
     if backend.note:
         result["note"] = backend.note
     for phase in phases:
-        log(f"store {store}: phase {phase}")
+        log(f"store {store}: phase {phase}: {await wait_idle()}")
         began = time.monotonic()
         try:
             result["figures"][phase] = await getattr(suite, phase)()

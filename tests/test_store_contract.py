@@ -816,6 +816,88 @@ async def test_postgres_a_refused_row_fails_only_its_own_call_in_a_batch(
     assert await store.jobs.count_unfinished(a) == 2
 
 
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_batched_takes_and_completions_decide_as_if_one_by_one(
+    backend: Backend,
+) -> None:
+    """The worker's concurrent transitions share a trip and a commit, and each call still
+    gets the outcome it would have had alone, in arrival order, also when one batch holds
+    the same job twice (a redelivered message): lease owner m1 takes a job, m2 is refused,
+    m1's own retry takes it back; the second completion of a job finds it completed."""
+    store = backend.open()
+    await store.init()
+    jobs = [make_job(oid()) for _ in range(6)]
+    for job in jobs:
+        assert await store.jobs.create(job)
+    f1, f2, j0, j1, j2, never = (job.job_id for job in jobs)
+    now = utcnow()
+    lease = now + timedelta(minutes=1)
+
+    def take(job_id: str, owner: str, attempt: int = 1) -> Any:
+        return store.jobs.mark_processing(
+            job_id, at=now, attempt=attempt, lease_until=lease, owner=owner
+        )
+
+    # The first two calls fill both flush slots; the rest arrive meanwhile: one batch.
+    taken = await asyncio.gather(
+        take(f1, "m1"),
+        take(f2, "m1"),
+        take(j0, "m1"),
+        take(j1, "m1"),
+        take(j0, "m2"),  # held by m1's lease: refused
+        take(j1, "m1", attempt=2),  # the same message's retry: taken again
+        take(j2, "m1"),
+        take("no-such-job", "m1"),
+    )
+    assert [t is not None for t in taken] == [True, True, True, True, False, True, True, False]
+    assert taken[5].attempts == 2 and taken[5].lease_owner == "m1"
+    assert taken[2].status is JobStatus.processing and taken[2].started_at == now
+    takes = store.jobs.takes  # type: ignore[attr-defined]
+    assert (takes.items, takes.flushes) == (8, 3)
+
+    def complete(job_id: str, text: str) -> Any:
+        return store.jobs.mark_completed(job_id, result=Completion(text, "m"), at=now)
+
+    written = await asyncio.gather(
+        complete(f1, "f1"),
+        complete(f2, "f2"),
+        complete(j0, "first"),
+        complete(j1, "j1"),
+        complete(j0, "second"),  # already completed by the call before it
+        complete(never, "x"),  # queued, never taken
+        complete(j2, "j2"),
+    )
+    assert written == [True, True, True, True, False, False, True]
+    completions = store.jobs.completions  # type: ignore[attr-defined]
+    assert (completions.items, completions.flushes) == (7, 3)
+    got = {job.job_id: await store.jobs.get(job.job_id) for job in jobs}
+    assert got[j0] is not None and got[j0].generated_content == "first"
+    assert got[j1] is not None and got[j1].attempts == 2
+    assert got[never] == jobs[5]
+    for job_id in (f1, f2, j0, j1, j2):
+        done = got[job_id]
+        assert done is not None and done.status is JobStatus.completed
+
+
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_batched_transitions_on_a_dead_store_all_fail_cleanly(
+    backend: Backend,
+) -> None:
+    store = backend.open_unreachable()
+    takes = await asyncio.gather(
+        *(store.jobs.mark_processing(uuid.uuid4().hex, at=T0, attempt=1) for _ in range(6)),
+        return_exceptions=True,
+    )
+    completions = await asyncio.gather(
+        *(
+            store.jobs.mark_completed(uuid.uuid4().hex, result=Completion("x", "m"), at=T0)
+            for _ in range(6)
+        ),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StoreUnavailable) for r in takes + completions), takes + completions
+
+
 @pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)
 async def test_postgres_store_survives_a_dropped_connection(backend: Backend) -> None:
     """A connection the server terminates fails at most the statement that meets it (503),

@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy.engine import URL
 
+from smartgen.batching import Coalescer
 from smartgen.errors import StoreUnavailable
 from smartgen.store import sqlrepo
 from smartgen.store.turns import Turns
@@ -193,20 +194,25 @@ def _statement(
 
 
 def _each_in_one_transaction(
-    statements: list[tuple[str, Sequence[Any]]],
-) -> Callable[[sqlite3.Connection], list[int | Exception]]:
+    statements: list[tuple[str, Sequence[Any]]], take: Callable[[sqlite3.Cursor], T]
+) -> Callable[[sqlite3.Connection], list[T | Exception]]:
     """Work for a pool thread: the statements in one transaction (one commit, one trip),
-    each in a savepoint of its own, so one that fails is undone alone and reported to its
-    caller while the others commit. A failure of the transaction itself fails them all."""
+    in order, each in a savepoint of its own, so one that fails is undone alone and
+    reported to its caller while the others commit; `take` reads each one's result. A
+    failure of the transaction itself fails them all."""
 
-    def work(conn: sqlite3.Connection) -> list[int | Exception]:
+    def work(conn: sqlite3.Connection) -> list[T | Exception]:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            outcomes: list[int | Exception] = []
+            outcomes: list[T | Exception] = []
             for sql, args in statements:
                 conn.execute("SAVEPOINT one")
                 try:
-                    outcomes.append(int(conn.execute(sql, args).rowcount))
+                    cursor = conn.execute(sql, args)
+                    try:
+                        outcomes.append(take(cursor))
+                    finally:
+                        cursor.close()
                 except sqlite3.OperationalError:
                     raise  # locked, I/O, …: the whole transaction is in doubt
                 except sqlite3.Error as error:
@@ -275,13 +281,53 @@ class _Driver:
     ) -> list[int | Exception]:
         """Several commands in one trip and one transaction; each one's row count, or the
         error that undid it alone."""
-        return await self._pool.run(_each_in_one_transaction(statements))
+        return await self._pool.run(_each_in_one_transaction(statements, _rowcount))
+
+    @_unavailable
+    async def first_rows_each(self, statements: list[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Several statements in one trip and one transaction; each one's first row (None
+        if it had none), or the error that undid it alone."""
+        return await self._pool.run(_each_in_one_transaction(statements, _row))
 
 
 class _Jobs(sqlrepo.CoalescedJobs):
     """A batch of concurrent creates is one trip to a pool thread and one commit, each
     insert still its own statement, in arrival order, so each cap counts the rows before
-    it."""
+    it. So are the worker's concurrent takes and completions: a commit and a thread hop
+    per statement were most of a job's SQLite work, and running each call's own statement
+    in arrival order keeps every outcome as if alone (a job's second call in a batch sees
+    its first one's write). On PostgreSQL the same batching found nothing to batch (a
+    statement returns before the next one comes) and is not used."""
+
+    def __init__(self, driver: sqlrepo.Driver, statements: dict[str, str]) -> None:
+        super().__init__(driver, statements)
+        self.takes: Coalescer[tuple[Any, ...], Any] = Coalescer(
+            self._take_batch, concurrency=self.INSERT_FLUSHES, max_batch=self.INSERT_BATCH
+        )
+        self.completions: Coalescer[tuple[Any, ...], bool] = Coalescer(
+            self._complete_batch, concurrency=self.INSERT_FLUSHES, max_batch=self.INSERT_BATCH
+        )
+
+    async def _take(self, args: tuple[Any, ...]) -> Any:
+        return await self.takes.submit(args)
+
+    async def _take_batch(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        if len(calls) == 1:
+            return [await super()._take(calls[0])]
+        sql = self._sql["job_take"]
+        statements: list[tuple[str, Sequence[Any]]] = [(sql, args) for args in calls]
+        return await cast(_Driver, self._db).first_rows_each(statements)
+
+    async def _complete(self, args: tuple[Any, ...]) -> bool:
+        return await self.completions.submit(args)
+
+    async def _complete_batch(self, calls: list[tuple[Any, ...]]) -> list[bool | Exception]:
+        if len(calls) == 1:
+            return [await super()._complete(calls[0])]
+        sql = self._sql["job_complete"]
+        statements: list[tuple[str, Sequence[Any]]] = [(sql, args) for args in calls]
+        outcomes = await cast(_Driver, self._db).changes_each(statements)
+        return [o if isinstance(o, Exception) else o == 1 for o in outcomes]
 
     async def _insert_many(self, rows: list[tuple[tuple[Any, ...], int]]) -> list[bool | Exception]:
         statements: list[tuple[str, Sequence[Any]]] = [

@@ -271,12 +271,20 @@ class Jobs(_Repository):
         owner: str | None = None,
     ) -> Job | None:
         args = (job_id, self._db.ts(at), attempt, self._db.ts(lease_until), owner)
-        row = await self._db.one(self._sql["job_take"], args)
+        row = await self._take(args)
         return self._job(row) if row else None
+
+    async def _take(self, args: tuple[Any, ...]) -> Row | None:
+        """`job_take` with these arguments: the taken row, or None."""
+        return await self._db.one(self._sql["job_take"], args)
 
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
         usage = None if result.usage is None else json.dumps(result.usage)
         args = (job_id, result.content, result.model, usage, self._db.ts(at))
+        return await self._complete(args)
+
+    async def _complete(self, args: tuple[Any, ...]) -> bool:
+        """`job_complete` with these arguments: whether it wrote."""
         return await self._db.changes(self._sql["job_complete"], args) == 1
 
     async def mark_failed(self, job_id: str, *, error: str, at: datetime) -> bool:

@@ -678,9 +678,10 @@ def rows_for(store: str, figures: dict[str, Any]) -> list[tuple[str, str, str, s
         rows.append(("worker CPU per job", f"{cost['worker_cpu_ms_per_job']:.2f} ms", "", "n/a"))
         if cost.get("reference_cpu_ms"):
             before, after = cost["reference_cpu_ms"]
-            rows.append(
-                ("machine speed: reference workload", f"{before} / {after} ms CPU", "", "n/a")
-            )
+            speed = f"{before} / {after} ms CPU"
+            if abs(after - before) > 0.15 * min(before, after):
+                speed += " (changed during the phase: CPU figures not comparable)"
+            rows.append(("machine speed: reference workload", speed, "", "n/a"))
         rows.append(
             (
                 "CPU per job, API + worker",

@@ -51,6 +51,7 @@ class Worker(bullmq.Worker):  # type: ignore[misc]
         async def complete_and_fetch(
             job: Any, value: Any, remove: Any, token: str, fetch_next: bool = True
         ) -> Any:
+            # bullmq's processJob passes fetch_next=False; whether to fetch is decided here.
             fetched = _fetched.get()
             fetch = fetched is not None and not (self.closing or self.paused)
             outcome = await complete(job, value, remove, token, fetch_next=fetch)

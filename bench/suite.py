@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +67,7 @@ from harness import (
 from loadgen import post_factory, run_load
 
 PHASES = ("ingest", "cost", "concurrency", "timing", "memory")
+CONCURRENCIES = (1, 16, 64)  # the ingest phase's connection counts
 MONGO_NOTE = (
     "NOTE: the MongoDB figures come from SecantusDB, the MongoDB wire-protocol TEST server; "
     "they are not representative of MongoDB's speed."
@@ -259,7 +260,7 @@ class Suite:
             await self.load(tool, "post", url, tokens_file, 16, 1.5)
             post = []
             rss_load = 0.0
-            for concurrency in (1, 16, 64):
+            for concurrency in CONCURRENCIES:
                 # Not counted: the server's pools grow to this concurrency (new Redis and
                 # database connections), as they would in a steady state.
                 await self.load(tool, "post", url, tokens_file, concurrency, WARMUP_SECONDS)
@@ -276,7 +277,7 @@ class Suite:
             sample = await system.probe.sample(400)
             pairs_file.write_text("".join(f"{by_user[u]} {j}\n" for u, j in sample))
             get = []
-            for concurrency in (1, 16, 64):
+            for concurrency in CONCURRENCIES:
                 await self.load(tool, "get", url, pairs_file, concurrency, WARMUP_SECONDS)
                 with RssSampler(api) as sampler:
                     figures = await self.load(
@@ -633,6 +634,45 @@ def fmt_load(figures: dict[str, Any]) -> str:
     )
 
 
+# --- repeated runs -----------------------------------------------------------------------------
+def _post_c64(figures: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in figures["post"] if r["concurrency"] == max(CONCURRENCIES))
+
+
+# What `--repeat` orders a phase's runs by (the run in the middle is reported), and how
+# each run is summed up in one line.
+REPEAT_KEYS: dict[
+    str, tuple[Callable[[dict[str, Any]], float], Callable[[dict[str, Any]], str]]
+] = {
+    "ingest": (
+        lambda f: _post_c64(f)["rps"],
+        lambda f: f"POST c=64 {_post_c64(f)['rps']:.0f} req/s p99 {_post_c64(f)['p99_ms']} ms",
+    ),
+    "cost": (
+        lambda f: f["total_cpu_ms_per_job"],
+        lambda f: (
+            f"{f['total_cpu_ms_per_job']:.2f} ms/job (speed "
+            f"{'/'.join(str(x) for x in f.get('reference_cpu_ms') or [])})"
+        ),
+    ),
+    "concurrency": (lambda f: f["ratio"], lambda f: f"{f['ratio']:.0%}"),
+    "timing": (
+        lambda f: f["lateness_p99_ms"] or 0.0,
+        lambda f: f"p99 {f['lateness_p99_ms']} ms",
+    ),
+    "memory": (
+        lambda f: f["worker_rss_max_mb"],
+        lambda f: f"worker max {f['worker_rss_max_mb']:.0f} MB",
+    ),
+}
+
+
+def median_run(phase: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run in the middle by the phase's key (the lower middle of an even count)."""
+    key, _ = REPEAT_KEYS[phase]
+    return sorted(runs, key=key)[(len(runs) - 1) // 2]
+
+
 # --- the table ---------------------------------------------------------------------------------
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "MISSED")
@@ -780,6 +820,13 @@ def print_report(store: str, result: dict[str, Any]) -> None:
     print(f"api:     API_WORKERS={result.get('api_workers', 1)}")
     print()
     print(render(rows_for(store, result["figures"]), ("figure", "value", "target", "result")))
+    repeated = result.get("runs") or {}
+    if repeated:
+        print()
+        print("repeated phases (the table shows the run in the middle):")
+        for phase, runs in repeated.items():
+            _, describe = REPEAT_KEYS[phase]
+            print(f"  {phase}: " + "; ".join(describe(r) for r in runs))
     if store == "mongo":
         print()
         print(MONGO_NOTE)
@@ -881,17 +928,27 @@ async def run_store(
     }
     if backend.note:
         result["note"] = backend.note
+    if args.repeat > 1:
+        result["runs"] = {}
     for phase in phases:
-        log(f"store {store}: phase {phase}: {await wait_idle()}")
-        began = time.monotonic()
-        try:
-            result["figures"][phase] = await getattr(suite, phase)()
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            log(f"  phase {phase} failed: {type(exc).__name__}: {exc}")
-            result["errors"][phase] = f"{type(exc).__name__}: {str(exc)[:2000]}"
-        log(f"  phase {phase} took {time.monotonic() - began:.0f} s")
+        runs: list[dict[str, Any]] = []
+        for attempt in range(1, args.repeat + 1):
+            label = f" (run {attempt} of {args.repeat})" if args.repeat > 1 else ""
+            log(f"store {store}: phase {phase}{label}: {await wait_idle()}")
+            began = time.monotonic()
+            try:
+                runs.append(await getattr(suite, phase)())
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                log(f"  phase {phase} failed: {type(exc).__name__}: {exc}")
+                result["errors"][phase] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+                break
+            log(f"  phase {phase} took {time.monotonic() - began:.0f} s")
+        if runs and phase not in result["errors"]:
+            result["figures"][phase] = median_run(phase, runs)
+            if args.repeat > 1:
+                result["runs"][phase] = runs
     result["finished_at"] = datetime.now(UTC).isoformat()
     if suite.profiles:
         result["profiles"] = suite.profiles
@@ -951,12 +1008,21 @@ def main() -> int:
         "the installed package: for before/after comparisons of a change",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each phase N times and report the run in the middle (by the phase's "
+        "headline figure), listing all: on a shared machine one run can mislead",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the API and the worker in the cost and concurrency phases (figures "
         "measured under a profiler are a little worse); prints the hot spots",
     )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.src:
         args.src = os.path.abspath(args.src)
         if not os.path.isdir(os.path.join(args.src, "smartgen")):

@@ -934,6 +934,9 @@ async def run_store(
         runs: list[dict[str, Any]] = []
         for attempt in range(1, args.repeat + 1):
             label = f" (run {attempt} of {args.repeat})" if args.repeat > 1 else ""
+            if args.rest and (phase != phases[0] or attempt > 1):
+                log(f"store {store}: resting {args.rest:g} s before phase {phase}")
+                await asyncio.sleep(args.rest)
             log(f"store {store}: phase {phase}{label}: {await wait_idle()}")
             began = time.monotonic()
             try:
@@ -1015,6 +1018,13 @@ def main() -> int:
         "headline figure), listing all: on a shared machine one run can mislead",
     )
     parser.add_argument(
+        "--rest",
+        type=float,
+        default=0.0,
+        help="seconds to leave the machine idle before each phase after the first: a VM "
+        "that is slowed by its host after minutes of full load recovers (see README)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the API and the worker in the cost and concurrency phases (figures "
@@ -1023,6 +1033,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.rest < 0:
+        parser.error("--rest must not be negative")
     if args.src:
         args.src = os.path.abspath(args.src)
         if not os.path.isdir(os.path.join(args.src, "smartgen")):

@@ -248,7 +248,7 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
         python-socketio encodes an event before it looks up the room's participants, so an
         event for a room with none here (its owner is offline, or connected to another API
         process: with N processes that is most events) would be encoded for nobody; such
-        an event is dropped undecoded instead. Anything but an emit to one room passes."""
+        an event is skipped here instead. Anything but an emit to one room passes."""
         room = message.get("room")
         if message.get("method") != "emit" or not isinstance(room, str):
             return True

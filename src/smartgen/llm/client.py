@@ -127,10 +127,15 @@ def _completion_from_body(body: Any, fallback_model: str, secret: str | None = N
     )
 
 
+def _without_nul(value: str) -> str:
+    """Model text without NUL characters: PostgreSQL cannot store them, and they carry
+    nothing a reader sees."""
+    return value.replace("\x00", "")
+
+
 def _text(value: str) -> str:
-    """Model text as stored: trimmed, without NUL characters (PostgreSQL cannot store them,
-    and they carry nothing a reader sees)."""
-    return value.replace("\x00", "").strip()
+    """Model text as stored: trimmed, without NUL characters."""
+    return _without_nul(value).strip()
 
 
 def _chunk_deltas(chunk: Any) -> list[str]:
@@ -291,7 +296,7 @@ class ChatClient:
                         # raises the classified error
                         _completion_from_body(chunk, model, self._secret)
                     for delta in _chunk_deltas(chunk):
-                        piece = delta.replace("\x00", "")
+                        piece = _without_nul(delta)
                         if piece:
                             parts.append(piece)
                             yield piece

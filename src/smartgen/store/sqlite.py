@@ -276,18 +276,17 @@ class _Driver:
         return await self._pool.run(_statement(sql, args, _rowcount))
 
     @_unavailable
-    async def changes_each(
-        self, statements: list[tuple[str, Sequence[Any]]]
-    ) -> list[int | Exception]:
-        """Several commands in one trip and one transaction; each one's row count, or the
-        error that undid it alone."""
-        return await self._pool.run(_each_in_one_transaction(statements, _rowcount))
+    async def each(
+        self, statements: list[tuple[str, Sequence[Any]]], take: Callable[[sqlite3.Cursor], T]
+    ) -> list[T | Exception]:
+        """Several statements in one trip and one transaction; each one's result (`take`
+        reads it from its cursor), or the error that undid it alone."""
+        return await self._pool.run(_each_in_one_transaction(statements, take))
 
-    @_unavailable
-    async def first_rows_each(self, statements: list[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """Several statements in one trip and one transaction; each one's first row (None
-        if it had none), or the error that undid it alone."""
-        return await self._pool.run(_each_in_one_transaction(statements, _row))
+
+def _written(outcomes: list[int | Exception]) -> list[bool | Exception]:
+    """Row counts of single-row writes as "written or not", errors as they are."""
+    return [o if isinstance(o, Exception) else o == 1 for o in outcomes]
 
 
 class _Jobs(sqlrepo.CoalescedJobs):
@@ -302,11 +301,16 @@ class _Jobs(sqlrepo.CoalescedJobs):
     def __init__(self, driver: sqlrepo.Driver, statements: dict[str, str]) -> None:
         super().__init__(driver, statements)
         self.takes: Coalescer[tuple[Any, ...], Any] = Coalescer(
-            self._take_batch, concurrency=self.INSERT_FLUSHES, max_batch=self.INSERT_BATCH
+            self._take_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
         )
         self.completions: Coalescer[tuple[Any, ...], bool] = Coalescer(
-            self._complete_batch, concurrency=self.INSERT_FLUSHES, max_batch=self.INSERT_BATCH
+            self._complete_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
         )
+
+    async def _each(
+        self, statements: list[tuple[str, Sequence[Any]]], take: Callable[[sqlite3.Cursor], T]
+    ) -> list[T | Exception]:
+        return await cast(_Driver, self._db).each(statements, take)
 
     async def _take(self, args: tuple[Any, ...]) -> Any:
         return await self.takes.submit(args)
@@ -315,8 +319,7 @@ class _Jobs(sqlrepo.CoalescedJobs):
         if len(calls) == 1:
             return [await super()._take(calls[0])]
         sql = self._sql["job_take"]
-        statements: list[tuple[str, Sequence[Any]]] = [(sql, args) for args in calls]
-        return await cast(_Driver, self._db).first_rows_each(statements)
+        return await self._each([(sql, args) for args in calls], _row)
 
     async def _complete(self, args: tuple[Any, ...]) -> bool:
         return await self.completions.submit(args)
@@ -325,9 +328,7 @@ class _Jobs(sqlrepo.CoalescedJobs):
         if len(calls) == 1:
             return [await super()._complete(calls[0])]
         sql = self._sql["job_complete"]
-        statements: list[tuple[str, Sequence[Any]]] = [(sql, args) for args in calls]
-        outcomes = await cast(_Driver, self._db).changes_each(statements)
-        return [o if isinstance(o, Exception) else o == 1 for o in outcomes]
+        return _written(await self._each([(sql, args) for args in calls], _rowcount))
 
     async def _insert_many(self, rows: list[tuple[tuple[Any, ...], int]]) -> list[bool | Exception]:
         statements: list[tuple[str, Sequence[Any]]] = [
@@ -336,8 +337,7 @@ class _Jobs(sqlrepo.CoalescedJobs):
             else (self._sql["job_insert_under_cap"], (*values, cap))
             for values, cap in rows
         ]
-        outcomes = await cast(_Driver, self._db).changes_each(statements)
-        return [o if isinstance(o, Exception) else o == 1 for o in outcomes]
+        return _written(await self._each(statements, _rowcount))
 
 
 # --- the store --------------------------------------------------------------------------

@@ -266,8 +266,8 @@ class Suite:
                 await self.load(tool, "post", url, tokens_file, concurrency, WARMUP_SECONDS)
                 with RssSampler(api) as sampler:
                     async with self.profiled(api, f"api-ingest-post-c{concurrency}"):
-                        figures = await self.load(
-                            tool, "post", url, tokens_file, concurrency, plan.ingest_seconds
+                        figures = await self.measured_load(
+                            api, tool, "post", url, tokens_file, concurrency, plan.ingest_seconds
                         )
                 rss_load = max(rss_load, sampler.max_mb)
                 log(f"  POST c={concurrency}: {fmt_load(figures)}")
@@ -280,8 +280,8 @@ class Suite:
             for concurrency in CONCURRENCIES:
                 await self.load(tool, "get", url, pairs_file, concurrency, WARMUP_SECONDS)
                 with RssSampler(api) as sampler:
-                    figures = await self.load(
-                        tool, "get", url, pairs_file, concurrency, plan.ingest_seconds
+                    figures = await self.measured_load(
+                        api, tool, "get", url, pairs_file, concurrency, plan.ingest_seconds
                     )
                 rss_load = max(rss_load, sampler.max_mb)
                 log(f"  GET  c={concurrency}: {fmt_load(figures)}")
@@ -300,6 +300,26 @@ class Suite:
             }
         finally:
             await system.close()
+
+    async def measured_load(
+        self,
+        api: Proc,
+        tool: str,
+        mode: str,
+        url: str,
+        targets: Path,
+        concurrency: int,
+        seconds: float,
+    ) -> dict[str, Any]:
+        """`load`, plus the API's CPU time per answered request: a figure that depends
+        less than req/s on how fast the machine runs at that moment."""
+        cpu0 = api.cpu_seconds()
+        figures = await self.load(tool, mode, url, targets, concurrency, seconds)
+        answered = figures["ok"] + figures["non_ok"]
+        figures["api_cpu_ms_per_request"] = round(
+            (api.cpu_seconds() - cpu0) * 1000 / max(1, answered), 3
+        )
+        return figures
 
     async def load(
         self, tool: str, mode: str, url: str, targets: Path, concurrency: int, seconds: float
@@ -629,8 +649,11 @@ def _pct(value: float | None) -> str:
 
 def fmt_load(figures: dict[str, Any]) -> str:
     bad = figures.get("non_ok", 0) + figures.get("errors", 0)
-    return f"{figures['rps']:.0f} req/s, p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms" + (
-        f", {bad} failed" if bad else ""
+    cpu = figures.get("api_cpu_ms_per_request")
+    return (
+        f"{figures['rps']:.0f} req/s, p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms"
+        + (f", API CPU {cpu:.3f} ms/req" if cpu is not None else "")
+        + (f", {bad} failed" if bad else "")
     )
 
 
@@ -646,7 +669,7 @@ REPEAT_KEYS: dict[
 ] = {
     "ingest": (
         lambda f: _post_c64(f)["rps"],
-        lambda f: f"POST c=64 {_post_c64(f)['rps']:.0f} req/s p99 {_post_c64(f)['p99_ms']} ms",
+        lambda f: f"POST c=64 {fmt_load(_post_c64(f))}",
     ),
     "cost": (
         lambda f: f["total_cpu_ms_per_job"],
@@ -687,6 +710,8 @@ def rows_for(store: str, figures: dict[str, Any]) -> list[tuple[str, str, str, s
                 c = run["concurrency"]
                 name = "POST /generate-content" if kind == "post" else "GET /generate-content/:id"
                 value = f"{run['rps']:.0f} req/s, p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms"
+                if run.get("api_cpu_ms_per_request") is not None:
+                    value += f", {run['api_cpu_ms_per_request']:.2f} ms CPU"
                 failed = run.get("non_ok", 0) + run.get("errors", 0)
                 if failed:
                     value += f" ({failed} failed)"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
+import redis.asyncio as aioredis
 
 from smartgen.config import Settings
-from tests.conftest import ApiServer, register
+from smartgen.errors import ServiceUnavailable, TooManyRequests
+from smartgen.limits import RateLimiter
+from tests.conftest import ApiServer, RedisServer, free_port, register
 
 JOB = {"prompt": "limits", "contentType": "Blog Post Outline"}
 
@@ -113,3 +118,65 @@ async def test_cap_on_unfinished_jobs(settings: Settings) -> None:
         assert (
             await client.post("/generate-content", json=JOB, headers=bob["headers"])
         ).status_code == 202
+
+
+async def test_concurrent_hits_are_each_counted(redis_server: RedisServer, unique: str) -> None:
+    """A burst of concurrent hits: exactly `limit` pass per key, every hit is counted, and
+    each key keeps its own window."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    limiter = RateLimiter(client, prefix=f"t{unique}:rl")
+    outcomes: dict[str, list[int]] = {"alice": [], "bob": []}
+
+    async def one(user: str) -> None:
+        try:
+            await limiter.hit("generate", user, limit=5, window_seconds=30, fail_open=False)
+            outcomes[user].append(202)
+        except TooManyRequests as exc:
+            assert 1 <= int(exc.headers["Retry-After"]) <= 30
+            outcomes[user].append(429)
+
+    try:
+        await asyncio.gather(*(one("alice" if i % 3 else "bob") for i in range(60)))
+        assert outcomes["alice"].count(202) == 5 and outcomes["alice"].count(429) == 35
+        assert outcomes["bob"].count(202) == 5 and outcomes["bob"].count(429) == 15
+        counts = [int(await client.get(f"t{unique}:rl:generate:{u}")) for u in ("alice", "bob")]
+        assert counts == [40, 20]
+        ttl = await client.pttl(f"t{unique}:rl:generate:alice")
+        assert 0 < ttl <= 30_000
+        # Different windows at once: each key keeps its own.
+        await asyncio.gather(
+            limiter.hit("a", "x", limit=9, window_seconds=2, fail_open=False),
+            limiter.hit("b", "x", limit=9, window_seconds=60, fail_open=False),
+            limiter.hit("a", "y", limit=9, window_seconds=2, fail_open=False),
+        )
+        assert 0 < await client.pttl(f"t{unique}:rl:a:x") <= 2000
+        assert 2000 < await client.pttl(f"t{unique}:rl:b:x") <= 60_000
+    finally:
+        await client.delete(*[k async for k in client.scan_iter(f"t{unique}:rl:*")])
+        await client.aclose()
+
+
+async def test_rate_limiter_without_redis_fails_closed_or_open_for_every_caller(
+    unique: str,
+) -> None:
+    client = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    limiter = RateLimiter(client, prefix=f"t{unique}:rl")
+    try:
+        closed = await asyncio.gather(
+            *(
+                limiter.hit("generate", str(i), limit=5, window_seconds=30, fail_open=False)
+                for i in range(8)
+            ),
+            return_exceptions=True,
+        )
+        assert all(isinstance(x, ServiceUnavailable) for x in closed), closed
+        opened = await asyncio.gather(
+            *(
+                limiter.hit("login", str(i), limit=5, window_seconds=30, fail_open=True)
+                for i in range(8)
+            ),
+            return_exceptions=True,
+        )
+        assert opened == [None] * 8
+    finally:
+        await client.aclose()

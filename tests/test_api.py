@@ -228,6 +228,26 @@ async def test_health_and_docs(client: httpx.AsyncClient, api: ApiServer) -> Non
     assert (await client.get("/docs")).status_code == 200
     schema = (await client.get("/openapi.json")).json()
     assert "/generate-content/{jobId}/save" in schema["paths"]
+    # Every route behind a token shows the Bearer scheme (the docs' "Authorize" button);
+    # the public ones do not.
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    secured = {
+        f"{method.upper()} {path}"
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security") == [{"HTTPBearer": []}]
+    }
+    assert secured == {
+        "POST /generate-content",
+        "GET /generate-content",
+        "GET /generate-content/{jobId}",
+        "POST /generate-content/{jobId}/save",
+        "GET /contents",
+        "GET /contents/{contentId}",
+        "GET /auth/me",
+    }
+    body = schema["paths"]["/generate-content"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("/GenerationRequest")
 
 
 async def test_saved_contents_are_isolated(client: httpx.AsyncClient, api: ApiServer) -> None:

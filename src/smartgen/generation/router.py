@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query, Response, status
 
 from smartgen.content import service as content_service
 from smartgen.content.schemas import ContentOut, SaveRequest, content_out
-from smartgen.deps import CurrentUser, RuntimeDep
+from smartgen.deps import CurrentCaller
 from smartgen.errors import error_responses
 from smartgen.generation import service
 from smartgen.generation.schemas import GenerationRequest, JobOut, QueuedResponse, Status, job_out
@@ -24,13 +24,12 @@ router = APIRouter(
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
-async def queue_generation(
-    body: GenerationRequest, principal: CurrentUser, rt: RuntimeDep
-) -> QueuedResponse:
+async def queue_generation(body: GenerationRequest, caller: CurrentCaller) -> QueuedResponse:
     """Queue a content generation; it runs after GENERATION_DELAY_SECONDS."""
+    rt = caller.rt
     await rt.limiter.hit(
         "generate",
-        principal.user_id,
+        caller.user_id,
         limit=rt.settings.generate_rate_limit,
         window_seconds=rt.settings.generate_rate_window_seconds,
         fail_open=False,  # without Redis the job could not be queued anyway
@@ -39,7 +38,7 @@ async def queue_generation(
         store=rt.store,
         queue=rt.queue,
         settings=rt.settings,
-        user_id=principal.user_id,
+        user_id=caller.user_id,
         prompt=body.prompt,
         content_type=body.contentType,
     )
@@ -57,16 +56,15 @@ async def queue_generation(
 
 @router.get("", response_model_exclude_none=True)
 async def list_jobs(
-    principal: CurrentUser,
-    rt: RuntimeDep,
+    caller: CurrentCaller,
     limit: Annotated[int | None, Query(ge=1, description="Default 50, at most 200")] = None,
     status_filter: Annotated[Status | None, Query(alias="status")] = None,
 ) -> list[JobOut]:
     """The caller's jobs, newest first."""
-    settings = rt.settings
+    settings = caller.rt.settings
     limit = min(limit or settings.jobs_list_default_limit, settings.jobs_list_max_limit)
-    jobs = await rt.store.jobs.list_for_user(
-        principal.user_id,
+    jobs = await caller.rt.store.jobs.list_for_user(
+        caller.user_id,
         limit=limit,
         status=JobStatus(status_filter) if status_filter else None,
     )
@@ -74,9 +72,11 @@ async def list_jobs(
 
 
 @router.get("/{jobId}", response_model_exclude_none=True, responses=error_responses(404))
-async def get_job(jobId: str, principal: CurrentUser, rt: RuntimeDep) -> JobOut:
+async def get_job(jobId: str, caller: CurrentCaller) -> JobOut:
     """One of the caller's jobs: status, and the content once completed."""
-    return job_out(await service.get_job(store=rt.store, user_id=principal.user_id, job_id=jobId))
+    return job_out(
+        await service.get_job(store=caller.rt.store, user_id=caller.user_id, job_id=jobId)
+    )
 
 
 @router.post(
@@ -89,15 +89,15 @@ async def get_job(jobId: str, principal: CurrentUser, rt: RuntimeDep) -> JobOut:
 )
 async def save_job(
     jobId: str,
-    principal: CurrentUser,
-    rt: RuntimeDep,
+    caller: CurrentCaller,
     response: Response,
     body: Annotated[SaveRequest | None, Body()] = None,
 ) -> ContentOut:
     """Save a completed job's content into the permanent Content collection."""
-    job = await service.get_job(store=rt.store, user_id=principal.user_id, job_id=jobId)
+    store = caller.rt.store
+    job = await service.get_job(store=store, user_id=caller.user_id, job_id=jobId)
     content, created = await content_service.save_from_job(
-        store=rt.store, job=job, title=body.title if body else None
+        store=store, job=job, title=body.title if body else None
     )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -1035,7 +1035,9 @@ async def test_sqlite_uses_wal_and_creates_its_directory(backend: Backend) -> No
         from smartgen.store.sqlite import BUSY_TIMEOUT_MS, SqliteStore
 
         assert isinstance(store, SqliteStore)
-        busy = await store._pool.run(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0])
+        busy = await store._pool.run(
+            lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0], writes=False
+        )
         assert busy == BUSY_TIMEOUT_MS == 5000
 
 
@@ -1056,19 +1058,58 @@ async def test_sqlite_pool_keeps_a_connection_until_its_thread_is_done(backend: 
         ended.append("slow")
         return value
 
-    task = asyncio.create_task(store._pool.run(slow))
+    task = asyncio.create_task(store._pool.run(slow, writes=True))
     await asyncio.sleep(0.05)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert ended == []  # still running (about half a second here)
     assert store._pool._turns.locked()  # so its turn is not given away
+    assert store._pool._write_turn.locked()  # nor the process's write turn
     # The only connection is still busy in its thread: this call waits for it.
     user = make_user()
     await asyncio.wait_for(store.users.create(user), 30)
     assert ended == ["slow"]
     assert await store.users.get(user.user_id) == user
     assert len(store._pool._idle) == 1
+
+
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_writes_of_one_process_never_meet_in_the_busy_handler(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no busy timeout at all, any two writes of this process that reached SQLite's
+    lock together would fail ("database is locked"): every write of a burst of every kind
+    (single statements and batched transactions) succeeds, while reads run beside them."""
+    from smartgen.store import sqlite
+
+    store = sqlite.SqliteStore(backend.url, pool_size=8, timeout=30)
+    backend.opened.append(store)
+    await store.init()
+    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT_MS", 0)  # connections opened from here on
+    users = [make_user() for _ in range(20)]
+    jobs = [make_job(u.user_id) for u in users for _ in range(3)]
+    await asyncio.gather(*(store.users.create(u) for u in users))
+    created = await asyncio.gather(
+        *(store.jobs.create(j, max_unfinished=5) for j in jobs),
+        *(store.users.get(u.user_id) for u in users),
+    )
+    assert created[: len(jobs)] == [True] * len(jobs)
+    assert created[len(jobs) :] == users
+    taken = await asyncio.gather(
+        *(store.jobs.mark_processing(j.job_id, at=utcnow(), attempt=1) for j in jobs)
+    )
+    assert all(t is not None for t in taken)
+    done = await asyncio.gather(
+        *(
+            store.jobs.mark_completed(j.job_id, result=Completion("x", "m"), at=utcnow())
+            for j in jobs
+        ),
+        *(store.contents.create_once(make_content(j.user_id, j.job_id)) for j in jobs[:20]),
+    )
+    assert done[: len(jobs)] == [True] * len(jobs)
+    assert all(saved for _, saved in done[len(jobs) :])
+    assert len(store._pool._idle) > 1  # the reads and writes did use several connections
 
 
 def backend_kind(store: Store) -> str:

@@ -20,6 +20,7 @@ aware UTC. `usage` is JSON text.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import sqlite3
@@ -79,11 +80,17 @@ def _limit(n: int) -> int:
 # --- connections ------------------------------------------------------------------------
 class _Pool:
     """Up to `size` connections to one file and as many threads, entered in turn
-    (`turns.py`)."""
+    (`turns.py`). Writes also take this process's one write turn first: SQLite lets one
+    writer in at a time, and a writer that finds the file locked waits in SQLite's busy
+    handler, which sleeps 1, 2, 5, 10 … 100 ms between tries whatever the lock's holder
+    does. Two of this process's writes never meet there; they queue here, and the next
+    one starts the moment the last one ends. (Another process's writer — the worker's,
+    or another API process's — still meets them in the busy handler.)"""
 
     def __init__(self, path: str, *, size: int, timeout: float) -> None:
         self._path = path
         self._turns = Turns(size, timeout)
+        self._write_turn = Turns(1, timeout)
         self._idle: list[sqlite3.Connection] = []
         self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="smartgen-sqlite")
         self._closed = False
@@ -105,13 +112,23 @@ class _Pool:
             raise
         return conn
 
-    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work(connection)` in a pool thread, on a connection no one else is using."""
+    async def run(self, work: Callable[[sqlite3.Connection], T], *, writes: bool) -> T:
+        """`work(connection)` in a pool thread, on a connection no one else is using;
+        `writes`: after the write turn."""
         loop = asyncio.get_running_loop()
+        if writes:
+            try:
+                await self._write_turn.acquire()
+            except TimeoutError as error:
+                raise _NoConnection("the write turn did not come in time") from error
         try:
             await self._turns.acquire()
-        except TimeoutError as error:
-            raise _NoConnection("no database connection came free in time") from error
+        except BaseException as error:
+            if writes:
+                self._write_turn.release()
+            if isinstance(error, TimeoutError):
+                raise _NoConnection("no database connection came free in time") from error
+            raise
         conn = self._idle.pop() if self._idle else None
 
         def call() -> _Outcome[T]:
@@ -130,23 +147,24 @@ class _Pool:
                 raise _NoConnection("the store is closed")
             job = self._threads.submit(call)
         except BaseException:
-            self._give_back(_Outcome(conn, None, None))
+            self._give_back(_Outcome(conn, None, None), writes)
             raise
         try:
             outcome = await asyncio.wrap_future(job)
         except asyncio.CancelledError:
-            # The thread may still use the connection: it comes back when the thread is done.
+            # The thread may still use the connection (and hold the file's write lock): both
+            # come back when the thread is done.
             job.add_done_callback(
-                lambda done: loop.call_soon_threadsafe(self._give_back, done.result())
+                lambda done: loop.call_soon_threadsafe(self._give_back, done.result(), writes)
             )
             raise
-        self._give_back(outcome)
+        self._give_back(outcome, writes)
         if outcome.error is not None:
             raise outcome.error
         return outcome.result  # type: ignore[return-value]
 
-    def _give_back(self, outcome: _Outcome[Any]) -> None:
-        """Release the turn; keep the connection unless the store closed or an operational
+    def _give_back(self, outcome: _Outcome[Any], writes: bool) -> None:
+        """Release the turns; keep the connection unless the store closed or an operational
         error (I/O, locked past busy_timeout, …) may have left it unusable. A statement
         error (a constraint, …) leaves it usable: every statement autocommits."""
         try:
@@ -162,6 +180,8 @@ class _Pool:
                 conn.close()
         finally:
             self._turns.release()
+            if writes:
+                self._write_turn.release()
 
     async def close(self) -> None:
         self._closed = True
@@ -229,6 +249,12 @@ def _each_in_one_transaction(
     return work
 
 
+@functools.lru_cache(maxsize=256)
+def _writes(sql: str) -> bool:
+    """Whether a statement writes (the repositories' statements are a fixed set)."""
+    return sql.lstrip().split(None, 1)[0].upper() != "SELECT"
+
+
 def _rows(cursor: sqlite3.Cursor) -> list[Any]:
     return cursor.fetchall()
 
@@ -265,15 +291,15 @@ class _Driver:
 
     @_unavailable
     async def one(self, sql: str, args: Sequence[Any]) -> Any:
-        return await self._pool.run(_statement(sql, args, _row))
+        return await self._pool.run(_statement(sql, args, _row), writes=_writes(sql))
 
     @_unavailable
     async def all(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        return await self._pool.run(_statement(sql, args, _rows))
+        return await self._pool.run(_statement(sql, args, _rows), writes=_writes(sql))
 
     @_unavailable
     async def changes(self, sql: str, args: Sequence[Any]) -> int:
-        return await self._pool.run(_statement(sql, args, _rowcount))
+        return await self._pool.run(_statement(sql, args, _rowcount), writes=_writes(sql))
 
     @_unavailable
     async def each(
@@ -281,7 +307,7 @@ class _Driver:
     ) -> list[T | Exception]:
         """Several statements in one trip and one transaction; each one's result (`take`
         reads it from its cursor), or the error that undid it alone."""
-        return await self._pool.run(_each_in_one_transaction(statements, take))
+        return await self._pool.run(_each_in_one_transaction(statements, take), writes=True)
 
 
 def _written(outcomes: list[int | Exception]) -> list[bool | Exception]:
@@ -355,7 +381,7 @@ class SqliteStore(sqlrepo.DirectStore):
 
     async def ping(self) -> None:
         try:
-            await self._pool.run(_statement("SELECT 1", (), _row))
+            await self._pool.run(_statement("SELECT 1", (), _row), writes=False)
         except Exception as error:
             if _is_unavailable(error):
                 raise StoreUnavailable("SQLite does not answer") from error

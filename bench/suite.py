@@ -709,12 +709,7 @@ def rows_for(store: str, figures: dict[str, Any]) -> list[tuple[str, str, str, s
             for run in ingest[kind]:
                 c = run["concurrency"]
                 name = "POST /generate-content" if kind == "post" else "GET /generate-content/:id"
-                value = f"{run['rps']:.0f} req/s, p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms"
-                if run.get("api_cpu_ms_per_request") is not None:
-                    value += f", {run['api_cpu_ms_per_request']:.2f} ms CPU"
-                failed = run.get("non_ok", 0) + run.get("errors", 0)
-                if failed:
-                    value += f" ({failed} failed)"
+                value = fmt_load(run)
                 target, ok = "", None
                 if kind == "post" and c == 64:
                     target = (

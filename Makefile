@@ -30,6 +30,7 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
+	cd src && ../$(BIN)/lint-imports ../pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -359,55 +359,61 @@ class Probe:
 
 
 class SqlProbe(Probe):
+    """Plain SQL on a connection of its own per read (asyncpg, or sqlite3 in a thread):
+    independent of smartgen's code, so a before/after run (`--src`) reads both alike."""
+
+    COLUMNS = (
+        "job_id, user_id, status, scheduled_for, started_at, completed_at, failed_at, attempts"
+    )
+
     def __init__(self, database_url: str) -> None:
-        from sqlalchemy.ext.asyncio import create_async_engine
-        from sqlalchemy.pool import NullPool
+        scheme, _, rest = database_url.partition("://")
+        self.sqlite = scheme.startswith("sqlite")
+        self.target = rest[1:] if self.sqlite else "postgresql://" + rest
 
-        from smartgen.store.sql import sql_url
+    async def _rows(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.sqlite:
+            import sqlite3
 
-        self.engine = create_async_engine(sql_url(database_url), poolclass=NullPool)
+            def read() -> list[tuple[Any, ...]]:
+                conn = sqlite3.connect(self.target, timeout=30)
+                try:
+                    return [tuple(r) for r in conn.execute(sql).fetchall()]
+                finally:
+                    conn.close()
+
+            return await asyncio.to_thread(read)
+        import asyncpg
+
+        conn = await asyncpg.connect(self.target, timeout=10)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    @staticmethod
+    def _dt(value: Any) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value.astimezone(UTC) if isinstance(value, datetime) else None
+        return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
     async def counts(self) -> dict[str, int]:
-        from sqlalchemy import func, select
-
-        from smartgen.store.sql import jobs
-
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
-            ).all()
+        rows = await self._rows("SELECT status, count(*) FROM jobs GROUP BY status")
         return {str(status): int(n) for status, n in rows}
 
     async def jobs(self) -> list[dict[str, Any]]:
-        from sqlalchemy import select
-
-        from smartgen.store.sql import jobs
-
-        cols = [
-            jobs.c.job_id,
-            jobs.c.user_id,
-            jobs.c.status,
-            jobs.c.scheduled_for,
-            jobs.c.started_at,
-            jobs.c.completed_at,
-            jobs.c.failed_at,
-            jobs.c.attempts,
-        ]
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(*cols))).all()
-        return [row._asdict() for row in rows]
+        names = [c.strip() for c in self.COLUMNS.split(",")]
+        out = []
+        for row in await self._rows(f"SELECT {self.COLUMNS} FROM jobs"):
+            job = dict(zip(names, row, strict=True))
+            for key in ("scheduled_for", "started_at", "completed_at", "failed_at"):
+                job[key] = self._dt(job[key])
+            out.append(job)
+        return out
 
     async def sample(self, limit: int) -> list[tuple[str, str]]:
-        from sqlalchemy import select
-
-        from smartgen.store.sql import jobs
-
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(jobs.c.user_id, jobs.c.job_id).limit(limit))).all()
+        rows = await self._rows(f"SELECT user_id, job_id FROM jobs LIMIT {int(limit)}")
         return [(str(u), str(j)) for u, j in rows]
-
-    async def close(self) -> None:
-        await self.engine.dispose()
 
 
 class MongoProbe(Probe):
@@ -790,7 +796,7 @@ def percentile(values: list[float], q: float) -> float | None:
 def ms_between(later: datetime | None, earlier: datetime | None) -> float | None:
     if later is None or earlier is None:
         return None
-    from smartgen.times import as_utc
+    from smartgen.kit.times import as_utc
 
     return (as_utc(later) - as_utc(earlier)).total_seconds() * 1000
 

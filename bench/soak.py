@@ -172,7 +172,7 @@ class ChannelTap:
     def _run(self) -> None:
         import redis
 
-        from smartgen.realtime import manager_messages
+        from smartgen.realtime.batched_relay import manager_messages
 
         client = redis.Redis.from_url(self.url)
         pubsub = client.pubsub()
@@ -245,7 +245,7 @@ def _spread(values: list[float]) -> dict[str, float | None]:
 def as_epoch(value: Any) -> float | None:
     if value is None:
         return None
-    from smartgen.times import as_utc
+    from smartgen.kit.times import as_utc
 
     return float(as_utc(value).timestamp())
 

@@ -22,9 +22,9 @@ import httpx
 import pytest
 import uvicorn
 
-from smartgen.app import create_app
+from smartgen.api.app import create_app
 from smartgen.config import Settings
-from smartgen.embedded import redis_binary
+from smartgen.server.embedded import redis_binary
 from tests.fakellm import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,8 +182,8 @@ class ApiServer:
             await asyncio.wait_for(self._task, 15)
 
     @property
-    def runtime(self) -> Any:
-        return self.app.fastapi_app.state.runtime
+    def services(self) -> Any:
+        return self.app.http.state.services
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ async def test_queue_returns_seed_shape(client: httpx.AsyncClient, api: ApiServe
     assert job["contentType"] == "Blog Post Outline"
     assert "error" not in job
     # The job is in the queue as a delayed bullmq job with our id.
-    assert await api.runtime.queue.state(body["jobId"]) in {"delayed", "waiting", "active"}
+    assert await api.services.queue.state(body["jobId"]) in {"delayed", "waiting", "active"}
 
 
 @pytest.mark.parametrize(
@@ -224,7 +224,7 @@ async def test_health_and_docs(client: httpx.AsyncClient, api: ApiServer) -> Non
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     r = await client.get("/readyz")
     assert r.status_code == 200
-    assert r.json()["checks"] == {api.runtime.store.name: "ok", "redis": "ok"}
+    assert r.json()["checks"] == {api.services.store.name: "ok", "redis": "ok"}
     assert (await client.get("/docs")).status_code == 200
     schema = (await client.get("/openapi.json")).json()
     assert "/generate-content/{jobId}/save" in schema["paths"]
@@ -251,7 +251,7 @@ async def test_health_and_docs(client: httpx.AsyncClient, api: ApiServer) -> Non
 
 
 async def test_saved_contents_are_isolated(client: httpx.AsyncClient, api: ApiServer) -> None:
-    from smartgen.store.base import Completion
+    from smartgen.models import Completion
 
     alice, bob = await register(client), await register(client)
     r = await client.post(
@@ -260,9 +260,9 @@ async def test_saved_contents_are_isolated(client: httpx.AsyncClient, api: ApiSe
         headers=alice["headers"],
     )
     job_id = r.json()["jobId"]
-    store = api.runtime.store
+    store = api.services.store
     # Complete it through the store, as the worker would.
-    from smartgen.times import utcnow
+    from smartgen.kit.times import utcnow
 
     assert await store.jobs.mark_processing(job_id, at=utcnow(), attempt=1)
     completion = Completion(content="## Private\n\ntext", model="m")
@@ -290,16 +290,12 @@ async def test_a_title_with_nul_is_refused(client: httpx.AsyncClient) -> None:
     assert "title: must not contain NUL" in r.json()["message"]
 
 
-async def test_heap_settles_after_start_up_only_when_asked(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from smartgen import heap
-    from smartgen.app import create_app
+async def test_on_started_runs_after_start_up_only_when_given(settings: Settings) -> None:
+    from smartgen.api.app import create_app
 
     calls: list[bool] = []
-    monkeypatch.setattr(heap, "settle_heap", lambda: calls.append(True))
-    for settle in (False, True):
-        app = create_app(settings, settle_heap=settle).fastapi_app
+    for hook in (None, lambda: calls.append(True)):
+        app = create_app(settings, on_started=hook).http
         async with app.router.lifespan_context(app):
-            assert app.state.runtime.store is not None  # after start-up
+            assert app.state.services.store is not None  # after start-up
     assert calls == [True]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from smartgen.batching import Coalescer
+from smartgen.kit.batching import Coalescer
 
 
 class Recorder:

@@ -431,7 +431,7 @@ def test_fastapi_telemetry_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) 
 
     from fastapi import FastAPI
 
-    from smartgen.app import _telemetry_option
+    from smartgen.api.app import _telemetry_option
 
     off = settings(monkeypatch, JWT_SECRET=STRONG_SECRET)
     on = settings(monkeypatch, JWT_SECRET=STRONG_SECRET, OTEL_ENABLED="true")
@@ -452,7 +452,7 @@ def test_fastapi_telemetry_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) 
 def test_settle_heap_freezes_start_up_objects() -> None:
     import gc
 
-    from smartgen.heap import settle_heap
+    from smartgen.server.heap import settle_heap
 
     threshold = gc.get_threshold()
     try:

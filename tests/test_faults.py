@@ -60,7 +60,7 @@ async def test_reconciler_requeues_jobs_redis_lost(
         r = aioredis.from_url(private_redis.url)
         await r.flushall()
         await r.aclose()
-        assert await api.runtime.queue.state(queued["jobId"]) == "unknown"
+        assert await api.services.queue.state(queued["jobId"]) == "unknown"
         async with running_worker(s):
             job = await wait_for_status(
                 client, queued["jobId"], user["headers"], {"completed", "failed"}
@@ -83,7 +83,7 @@ async def test_reconciler_fails_jobs_past_max_age(
     async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as client:
         user = await register(client)
         queued = await queue(client, user["headers"], f"x [old-{unique}]")
-        await api.runtime.queue.remove(queued["jobId"])
+        await api.services.queue.remove(queued["jobId"])
         await asyncio.sleep(1.0)
         async with running_worker(s):
             job = await wait_for_status(

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from smartgen import jsoncodec
+from smartgen.kit import jsoncodec
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import asyncio
 import httpx
 import redis.asyncio as aioredis
 
+from smartgen.api.ratelimit import RateLimiter
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable, TooManyRequests
-from smartgen.limits import RateLimiter
 from tests.conftest import ApiServer, RedisServer, free_port, register
 
 JOB = {"prompt": "limits", "contentType": "Blog Post Outline"}

@@ -16,7 +16,7 @@ import pytest
 
 from smartgen.config import Settings
 from smartgen.llm.client import ChatClient, LLMError, parse_retry_after
-from smartgen.store.base import Completion
+from smartgen.models import Completion
 from tests.conftest import free_port
 from tests.fakellm import FakeLLM, Reply
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import socketio
 
-from smartgen.sticky import owner_in_query, route_of, sid_owner
+from smartgen.server.sticky import owner_in_query, route_of, sid_owner
 from tests.conftest import Process, free_port, register, wait_http
 from tests.fakellm import FakeLLM
 

@@ -1,12 +1,13 @@
 """The repository contract (store/base.py), one suite run against every store: MongoDB (the
 wire-protocol test server), PostgreSQL (a real server on 127.0.0.1:5432, in a database this
-session creates and drops) through both the asyncpg store (`postgresql`, the one deployments
-use) and the SQLAlchemy store (`postgresql-sqlalchemy`), and SQLite (a file under tmp_path)."""
+session creates and drops) and SQLite (a file under tmp_path), the SQL stores each on their
+fair pool (the default) and on the libraries' own (`-stockpool`, DB_FAIR_POOL=false)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -15,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,13 +23,16 @@ from bson import ObjectId
 
 from smartgen.config import ConfigError
 from smartgen.errors import Conflict, StoreUnavailable
+from smartgen.kit.times import utcnow
+from smartgen.models import Completion, Content, Job, JobStatus, User
 from smartgen.store import describe_store, open_store
-from smartgen.store.base import Completion, Content, Job, JobStatus, Store, User
-from smartgen.times import utcnow
+from smartgen.store.base import Store
 from tests.conftest import free_port
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
-BACKENDS = ["mongodb", "postgresql", "postgresql-sqlalchemy", "sqlite", "sqlite-sqlalchemy"]
+# "-stockpool": the same store on the libraries' own pools (DB_FAIR_POOL=false).
+BACKENDS = ["mongodb", "postgresql", "postgresql-stockpool", "sqlite", "sqlite-stockpool"]
+DATA = Path(__file__).parent / "data"
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
 
@@ -104,9 +107,9 @@ class Backend:
 @pytest.fixture(params=BACKENDS)
 def backend_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     from smartgen.store.mongo import MongoStore
-    from smartgen.store.postgres import PostgresStore
-    from smartgen.store.sql import SqlStore
-    from smartgen.store.sqlite import SqliteStore
+    from smartgen.store.sql.postgres import PostgresStore
+    from smartgen.store.sql.sqlite import SqliteStore
+    from smartgen.store.sql.url import parse_database_url as parse
 
     if request.param == "mongodb":
         uri = request.getfixturevalue("mongo_uri")
@@ -116,30 +119,23 @@ def backend_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
             lambda: MongoStore(uri, database),
             lambda: MongoStore(f"mongodb://127.0.0.1:{free_port()}", "x", timeout_ms=300),
         )
-    if request.param == "postgresql":
+    fair = not request.param.endswith("-stockpool")
+    if request.param.startswith("postgresql"):
         url = request.getfixturevalue("pg_database")
+        nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
         return Backend(
             "postgresql",
-            lambda: PostgresStore(url),
-            lambda: PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout=2),
-            url=url,
-        )
-    if request.param == "postgresql-sqlalchemy":
-        url = request.getfixturevalue("pg_database")
-        return Backend(
-            "postgresql",
-            lambda: SqlStore(url),
-            lambda: SqlStore(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout=2),
+            lambda: PostgresStore(parse(url), fair_pool=fair),
+            lambda: PostgresStore(parse(nowhere), timeout=2, fair_pool=fair),
             url=url,
         )
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the data directory should be")
     url = f"sqlite:///{tmp_path / 'data' / 'smartgen.db'}"
-    store_class = SqliteStore if request.param == "sqlite" else SqlStore
     return Backend(
         "sqlite",
-        lambda: store_class(url),
-        lambda: store_class(f"sqlite:///{blocker / 'smartgen.db'}"),
+        lambda: SqliteStore(parse(url), fair_pool=fair),
+        lambda: SqliteStore(parse(f"sqlite:///{blocker / 'smartgen.db'}"), fair_pool=fair),
         url=url,
     )
 
@@ -659,28 +655,42 @@ async def test_contents_get_list_and_isolation(store: Store) -> None:
 # --- SQL specifics ------------------------------------------------------------------------
 SQL_ONLY = pytest.mark.parametrize(
     "backend_spec",
-    ["postgresql", "postgresql-sqlalchemy", "sqlite", "sqlite-sqlalchemy"],
+    ["postgresql", "postgresql-stockpool", "sqlite", "sqlite-stockpool"],
     indirect=True,
 )
 
 
+async def raw_sql(backend: Backend, statement: str) -> list[tuple[Any, ...]]:
+    """Run one statement on the backend's database outside the store; its rows."""
+    if backend.name == "postgresql":
+        import asyncpg
+
+        conn = await asyncpg.connect(backend.url, timeout=5)
+        try:
+            return [tuple(r) for r in await conn.fetch(statement)]
+        finally:
+            await conn.close()
+    import sqlite3
+
+    def run() -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(backend.url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            return [tuple(r) for r in conn.execute(statement).fetchall()]
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(run)
+
+
 @SQL_ONLY
 async def test_schema_version_is_recorded_and_a_newer_one_refused(backend: Backend) -> None:
-    from sqlalchemy import select, update
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from smartgen.store.sql import SCHEMA_VERSION, schema_version, sql_url
+    from smartgen.store.sql.schema import SCHEMA_VERSION
 
     store = backend.open()
     await store.init()
-    engine = create_async_engine(sql_url(backend.url), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            rows = (await conn.execute(select(schema_version.c.id, schema_version.c.version))).all()
-            assert [tuple(r) for r in rows] == [(1, SCHEMA_VERSION)]
-            await conn.execute(update(schema_version).values(version=SCHEMA_VERSION + 1))
-    finally:
-        await engine.dispose()
+    rows = await raw_sql(backend, "SELECT id, version FROM schema_version")
+    assert rows == [(1, SCHEMA_VERSION)]
+    await raw_sql(backend, f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}")
     newer = backend.open()
     with pytest.raises(ConfigError, match="newer than this smartgen understands"):
         await newer.init()
@@ -934,7 +944,7 @@ async def test_postgres_pool_is_bounded_fair_and_drops_interrupted_connections(
 ) -> None:
     import asyncpg
 
-    from smartgen.store import postgres
+    from smartgen.store.sql import fair_pool, postgres
 
     store = postgres.PostgresStore(backend.url, pool_size=2, timeout=1.0)
     backend.opened.append(store)
@@ -992,7 +1002,7 @@ async def test_postgres_pool_is_bounded_fair_and_drops_interrupted_connections(
     assert await store.users.get(user.user_id) == user
 
     # Idle connections past their lifetime are closed.
-    monkeypatch.setattr(postgres, "IDLE_LIFETIME_SECONDS", 0.0)
+    monkeypatch.setattr(fair_pool, "IDLE_LIFETIME_SECONDS", 0.0)
     await asyncio.gather(*(call(i) for i in range(4)))
     assert len(pool._idle) <= 1
 
@@ -1002,14 +1012,13 @@ async def test_postgres_pool_is_bounded_fair_and_drops_interrupted_connections(
 
 
 def test_postgres_dsn_keeps_libpq_spelling() -> None:
-    from smartgen.store.postgres import asyncpg_dsn
-    from smartgen.store.sql import sql_url
+    from smartgen.store.sql.url import parse_database_url
 
-    dsn = asyncpg_dsn(sql_url("postgres://u:p%40ss@db.example:6543/app?sslmode=require"))
-    assert dsn == "postgresql://u:p%40ss@db.example:6543/app?sslmode=require"
+    url = parse_database_url("postgres://u:p%40ss@db.example:6543/app?sslmode=require")
+    assert url.target == "postgresql://u:p%40ss@db.example:6543/app?sslmode=require"
 
 
-@pytest.mark.parametrize("backend_spec", ["sqlite", "sqlite-sqlalchemy"], indirect=True)
+@pytest.mark.parametrize("backend_spec", ["sqlite", "sqlite-stockpool"], indirect=True)
 async def test_sqlite_uses_wal_and_creates_its_directory(backend: Backend) -> None:
     import sqlite3
 
@@ -1032,7 +1041,8 @@ async def test_sqlite_uses_wal_and_creates_its_directory(backend: Backend) -> No
 
     assert await asyncio.to_thread(pragmas) == ("wal", 1)
     if backend_kind(store) == "sqlite":
-        from smartgen.store.sqlite import BUSY_TIMEOUT_MS, SqliteStore
+        from smartgen.store.sql.sqlite import SqliteStore
+        from smartgen.store.sql.sqlite_pool import BUSY_TIMEOUT_MS
 
         assert isinstance(store, SqliteStore)
         busy = await store._pool.run(
@@ -1045,7 +1055,7 @@ async def test_sqlite_uses_wal_and_creates_its_directory(backend: Backend) -> No
 async def test_sqlite_pool_keeps_a_connection_until_its_thread_is_done(backend: Backend) -> None:
     """A call cancelled while its statement runs in a pool thread: the connection is
     not handed to anyone else until that statement ends, then it is reused."""
-    from smartgen.store.sqlite import SqliteStore
+    from smartgen.store.sql.sqlite import SqliteStore
 
     store = SqliteStore(backend.url, pool_size=1, timeout=30)
     backend.opened.append(store)
@@ -1064,8 +1074,10 @@ async def test_sqlite_pool_keeps_a_connection_until_its_thread_is_done(backend: 
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert ended == []  # still running (about half a second here)
-    assert store._pool._turns.locked()  # so its turn is not given away
-    assert store._pool._write_turn.locked()  # nor the process's write turn
+    # So its turn is not given away: a read finds no connection free.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store._pool.run(lambda conn: 1, writes=False), 0.2)
+    assert ended == []
     # The only connection is still busy in its thread: this call waits for it.
     user = make_user()
     await asyncio.wait_for(store.users.create(user), 30)
@@ -1081,12 +1093,12 @@ async def test_sqlite_writes_of_one_process_never_meet_in_the_busy_handler(
     """With no busy timeout at all, any two writes of this process that reached SQLite's
     lock together would fail ("database is locked"): every write of a burst of every kind
     (single statements and batched transactions) succeeds, while reads run beside them."""
-    from smartgen.store import sqlite
+    from smartgen.store.sql import sqlite, sqlite_pool
 
     store = sqlite.SqliteStore(backend.url, pool_size=8, timeout=30)
     backend.opened.append(store)
     await store.init()
-    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT_MS", 0)  # connections opened from here on
+    monkeypatch.setattr(sqlite_pool, "BUSY_TIMEOUT_MS", 0)  # connections opened from here on
     users = [make_user() for _ in range(20)]
     jobs = [make_job(u.user_id) for u in users for _ in range(3)]
     await asyncio.gather(*(store.users.create(u) for u in users))
@@ -1116,80 +1128,99 @@ def backend_kind(store: Store) -> str:
     return "sqlite" if type(store).__name__ == "SqliteStore" else "other"
 
 
-@pytest.mark.parametrize("backend_spec", ["sqlite-sqlalchemy"], indirect=True)
-async def test_sqlite_files_are_shared_by_both_sql_stores(backend: Backend) -> None:
-    """The sqlite3 store and the SQLAlchemy store read and write the same file format:
-    datetimes as naive UTC text, JSON as text, the same transitions."""
-    from smartgen.store.sqlite import SqliteStore
-
-    old = backend.open()
-    await old.init()
-    new = SqliteStore(backend.url)
-    backend.opened.append(new)
-    user = make_user()
-    await old.users.create(user)
-    assert await new.users.get(user.user_id) == user
-    job = make_job(user.user_id)
-    assert await new.jobs.create(job, max_unfinished=5)
-    assert await old.jobs.get(job.job_id) == job
-    at = T0 + timedelta(seconds=61, microseconds=123456)
-    taken = await old.jobs.mark_processing(job.job_id, at=at, attempt=1, owner="m1")
-    assert taken is not None
-    assert await new.jobs.get(job.job_id) == taken
-    result = Completion(content="# Done", model="fake/model-1", usage={"total_tokens": 7})
-    assert await new.jobs.mark_completed(job.job_id, result=result, at=at)
-    both = [await s.jobs.get(job.job_id) for s in (old, new)]
-    assert both[0] == both[1]
-    assert both[0] is not None and both[0].usage == {"total_tokens": 7}
-    assert [j.job_id for j in await old.jobs.list_changed_since(user.user_id, T0, limit=5)] == [
-        job.job_id
-    ]
-    assert [j.job_id for j in await new.jobs.list_changed_since(user.user_id, T0, limit=5)] == [
-        job.job_id
+@SQL_ONLY
+async def test_a_database_written_by_smartgen_0_1_opens_unchanged(backend: Backend) -> None:
+    """smartgen 0.1 created schema version 1 through SQLAlchemy's `create_all`; its DDL and
+    rows (as it wrote them) are kept in tests/data. Today's store opens such a database
+    without changing it, reads every record back and runs the transitions on it."""
+    dialect = backend.name
+    if dialect == "sqlite":
+        Path(backend.url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    ddl = (DATA / f"schema_v1_sqlalchemy_{dialect}.sql").read_text()
+    for statement in filter(str.strip, ddl.split(";")):
+        await raw_sql(backend, statement)
+    store = backend.open()
+    await store.init()
+    assert await raw_sql(backend, "SELECT id, version FROM schema_version") == [(1, 1)]
+    at = datetime(2026, 1, 11, 19, 34, 18, 356000, tzinfo=UTC)
+    user = await store.users.get("65a0411b9c1e4c0b8f3a7d21")
+    assert user == User("65a0411b9c1e4c0b8f3a7d21", "ada@example.com", "$argon2id$stub", at)
+    job = await store.jobs.get("7f0c5e9a-1111-4b8e-9d1f-2a3b4c5d6e7f")
+    assert job is not None
+    assert (job.status, job.usage, job.scheduled_for, job.attempts) == (
+        JobStatus.completed,
+        {"total_tokens": 7},
+        at + timedelta(seconds=60),
+        1,
+    )
+    assert job.generated_content == "# Sourdough"
+    content = await store.contents.get_for_user(
+        "0c9d8e7f-2222-4a1b-8c3d-4e5f6a7b8c9d", user.user_id
+    )
+    assert content is not None and content.title == "Sourdough" and content.created_at == at
+    queued = await store.jobs.get("7f0c5e9a-3333-4b8e-9d1f-2a3b4c5d6e7f")
+    assert queued is not None and queued.status == JobStatus.queued
+    taken = await store.jobs.mark_processing(queued.job_id, at=at, attempt=1, owner="m1")
+    assert taken is not None and taken.status == JobStatus.processing
+    result = Completion(content="# Done", model="fake/model-1", usage={"total_tokens": 9})
+    assert await store.jobs.mark_completed(queued.job_id, result=result, at=at)
+    assert [j.job_id for j in await store.jobs.list_for_user(user.user_id, limit=5)] == [
+        queued.job_id,
+        job.job_id,
     ]
 
 
 @pytest.mark.parametrize(
-    ("raw", "driver"),
+    ("raw", "backend", "target"),
     [
-        ("postgresql://u:p@db.example:6543/app", "postgresql+asyncpg"),
-        ("postgres://u:p@db.example:6543/app", "postgresql+asyncpg"),
-        ("postgresql+asyncpg://u:p@db.example:6543/app", "postgresql+asyncpg"),
-        ("sqlite:///rel/smartgen.db", "sqlite+aiosqlite"),
-        ("sqlite+aiosqlite:////abs/smartgen.db", "sqlite+aiosqlite"),
+        ("postgresql://u:p@db.example:6543/app", "postgresql", "postgresql://u:p@db.example:6543/app"),
+        ("postgres://u:p@db.example:6543/app", "postgresql", "postgresql://u:p@db.example:6543/app"),
+        (
+            "postgresql+asyncpg://u:p@db.example:6543/app",
+            "postgresql",
+            "postgresql://u:p@db.example:6543/app",
+        ),
+        ("sqlite:///rel/smartgen.db", "sqlite", os.path.abspath("rel/smartgen.db")),
+        ("sqlite+aiosqlite:////abs/smartgen.db", "sqlite", "/abs/smartgen.db"),
     ],
 )
-def test_database_urls_are_normalised(raw: str, driver: str) -> None:
-    from smartgen.store.sql import sql_url
+def test_database_urls_are_normalised(raw: str, backend: str, target: str) -> None:
+    from smartgen.store.sql.url import parse_database_url
 
-    url = sql_url(raw)
-    assert url.drivername == driver
-    if driver.startswith("postgresql"):
-        assert (url.host, url.port, url.database, url.password) == ("db.example", 6543, "app", "p")
-
-
-def test_sslmode_becomes_asyncpg_ssl() -> None:
-    from smartgen.store.sql import sql_url
-
-    url = sql_url("postgres://u@h/db?sslmode=require")
-    assert dict(url.query) == {"ssl": "require"}
+    url = parse_database_url(raw)
+    assert (url.backend, url.target) == (backend, target)
+    assert "p@" not in url.description
 
 
-@pytest.mark.parametrize("raw", ["mysql://u@h/db", "sqlite://", "sqlite:///:memory:", "not a url"])
+def test_sslmode_stays_as_libpq_spells_it() -> None:
+    from smartgen.store.sql.url import parse_database_url
+
+    url = parse_database_url("postgres://u@h/db?sslmode=require")
+    assert url.target == "postgresql://u@h/db?sslmode=require"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["mysql://u@h/db", "sqlite://", "sqlite:///:memory:", "not a url", "postgresql://h:x/db"],
+)
 def test_unsupported_database_urls_are_config_errors(raw: str) -> None:
-    from smartgen.store.sql import sql_url
+    from smartgen.store.sql.url import parse_database_url
 
     with pytest.raises(ConfigError, match="DATABASE_URL"):
-        sql_url(raw)
+        parse_database_url(raw)
 
 
 def settings_for(**kw: Any) -> Any:
-    base = {"mongo_uri": None, "mongo_database": "smartgen", "database_url": None}
-    return SimpleNamespace(**{**base, **kw})
+    from smartgen.config import Settings
+
+    base = {"mongo_uri": None, "database_url": None}
+    return Settings(_env_file=None, **{**base, **kw})
 
 
 def test_describe_store_names_the_store_without_credentials() -> None:
-    mongo = settings_for(mongo_uri="mongodb://admin:s3cret@127.0.0.1:27017/app?authSource=admin")
+    mongo = settings_for(
+        mongo_uri="mongodb://admin:s3cret@127.0.0.1:27017/app?authSource=admin", mongo_db="smartgen"
+    )
     assert describe_store(mongo) == "mongodb (127.0.0.1:27017/smartgen)"
     pg = settings_for(database_url="postgres://admin:s3cret@db.internal/app")
     assert describe_store(pg) == "postgresql (db.internal:5432/app)"
@@ -1207,13 +1238,13 @@ async def test_open_store_follows_configuration(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from smartgen.store.mongo import MongoStore
-    from smartgen.store.postgres import PostgresStore
-    from smartgen.store.sqlite import SqliteStore
+    from smartgen.store.sql.postgres import PostgresStore
+    from smartgen.store.sql.sqlite import SqliteStore
 
     opened: list[Store] = []
     try:
         mongo = open_store(
-            settings_for(mongo_uri="mongodb://127.0.0.1:1/app", mongo_database="app")
+            settings_for(mongo_uri="mongodb://127.0.0.1:1/app", mongo_db="app")
         )
         opened.append(mongo)
         assert isinstance(mongo, MongoStore)
@@ -1226,7 +1257,7 @@ async def test_open_store_follows_configuration(
         opened.append(embedded)
         assert isinstance(embedded, SqliteStore)
         assert embedded.name == "sqlite"
-        assert embedded.url.database == str(tmp_path / ".smartgen" / "smartgen.db")
+        assert embedded.path == str(tmp_path / ".smartgen" / "smartgen.db")
         await embedded.init()
         assert await asyncio.to_thread((tmp_path / ".smartgen" / "smartgen.db").is_file)
         named = open_store(settings_for(database_url=f"sqlite:///{tmp_path / 'other.db'}"))
@@ -1251,12 +1282,15 @@ def test_real_settings_select_the_embedded_sqlite_file(tmp_path: Path) -> None:
     assert describe_store(settings) == "postgresql (127.0.0.1:1/app)"
 
 
-def test_a_mongodb_deployment_never_imports_sqlalchemy() -> None:
+def test_a_mongodb_deployment_never_imports_a_sql_driver() -> None:
     code = (
         "import sys, smartgen.store, smartgen.store.mongo\n"
-        "from types import SimpleNamespace as S\n"
-        "smartgen.store.describe_store(S(mongo_uri='mongodb://h/db', mongo_database='db'))\n"
-        "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy imported'\n"
+        "from smartgen.config import Settings\n"
+        "settings = Settings(_env_file=None, mongo_uri='mongodb://h/db')\n"
+        "smartgen.store.describe_store(settings)\n"
+        "smartgen.store.open_store(settings)\n"
+        "for name in ('asyncpg', 'sqlite3', 'sqlalchemy'):\n"
+        "    assert name not in sys.modules, f'{name} imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -248,7 +248,9 @@ async def test_usage_errors_exit_2(tmp_path: Path, args: list[str], expected: st
 
 async def test_socket_events_drive_the_wait(server_url: str, tmp_path: Path, unique: str) -> None:
     """The listener alone (no polling) sees the job through queued → processing → completed."""
-    from smartgen.terminal import Api, CredentialStore, _close_socket, _listen
+    from smartgen.terminal.api import Api
+    from smartgen.terminal.credentials import CredentialStore
+    from smartgen.terminal.waiting import _close_socket, _listen
 
     api = Api(server_url, creds=CredentialStore(tmp_path / "credentials.json"))
     try:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from smartgen.times import iso_ms, parse_iso, utcnow
+from smartgen.kit.times import iso_ms, parse_iso, utcnow
 
 
 @pytest.mark.parametrize(

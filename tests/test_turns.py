@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from smartgen.store.turns import Turns
+from smartgen.kit.turns import Turns
 
 WAIT = 5.0  # bound for any wait; never a speed assertion
 
@@ -17,14 +17,24 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def is_locked(turns: Turns) -> bool:
+    """Whether every turn is taken: a newcomer gets none within a moment."""
+    try:
+        await asyncio.wait_for(turns.acquire(), 0.05)
+    except TimeoutError:
+        return True
+    turns.release()
+    return False
+
+
 async def test_free_turns_are_taken_at_once_up_to_the_size() -> None:
     turns = Turns(2, timeout=WAIT)
     await turns.acquire()
-    assert not turns.locked()
+    assert not await is_locked(turns)
     await turns.acquire()
-    assert turns.locked()
+    assert await is_locked(turns)
     turns.release()
-    assert not turns.locked()
+    assert not await is_locked(turns)
     turns.release()
     with pytest.raises(ValueError):
         Turns(0, timeout=1)
@@ -46,7 +56,7 @@ async def test_waiters_are_served_in_the_order_they_asked() -> None:
     turns.release()
     await asyncio.wait_for(asyncio.gather(*waiting), WAIT)
     assert order == [0, 1, 2, 3, 4]
-    assert not turns.locked()
+    assert not await is_locked(turns)
 
 
 async def test_a_newcomer_never_overtakes_a_waiter() -> None:
@@ -69,7 +79,7 @@ async def test_a_newcomer_never_overtakes_a_waiter() -> None:
     await asyncio.wait_for(newcomer, WAIT)
     assert order == ["waiter", "newcomer"]
     turns.release()
-    assert not turns.locked()
+    assert not await is_locked(turns)
 
 
 async def test_a_wait_past_the_timeout_raises_and_takes_nothing() -> None:
@@ -80,7 +90,7 @@ async def test_a_wait_past_the_timeout_raises_and_takes_nothing() -> None:
     turns.release()
     await asyncio.wait_for(turns.acquire(), WAIT)  # the turn is there
     turns.release()
-    assert not turns.locked()
+    assert not await is_locked(turns)
 
 
 async def test_a_cancelled_waiter_leaves_the_line() -> None:
@@ -95,7 +105,7 @@ async def test_a_cancelled_waiter_leaves_the_line() -> None:
     await asyncio.wait_for(stays, WAIT)  # the turn went past the cancelled waiter
     assert gone.cancelled()
     turns.release()
-    assert not turns.locked()
+    assert not await is_locked(turns)
 
 
 async def test_a_turn_handed_to_a_waiter_cancelled_meanwhile_passes_on() -> None:
@@ -109,10 +119,28 @@ async def test_a_turn_handed_to_a_waiter_cancelled_meanwhile_passes_on() -> None
     await asyncio.wait_for(second, WAIT)
     assert first.cancelled()
     turns.release()
-    assert not turns.locked()
+    assert not await is_locked(turns)
     # Exactly one turn exists: taking it twice waits.
     await turns.acquire()
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
             await turns.acquire()
+    turns.release()
+
+
+async def test_a_waiter_cancelled_as_its_turn_is_released_leaves_cleanly() -> None:
+    """The waiter's future is cancelled, then `release` takes it out of the line before the
+    waiter runs again: the waiter ends cancelled (never another error, which a request
+    would have turned into a 500), and the turn is free for the next caller."""
+    turns = Turns(1, WAIT)
+    await turns.acquire()
+    waiter = asyncio.create_task(turns.acquire())
+    await settle()
+    waiter.cancel()  # cancels the future it awaits, at once
+    turns.release()  # in the same turn of the loop: finds that future cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not await is_locked(turns)
+    await turns.acquire()
+    assert await is_locked(turns)
     turns.release()

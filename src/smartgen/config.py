@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # Connections each process keeps to PostgreSQL; the sum over API and worker processes
     # must stay under the server's max_connections (100 by default).
     db_pool_size: int = Field(15, ge=1, le=500)
+    # First come, first served connections (store/sql/fair_pool.py); false: asyncpg's pool
+    # and asyncio semaphores.
+    db_fair_pool: bool = True
     data_dir: str = ".smartgen"
 
     host: str = "127.0.0.1"
@@ -56,7 +59,6 @@ class Settings(BaseSettings):
     # API processes on PORT; above 1, a dispatcher keeps each Socket.IO session on the
     # process that holds it (sticky.py). One process is one core.
     api_workers: int = Field(1, ge=1, le=64)
-    # NoDecode: the environment's value reaches `_split_origins` as text ("a,b" or JSON).
     # Above the largest valid body (a 20,000-character prompt, JSON-escaped).
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     # Rate limits (Redis-backed, across API processes); 0 turns one off.
@@ -68,12 +70,16 @@ class Settings(BaseSettings):
     login_rate_window_seconds: float = Field(300.0, gt=0)
     register_ip_rate_limit: int = Field(30, ge=0)
     register_rate_window_seconds: float = Field(3600.0, gt=0)
+    # NoDecode: the environment's value reaches `_split_origins` as text ("a,b" or JSON).
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
     # FastAPI's native OpenTelemetry (request spans, metrics, error logs) to the globally
     # configured OTel providers. Off by default: while on, every request asks the
     # providers whether anyone listens, even when no one was configured.
     otel_enabled: bool = False
+    # One pub/sub message per batch of events, rooms without a client here skipped
+    # (realtime/batched_relay.py); false: python-socketio's per-event relay.
+    realtime_batched_relay: bool = True
 
     jwt_secret: str | None = None
     jwt_expires_minutes: int = Field(60 * 24, ge=1)
@@ -98,6 +104,9 @@ class Settings(BaseSettings):
     keep_failed_jobs: int = Field(5000, ge=0)
 
     worker_concurrency: int = Field(50, ge=1, le=10_000)
+    # Complete a job and take the next one in one script call (queue/fetch_next.py);
+    # false: bullmq's stock Worker.
+    worker_fetch_next: bool = True
     lock_duration_ms: int = Field(30_000, ge=1000)
     stalled_interval_ms: int = Field(30_000, ge=1000)
     shutdown_grace_seconds: float = Field(30.0, ge=0)

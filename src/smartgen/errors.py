@@ -105,3 +105,14 @@ class StoreUnavailable(ServiceUnavailable):
     """The database did not answer; raised by repositories."""
 
     code = "store_unavailable"
+
+
+class QueueUnavailable(ServiceUnavailable):
+    """The job queue (Redis) did not answer."""
+
+    code = "queue_unavailable"
+
+    def __init__(
+        self, message: str = "The job queue (Redis) is unavailable; try again shortly", **kw: Any
+    ) -> None:
+        super().__init__(message, **kw)

@@ -2,76 +2,85 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 
+from smartgen.api.deps import (
+    CurrentUser,
+    LimiterDep,
+    SettingsDep,
+    StoreDep,
+    TokensDep,
+    rate_limit,
+)
 from smartgen.auth import service
 from smartgen.auth.schemas import Credentials, Registration, TokenResponse, UserOut, user_out
-from smartgen.auth.tokens import TokenCodec
-from smartgen.deps import CurrentCaller, RuntimeDep
-from smartgen.errors import NotFound, error_responses
-from smartgen.store.base import User
-from smartgen.times import iso_ms
+from smartgen.errors import error_responses
+from smartgen.kit.times import iso_ms
 
 router = APIRouter(
     prefix="/auth", tags=["auth"], responses=error_responses(400, 413, 415, 422, 429, 503)
 )
 
+register_limit = rate_limit(
+    "register-ip",
+    lambda s: (s.register_ip_rate_limit, s.register_rate_window_seconds),
+    per="address",
+    fail_open=True,
+)
+login_limit = rate_limit(
+    "login-ip",
+    lambda s: (s.login_ip_rate_limit, s.login_rate_window_seconds),
+    per="address",
+    fail_open=True,
+)
 
-def _client_ip(request: Request) -> str:
-    # uvicorn's proxy_headers already resolved X-Forwarded-For from trusted proxies.
-    return request.client.host if request.client else "unknown"
 
-
-def _token_response(tokens: TokenCodec, user: User) -> TokenResponse:
-    token, expires = tokens.issue(user.user_id, email=user.email)
+def _token_response(session: service.Session) -> TokenResponse:
+    user = session.user
     return TokenResponse(
-        token=token,
-        accessToken=token,
-        expiresAt=iso_ms(expires),
+        token=session.token,
+        accessToken=session.token,
+        expiresAt=iso_ms(session.expires_at),
         user=user_out(user.user_id, user.email, user.created_at),
     )
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED, responses=error_responses(409))
-async def register(body: Registration, request: Request, rt: RuntimeDep) -> TokenResponse:
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(409),
+    dependencies=[register_limit],
+)
+async def register(body: Registration, store: StoreDep, tokens: TokensDep) -> TokenResponse:
     """Create an account and return an access token (409 when the email is taken)."""
-    await rt.limiter.hit(
-        "register-ip",
-        _client_ip(request),
-        limit=rt.settings.register_ip_rate_limit,
-        window_seconds=rt.settings.register_rate_window_seconds,
-        fail_open=True,
+    session = await service.register(
+        store=store, tokens=tokens, email=body.email, password=body.password
     )
-    user = await service.register(store=rt.store, email=body.email, password=body.password)
-    return _token_response(rt.tokens, user)
+    return _token_response(session)
 
 
-@router.post("/login", responses=error_responses(401))
-async def login(body: Credentials, request: Request, rt: RuntimeDep) -> TokenResponse:
+@router.post("/login", responses=error_responses(401), dependencies=[login_limit])
+async def login(
+    body: Credentials,
+    store: StoreDep,
+    tokens: TokensDep,
+    limiter: LimiterDep,
+    settings: SettingsDep,
+) -> TokenResponse:
     """Exchange email and password for an access token (401 when they do not match)."""
-    window = rt.settings.login_rate_window_seconds
-    await rt.limiter.hit(
-        "login-ip",
-        _client_ip(request),
-        limit=rt.settings.login_ip_rate_limit,
-        window_seconds=window,
-        fail_open=True,
+    session = await service.log_in(
+        store=store,
+        tokens=tokens,
+        limits=limiter,
+        settings=settings,
+        email=body.email,
+        password=body.password,
     )
-    await rt.limiter.hit(
-        "login",
-        body.email,
-        limit=rt.settings.login_rate_limit,
-        window_seconds=window,
-        fail_open=True,
-    )
-    user = await service.authenticate(store=rt.store, email=body.email, password=body.password)
-    return _token_response(rt.tokens, user)
+    return _token_response(session)
 
 
 @router.get("/me", responses=error_responses(401, 404))
-async def me(caller: CurrentCaller) -> UserOut:
+async def me(user: CurrentUser, store: StoreDep) -> UserOut:
     """The account the token belongs to."""
-    user = await caller.rt.store.users.get(caller.user_id)
-    if user is None:
-        raise NotFound("This token's user does not exist here", code="user_not_found")
-    return user_out(user.user_id, user.email, user.created_at)
+    found = await service.get_user(store=store, user_id=user.user_id)
+    return user_out(found.user_id, found.email, found.created_at)

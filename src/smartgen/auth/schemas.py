@@ -7,6 +7,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from smartgen.kit.times import iso_ms
+
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+\-']+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}$")
 
 
@@ -53,8 +55,6 @@ class UserOut(BaseModel):
 
 
 def user_out(user_id: str, email: str, created_at: datetime) -> UserOut:
-    from smartgen.times import iso_ms
-
     return UserOut(id=user_id, email=email, createdAt=iso_ms(created_at))
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from smartgen.store.base import Content
-from smartgen.textcheck import without_nul
-from smartgen.times import iso_ms
+from smartgen.kit.text import without_nul
+from smartgen.kit.times import iso_ms
+from smartgen.models import Content
 
 
 class SaveRequest(BaseModel):

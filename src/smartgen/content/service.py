@@ -6,8 +6,10 @@ import re
 from uuid import UUID, uuid4
 
 from smartgen.errors import Conflict, NotFound
-from smartgen.store.base import Content, Job, JobStatus, Store
-from smartgen.times import utcnow
+from smartgen.generation.service import get_job
+from smartgen.kit.times import utcnow
+from smartgen.models import Content, Job, JobStatus
+from smartgen.store.base import Store
 
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _INLINE_MARKUP = re.compile(r"[*_`~]+")
@@ -43,6 +45,18 @@ async def save_from_job(*, store: Store, job: Job, title: str | None) -> tuple[C
         model=job.model,
     )
     return await store.contents.create_once(content)
+
+
+async def save_job(
+    *, store: Store, user_id: str, job_id: str, title: str | None
+) -> tuple[Content, bool]:
+    """Save the owner's completed job; (content, created)."""
+    job = await get_job(store=store, user_id=user_id, job_id=job_id)
+    return await save_from_job(store=store, job=job, title=title)
+
+
+async def list_contents(*, store: Store, user_id: str, limit: int) -> list[Content]:
+    return await store.contents.list_for_user(user_id, limit=limit)
 
 
 async def get_content(*, store: Store, user_id: str, content_id: str) -> Content:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from smartgen.models import CONTENT_TYPES, ContentType, ModelRequest
+
 BLOG_POST_OUTLINE: Final = """\
 You are an experienced content strategist who writes blog post outlines.
 Write a detailed outline in Markdown for the topic the user gives.
@@ -38,16 +40,23 @@ Structure:
 Tone: warm, energetic, human; at most two emoji. Length: under 60 words before the
 hashtags. Output only the caption."""
 
-SYSTEM_PROMPTS: Final[dict[str, str]] = {
+SYSTEM_PROMPTS: Final[dict[ContentType, str]] = {
     "Blog Post Outline": BLOG_POST_OUTLINE,
     "Product Description": PRODUCT_DESCRIPTION,
     "Social Media Caption": SOCIAL_MEDIA_CAPTION,
 }
+assert tuple(SYSTEM_PROMPTS) == CONTENT_TYPES, "one system prompt per content type"
 
 
 def build_messages(content_type: str, prompt: str) -> list[dict[str, str]]:
     """The chat messages for one generation."""
     return [
-        {"role": "system", "content": SYSTEM_PROMPTS[content_type]},
+        {"role": "system", "content": SYSTEM_PROMPTS[content_type]},  # type: ignore[index]
         {"role": "user", "content": prompt},
     ]
+
+
+def model_request(content_type: str, prompt: str) -> ModelRequest:
+    return ModelRequest(
+        content_type=content_type, prompt=prompt, messages=build_messages(content_type, prompt)
+    )

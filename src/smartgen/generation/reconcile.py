@@ -20,14 +20,13 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from redis.exceptions import RedisError
-
 from smartgen.config import Settings
 from smartgen.errors import AppError
-from smartgen.queue import GenerationQueue, job_data
-from smartgen.realtime import Notifier
-from smartgen.store.base import Job, JobStatus, Store
-from smartgen.times import utcnow
+from smartgen.generation.service import queue_message
+from smartgen.kit.times import utcnow
+from smartgen.models import Job, JobStatus
+from smartgen.ports import JobQueue, Notifier
+from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class ReconcileReport:
 
 class Reconciler:
     def __init__(
-        self, *, store: Store, queue: GenerationQueue, notifier: Notifier, settings: Settings
+        self, *, store: Store, queue: JobQueue, notifier: Notifier, settings: Settings
     ) -> None:
         self.store = store
         self.queue = queue
@@ -81,7 +80,7 @@ class Reconciler:
             else:
                 if state == "completed":
                     await self.queue.remove(job.job_id)
-                await self.queue.enqueue(job_id=job.job_id, data=job_data(job), delay_ms=0)
+                await self.queue.enqueue(job_id=job.job_id, data=queue_message(job), delay_ms=0)
                 report.requeued += 1
                 log.warning("job %s had no queue entry (%s): queued again", job.job_id, state)
         return report
@@ -106,7 +105,7 @@ class Reconciler:
                         report.requeued,
                         report.failed,
                     )
-            except (AppError, RedisError, OSError, TimeoutError) as exc:
+            except (AppError, OSError, TimeoutError) as exc:
                 log.warning("reconciler skipped a round: %s", exc)
             except Exception:
                 log.exception("reconciler error")

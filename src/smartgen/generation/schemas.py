@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from smartgen.store.base import Job
-from smartgen.textcheck import without_nul
-from smartgen.times import iso_ms
+from smartgen.generation.service import QueuedJob
+from smartgen.kit.text import without_nul
+from smartgen.kit.times import iso_ms
+from smartgen.models import ContentType, Job, JobStatus
 
 # PROMPT_MAX_CHARS may be configured up to this; the schema documents the ceiling.
 PROMPT_HARD_LIMIT = 20_000
-
-ContentType = Literal["Blog Post Outline", "Product Description", "Social Media Caption"]
-Status = Literal["queued", "processing", "completed", "failed"]
 
 
 class GenerationRequest(BaseModel):
@@ -34,7 +32,7 @@ class GenerationRequest(BaseModel):
 class QueuedResponse(BaseModel):
     message: str = "Content generation job queued successfully"
     jobId: str
-    status: Status
+    status: JobStatus
     delaySeconds: int | float
     scheduledFor: str
     estimatedCompletionTime: str
@@ -42,7 +40,7 @@ class QueuedResponse(BaseModel):
 
 class JobOut(BaseModel):
     jobId: str
-    status: Status
+    status: JobStatus
     contentType: str
     prompt: str
     generatedContent: str | None = Field(None, description="Only when completed")
@@ -58,12 +56,23 @@ class JobOut(BaseModel):
     usage: dict[str, Any] | None = None
 
 
+def queued_response(queued: QueuedJob) -> QueuedResponse:
+    delay = queued.delay_seconds
+    return QueuedResponse(
+        jobId=queued.job.job_id,
+        status=queued.job.status,
+        delaySeconds=int(delay) if float(delay).is_integer() else delay,
+        scheduledFor=iso_ms(queued.job.scheduled_for),
+        estimatedCompletionTime=iso_ms(queued.estimated_completion),
+    )
+
+
 def job_out(job: Job) -> JobOut:
     completed = job.status == "completed"
     failed = job.status == "failed"
     return JobOut(
         jobId=job.job_id,
-        status=job.status.value,
+        status=job.status,
         contentType=job.content_type,
         prompt=job.prompt,
         generatedContent=job.generated_content if completed else None,

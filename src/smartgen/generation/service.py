@@ -3,28 +3,50 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 from smartgen.config import Settings
 from smartgen.errors import AppError, NotFound, TooManyRequests, ValidationFailed
-from smartgen.queue import GenerationQueue, job_data
-from smartgen.store.base import Job, JobStatus, Store
-from smartgen.times import utcnow
+from smartgen.kit.times import utcnow
+from smartgen.models import Job, JobStatus
+from smartgen.ports import JobQueue, Notifier
+from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
 
 
-async def enqueue_generation(
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    job: Job
+    delay_seconds: float
+    estimated_completion: datetime
+
+
+def queue_message(job: Job) -> dict[str, Any]:
+    """The queue message of a job: ids and what to generate (the worker reads the rest
+    from the store)."""
+    return {
+        "jobId": job.job_id,
+        "userId": job.user_id,
+        "contentType": job.content_type,
+        "prompt": job.prompt,
+    }
+
+
+async def queue_generation(
     *,
     store: Store,
-    queue: GenerationQueue,
+    queue: JobQueue,
+    notifier: Notifier,
     settings: Settings,
     user_id: str,
     prompt: str,
     content_type: str,
-) -> Job:
-    """Store the job, then queue it with the configured delay.
+) -> QueuedJob:
+    """Store the job, then queue it with the configured delay, then announce it.
 
     The store write comes first so the worker always finds the record; if the queue
     refuses the job, the record is removed again, so no job is left that would never run.
@@ -55,10 +77,11 @@ async def enqueue_generation(
         raise TooManyRequests(
             f"You have {unfinished} unfinished jobs (at most {cap}); wait for some to finish",
             code="too_many_unfinished_jobs",
-            headers={"Retry-After": str(max(1, round(settings.generation_delay_seconds)))},
+            headers={"Retry-After": str(max(1, round(delay)))},
         )
     try:
-        await queue.enqueue(job_id=job.job_id, data=job_data(job), delay_ms=round(delay * 1000))
+        delay_ms = round(delay * 1000)
+        await queue.enqueue(job_id=job.job_id, data=queue_message(job), delay_ms=delay_ms)
     except AppError:
         try:
             await store.jobs.delete(job.job_id)
@@ -66,7 +89,9 @@ async def enqueue_generation(
             # The reconciler fails or re-queues it later; never leave it silently.
             log.error("job %s could not be queued nor removed", job.job_id)
         raise
-    return job
+    await notifier.job_changed(job)
+    estimated = job.scheduled_for + timedelta(seconds=settings.expected_processing_seconds)
+    return QueuedJob(job=job, delay_seconds=delay, estimated_completion=estimated)
 
 
 def parse_job_id(job_id: str) -> str:
@@ -83,3 +108,16 @@ async def get_job(*, store: Store, user_id: str, job_id: str) -> Job:
     if job is None:
         raise NotFound("Job not found", code="job_not_found")
     return job
+
+
+async def list_jobs(
+    *,
+    store: Store,
+    settings: Settings,
+    user_id: str,
+    limit: int | None,
+    status: JobStatus | None,
+) -> list[Job]:
+    """The user's jobs, newest first; `limit` defaults to and is capped by the settings."""
+    limit = min(limit or settings.jobs_list_default_limit, settings.jobs_list_max_limit)
+    return await store.jobs.list_for_user(user_id, limit=limit, status=status)

@@ -1,4 +1,4 @@
-"""The worker's processor: load the job by id, generate, store, notify.
+"""The worker's task: load the job by id, generate, store, notify.
 
 Safe to run twice (delivery is at least once): a job that is already final in the store
 is never generated again, and a completion is written only over `processing`.
@@ -10,56 +10,23 @@ import asyncio
 import logging
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
-
-from bullmq.custom_errors import UnrecoverableError
 
 from smartgen.config import Settings
 from smartgen.errors import AppError
-from smartgen.generation.prompts import build_messages
-from smartgen.llm.client import LLMError
-from smartgen.queue import backoff_delay_ms
-from smartgen.realtime import Notifier
-from smartgen.store.base import Completion, Job, JobStatus, Store
-from smartgen.times import utcnow
+from smartgen.generation.prompts import model_request
+from smartgen.kit.times import utcnow
+from smartgen.llm.errors import LLMError
+from smartgen.models import Completion, Job, JobStatus
+from smartgen.ports import Delivery, Generator, GiveUp, Notifier, RetryLater
+from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
 
 INTERNAL_FAILURE = "generation failed because of an internal error; please try again"
 
 
-class Generator(Protocol):
-    model: str
-
-    async def complete(self, messages: list[dict[str, str]]) -> Completion: ...
-
-
-class RetryLater(Exception):
-    """Raised to let the queue retry; carries the provider's `Retry-After`, if any."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def backoff_strategy(settings: Settings) -> Any:
-    """bullmq custom backoff: exponential with jitter, never sooner than Retry-After."""
-
-    def strategy(attempts_made: int, _type: str, err: Any, job: Any) -> int:
-        base = int((job.opts.get("backoff") or {}).get("delay") or settings.job_backoff_ms)
-        retry_after = getattr(err, "retry_after", None)
-        return backoff_delay_ms(
-            attempts_made,
-            base,
-            settings.job_backoff_max_ms,
-            int(retry_after * 1000) if retry_after else None,
-        )
-
-    return strategy
-
-
 class GenerationTask:
-    """`async def process(job, token)`, the shape bullmq calls."""
+    """Runs one delivery of a generation job (`queue.runner` calls it)."""
 
     def __init__(
         self, *, store: Store, llm: Generator, notifier: Notifier, settings: Settings
@@ -69,40 +36,38 @@ class GenerationTask:
         self.notifier = notifier
         self.settings = settings
 
-    async def __call__(self, job: Any, token: str) -> str:
-        data: dict[str, Any] = job.data if isinstance(job.data, dict) else {}
-        job_id = str(data.get("jobId") or job.id)
-        attempt = int(job.attemptsMade) + 1
-        last_attempt = attempt >= int(job.opts.get("attempts") or 1)
+    async def __call__(self, delivery: Delivery) -> str:
+        job_id = str(delivery.data.get("jobId") or delivery.message_id)
         try:
-            return await self._run(job, job_id, data, attempt, last_attempt)
-        except (RetryLater, UnrecoverableError):
+            return await self._run(delivery, job_id)
+        except (RetryLater, GiveUp):
             raise
         except Exception as exc:
             # Store or programming errors: let the queue retry; on the last attempt
             # leave a clear `failed` state rather than a job stuck in `processing`.
-            log.warning("job %s attempt %d failed: %s", job_id, attempt, type(exc).__name__)
-            if last_attempt:
+            log.warning(
+                "job %s attempt %d failed: %s", job_id, delivery.attempt, type(exc).__name__
+            )
+            if delivery.last_attempt:
                 await self._fail(job_id, INTERNAL_FAILURE)
-                raise UnrecoverableError(INTERNAL_FAILURE) from exc
+                raise GiveUp(INTERNAL_FAILURE) from exc
             raise RetryLater(INTERNAL_FAILURE) from exc
 
-    async def _run(
-        self, job: Any, job_id: str, data: dict[str, Any], attempt: int, last_attempt: bool
-    ) -> str:
+    async def _run(self, delivery: Delivery, job_id: str) -> str:
+        attempt, last_attempt = delivery.attempt, delivery.last_attempt
         # One conditional write decides; the job is read only when it was not taken.
         now = utcnow()
         lease = now + timedelta(seconds=self.settings.lease_seconds)
         # The queue message's id owns the lease: its own retries and stalled-job recovery
         # may take the job over at once; another message for the same job may not.
         started = await self.store.jobs.mark_processing(
-            job_id, at=now, attempt=attempt, lease_until=lease, owner=str(job.id)
+            job_id, at=now, attempt=attempt, lease_until=lease, owner=delivery.message_id
         )
         if started is None:
             return await self._not_taken(job_id, now, last_attempt)
         await self.notifier.job_changed(started)
 
-        kept = data.get("result")
+        kept = delivery.data.get("result")
         if isinstance(kept, dict) and kept.get("content"):
             # An earlier attempt generated this but could not store it: no second LLM call.
             completion = Completion(
@@ -110,8 +75,8 @@ class GenerationTask:
             )
         else:
             try:
-                completion = await self.llm.complete(
-                    build_messages(started.content_type, started.prompt)
+                completion = await self.llm.generate(
+                    model_request(started.content_type, started.prompt)
                 )
             except LLMError as exc:
                 if exc.retryable and not last_attempt:
@@ -119,9 +84,9 @@ class GenerationTask:
                     raise RetryLater(exc.message, exc.retry_after) from None
                 message = f"Generation failed: {exc.message}"
                 await self._fail(job_id, message)
-                raise UnrecoverableError(message) from None
+                raise GiveUp(message) from None
 
-        await self._complete(job, started, data, completion)
+        await self._complete(delivery, started, completion)
         return "completed"
 
     async def _not_taken(self, job_id: str, now: datetime, last_attempt: bool) -> str:
@@ -138,9 +103,7 @@ class GenerationTask:
             return "held by another delivery"
         raise RetryLater("another delivery of this job is running", max(0.5, held_for + 0.5))
 
-    async def _complete(
-        self, job: Any, started: Job, data: dict[str, Any], completion: Completion
-    ) -> None:
+    async def _complete(self, delivery: Delivery, started: Job, completion: Completion) -> None:
         job_id = started.job_id
         deadline = asyncio.get_running_loop().time() + self.settings.store_write_retry_seconds
         delay = 0.2
@@ -152,7 +115,7 @@ class GenerationTask:
             except AppError:
                 if asyncio.get_running_loop().time() + delay > deadline:
                     # Keep the result with the queue message so the retry skips the LLM.
-                    await job.updateData({**data, "result": asdict(completion)})
+                    await delivery.keep({**delivery.data, "result": asdict(completion)})
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

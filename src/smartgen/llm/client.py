@@ -5,9 +5,8 @@
 sees the same `LLMError` with `retryable` and `retry_after` set.
 
 It runs on one pooled `aiohttp.ClientSession`, not httpx: httpx's pool does work in
-proportion to its pooled connections on every request, which at WORKER_CONCURRENCY=200
-left the worker short of CPU (53 % of ideal throughput, against 86-88 % and 2.82 → 2.19 ms
-of worker CPU per job with aiohttp).
+proportion to its pooled connections on every request, which left a busy worker short of
+CPU (`bench/HISTORY.md`).
 """
 
 from __future__ import annotations
@@ -19,29 +18,10 @@ from typing import Any
 
 import aiohttp
 
-from smartgen import jsoncodec
 from smartgen.config import Settings
-from smartgen.store.base import Completion
-
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
-
-
-class LLMError(Exception):
-    """A user-safe message (never the key, never a stack trace) and what to do next."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retryable: bool,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
-        self.status = status
-        self.retry_after = retry_after
+from smartgen.kit import jsoncodec
+from smartgen.llm.errors import RETRYABLE_STATUS, LLMError
+from smartgen.models import Completion, ModelRequest
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -254,6 +234,9 @@ class ChatClient:
         if status != 200:
             raise _status_error(status, body, parse_retry_after(retry_after), self._secret)
         return _completion_from_body(body, self.model, self._secret)
+
+    async def generate(self, request: ModelRequest) -> Completion:
+        return await self.complete(request.messages)
 
     async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Completion]:
         """Yield text deltas as they arrive, then the assembled `Completion` last."""

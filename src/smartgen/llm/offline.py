@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 
-from smartgen.generation.prompts import SYSTEM_PROMPTS
-from smartgen.store.base import Completion
+from smartgen.models import Completion, ContentType, ModelRequest
 
 OFFLINE_MODEL = "offline/smartgen-draft"
 NOTICE = (
     "_Offline draft written by smartgen without a language model. "
     "Set OPENROUTER_KEY (or point BASE_URL at a local model server) for AI-written content._"
 )
-_TYPE_BY_PROMPT = {prompt: kind for kind, prompt in SYSTEM_PROMPTS.items()}
 
 
 def _topic(prompt: str) -> str:
@@ -111,7 +110,7 @@ Tell us in the comments what you'd try first, and share this with a friend who n
 """
 
 
-WRITERS = {
+WRITERS: dict[ContentType, Callable[[str], str]] = {
     "Blog Post Outline": blog_post_outline,
     "Product Description": product_description,
     "Social Media Caption": social_media_caption,
@@ -119,21 +118,19 @@ WRITERS = {
 
 
 class OfflineWriter:
-    """Same interface as `ChatClient.complete`, with no network."""
+    """A `ports.Generator` with no network."""
 
     model = OFFLINE_MODEL
 
-    async def complete(self, messages: list[dict[str, str]]) -> Completion:
-        system = next((m["content"] for m in messages if m.get("role") == "system"), "")
-        prompt = next((m["content"] for m in messages if m.get("role") == "user"), "")
-        kind = _TYPE_BY_PROMPT.get(system, "Blog Post Outline")
-        content = WRITERS[kind](_topic(prompt)).strip()
+    async def generate(self, request: ModelRequest) -> Completion:
+        writer = WRITERS.get(request.content_type, blog_post_outline)  # type: ignore[call-overload]
+        content = writer(_topic(request.prompt)).strip()
         words = len(content.split())
         return Completion(
             content=content,
             model=OFFLINE_MODEL,
             usage={
-                "prompt_tokens": len(prompt.split()),
+                "prompt_tokens": len(request.prompt.split()),
                 "completion_tokens": words,
                 "total_tokens": words,
             },

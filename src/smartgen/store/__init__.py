@@ -1,10 +1,9 @@
 """Store selection: configuration decides which implementation of `Store` is used.
 
-`MONGO_URI` → MongoDB; else `DATABASE_URL` → PostgreSQL (asyncpg, `postgres.py`) or SQLite
-(sqlite3, `sqlite.py`); else the embedded default, a SQLite file in the data directory. Both
-SQL stores create their schema through SQLAlchemy (`sql.py`, which is also a complete store
-for either database). Each implementation is imported only in its branch, so a MongoDB
-deployment never imports SQLAlchemy (nor a SQL one PyMongo's store).
+`MONGO_URI` → MongoDB (`mongo.py`); else `DATABASE_URL` → PostgreSQL (asyncpg) or SQLite
+(sqlite3), both in `sql/`; else the embedded default, a SQLite file in the data directory.
+Each implementation is imported only in its branch, so a MongoDB deployment never imports
+a SQL driver (nor a SQL one PyMongo's store).
 """
 
 from __future__ import annotations
@@ -13,13 +12,16 @@ import os
 
 from smartgen.config import Settings
 from smartgen.store.base import Store
+from smartgen.store.sql.url import SqlUrl, parse_database_url
 
 SQLITE_FILE = "smartgen.db"
 
 
-def _sqlite_default(settings: Settings) -> str:
-    data_dir = getattr(settings, "data_dir", None) or ".smartgen"
-    return os.path.join(os.path.expanduser(data_dir), SQLITE_FILE)
+def sql_url(settings: Settings) -> SqlUrl:
+    """DATABASE_URL, or the embedded SQLite file in DATA_DIR."""
+    if settings.database_url:
+        return parse_database_url(settings.database_url)
+    return SqlUrl.sqlite_file(os.path.join(settings.data_dir, SQLITE_FILE))
 
 
 def open_store(settings: Settings) -> Store:
@@ -28,25 +30,15 @@ def open_store(settings: Settings) -> Store:
         from smartgen.store.mongo import MongoStore
 
         return MongoStore(settings.mongo_uri, settings.mongo_database)
+    url = sql_url(settings)
+    size, fair = settings.db_pool_size, settings.db_fair_pool
+    if url.backend == "postgresql":
+        from smartgen.store.sql.postgres import PostgresStore
 
-    from sqlalchemy.engine import URL
+        return PostgresStore(url, pool_size=size, fair_pool=fair)
+    from smartgen.store.sql.sqlite import SqliteStore
 
-    from smartgen.store.sql import sql_url
-
-    pool_size = getattr(settings, "db_pool_size", 15)
-    database_url = getattr(settings, "database_url", None)
-    if database_url:
-        url = sql_url(database_url)
-        if url.get_backend_name() == "postgresql":
-            from smartgen.store.postgres import PostgresStore
-
-            return PostgresStore(url, pool_size=pool_size)
-    else:
-        # Absolute, so that the API and the worker agree even if one changes directory.
-        url = URL.create("sqlite+aiosqlite", database=os.path.abspath(_sqlite_default(settings)))
-    from smartgen.store.sqlite import SqliteStore
-
-    return SqliteStore(url, pool_size=pool_size)
+    return SqliteStore(url, pool_size=size, fair_pool=fair)
 
 
 def _mongo_hosts(uri: str) -> str:
@@ -63,12 +55,9 @@ def describe_store(settings: Settings) -> str:
     """Name the configured store for a banner, without credentials."""
     if settings.mongo_uri:
         return f"mongodb ({_mongo_hosts(settings.mongo_uri)}/{settings.mongo_database})"
-    database_url = getattr(settings, "database_url", None)
-    if database_url:
-        from smartgen.store.sql import describe_url, sql_url
-
-        return describe_url(sql_url(database_url))
-    path = _sqlite_default(settings)
+    if settings.database_url:
+        return parse_database_url(settings.database_url).description
+    path = os.path.join(settings.data_dir, SQLITE_FILE)
     if not os.path.isabs(path) and not path.startswith(("./", "../")):
         path = "./" + path
     return f"sqlite ({path}, embedded)"

@@ -1,84 +1,17 @@
-"""What the rest of the code may ask of a store: records and repository protocols.
+"""What the rest of the code may ask of a store: the repository protocols.
 
-Routers, services and the worker talk only to these; `mongo.py` (and any other store)
-implements them. State transitions are conditional updates, so a redelivered queue
-message can never move a finished job backwards.
+Services and tasks talk only to these; `mongo.py` and `sql/` implement them, and
+`tests/test_store_contract.py` holds every implementation to them. State transitions are
+conditional updates, so a redelivered queue message can never move a finished job
+backwards.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    processing = "processing"
-    completed = "completed"
-    failed = "failed"
-
-    @property
-    def is_final(self) -> bool:
-        return self in (JobStatus.completed, JobStatus.failed)
-
-
-CONTENT_TYPES = ("Blog Post Outline", "Product Description", "Social Media Caption")
-
-
-@dataclass(slots=True)
-class User:
-    user_id: str
-    email: str
-    password_hash: str
-    created_at: datetime
-
-
-@dataclass(slots=True)
-class Job:
-    job_id: str
-    user_id: str
-    status: JobStatus
-    prompt: str
-    content_type: str
-    scheduled_for: datetime
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    failed_at: datetime | None = None
-    generated_content: str | None = None
-    error: str | None = None
-    model: str | None = None
-    usage: dict[str, Any] | None = None
-    attempts: int = 0
-    # While a delivery generates, no other queue message for the same job may take it
-    # over; retries of the same message (same owner) may.
-    lease_until: datetime | None = None
-    lease_owner: str | None = None
-
-
-@dataclass(slots=True)
-class Content:
-    content_id: str
-    user_id: str
-    job_id: str
-    title: str
-    body: str
-    content_type: str
-    created_at: datetime
-    prompt: str | None = None
-    model: str | None = None
-
-
-@dataclass(slots=True)
-class Completion:
-    """What the worker writes when a job completes."""
-
-    content: str
-    model: str
-    usage: dict[str, Any] | None = field(default=None)
+from smartgen.models import Completion, Content, Job, JobStatus, User
 
 
 class UserRepository(Protocol):

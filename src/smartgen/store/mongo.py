@@ -11,26 +11,14 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from smartgen.errors import Conflict, StoreUnavailable
-from smartgen.store.base import (
-    Completion,
-    Content,
-    ContentRepository,
-    Job,
-    JobRepository,
-    JobStatus,
-    User,
-    UserRepository,
-)
+from smartgen.kit.times import as_utc
+from smartgen.models import UNFINISHED, Completion, Content, Job, JobStatus, User
+from smartgen.store.base import ContentRepository, JobRepository, UserRepository
 from smartgen.store.unavailable import translate_unavailable
-from smartgen.times import as_utc
 
-_UNFINISHED = [JobStatus.queued.value, JobStatus.processing.value]
+_UNFINISHED = [status.value for status in UNFINISHED]
 
-
-_unavailable = translate_unavailable(
-    lambda error: isinstance(error, ConnectionFailure),
-    "The database is unavailable; try again shortly",
-)
+_unavailable = translate_unavailable(lambda error: isinstance(error, ConnectionFailure))
 
 
 def _dt(value: Any) -> datetime | None:

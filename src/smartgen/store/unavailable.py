@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 from smartgen.errors import StoreUnavailable
 
@@ -12,9 +12,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 AsyncFn = Callable[P, Coroutine[Any, Any, R]]
 
+UNAVAILABLE_MESSAGE: Final = "The database is unavailable; try again shortly"
+
 
 def translate_unavailable(
-    is_unavailable: Callable[[BaseException], bool], message: str
+    is_unavailable: Callable[[BaseException], bool], message: str = UNAVAILABLE_MESSAGE
 ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
     """A decorator for repository methods: errors that `is_unavailable` recognises become
     `StoreUnavailable(message)`; every other error passes through unchanged."""
@@ -32,3 +34,8 @@ def translate_unavailable(
         return wrapper
 
     return decorate
+
+
+class NoConnection(Exception):
+    """No connection could be had (raised chained to the cause): the store was closed,
+    connecting failed or was refused, or no connection came free in time."""

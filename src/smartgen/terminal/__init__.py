@@ -11,18 +11,6 @@ one JSON document), progress on stderr, and every failure as one `smartgen: …`
 stderr with exit code 1 (2 for usage errors).
 """
 
-from smartgen.terminal.api import Api
 from smartgen.terminal.cli import add_client_commands, run_client_command
-from smartgen.terminal.credentials import CredentialStore
-from smartgen.terminal.errors import ClientError
-from smartgen.terminal.waiting import _close_socket, _listen
 
-__all__ = [
-    "Api",
-    "ClientError",
-    "CredentialStore",
-    "_close_socket",
-    "_listen",
-    "add_client_commands",
-    "run_client_command",
-]
+__all__ = ["add_client_commands", "run_client_command"]

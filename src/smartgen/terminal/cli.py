@@ -10,14 +10,13 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
+from smartgen.models import CONTENT_TYPES
 from smartgen.terminal.api import Api
 from smartgen.terminal.commands import COMMANDS
 from smartgen.terminal.credentials import CredentialStore, credentials_path
 from smartgen.terminal.errors import ClientError
 from smartgen.terminal.output import Session
 from smartgen.terminal.waiting import STATUSES, WAIT_MARGIN
-
-CONTENT_TYPES = ("Blog Post Outline", "Product Description", "Social Media Caption")
 
 
 def resolve_url(given: str | None) -> str:

@@ -1,4 +1,4 @@
-"""The repositories of the two direct SQL stores, written once.
+"""The repositories of the two SQL stores, written once.
 
 `postgres.py` (asyncpg) and `sqlite.py` (sqlite3) each supply a `Driver`: how to run one
 statement, how to write a datetime and read it back, what "no limit" is, which error means
@@ -9,7 +9,7 @@ when the store is built.
 Every statement autocommits, so a call is one round trip and never leaves a transaction
 open. State transitions are single conditional `UPDATE … WHERE status …` statements judged
 by their row count; uniqueness comes from unique indexes (email, job id, one content per
-job). The tables are `sql_schema.py`'s.
+job). The tables are `schema.py`'s.
 """
 
 from __future__ import annotations
@@ -20,21 +20,13 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy.engine import URL
-
-from smartgen.batching import Coalescer
-from smartgen.config import ConfigError
 from smartgen.errors import Conflict
-from smartgen.store.base import (
-    Completion,
-    Content,
-    ContentRepository,
-    Job,
-    JobRepository,
-    JobStatus,
-    User,
-    UserRepository,
-)
+from smartgen.kit.batching import Coalescer
+from smartgen.models import UNFINISHED as UNFINISHED_STATUSES
+from smartgen.models import Completion, Content, Job, JobStatus, User
+from smartgen.store.base import ContentRepository, JobRepository, UserRepository
+from smartgen.store.sql.schema import Dialect
+from smartgen.store.sql.url import SqlUrl, parse_database_url
 
 Row = Sequence[Any]
 
@@ -56,8 +48,9 @@ class Driver(Protocol):
     def dt(self, value: Any) -> datetime | None:
         """A stored datetime back as an aware UTC datetime."""
 
-    def limit(self, n: int) -> Any:
-        """The LIMIT parameter for at most `n` rows; 0 means no limit."""
+    @property
+    def no_limit(self) -> Any:
+        """The LIMIT parameter that means "no limit" (NULL, or -1 for SQLite)."""
 
     async def one(self, sql: str, args: Sequence[Any]) -> Row | None: ...
 
@@ -81,7 +74,7 @@ _CONTENT_TIMES = [i for i, name in enumerate(_CONTENT_FIELDS) if name.endswith(_
 _STATUS = _JOB_FIELDS.index("status")
 _USAGE = _JOB_FIELDS.index("usage")
 _ATTEMPTS = _JOB_FIELDS.index("attempts")
-UNFINISHED = "('queued', 'processing')"
+UNFINISHED = "(" + ", ".join(f"'{status.value}'" for status in UNFINISHED_STATUSES) + ")"
 JOB_CREATE_COLUMNS = (
     "job_id, user_id, status, prompt, content_type, scheduled_for, created_at, updated_at, attempts"
 )
@@ -166,6 +159,11 @@ class _Repository:
         self._db = driver
         self._sql = statements
 
+    def _limit(self, n: int) -> Any:
+        # As with a MongoDB cursor: 0 means no limit; a negative limit counts like a
+        # positive one.
+        return abs(n) or self._db.no_limit
+
     def _times(self, row: Row, indices: list[int]) -> list[Any]:
         values = list(row)
         for i in indices:
@@ -242,15 +240,15 @@ class Jobs(_Repository):
         self, user_id: str, *, limit: int, status: JobStatus | None = None
     ) -> list[Job]:
         if status is None:
-            args: tuple[Any, ...] = (user_id, self._db.limit(limit))
+            args: tuple[Any, ...] = (user_id, self._limit(limit))
             rows = await self._db.all(self._sql["jobs_for_user"], args)
         else:
-            args = (user_id, self._db.limit(limit), status.value)
+            args = (user_id, self._limit(limit), status.value)
             rows = await self._db.all(self._sql["jobs_for_user_in_status"], args)
         return [self._job(r) for r in rows]
 
     async def list_changed_since(self, user_id: str, since: datetime, *, limit: int) -> list[Job]:
-        args = (user_id, self._db.ts(since), self._db.limit(limit))
+        args = (user_id, self._db.ts(since), self._limit(limit))
         return [self._job(r) for r in await self._db.all(self._sql["jobs_changed_since"], args)]
 
     async def count_unfinished(self, user_id: str) -> int:
@@ -258,7 +256,7 @@ class Jobs(_Repository):
         return int(row[0]) if row is not None else 0
 
     async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
-        args = (self._db.ts(due_before), self._db.limit(limit))
+        args = (self._db.ts(due_before), self._limit(limit))
         return [self._job(r) for r in await self._db.all(self._sql["jobs_unfinished_due"], args)]
 
     async def mark_processing(
@@ -323,7 +321,7 @@ class Contents(_Repository):
         return self._content(row) if row else None
 
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
-        args = (user_id, self._db.limit(limit))
+        args = (user_id, self._limit(limit))
         return [self._content(r) for r in await self._db.all(self._sql["contents_for_user"], args)]
 
 
@@ -362,41 +360,25 @@ class CoalescedJobs(Jobs):
         raise NotImplementedError
 
 
-class DirectStore:
-    """What the two direct SQL stores share: their URL, the repositories over their driver,
-    and `init()`, which runs `sql.py`'s migration. Each store adds its pool, `ping()` and
-    `close()`."""
+class SqlStore:
+    """What the two SQL stores share: their URL, the repositories over their driver, and
+    `init()`, which brings the schema up to date (`schema.migration`) through the store's
+    own `_migrate`. Each store adds its connections, `ping()` and `close()`."""
 
-    name: str  # the URL's backend: "postgresql" or "sqlite"
-
-    def __init__(self, url: str | URL, *, timeout: float) -> None:
-        from smartgen.store.sql import describe_url, sql_url
-
-        self.url = sql_url(url) if isinstance(url, str) else url
-        if self.url.get_backend_name() != self.name:
-            raise ConfigError(
-                f"{type(self).__name__} needs a {self.name} URL, not {self.url.drivername}"
-            )
-        self.description = describe_url(self.url)
-        self._timeout = timeout
-
+    name: str
+    dialect: Dialect
     jobs_repository: type[Jobs] = Jobs
+
+    def __init__(self, url: SqlUrl | str) -> None:
+        if isinstance(url, str):
+            url = parse_database_url(url)
+        if url.backend != self.dialect:
+            raise ValueError(f"{type(self).__name__} needs a {self.dialect} URL, not {url.backend}")
+        self.url = url
+        self.description = url.description
 
     def _serve(self, driver: Driver) -> None:
         statements = {name: driver.statement(text) for name, text in STATEMENTS.items()}
         self.users: UserRepository = Users(driver, statements)
         self.jobs: JobRepository = self.jobs_repository(driver, statements)
         self.contents: ContentRepository = Contents(driver, statements)
-
-    async def init(self) -> None:
-        """Create or upgrade the schema (idempotent, safe to run from several processes);
-        for SQLite also create the directory and the file and switch it to WAL."""
-        from smartgen.store.sql import SqlStore
-
-        # The schema lives in SQLAlchemy's metadata (sql_schema.py); this one-off engine
-        # holds a single connection for the migration.
-        schema = SqlStore(self.url, timeout=self._timeout, pool_size=1)
-        try:
-            await schema.init()
-        finally:
-            await schema.close()

@@ -1,22 +1,30 @@
-"""First come, first served for a store's connections."""
+"""First come, first served turns: a fair alternative to `asyncio.Semaphore`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
+from typing import Protocol
+
+
+class Limiter(Protocol):
+    """At most N holders at once; `acquire` raises `TimeoutError` past its timeout."""
+
+    async def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
 class Turns:
     """At most `size` holders at once, served in the order they asked; a wait longer than
-    `timeout` raises `TimeoutError` (the stores answer it with `StoreUnavailable`).
+    `timeout` raises `TimeoutError`.
 
-    Pools built on an `asyncio.Queue` (asyncpg's, SQLAlchemy's async pool) hand a released
-    connection to whoever asks next, and a woken waiter that loses that race goes back to
-    the end of the line: with 64 requests in flight on 15 connections, some waited 5-10
-    times the median. Here a released turn goes straight to the longest waiter, and a
-    newcomer never overtakes a waiter. A turn that is free when asked for costs no timer
-    and no future (`asyncio.Semaphore` scans its waiters and `asyncio.timeout` schedules a
-    timer on every acquire: a few percent of a worker's CPU per job)."""
+    `asyncio.Semaphore` (and pools built on an `asyncio.Queue`, as asyncpg's is) let a
+    newcomer take a released slot before a woken waiter runs, and a waiter that loses that
+    race goes back to the end of the line. Here a released turn goes straight to the
+    longest waiter, and a newcomer never overtakes a waiter. A turn that is free when asked
+    for costs no timer and no future."""
 
     def __init__(self, size: int, timeout: float) -> None:
         if size < 1:
@@ -39,8 +47,10 @@ class Turns:
             if turn.done() and not turn.cancelled():
                 self.release()  # handed a turn while leaving (timeout or cancel): pass it on
             else:
-                turn.cancel()  # still in line (only `release` takes waiters out)
-                self._waiters.remove(turn)
+                turn.cancel()
+                # `release` may already have taken this cancelled turn out of the line.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(turn)
             raise
 
     def release(self) -> None:
@@ -51,12 +61,23 @@ class Turns:
                 return
         self._free += 1
 
-    def locked(self) -> bool:
-        """Whether every turn is taken."""
-        return self._free == 0
-
     async def __aenter__(self) -> None:
         await self.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
+
+
+class SemaphoreLimiter:
+    """`asyncio.Semaphore` with a timeout on `acquire`: the stock alternative to `Turns`."""
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self._semaphore = asyncio.Semaphore(size)
+        self._timeout = timeout
+
+    async def acquire(self) -> None:
+        async with asyncio.timeout(self._timeout):
+            await self._semaphore.acquire()
+
+    def release(self) -> None:
+        self._semaphore.release()

@@ -44,6 +44,9 @@ import socketio
 import uvicorn
 
 from smartgen.config import Settings
+from smartgen.server import heap
+from smartgen.server.http import exit_quietly_after_a_graceful_stop, uvicorn_config
+from smartgen.server.supervise import stop_children
 
 log = logging.getLogger("smartgen.sticky")
 
@@ -55,17 +58,6 @@ HANDOFF_TIMEOUT_SECONDS = 5.0
 FORWARD_READ_TIMEOUT_SECONDS = 120.0  # above Engine.IO's ping interval + timeout (25 + 20 s)
 RESTART_DELAY_SECONDS = 1.0
 EARLY_EXIT_SECONDS = 10.0  # a worker dying this soon after its start stops the whole API
-
-
-class GracefulServer(uvicorn.Server):
-    """Exit 0 after a graceful shutdown on SIGTERM/SIGINT (uvicorn re-raises the signal,
-    which makes supervisors report a crash)."""
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        super().handle_exit(sig, frame)
-        captured = getattr(self, "_captured_signals", None)
-        if isinstance(captured, list):
-            captured.clear()
 
 
 # --- session ids ----------------------------------------------------------------------------
@@ -219,18 +211,9 @@ class Dispatcher:
                 self._spawn(index)  # connections handed meanwhile wait in its channel
 
     async def _stop_children(self) -> None:
-        for proc in self.procs:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.shutdown_grace_seconds + 15
-        for proc in self.procs:
-            if proc is None:
-                continue
-            try:
-                await asyncio.to_thread(proc.wait, max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        await asyncio.to_thread(
+            stop_children, self.procs, self.settings.shutdown_grace_seconds + 15
+        )
 
 
 async def _wait(register: Callable[..., Any], unregister: Callable[[int], Any], fd: int) -> None:
@@ -318,7 +301,7 @@ class StickyWorker:
         return sock
 
 
-class HandedServer(GracefulServer):
+class HandedServer(uvicorn.Server):
     """uvicorn serving the connections the dispatcher hands over (plus the private Unix
     socket), each with uvicorn's own HTTP protocol, as if it had accepted them."""
 
@@ -461,18 +444,17 @@ class StickyForward:
 
 def run_worker_api(settings: Settings, worker: StickyWorker) -> int:
     """One worker process of a multi-process API (see the module's docstring)."""
-    from smartgen.app import create_app
+    from smartgen.api.app import create_app
 
-    app = create_app(settings, init_store=False, settle_heap=True, sticky=worker)
-    config = uvicorn.Config(
-        app,
-        lifespan="on",
-        log_level=settings.log_level.lower(),
-        access_log=settings.log_level.lower() == "debug",
-        timeout_graceful_shutdown=10,
-        proxy_headers=True,
+    app = create_app(
+        settings,
+        init_store=False,
+        on_started=heap.settle_heap,
+        sio_class=sticky_sio_class(worker.index),
+        wrap=lambda asgi: StickyForward(asgi, worker),
     )
-    server = HandedServer(config, worker)
+    server = HandedServer(uvicorn_config(app, settings), worker)
     # The dispatcher stops its workers with SIGTERM; a Ctrl-C reaches the whole group.
+    exit_quietly_after_a_graceful_stop()
     server.run(sockets=[worker.private_listener()])
     return 0 if server.started else 1

@@ -7,13 +7,18 @@ from datetime import UTC, datetime
 
 def utcnow() -> datetime:
     """Now, in UTC, truncated to milliseconds (what every store keeps)."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return to_ms(datetime.now(UTC))
 
 
 def as_utc(value: datetime) -> datetime:
     """Stores may hand back naive datetimes; they are always UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def to_ms(value: datetime) -> datetime:
+    """Aware UTC, truncated to milliseconds, as MongoDB keeps datetimes (and so every store)."""
+    value = as_utc(value)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 def iso_ms(value: datetime) -> str:

@@ -6,8 +6,8 @@ to `max_batch` of them). An idle process therefore flushes each call at once and
 latency, while a busy one makes fewer, larger round trips: the database commits once for
 a batch of jobs, Redis reads one pipeline instead of one script call per job.
 
-The API uses it for its two writes per queued job (the job row on PostgreSQL and the
-bullmq add); see the README's performance section for what it saved.
+The API uses it for the rate limiter's count, the job row and the queue add of each queued
+job; the SQLite store also for the worker's transitions.
 """
 
 from __future__ import annotations

@@ -1,0 +1,161 @@
+"""The API process's ASGI application: Socket.IO at /socket.io/, FastAPI for the rest."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import socketio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from smartgen import __version__
+from smartgen.api.deps import Services
+from smartgen.api.handlers import install_error_handlers
+from smartgen.api.health import router as health_router
+from smartgen.api.middleware import RequestLimits
+from smartgen.api.ratelimit import RateLimiter
+from smartgen.auth.router import router as auth_router
+from smartgen.auth.tokens import TokenCodec
+from smartgen.config import Settings
+from smartgen.content.router import router as content_router
+from smartgen.content.router import saving as saving_router
+from smartgen.generation.router import router as generation_router
+from smartgen.queue.producer import GenerationQueue
+from smartgen.realtime.server import RealtimeServer
+from smartgen.redis_clients import redis_client
+from smartgen.store import open_store
+
+Asgi = Callable[..., Any]
+
+
+class ApiApp:
+    """The ASGI callable uvicorn serves, holding its two parts: `http` (FastAPI, whose
+    state carries the process's `Services` once started) and `realtime` (Socket.IO)."""
+
+    def __init__(self, http: FastAPI, realtime: RealtimeServer, asgi: Asgi) -> None:
+        self.http = http
+        self.realtime = realtime
+        self._asgi = asgi
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._asgi(scope, receive, send)
+
+
+def _telemetry_option(settings: Settings) -> dict[str, Any]:
+    """`FastAPI(telemetry=…)` where this FastAPI has native OpenTelemetry: off unless
+    OTEL_ENABLED (then FastAPI's defaults: spans, metrics and logs when a provider is set
+    up, e.g. by FASTAPI_OTEL_AUTO_CONFIGURE=true and the standard OTEL_* variables).
+    While on, every request asks the providers whether anyone listens."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    if settings.otel_enabled:
+        return {"telemetry": {}}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
+def create_app(
+    settings: Settings,
+    *,
+    init_store: bool = True,
+    on_started: Callable[[], None] | None = None,
+    sio_class: type[socketio.AsyncServer] = socketio.AsyncServer,
+    wrap: Callable[[Asgi], Asgi] | None = None,
+) -> ApiApp:
+    """Build the API. Clients open in the lifespan, which also creates the store's
+    schema/indexes unless the caller already did (`init_store=False`), then calls
+    `on_started`. `sio_class` and `wrap` let a multi-process server name its Socket.IO
+    sessions and route requests between its processes."""
+    tokens = TokenCodec(
+        settings.require_jwt_secret(),
+        expires_minutes=settings.jwt_expires_minutes,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    realtime = RealtimeServer(settings, tokens, server_class=sio_class)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings)
+        redis = redis_client(settings, "request")
+        queue = GenerationQueue(settings, redis)
+        try:
+            if init_store:
+                await store.init()
+            realtime.store = store
+            realtime.publisher.start()
+            app.state.services = Services(
+                settings=settings,
+                store=store,
+                queue=queue,
+                tokens=tokens,
+                redis=redis,
+                notifier=realtime.publisher,
+                limiter=RateLimiter(redis, prefix=f"{settings.queue_prefix}:smartgen:rl"),
+            )
+            if on_started is not None:
+                on_started()
+            yield
+        finally:
+            await realtime.close()
+            await queue.close()  # and the Redis client it was given (bullmq closes it)
+            await store.close()
+
+    app = FastAPI(
+        **_telemetry_option(settings),
+        title="smartgen",
+        version=__version__,
+        description=(
+            "Queued, asynchronous AI content generation. Queue a job with "
+            "`POST /generate-content`, then poll `GET /generate-content/{jobId}` or listen for "
+            "the `job_completed` Socket.IO event."
+        ),
+        lifespan=lifespan,
+        # The docs' order (routes are registered busiest first, below).
+        openapi_tags=[
+            {"name": "auth", "description": "Register and log in: a JWT for everything else"},
+            {"name": "generation", "description": "Queue a generation, follow it, save it"},
+            {"name": "content", "description": "Saved content"},
+            {"name": "health", "description": "Liveness and readiness"},
+        ],
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            expose_headers=["Retry-After"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    install_error_handlers(app)
+    # Routes are matched in order: the busiest first.
+    app.include_router(generation_router)
+    app.include_router(saving_router)
+    app.include_router(auth_router)
+    app.include_router(content_router)
+    app.include_router(health_router)
+    _document_prompt_limit(app, settings)
+
+    asgi: Asgi = socketio.ASGIApp(
+        realtime.sio, other_asgi_app=RequestLimits(app, max_body_bytes=settings.max_body_bytes)
+    )
+    if wrap is not None:
+        asgi = wrap(asgi)
+    return ApiApp(app, realtime, asgi)
+
+
+def _document_prompt_limit(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI schema shows the configured prompt limit, not the hard ceiling."""
+    describe = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = describe()
+            body = schema.get("components", {}).get("schemas", {}).get("GenerationRequest", {})
+            if "prompt" in body.get("properties", {}):
+                body["properties"]["prompt"]["maxLength"] = settings.prompt_max_chars
+        return app.openapi_schema or describe()
+
+    app.openapi = openapi  # type: ignore[method-assign]

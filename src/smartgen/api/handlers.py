@@ -1,0 +1,95 @@
+"""One error shape for every answer: `AppError`s, validation errors, Starlette's HTTP errors
+and anything unexpected, rendered as `{"error", "message", "details"?}`."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from smartgen.errors import AppError
+
+log = logging.getLogger("smartgen.api")
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_response(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return JSONResponse(
+            {"error": "invalid_json", "message": "Request body is not valid JSON"}, status_code=400
+        )
+    if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return JSONResponse(
+            {"error": "invalid_json", "message": "Request body must be a JSON object"},
+            status_code=400,
+        )
+    details = []
+    for e in errors:
+        message = e.get("msg", "invalid")
+        if e.get("type") == "extra_forbidden":
+            message = "unknown field"
+        elif e.get("type") == "missing":
+            message = "required"
+        elif e.get("type") == "value_error":  # our validators' own words, not pydantic's prefix
+            message = str((e.get("ctx") or {}).get("error") or message)
+        details.append({"field": _field(e.get("loc", ())), "message": message})
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return JSONResponse(
+        {"error": "validation_error", "message": f"Invalid request: {summary}", "details": details},
+        status_code=422,
+    )
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Every method the app serves at this path, from its OpenAPI description."""
+    app: FastAPI = request.app
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, request.url.path):
+            methods.update(m.upper() for m in operations)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return methods
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(_: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; list them all.
+            methods = sorted(_allowed_methods(request))
+            if methods:
+                headers["Allow"] = ", ".join(methods)
+        return JSONResponse(
+            {"error": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=headers or None,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+        return JSONResponse(
+            {"error": "internal_error", "message": "Internal server error"}, status_code=500
+        )

@@ -1,0 +1,102 @@
+"""Running a task on bullmq: the worker's options, each delivery handed to the task as a
+`ports.Delivery`, and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import bullmq
+from bullmq.custom_errors import UnrecoverableError
+
+from smartgen.config import Settings
+from smartgen.ports import Delivery, GiveUp
+from smartgen.queue.fetch_next import FetchNextWorker
+from smartgen.queue.retry import backoff_strategy
+from smartgen.redis_clients import redis_options
+
+log = logging.getLogger(__name__)
+
+Task = Callable[[Delivery], Awaitable[str]]
+
+
+def _delivery(job: Any) -> Delivery:
+    data: dict[str, Any] = job.data if isinstance(job.data, dict) else {}
+
+    async def keep(updated: dict[str, Any]) -> None:
+        await job.updateData(updated)
+
+    return Delivery(
+        message_id=str(job.id),
+        data=data,
+        attempt=int(job.attemptsMade) + 1,
+        attempts=int(job.opts.get("attempts") or 1),
+        keep=keep,
+    )
+
+
+def _log_failed(job: Any, err: Exception) -> None:
+    # Listeners are synchronous and must never raise.
+    with contextlib.suppress(Exception):
+        log.info("job %s attempt %s: %s", job.id, job.attemptsMade, str(err)[:200])
+
+
+class QueueRunner:
+    """One bullmq worker on the generation queue, running `task` for each delivery.
+    A task's `GiveUp` ends the job's attempts; `RetryLater` (or any other error) lets bullmq
+    retry it with `queue.retry`'s backoff."""
+
+    def __init__(self, settings: Settings, task: Task) -> None:
+        self.settings = settings
+
+        async def process(job: Any, token: str) -> str:
+            try:
+                return await task(_delivery(job))
+            except GiveUp as exc:
+                raise UnrecoverableError(str(exc)) from exc
+
+        worker_class = FetchNextWorker if settings.worker_fetch_next else bullmq.Worker
+        self.worker = worker_class(
+            settings.queue_name,
+            process,
+            {
+                "connection": redis_options(settings, "blocking"),
+                "prefix": settings.queue_prefix,
+                "concurrency": settings.worker_concurrency,
+                "lockDuration": settings.lock_duration_ms,
+                "stalledInterval": settings.stalled_interval_ms,
+                "maxStalledCount": 2,
+                "settings": {"backoffStrategy": backoff_strategy(settings)},
+                "name": f"smartgen-{socket.gethostname()}-{os.getpid()}",
+                "autorun": False,
+            },
+        )
+        self.worker.on("failed", _log_failed)
+        self._running: asyncio.Future[Any] | None = None
+
+    async def start(self) -> None:
+        # Learn the Redis version before the first wait: without it the blocking
+        # connection rounds every wait up to whole seconds (jobs start up to 1 s late).
+        await self.worker.blockingRedisConnection.getRedisVersion()
+        await self.worker.redisConnection.getRedisVersion()
+        self._running = asyncio.ensure_future(self.worker.run())
+
+    async def stop(self, grace: float) -> None:
+        """Take no new jobs; let running ones finish within `grace` seconds, after which
+        they go back to the queue when their lock expires."""
+        closing = asyncio.ensure_future(self.worker.close())
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), grace)
+        except TimeoutError:
+            log.warning("grace period over: unfinished jobs go back to the queue")
+            await self.worker.close(force=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await closing
+        if self._running is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._running, 5)

@@ -1,0 +1,162 @@
+"""The API process's Socket.IO server: handshake auth, the owner's room, expiry with the
+token, and `sync`. Events reach it through the bus (`bus.py`) from every process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import socketio
+
+from smartgen.auth.tokens import TokenCodec, bearer_token
+from smartgen.config import Settings
+from smartgen.errors import AppError, Unauthorized
+from smartgen.kit import jsoncodec
+from smartgen.kit.times import iso_ms, parse_iso
+from smartgen.realtime.bus import RedisManager, close_manager, redis_manager
+from smartgen.realtime.events import Event, EventPublisher, status_payload, user_room
+from smartgen.store.base import Store
+
+log = logging.getLogger(__name__)
+
+SYNC_LIMIT = 500
+# How long a handshake may wait for this process's Redis subscription (first client only):
+# a client that was told "connected" must not miss an event published right after.
+SUBSCRIBE_WAIT_SECONDS = 5.0
+
+
+def _handshake_token(environ: dict[str, Any], auth: Any) -> str:
+    if isinstance(auth, dict) and auth.get("token"):
+        token = str(auth["token"])
+        return token[7:].strip() if token.lower().startswith("bearer ") else token
+    header = environ.get("HTTP_AUTHORIZATION")
+    if header:
+        return bearer_token(header)
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if query.get("token"):
+        return str(query["token"][0])
+    raise Unauthorized(
+        "Missing token: send it as auth.token, an Authorization: Bearer header "
+        "or a token query parameter",
+        code="missing_token",
+    )
+
+
+def _parse_since(data: Any) -> datetime:
+    value = data.get("since") if isinstance(data, dict) else data
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value / 1000, UTC)  # JavaScript's Date.now()
+        if isinstance(value, str) and value.strip():
+            return parse_iso(value)
+    except (ValueError, OverflowError, OSError):
+        pass  # one clear message below, whatever the parser said
+    shown = repr(value)[:80]
+    raise ValueError(
+        f"since must be an ISO 8601 timestamp or milliseconds since the epoch, got {shown}"
+    )
+
+
+class RealtimeServer:
+    """The API process's Socket.IO server: handshake auth, rooms, expiry, `sync`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: TokenCodec,
+        *,
+        server_class: type[socketio.AsyncServer] = socketio.AsyncServer,
+    ) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.store: Store | None = None
+        self.manager: RedisManager = redis_manager(settings, write_only=False)
+        self.sio = server_class(
+            async_mode="asgi",
+            client_manager=self.manager,
+            json=jsoncodec,
+            cors_allowed_origins=settings.cors_origins or None,
+            logger=False,
+            engineio_logger=False,
+        )
+        self._expiry: dict[str, asyncio.Task[None]] = {}
+        self.publisher = EventPublisher(self._emit_many)
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on("sync", self._on_sync)
+
+    async def _emit_many(self, events: list[Event]) -> None:
+        await self.manager.emit_many(events)
+
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        try:
+            principal = self.tokens.verify(_handshake_token(environ, auth))
+        except Unauthorized as exc:
+            raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
+        delay: float | None = None
+        if principal.expires_at is not None:
+            delay = (principal.expires_at - datetime.now(UTC)).total_seconds()
+            if delay <= 0:  # inside the verifier's clock-skew leeway, but already over
+                raise socketio.exceptions.ConnectionRefusedError("Token has expired")
+        # This process subscribes to Redis when its first client arrives; hold that
+        # client's handshake until the subscription is live, so that an event published
+        # after "connected" (by the worker or another API process) is never missed.
+        if not await self.manager.wait_subscribed(SUBSCRIBE_WAIT_SECONDS):
+            log.warning(
+                "Socket.IO: Redis subscription not ready; events from other processes may be missed"
+            )
+        await self.sio.save_session(sid, {"userId": principal.user_id})
+        await self.sio.enter_room(sid, user_room(principal.user_id))
+        if delay is not None:  # a connection lives no longer than its token
+            self._expiry[sid] = asyncio.create_task(self._expire(sid, delay))
+
+    async def _expire(self, sid: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._expiry.pop(sid, None)
+        # The socket is local to this process: no need to go through Redis.
+        with contextlib.suppress(Exception):
+            await self.sio.emit(
+                "token_expired", {"message": "token has expired"}, to=sid, ignore_queue=True
+            )
+        with contextlib.suppress(Exception):
+            await self.sio.disconnect(sid, ignore_queue=True)
+
+    async def _on_disconnect(self, sid: str, *args: Any) -> None:
+        task = self._expiry.pop(sid, None)
+        if task is not None:
+            task.cancel()
+
+    async def _on_sync(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """`sync` {since}: the job_status of the caller's jobs changed since then."""
+        try:
+            since = _parse_since(data)
+        except ValueError as exc:
+            return {"error": "bad_request", "message": str(exc)}
+        session = await self.sio.get_session(sid)
+        if self.store is None:
+            return {"error": "service_unavailable", "message": "not ready"}
+        try:
+            jobs = await self.store.jobs.list_changed_since(
+                session["userId"], since, limit=SYNC_LIMIT
+            )
+        except AppError as exc:
+            return {"error": exc.code, "message": exc.message}
+        return {
+            "jobs": [status_payload(j) for j in jobs],
+            "complete": len(jobs) < SYNC_LIMIT,
+            "serverTime": iso_ms(datetime.now(UTC)),
+        }
+
+    async def close(self) -> None:
+        await self.publisher.close()
+        for task in self._expiry.values():
+            task.cancel()
+        self._expiry.clear()
+        # Stops Engine.IO's ping-timeout service task (otherwise left running forever).
+        with contextlib.suppress(Exception):
+            await self.sio.shutdown()
+        await close_manager(self.manager)

@@ -1,0 +1,33 @@
+"""uvicorn for the API: one configuration, and a stop on SIGTERM/SIGINT that exits 0."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import uvicorn
+
+from smartgen.config import Settings
+
+
+def uvicorn_config(app: Any, settings: Settings, **where: Any) -> uvicorn.Config:
+    """The API's uvicorn settings; `where` says where it listens (host/port, or nothing
+    when it is handed sockets)."""
+    return uvicorn.Config(
+        app,
+        **where,
+        lifespan="on",
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level.lower() == "debug",
+        timeout_graceful_shutdown=10,
+        proxy_headers=True,
+    )
+
+
+def exit_quietly_after_a_graceful_stop() -> None:
+    """uvicorn finishes in-flight requests on SIGTERM/SIGINT, then re-raises the signal to
+    whatever handler was installed before it started, so that a default handler ends the
+    process by the signal (a supervisor would report a crash). Installed first, this
+    handler takes that re-raised signal and does nothing: the process exits normally."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)

@@ -1,0 +1,41 @@
+"""What every process checks before it serves: logging, the settings it needs, the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from smartgen.config import Settings
+from smartgen.store import open_store
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Third-party chatter stays at warning level unless asked for debug.
+    if level.lower() != "debug":
+        for name in ("httpx", "httpcore", "pymongo", "socketio.server", "engineio.server"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def check_api_settings(settings: Settings) -> None:
+    """`ConfigError` naming the first setting the API cannot start without."""
+    settings.require_jwt_secret()
+
+
+def preflight_store(settings: Settings) -> None:
+    """Open the store and bring its schema/indexes up to date before serving, so an
+    unreachable database is one clear line and exit code 3, not a traceback."""
+
+    async def check() -> None:
+        store = open_store(settings)
+        try:
+            await store.init()
+        finally:
+            await store.close()
+
+    asyncio.run(check())

@@ -1,0 +1,106 @@
+"""The worker process: clients opened in the loop, the generation task on the queue, the
+reconciler beside it, a graceful stop on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from smartgen.config import Settings
+from smartgen.generation.reconcile import Reconciler
+from smartgen.generation.tasks import GenerationTask
+from smartgen.llm.client import ChatClient
+from smartgen.llm.offline import OFFLINE_MODEL, OfflineWriter
+from smartgen.queue.producer import GenerationQueue
+from smartgen.queue.runner import QueueRunner
+from smartgen.realtime.bus import close_manager, worker_publisher
+from smartgen.redis_clients import redis_client
+from smartgen.server import heap
+from smartgen.store import open_store
+
+log = logging.getLogger("smartgen.worker")
+
+
+def open_model(settings: Settings) -> ChatClient | OfflineWriter:
+    if settings.use_offline_llm:
+        log.warning(
+            "no OPENROUTER_KEY and no local BASE_URL: writing offline drafts (model %s)",
+            OFFLINE_MODEL,
+        )
+        return OfflineWriter()
+    return ChatClient(settings, max_connections=settings.worker_concurrency)
+
+
+async def run_worker(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    init_store: bool = True,
+    settle_heap: bool = False,
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT), then close gracefully. The store's
+    schema/indexes are created first unless the caller already did (`init_store=False`);
+    with `settle_heap`, start-up objects are frozen for the garbage collector (`heap.py`)."""
+    settings.require_llm_credentials()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    store = open_store(settings)
+    if init_store:
+        await store.init()
+    llm = open_model(settings)
+    publisher, manager = worker_publisher(settings)
+    publisher.start()
+    task = GenerationTask(store=store, llm=llm, notifier=publisher, settings=settings)
+    redis = redis_client(settings, "request")
+    producer = GenerationQueue(settings, redis)
+    reconciler = Reconciler(store=store, queue=producer, notifier=publisher, settings=settings)
+    stop_reconciler = asyncio.Event()
+    reconciling: asyncio.Task[None] | None = None
+    runner = QueueRunner(settings, task)
+    try:
+        await runner.start()
+        reconciling = asyncio.create_task(reconciler.run_forever(stop_reconciler))
+        if settle_heap:
+            heap.settle_heap()
+        log.info(
+            "worker ready: queue %r on %s, concurrency %d, model %s",
+            settings.queue_name,
+            settings.redis_display,
+            settings.worker_concurrency,
+            llm.model,
+        )
+        await stop.wait()
+        stop_reconciler.set()
+        await reconciling
+        log.info(
+            "worker stopping: finishing running jobs (grace %.0fs)", settings.shutdown_grace_seconds
+        )
+        await runner.stop(settings.shutdown_grace_seconds)
+    finally:
+        stop_reconciler.set()
+        if reconciling is not None and not reconciling.done():
+            reconciling.cancel()
+        await producer.close()  # and its Redis client (bullmq closes it)
+        await publisher.close()
+        await close_manager(manager)
+        await llm.close()
+        await store.close()
+        log.info("worker stopped")
+
+
+def run_worker_process(settings: Settings) -> int:
+    """`smartgen worker`: the store checked first, then the worker on uvloop."""
+    from smartgen.server.startup import preflight_store
+
+    settings.require_llm_credentials()
+    preflight_store(settings)
+    import uvloop  # ships with uvicorn[standard]
+
+    uvloop.run(run_worker(settings, init_store=False, settle_heap=True))
+    return 0

@@ -1,0 +1,135 @@
+"""The SQL schema, and the version every database is brought up to at start-up.
+
+Plain DDL for the two databases, written once with a few type names filled in per dialect,
+plus a one-row `schema_version` table. Not Alembic: there is no migration tool to install,
+configure or remember to run. `init()` (called by the API and the worker at start-up) runs
+`migration()`'s statements under a lock (a PostgreSQL advisory lock, SQLite's
+`BEGIN IMMEDIATE`), so an API and a worker starting together do not race, and a database
+written by a newer smartgen is refused, not guessed at. A schema change is a new entry in
+`UPGRADES` and a bump of `SCHEMA_VERSION`.
+
+Version 1 is the schema smartgen 0.1 created through SQLAlchemy's `create_all`: the same
+tables, columns, types and index names, so databases it wrote open unchanged
+(`tests/test_store_contract.py` opens one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final, Literal
+
+from smartgen.config import ConfigError
+
+Dialect = Literal["postgresql", "sqlite"]
+
+SCHEMA_VERSION: Final = 1
+# pg_advisory_xact_lock key for schema changes ("smartgen" in ASCII).
+SCHEMA_LOCK: Final = 0x736D61727467656E
+
+_TYPES: Final[dict[Dialect, dict[str, str]]] = {
+    # SQLite keeps datetimes as naive UTC text (`2026-01-11 19:34:18.356000`), which
+    # compares correctly as a string; INTEGER PRIMARY KEY is its rowid alias.
+    "sqlite": {"rowid": "INTEGER", "ts": "DATETIME", "json": "JSON"},
+    "postgresql": {"rowid": "BIGSERIAL", "ts": "TIMESTAMP WITH TIME ZONE", "json": "JSONB"},
+}
+
+_TABLES: Final = [
+    """CREATE TABLE IF NOT EXISTS schema_version (
+        id INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        updated_at {ts},
+        PRIMARY KEY (id))""",
+    """CREATE TABLE IF NOT EXISTS users (
+        user_id VARCHAR NOT NULL,
+        email VARCHAR NOT NULL,
+        password_hash VARCHAR NOT NULL,
+        created_at {ts} NOT NULL,
+        updated_at {ts} NOT NULL,
+        PRIMARY KEY (user_id))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_users_email ON users (email)",
+    # `id` is the insertion order: the tiebreak for equal `created_at` (MongoDB's `_id`).
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id {rowid} NOT NULL,
+        job_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        prompt TEXT NOT NULL,
+        content_type VARCHAR NOT NULL,
+        scheduled_for {ts} NOT NULL,
+        created_at {ts} NOT NULL,
+        updated_at {ts} NOT NULL,
+        started_at {ts},
+        completed_at {ts},
+        failed_at {ts},
+        generated_content TEXT,
+        error TEXT,
+        model VARCHAR,
+        usage {json},
+        attempts INTEGER NOT NULL,
+        lease_until {ts},
+        lease_owner VARCHAR,
+        PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_jobs_job_id ON jobs (job_id)",
+    "CREATE INDEX IF NOT EXISTS ix_jobs_user_created ON jobs (user_id, created_at, id)",
+    "CREATE INDEX IF NOT EXISTS ix_jobs_user_updated ON jobs (user_id, updated_at)",
+    "CREATE INDEX IF NOT EXISTS ix_jobs_status_scheduled ON jobs (status, scheduled_for)",
+    "CREATE INDEX IF NOT EXISTS ix_jobs_user_status ON jobs (user_id, status)",
+    """CREATE TABLE IF NOT EXISTS contents (
+        id {rowid} NOT NULL,
+        content_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL,
+        job_id VARCHAR NOT NULL,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL,
+        content_type VARCHAR NOT NULL,
+        prompt TEXT,
+        model VARCHAR,
+        created_at {ts} NOT NULL,
+        updated_at {ts} NOT NULL,
+        PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_contents_job_id ON contents (job_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_contents_content_id ON contents (content_id)",
+    "CREATE INDEX IF NOT EXISTS ix_contents_user_created ON contents (user_id, created_at, id)",
+]
+
+# Upgrade steps: UPGRADES[n] brings a database at version n - 1 to version n. They run
+# before the CREATE statements above (which add whole new tables and their indexes).
+UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {}
+
+# Whether schema_version exists, per dialect (one row with one column, or none).
+VERSION_TABLE_EXISTS: Final[dict[Dialect, str]] = {
+    "sqlite": "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+    "postgresql": "SELECT 1 FROM pg_tables WHERE schemaname = current_schema() "
+    "AND tablename = 'schema_version'",
+}
+CURRENT_VERSION: Final = "SELECT version FROM schema_version WHERE id = 1"
+_NOW: Final[dict[Dialect, str]] = {
+    "sqlite": "strftime('%Y-%m-%d %H:%M:%f', 'now')",
+    "postgresql": "now()",
+}
+
+
+def create_statements(dialect: Dialect) -> list[str]:
+    return [statement.format(**_TYPES[dialect]) for statement in _TABLES]
+
+
+def migration(dialect: Dialect, current: int | None) -> list[str]:
+    """The statements that bring a database at version `current` (None: a new database)
+    to `SCHEMA_VERSION`, in order; `ConfigError` for a database newer than this code."""
+    if current is not None and current > SCHEMA_VERSION:
+        raise ConfigError(
+            f"The database schema is version {current}, newer than this smartgen understands "
+            f"(version {SCHEMA_VERSION}): upgrade smartgen, or point DATABASE_URL elsewhere"
+        )
+    statements: list[str] = []
+    if current is not None:
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            statements += UPGRADES[version](dialect)
+    statements += create_statements(dialect)
+    if current != SCHEMA_VERSION:
+        statements += [
+            "DELETE FROM schema_version",
+            "INSERT INTO schema_version (id, version, updated_at) "
+            f"VALUES (1, {SCHEMA_VERSION}, {_NOW[dialect]})",
+        ]
+    return statements

@@ -181,8 +181,10 @@ class Suite:
         profile_prefix: Path | None = None,
         src: Path | None = None,
         api_workers: int = 1,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.backend = backend
+        self.settings = settings or {}
         self.plan = plan
         self.ws = ws
         self.redis = redis
@@ -214,6 +216,7 @@ class Suite:
             queue_prefix=f"bench{secrets.token_hex(3)}",
             **extra,
         )
+        env.update(self.settings)
         if self.api_workers > 1:
             env["API_WORKERS"] = str(self.api_workers)
         if self.src is not None:  # A/B runs: smartgen imported from another checkout
@@ -934,11 +937,13 @@ async def run_store(
         profile_prefix=profile_prefix,
         src=src,
         api_workers=args.api_workers,
+        settings=dict(args.set),
     )
     result: dict[str, Any] = {
         "store": store,
         "smartgen_src": str(src) if src else "installed package",
         "api_workers": args.api_workers,
+        "settings": dict(args.set),
         "store_description": await backend.describe(),
         "machine": machine(),
         "plan": asdict(plan),
@@ -1012,6 +1017,13 @@ async def run(args: argparse.Namespace, cleanup: Cleanup) -> int:
     return 1 if any(r["errors"] for r in results.values()) else 0
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, separator, value = text.partition("=")
+    if not separator or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip().upper(), value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="smartgen benchmark suite")
     parser.add_argument("--store", choices=(*BACKENDS, "all"), default="postgres")
@@ -1029,6 +1041,15 @@ def main() -> int:
         "--src",
         help="run the smartgen processes from this src/ directory (PYTHONPATH) instead of "
         "the installed package: for before/after comparisons of a change",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="a smartgen setting for every process of the run (repeatable), e.g. "
+        "--set WORKER_FETCH_NEXT=false to measure an optimisation against the stock path",
     )
     parser.add_argument(
         "--repeat",

@@ -4,7 +4,7 @@ the rate limiter. Each use gets the timeouts it needs:
 - `request`: the API's pooled client (queue adds, rate limits, health): short timeouts and
   few retries, so a dead Redis means a quick 503 rather than a request hanging;
 - `blocking`: bullmq's worker connections, with no socket timeout: redis-py 8 defaults it
-  to 5 s, which breaks the worker's blocking waits (a job due in 5 s started 50 s late);
+  to 5 s, which breaks the worker's blocking waits (jobs started long after they were due);
 - `pubsub`: the event bus, bytes in and out, kept alive by health checks.
 """
 

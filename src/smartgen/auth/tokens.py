@@ -60,7 +60,7 @@ class TokenCodec:
 
         A token already verified by this codec is not decoded again until it expires: the
         signature, issuer, audience and not-before cannot change for the same string, and
-        decoding was a tenth of the API's CPU per request."""
+        decoding is a large part of a small request's work."""
         known = self._verified.get(token)
         if known is not None:
             if time.time() <= known[1] + LEEWAY_SECONDS:

@@ -18,6 +18,14 @@ session to reach the process that holds the session, which is why a plain shared
 
 REST requests carry no session and go to whichever worker holds their connection; jobs,
 events and rate limits already live in Redis and the store, shared by all processes.
+
+One cohesive thing (the dispatcher, the handed-connection server and the forwarder only
+make sense together), hence one module past 400 lines. It replaces the standard
+deployments (N processes behind a proxy with sticky sessions, or SO_REUSEPORT with
+websocket-only clients; `bench/deployments.py` measures all three) and uses uvicorn's
+internals to serve a handed connection (`config.http_protocol_class`, `server_state`,
+`lifespan.state`), so it is used only with API_WORKERS > 1; API_WORKERS=1 is plain
+uvicorn.
 """
 
 from __future__ import annotations

@@ -108,7 +108,8 @@ class FakeLLM:
                 delay = reply.delay or fake.default_delay
                 if delay:
                     time.sleep(delay)
-                if body.get("stream") and reply.status == 200 and reply.raw_body is None:
+                streamed = reply.raw_body is None and reply.json_body is None
+                if body.get("stream") and reply.status == 200 and streamed:
                     self._stream(reply, call)
                     return
                 if reply.raw_body is not None:
@@ -159,12 +160,16 @@ class FakeLLM:
                     for i, word in enumerate(words):
                         piece = word if i == 0 else " " + word
                         chunk = {
-                            "model": "fake",
+                            "model": call.body.get("model", "fake"),
                             "choices": [{"index": 0, "delta": {"content": piece}}],
                         }
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         self.wfile.flush()
-                    usage = {"model": "fake", "choices": [], "usage": {"total_tokens": len(words)}}
+                    usage = {
+                        "model": call.body.get("model", "fake"),
+                        "choices": [],
+                        "usage": completion_body("", "")["usage"],
+                    }
                     self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
                     self.wfile.flush()
                     self.close_connection = True

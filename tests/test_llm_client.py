@@ -483,8 +483,8 @@ async def test_stream_yields_deltas_in_order_then_completion(
     deltas, final = await collect(make_client(), marker)
     assert deltas == ["one", " two", " three", " four", " five", " six"]
     assert final.content == "".join(deltas) == text
-    assert final.model == "fake"  # the model named by the chunks
-    assert final.usage == {"total_tokens": 6}
+    assert final.model == MODEL  # the model named by the chunks (the fake echoes the request's)
+    assert final.usage == {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
     [call] = fake_llm.calls_for(marker)
     assert call.body["stream"] is True
     assert call.body["model"] == MODEL

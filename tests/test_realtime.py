@@ -24,7 +24,7 @@ from smartgen.config import Settings
 from smartgen.kit.times import iso_ms, utcnow
 from smartgen.models import Job, JobStatus
 from smartgen.realtime.bus import close_manager, event_channel, worker_publisher
-from smartgen.realtime.events import EventPublisher
+from smartgen.realtime.events import Event, EventPublisher
 from tests.conftest import JWT_SECRET, ApiServer, register
 
 WAIT = 15.0  # upper bound for any single wait; never a speed assertion
@@ -49,7 +49,8 @@ class Listener:
 
     def __init__(self) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
-        self.received: list[tuple[str, Any]] = []
+        self.received: list[tuple[str, Any]] = []  # payloads without their `seq`
+        self.numbers: list[int] = []  # the `seq` of each event that carried one, in order
         self.connect_errors: list[Any] = []
         self.disconnected = asyncio.Event()
         self.disconnected_at: float | None = None
@@ -62,6 +63,9 @@ class Listener:
     def _recorder(self, event: str) -> Callable[[Any], Awaitable[None]]:
         async def record(data: Any) -> None:
             async with self._changed:
+                if isinstance(data, dict) and "seq" in data:
+                    self.numbers.append(data["seq"])
+                    data = {k: v for k, v in data.items() if k != "seq"}
                 self.received.append((event, data))
                 self._changed.notify_all()
 
@@ -316,6 +320,12 @@ async def test_tabs_and_isolation(
 
     await bobs_tab.wait_for("job_status", for_bob.job_id)
     assert bobs_tab.received == [("job_status", status_payload(for_bob))]
+    # Each user's events are numbered in their own log, strictly increasing; the seed's
+    # job_completed carries no number.
+    for tab in (tab1, tab2):
+        assert len(tab.numbers) == 4 and tab.numbers == sorted(set(tab.numbers))
+    assert tab1.numbers == tab2.numbers
+    assert len(bobs_tab.numbers) == 1
 
 
 async def test_seed_payload_has_exactly_five_keys(
@@ -438,8 +448,8 @@ async def test_a_batch_of_events_is_one_published_message(
     alices = listeners()
     await alices.connect(api.url, auth={"token": alice["token"]}, transports=["websocket"])
     jobs = [make_job(alice["userId"], JobStatus.processing) for _ in range(3)]
-    events = [
-        ("job_status", {"jobId": j.job_id, "n": i}, f"user:{alice['userId']}")
+    events: list[Event] = [
+        ("job_status", {"jobId": j.job_id, "n": i}, f"user:{alice['userId']}", None)
         for i, j in enumerate(jobs)
     ]
     spy = aioredis.Redis.from_url(settings.redis_connection_url)
@@ -606,9 +616,9 @@ async def test_publisher_never_blocks_on_delivery() -> None:
     release = asyncio.Event()
     delivered: list[str] = []
 
-    async def stuck_emit(events: list[tuple[str, dict[str, Any], str]]) -> None:
+    async def stuck_emit(events: list[Event]) -> None:
         await release.wait()
-        delivered.extend(event for event, _, _ in events)
+        delivered.extend(event for event, _, _, _ in events)
 
     publisher = EventPublisher(stuck_emit, max_pending=3)
     user_id = uuid.uuid4().hex[:24]
@@ -629,8 +639,8 @@ async def test_publisher_sends_pending_events_together_in_order() -> None:
     batches: list[list[str]] = []
     gate = asyncio.Event()
 
-    async def emit(events: list[tuple[str, dict[str, Any], str]]) -> None:
-        batches.append([f"{event}:{payload['jobId']}" for event, payload, _ in events])
+    async def emit(events: list[Event]) -> None:
+        batches.append([f"{event}:{payload['jobId']}" for event, payload, _, _ in events])
         await gate.wait()
 
     publisher = EventPublisher(emit)
@@ -650,7 +660,7 @@ async def test_publisher_sends_pending_events_together_in_order() -> None:
     assert publisher.sent == 8
 
     # A publisher whose delivery never finishes is stopped within its grace period.
-    async def never_returns(events: list[tuple[str, dict[str, Any], str]]) -> None:
+    async def never_returns(events: list[Event]) -> None:
         await asyncio.Event().wait()
 
     forever = EventPublisher(never_returns)

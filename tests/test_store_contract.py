@@ -1139,9 +1139,13 @@ async def test_a_database_written_by_smartgen_0_1_opens_unchanged(backend: Backe
     ddl = (DATA / f"schema_v1_sqlalchemy_{dialect}.sql").read_text()
     for statement in filter(str.strip, ddl.split(";")):
         await raw_sql(backend, statement)
+    from smartgen.store.sql.schema import SCHEMA_VERSION
+
     store = backend.open()
     await store.init()
-    assert await raw_sql(backend, "SELECT id, version FROM schema_version") == [(1, 1)]
+    assert await raw_sql(backend, "SELECT id, version FROM schema_version") == [
+        (1, SCHEMA_VERSION)
+    ]
     at = datetime(2026, 1, 11, 19, 34, 18, 356000, tzinfo=UTC)
     user = await store.users.get("65a0411b9c1e4c0b8f3a7d21")
     assert user == User("65a0411b9c1e4c0b8f3a7d21", "ada@example.com", "$argon2id$stub", at)
@@ -1168,6 +1172,13 @@ async def test_a_database_written_by_smartgen_0_1_opens_unchanged(backend: Backe
         queued.job_id,
         job.job_id,
     ]
+    # The columns added since version 1 work on the upgraded table.
+    cancelled = await store.jobs.cancel(queued.job_id, user.user_id, at=at)
+    assert cancelled is None  # completed above: final
+    again = await store.jobs.requeue(
+        job.job_id, user.user_id, scheduled_for=at, at=at, history=[{"status": "x"}]
+    )
+    assert again is None  # completed jobs are not queued again
 
 
 @pytest.mark.parametrize(
@@ -1326,3 +1337,132 @@ async def test_processing_lease_blocks_a_second_delivery(store: Store) -> None:
         job.job_id, at=later, attempt=5, lease_until=later + timedelta(minutes=1), owner="m1"
     )
     assert retry is not None and retry.attempts == 5
+
+
+# --- job control ----------------------------------------------------------------------------
+async def test_cancel_queued_and_processing_jobs_of_their_owner_only(store: Store) -> None:
+    user, other = oid(), oid()
+    queued, processing, done = (make_job(user) for _ in range(3))
+    for job in (queued, processing, done):
+        await store.jobs.create(job)
+    at = T0 + timedelta(seconds=61)
+    await store.jobs.mark_processing(processing.job_id, at=at, attempt=1)
+    await store.jobs.mark_processing(done.job_id, at=at, attempt=1)
+    await store.jobs.mark_completed(done.job_id, result=Completion("x", "m"), at=at)
+    assert await store.jobs.cancel(queued.job_id, other, at=at) is None  # not theirs
+    assert await store.jobs.cancel(uuid.uuid4().hex, user, at=at) is None
+    cancelled_at = at + timedelta(seconds=1)
+    for job in (queued, processing):
+        cancelled = await store.jobs.cancel(job.job_id, user, at=cancelled_at)
+        assert cancelled is not None
+        assert (cancelled.status, cancelled.cancelled_at, cancelled.updated_at) == (
+            JobStatus.cancelled,
+            cancelled_at,
+            cancelled_at,
+        )
+        assert await store.jobs.get(job.job_id) == cancelled
+        assert await store.jobs.cancel(job.job_id, user, at=cancelled_at) is None  # final
+    assert await store.jobs.cancel(done.job_id, user, at=at) is None
+    # One final state: a cancelled job is never taken, completed or failed.
+    later = at + timedelta(hours=1)
+    for job in (queued, processing):
+        assert await store.jobs.mark_processing(job.job_id, at=later, attempt=2) is None
+        assert not await store.jobs.mark_completed(
+            job.job_id, result=Completion("late", "m"), at=later
+        )
+        assert not await store.jobs.mark_failed(job.job_id, error="late", at=later)
+        final = await store.jobs.get(job.job_id)
+        assert final is not None and final.status == JobStatus.cancelled
+        assert final.generated_content is None
+
+
+async def test_reschedule_only_while_queued(store: Store) -> None:
+    user = oid()
+    job = make_job(user)
+    await store.jobs.create(job)
+    at = T0 + timedelta(seconds=5)
+    later = T0 + timedelta(hours=2)
+    assert await store.jobs.reschedule(job.job_id, oid(), scheduled_for=later, at=at) is None
+    moved = await store.jobs.reschedule(job.job_id, user, scheduled_for=later, at=at)
+    assert moved is not None
+    assert (moved.scheduled_for, moved.updated_at, moved.prompt) == (later, at, job.prompt)
+    edited = await store.jobs.reschedule(
+        job.job_id,
+        user,
+        scheduled_for=later,
+        at=at,
+        prompt="Rye bread instead",
+        content_type="Social Media Caption",
+    )
+    assert edited is not None
+    assert (edited.prompt, edited.content_type) == ("Rye bread instead", "Social Media Caption")
+    assert await store.jobs.get(job.job_id) == edited
+    # Not due before its new time: a delivery that comes early cannot take it.
+    early = T0 + timedelta(seconds=61)
+    assert await store.jobs.mark_processing(job.job_id, at=early, attempt=1, due_by=early) is None
+    taken = await store.jobs.mark_processing(job.job_id, at=later, attempt=1, due_by=later)
+    assert taken is not None and taken.status == JobStatus.processing
+    assert await store.jobs.reschedule(job.job_id, user, scheduled_for=later, at=at) is None
+
+
+async def test_requeue_failed_and_cancelled_jobs_keeps_their_history(store: Store) -> None:
+    user = oid()
+    failed, cancelled, done = (make_job(user) for _ in range(3))
+    for job in (failed, cancelled, done):
+        await store.jobs.create(job)
+    at = T0 + timedelta(seconds=61)
+    for job in (failed, done):
+        await store.jobs.mark_processing(job.job_id, at=at, attempt=3)
+    await store.jobs.mark_failed(failed.job_id, error="boom", at=at)
+    await store.jobs.mark_completed(done.job_id, result=Completion("x", "m"), at=at)
+    await store.jobs.cancel(cancelled.job_id, user, at=at)
+    again_at = at + timedelta(minutes=5)
+    due = again_at + timedelta(seconds=60)
+    history = [{"status": "failed", "error": "boom", "attempts": 3}]
+    assert (
+        await store.jobs.requeue(
+            failed.job_id, oid(), scheduled_for=due, at=again_at, history=history
+        )
+        is None
+    )
+    requeued = await store.jobs.requeue(
+        failed.job_id, user, scheduled_for=due, at=again_at, history=history
+    )
+    assert requeued is not None
+    assert (requeued.status, requeued.scheduled_for, requeued.history) == (
+        JobStatus.queued,
+        due,
+        history,
+    )
+    assert requeued.error is None and requeued.failed_at is None
+    assert requeued.started_at is None and requeued.attempts == 3
+    assert await store.jobs.get(failed.job_id) == requeued
+    back = await store.jobs.requeue(
+        cancelled.job_id, user, scheduled_for=due, at=again_at, history=[{"status": "cancelled"}]
+    )
+    assert back is not None and back.status == JobStatus.queued and back.cancelled_at is None
+    assert (
+        await store.jobs.requeue(done.job_id, user, scheduled_for=due, at=again_at, history=[])
+        is None
+    )
+    assert (
+        await store.jobs.requeue(failed.job_id, user, scheduled_for=due, at=again_at, history=[])
+        is None
+    )  # queued now
+
+
+async def test_restore_puts_back_a_queued_snapshot_only(store: Store) -> None:
+    user = oid()
+    job = make_job(user)
+    await store.jobs.create(job)
+    at = T0 + timedelta(seconds=5)
+    moved = await store.jobs.reschedule(
+        job.job_id, user, scheduled_for=T0 + timedelta(hours=1), at=at, prompt="other"
+    )
+    assert moved is not None
+    assert await store.jobs.restore(job)
+    assert await store.jobs.get(job.job_id) == job
+    await store.jobs.mark_processing(job.job_id, at=T0 + timedelta(hours=2), attempt=1)
+    assert not await store.jobs.restore(job)
+    current = await store.jobs.get(job.job_id)
+    assert current is not None and current.status == JobStatus.processing

@@ -89,6 +89,18 @@ class Settings(BaseSettings):
     allow_insecure_secret: bool = False
 
     generation_delay_seconds: float = Field(60.0, ge=0, le=7 * 24 * 3600)
+    # The longest delay a job may be given (POST delaySeconds, PATCH delaySeconds or
+    # scheduledFor).
+    max_delay_seconds: float = Field(7 * 24 * 3600.0, gt=0, le=365 * 24 * 3600)
+    # Idempotency-Key: how long a key replays its first answer.
+    idempotency_ttl_seconds: float = Field(24 * 3600.0, gt=0)
+    # Live text: at most one job_progress event per job per this interval.
+    progress_interval_seconds: float = Field(0.1, ge=0.01, le=10)
+    # The per-user event log (Redis streams): replay for sync and GET /events.
+    event_log_max_events: int = Field(1000, ge=10)
+    event_log_max_age_seconds: float = Field(24 * 3600.0, gt=0)
+    # GET /events: a comment line this often keeps proxies from closing an idle stream.
+    events_heartbeat_seconds: float = Field(15.0, gt=0)
     expected_processing_seconds: float = Field(30.0, ge=0)
     prompt_max_chars: int = Field(4000, ge=1, le=20_000)
     jobs_list_default_limit: int = Field(50, ge=1)

@@ -18,13 +18,17 @@ class JobStatus(StrEnum):
     processing = "processing"
     completed = "completed"
     failed = "failed"
+    cancelled = "cancelled"
 
     @property
     def is_final(self) -> bool:
-        return self in (JobStatus.completed, JobStatus.failed)
+        return self in FINAL
 
 
 UNFINISHED: Final = (JobStatus.queued, JobStatus.processing)
+FINAL: Final = frozenset({JobStatus.completed, JobStatus.failed, JobStatus.cancelled})
+# A job that ended without content may be queued again (`retry`).
+RETRYABLE: Final = (JobStatus.failed, JobStatus.cancelled)
 
 
 @dataclass(slots=True)
@@ -57,6 +61,9 @@ class Job:
     # over; retries of the same message (same owner) may.
     lease_until: datetime | None = None
     lease_owner: str | None = None
+    cancelled_at: datetime | None = None
+    # Earlier runs of a job queued again (`retry`), oldest first: what each ended with.
+    history: list[dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)

@@ -1,14 +1,17 @@
-"""What the domains ask of the world outside them, as protocols: the job queue, the event
-notifier, the language model and rate limits. Services and tasks take these; the queue, realtime and
-llm packages implement them, so no domain module imports bullmq, redis or socketio.
+"""What the domains ask of the world outside them, as protocols: the job queue and its
+cancel signal, the event notifier and live text, the language model, timing statistics and
+rate limits. Services and tasks take these; the queue, realtime and llm packages implement
+them, so no domain module imports bullmq, redis or socketio.
 
-Also the two outcomes a task may report to whichever queue runs it (`RetryLater`,
+Also the outcomes a task may report to whichever queue runs it (`RetryLater`, `RunLater`,
 `GiveUp`): the queue adapter turns them into its own library's terms."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from smartgen.models import Completion, Job, ModelRequest
@@ -19,8 +22,15 @@ class JobQueue(Protocol):
         """Queue a job to run after `delay_ms`; idempotent for the same `job_id`.
         `ServiceUnavailable` when the queue does not answer."""
 
-    async def remove(self, job_id: str) -> None:
-        """Forget the job's queue entry, if any."""
+    async def remove(self, job_id: str) -> bool:
+        """Forget the job's queue entry, if any; False when a worker holds it right now."""
+
+    async def reschedule(self, *, job_id: str, data: dict[str, Any], delay_ms: int) -> None:
+        """Run the job after `delay_ms` from now instead; a delivery a worker already holds
+        is left to find the new time in the store."""
+
+    async def cancel(self, job_id: str) -> None:
+        """Drop the job's queue entry and tell the worker running it, if any, to stop."""
 
     async def state(self, job_id: str) -> str:
         """delayed, waiting, active, completed, failed, unknown, …"""
@@ -30,12 +40,45 @@ class Notifier(Protocol):
     async def job_changed(self, job: Job) -> None:
         """Announce a job's new state to its owner. Never blocks on delivery, never raises."""
 
+    async def job_progress(self, job: Job, *, delta: str, length: int, reset: bool) -> None:
+        """Announce text a running job has written (`reset`: start again from nothing)."""
+
+
+class LiveText(Protocol):
+    """The text of running jobs so far (never a job's content: that is the store's)."""
+
+    async def append(self, job_id: str, text: str) -> None: ...
+
+    async def clear(self, job_id: str) -> None: ...
+
+    async def get(self, job_id: str) -> str | None: ...
+
 
 class Generator(Protocol):
     model: str
 
     async def generate(self, request: ModelRequest) -> Completion:
         """The model's answer; `llm.errors.LLMError` says why there is none."""
+
+    def generate_stream(self, request: ModelRequest) -> AsyncIterator[str | Completion]:
+        """Text as it is written, then the assembled `Completion` last; `LLMError` too."""
+
+
+class Cancellations(Protocol):
+    """The worker's side of `JobQueue.cancel`."""
+
+    def guard(self, job_id: str) -> AbstractContextManager[None]:
+        """While inside, a cancel of `job_id` stops the current task's wait at once and
+        raises `JobCancelled` instead."""
+
+
+class Timings(Protocol):
+    """How long jobs took to process, per content type (for `estimatedCompletionTime`)."""
+
+    async def typical_seconds(self, content_type: str) -> float | None:
+        """The median of recent processing times; None with no history yet."""
+
+    async def record(self, content_type: str, seconds: float) -> None: ...
 
 
 class RateLimits(Protocol):
@@ -58,6 +101,18 @@ class Delivery:
     @property
     def last_attempt(self) -> bool:
         return self.attempt >= self.attempts
+
+
+class JobCancelled(Exception):
+    """The job's owner cancelled it while this task ran."""
+
+
+class RunLater(Exception):
+    """Not yet: run this delivery again at `at` (the job was rescheduled)."""
+
+    def __init__(self, at: datetime) -> None:
+        super().__init__(f"not due before {at.isoformat()}")
+        self.at = at
 
 
 class RetryLater(Exception):

@@ -24,6 +24,10 @@ from smartgen.content.router import router as content_router
 from smartgen.content.router import saving as saving_router
 from smartgen.generation.router import router as generation_router
 from smartgen.queue.producer import GenerationQueue
+from smartgen.queue.timings import RedisTimings
+from smartgen.realtime.bus import event_log
+from smartgen.realtime.live_text import RedisLiveText
+from smartgen.realtime.router import router as events_router
 from smartgen.realtime.server import RealtimeServer
 from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
@@ -81,11 +85,12 @@ def create_app(
         store = open_store(settings)
         redis = redis_client(settings, "request")
         queue = GenerationQueue(settings, redis)
+        log = event_log(settings, redis)
+        namespace = f"{settings.queue_prefix}:smartgen"
         try:
             if init_store:
                 await store.init()
-            realtime.store = store
-            realtime.publisher.start()
+            realtime.attach(store=store, log=log)
             app.state.services = Services(
                 settings=settings,
                 store=store,
@@ -93,7 +98,11 @@ def create_app(
                 tokens=tokens,
                 redis=redis,
                 notifier=realtime.publisher,
-                limiter=RateLimiter(redis, prefix=f"{settings.queue_prefix}:smartgen:rl"),
+                limiter=RateLimiter(redis, prefix=f"{namespace}:rl"),
+                live=RedisLiveText(redis, namespace),
+                log=log,
+                timings=RedisTimings(redis, namespace),
+                listeners=realtime.manager.local,
             )
             if on_started is not None:
                 on_started()
@@ -118,6 +127,7 @@ def create_app(
             {"name": "auth", "description": "Register and log in: a JWT for everything else"},
             {"name": "generation", "description": "Queue a generation, follow it, save it"},
             {"name": "content", "description": "Saved content"},
+            {"name": "events", "description": "Your event log as server-sent events"},
             {"name": "health", "description": "Liveness and readiness"},
         ],
     )
@@ -135,6 +145,7 @@ def create_app(
     app.include_router(saving_router)
     app.include_router(auth_router)
     app.include_router(content_router)
+    app.include_router(events_router)
     app.include_router(health_router)
     _document_prompt_limit(app, settings)
 

@@ -16,13 +16,15 @@ from fastapi.security import HTTPBearer
 from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable
-from smartgen.ports import JobQueue, Notifier, RateLimits
+from smartgen.ports import JobQueue, LiveText, Notifier, RateLimits, Timings
 from smartgen.store.base import Store
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from smartgen.api.ratelimit import RateLimiter
+    from smartgen.realtime.log import EventLog
+    from smartgen.realtime.subscribers import LocalSubscribers
 
 
 @dataclass(slots=True)
@@ -36,6 +38,10 @@ class Services:
     redis: Redis
     notifier: Notifier
     limiter: RateLimiter
+    live: LiveText
+    log: EventLog
+    timings: Timings
+    listeners: LocalSubscribers
 
 
 def services(request: Request) -> Services:
@@ -67,6 +73,14 @@ async def get_limiter(request: Request) -> RateLimits:
     return services(request).limiter
 
 
+async def get_live(request: Request) -> LiveText:
+    return services(request).live
+
+
+async def get_timings(request: Request) -> Timings:
+    return services(request).timings
+
+
 async def get_redis(request: Request) -> Redis:
     return services(request).redis
 
@@ -94,6 +108,8 @@ QueueDep = Annotated[JobQueue, Depends(get_queue)]
 NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 TokensDep = Annotated[TokenCodec, Depends(get_tokens)]
 LimiterDep = Annotated[RateLimits, Depends(get_limiter)]
+LiveTextDep = Annotated[LiveText, Depends(get_live)]
+TimingsDep = Annotated[Timings, Depends(get_timings)]
 RedisDep = Annotated["Redis", Depends(get_redis)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]
 

@@ -1,25 +1,29 @@
-"""/generate-content: queue a generation, read its status, list jobs (saving a result is
+"""/generate-content: queue a generation, follow it, control it (saving a result is
 `content/router.py`'s)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from smartgen.api.deps import (
     CurrentUser,
+    LiveTextDep,
     NotifierDep,
     QueueDep,
     SettingsDep,
     StoreDep,
+    TimingsDep,
     rate_limit,
 )
-from smartgen.errors import QueueUnavailable, error_responses
-from smartgen.generation import service
+from smartgen.api.idempotency import IdempotencyDep, KeyHeader, fingerprint
+from smartgen.errors import QueueUnavailable, ValidationFailed, error_responses
+from smartgen.generation import control, service
 from smartgen.generation.schemas import (
     GenerationRequest,
     JobOut,
+    JobUpdate,
     QueuedResponse,
     job_out,
     queued_response,
@@ -40,28 +44,57 @@ generate_limit = rate_limit(
     fail_open=False,
     unavailable=QueueUnavailable(),
 )
+REPLAYED = {"description": "Replayed: the first answer to this Idempotency-Key"}
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, dependencies=[generate_limit])
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[generate_limit],
+    response_model=QueuedResponse,
+    responses={200: REPLAYED, **error_responses(409)},
+)
 async def queue_generation(
     body: GenerationRequest,
+    request: Request,
     user: CurrentUser,
     store: StoreDep,
     queue: QueueDep,
     notifier: NotifierDep,
     settings: SettingsDep,
-) -> QueuedResponse:
-    """Queue a content generation; it runs after GENERATION_DELAY_SECONDS."""
-    queued = await service.queue_generation(
-        store=store,
-        queue=queue,
-        notifier=notifier,
-        settings=settings,
+    timings: TimingsDep,
+    idempotency: IdempotencyDep,
+    idempotency_key: KeyHeader = None,
+) -> Any:
+    """Queue a content generation; it runs after GENERATION_DELAY_SECONDS (or
+    `delaySeconds`)."""
+    if body.delaySeconds is not None and body.delaySeconds > settings.max_delay_seconds:
+        raise ValidationFailed(
+            f"delaySeconds: must be at most {settings.max_delay_seconds:g}",
+            details=[{"field": "delaySeconds", "message": "too long"}],
+        )
+
+    async def produce() -> QueuedResponse:
+        queued = await service.queue_generation(
+            store=store,
+            queue=queue,
+            notifier=notifier,
+            settings=settings,
+            user_id=user.user_id,
+            prompt=body.prompt,
+            content_type=body.contentType,
+            delay_seconds=body.delaySeconds,
+            timings=timings,
+        )
+        return queued_response(queued)
+
+    return await idempotency.run(
         user_id=user.user_id,
-        prompt=body.prompt,
-        content_type=body.contentType,
+        key=idempotency_key,
+        print_=fingerprint(request.url.path, body),
+        status_code=status.HTTP_202_ACCEPTED,
+        produce=produce,
     )
-    return queued_response(queued)
 
 
 @router.get("", response_model_exclude_none=True)
@@ -84,6 +117,112 @@ async def list_jobs(
 
 
 @router.get("/{jobId}", response_model_exclude_none=True, responses=error_responses(404))
-async def get_job(jobId: str, user: CurrentUser, store: StoreDep) -> JobOut:
-    """One of the caller's jobs: status, and the content once completed."""
-    return job_out(await service.get_job(store=store, user_id=user.user_id, job_id=jobId))
+async def get_job(jobId: str, user: CurrentUser, store: StoreDep, live: LiveTextDep) -> JobOut:
+    """One of the caller's jobs: status, the text so far while processing, the content
+    once completed."""
+    job = await service.get_job(store=store, user_id=user.user_id, job_id=jobId)
+    return job_out(job, partial=await control.live_text(live=live, job=job))
+
+
+@router.delete(
+    "/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409)
+)
+async def cancel_job(
+    jobId: str, user: CurrentUser, store: StoreDep, queue: QueueDep, notifier: NotifierDep
+) -> JobOut:
+    """Cancel a queued or running job (a running one's model call stops within about a
+    second); 409 `job_final` when it already ended."""
+    job = await control.cancel_job(
+        store=store, queue=queue, notifier=notifier, user_id=user.user_id, job_id=jobId
+    )
+    return job_out(job)
+
+
+@router.patch(
+    "/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409)
+)
+async def update_job(
+    jobId: str,
+    body: JobUpdate,
+    user: CurrentUser,
+    store: StoreDep,
+    queue: QueueDep,
+    notifier: NotifierDep,
+    settings: SettingsDep,
+) -> JobOut:
+    """Change a queued job's time (`delaySeconds` or `scheduledFor`), prompt or content
+    type; 409 `job_not_queued` once it has started."""
+    if body.delaySeconds is not None and body.delaySeconds > settings.max_delay_seconds:
+        raise ValidationFailed(
+            f"delaySeconds: must be at most {settings.max_delay_seconds:g}",
+            details=[{"field": "delaySeconds", "message": "too long"}],
+        )
+    job = await control.update_job(
+        store=store,
+        queue=queue,
+        notifier=notifier,
+        settings=settings,
+        user_id=user.user_id,
+        job_id=jobId,
+        delay_seconds=body.delaySeconds,
+        scheduled_for=body.scheduledFor,
+        prompt=body.prompt,
+        content_type=body.contentType,
+    )
+    return job_out(job)
+
+
+@router.post(
+    "/{jobId}/run-now", response_model_exclude_none=True, responses=error_responses(404, 409)
+)
+async def run_now(
+    jobId: str, user: CurrentUser, store: StoreDep, queue: QueueDep, notifier: NotifierDep
+) -> JobOut:
+    """Start a queued job at once; 409 `job_not_queued` otherwise."""
+    job = await control.run_job_now(
+        store=store, queue=queue, notifier=notifier, user_id=user.user_id, job_id=jobId
+    )
+    return job_out(job)
+
+
+@router.post(
+    "/{jobId}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[generate_limit],
+    response_model=QueuedResponse,
+    responses={200: REPLAYED, **error_responses(404, 409)},
+)
+async def retry_job(
+    jobId: str,
+    request: Request,
+    user: CurrentUser,
+    store: StoreDep,
+    queue: QueueDep,
+    notifier: NotifierDep,
+    settings: SettingsDep,
+    timings: TimingsDep,
+    idempotency: IdempotencyDep,
+    idempotency_key: KeyHeader = None,
+) -> Any:
+    """Queue a failed or cancelled job again (same jobId, new scheduledFor, its earlier
+    run kept in `history`); 409 `job_not_retryable` otherwise."""
+
+    async def produce() -> QueuedResponse:
+        queued = await control.retry_job(
+            store=store,
+            queue=queue,
+            notifier=notifier,
+            settings=settings,
+            user_id=user.user_id,
+            job_id=jobId,
+            timings=timings,
+        )
+        return queued_response(queued)
+
+    return await idempotency.run(
+        user_id=user.user_id,
+        key=idempotency_key,
+        print_=fingerprint(request.url.path, None),
+        status_code=status.HTTP_202_ACCEPTED,
+        produce=produce,
+    )

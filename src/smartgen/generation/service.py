@@ -12,10 +12,11 @@ from smartgen.config import Settings
 from smartgen.errors import AppError, NotFound, TooManyRequests, ValidationFailed
 from smartgen.kit.times import utcnow
 from smartgen.models import Job, JobStatus
-from smartgen.ports import JobQueue, Notifier
+from smartgen.ports import JobQueue, Notifier, Timings
 from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,22 @@ def queue_message(job: Job) -> dict[str, Any]:
     }
 
 
+def check_prompt(settings: Settings, prompt: str) -> None:
+    if len(prompt) > settings.prompt_max_chars:
+        raise ValidationFailed(
+            f"prompt: must be at most {settings.prompt_max_chars} characters (got {len(prompt)})",
+            details=[{"field": "prompt", "message": "too long"}],
+        )
+
+
+async def estimate(settings: Settings, timings: Timings | None, job: Job) -> datetime:
+    """`scheduledFor` plus the median of recent processing times for the job's content
+    type (EXPECTED_PROCESSING_SECONDS until there is history)."""
+    typical = await timings.typical_seconds(job.content_type) if timings is not None else None
+    seconds = typical if typical is not None else settings.expected_processing_seconds
+    return job.scheduled_for + timedelta(seconds=seconds)
+
+
 async def queue_generation(
     *,
     store: Store,
@@ -45,19 +62,18 @@ async def queue_generation(
     user_id: str,
     prompt: str,
     content_type: str,
+    delay_seconds: float | None = None,
+    timings: Timings | None = None,
 ) -> QueuedJob:
-    """Store the job, then queue it with the configured delay, then announce it.
+    """Store the job, then queue it with its delay (GENERATION_DELAY_SECONDS unless the
+    caller chose one), then announce it.
 
     The store write comes first so the worker always finds the record; if the queue
     refuses the job, the record is removed again, so no job is left that would never run.
     """
-    if len(prompt) > settings.prompt_max_chars:
-        raise ValidationFailed(
-            f"prompt: must be at most {settings.prompt_max_chars} characters (got {len(prompt)})",
-            details=[{"field": "prompt", "message": "too long"}],
-        )
+    check_prompt(settings, prompt)
     now = utcnow()
-    delay = settings.generation_delay_seconds
+    delay = settings.generation_delay_seconds if delay_seconds is None else delay_seconds
     job = Job(
         job_id=str(uuid4()),
         user_id=user_id,
@@ -90,8 +106,9 @@ async def queue_generation(
             log.error("job %s could not be queued nor removed", job.job_id)
         raise
     await notifier.job_changed(job)
-    estimated = job.scheduled_for + timedelta(seconds=settings.expected_processing_seconds)
-    return QueuedJob(job=job, delay_seconds=delay, estimated_completion=estimated)
+    return QueuedJob(
+        job=job, delay_seconds=delay, estimated_completion=await estimate(settings, timings, job)
+    )
 
 
 def parse_job_id(job_id: str) -> str:

@@ -7,7 +7,9 @@ is never generated again, and a completion is written only over `processing`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 
@@ -17,7 +19,18 @@ from smartgen.generation.prompts import model_request
 from smartgen.kit.times import utcnow
 from smartgen.llm.errors import LLMError
 from smartgen.models import Completion, Job, JobStatus
-from smartgen.ports import Delivery, Generator, GiveUp, Notifier, RetryLater
+from smartgen.ports import (
+    Cancellations,
+    Delivery,
+    Generator,
+    GiveUp,
+    JobCancelled,
+    LiveText,
+    Notifier,
+    RetryLater,
+    RunLater,
+    Timings,
+)
 from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -25,22 +38,89 @@ log = logging.getLogger(__name__)
 INTERNAL_FAILURE = "generation failed because of an internal error; please try again"
 
 
+# A delivery may take a job scheduled this much later than its own clock says (clock skew
+# between hosts); a job rescheduled later than that is not due.
+SCHEDULE_TOLERANCE = timedelta(seconds=2)
+
+
+class LiveWriter:
+    """Text as a running job writes it: `job_progress` events, at most one per `interval`
+    seconds (what came meanwhile goes together), and the job's live text for `GET`."""
+
+    def __init__(
+        self, job: Job, notifier: Notifier, live: LiveText | None, interval: float
+    ) -> None:
+        self._job = job
+        self._notifier = notifier
+        self._live = live
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[str] = []
+        self._flushed_at = 0.0
+        self.length = 0
+
+    async def add(self, text: str) -> None:
+        self._pending.append(text)
+        self.length += len(text)
+        if self._loop.time() - self._flushed_at >= self._interval:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        delta = "".join(self._pending)
+        self._pending.clear()
+        self._flushed_at = self._loop.time()
+        await self._notifier.job_progress(self._job, delta=delta, length=self.length, reset=False)
+        if self._live is not None:
+            try:
+                await self._live.append(self._job.job_id, delta)
+            except Exception as exc:  # live text is a courtesy; the job goes on without it
+                log.debug("job %s: live text not kept: %s", self._job.job_id, exc)
+
+    async def reset(self) -> None:
+        """The text so far is void (the stream broke): clients start again from nothing."""
+        written, self.length = self.length, 0
+        self._pending.clear()
+        await self.discard()
+        if written:
+            await self._notifier.job_progress(self._job, delta="", length=0, reset=True)
+
+    async def discard(self) -> None:
+        if self._live is not None:
+            try:
+                await self._live.clear(self._job.job_id)
+            except Exception as exc:
+                log.debug("job %s: live text not cleared: %s", self._job.job_id, exc)
+
+
 class GenerationTask:
     """Runs one delivery of a generation job (`queue.runner` calls it)."""
 
     def __init__(
-        self, *, store: Store, llm: Generator, notifier: Notifier, settings: Settings
+        self,
+        *,
+        store: Store,
+        llm: Generator,
+        notifier: Notifier,
+        settings: Settings,
+        live: LiveText | None = None,
+        cancellations: Cancellations | None = None,
+        timings: Timings | None = None,
     ) -> None:
         self.store = store
         self.llm = llm
         self.notifier = notifier
         self.settings = settings
+        self.live = live
+        self.cancellations = cancellations
+        self.timings = timings
 
     async def __call__(self, delivery: Delivery) -> str:
         job_id = str(delivery.data.get("jobId") or delivery.message_id)
         try:
             return await self._run(delivery, job_id)
-        except (RetryLater, GiveUp):
+        except (RetryLater, RunLater, GiveUp):
             raise
         except Exception as exc:
             # Store or programming errors: let the queue retry; on the last attempt
@@ -61,7 +141,12 @@ class GenerationTask:
         # The queue message's id owns the lease: its own retries and stalled-job recovery
         # may take the job over at once; another message for the same job may not.
         started = await self.store.jobs.mark_processing(
-            job_id, at=now, attempt=attempt, lease_until=lease, owner=delivery.message_id
+            job_id,
+            at=now,
+            attempt=attempt,
+            lease_until=lease,
+            owner=delivery.message_id,
+            due_by=now + SCHEDULE_TOLERANCE,
         )
         if started is None:
             return await self._not_taken(job_id, now, last_attempt)
@@ -74,29 +159,56 @@ class GenerationTask:
                 content=kept["content"], model=kept.get("model") or "", usage=kept.get("usage")
             )
         else:
-            try:
-                completion = await self.llm.generate(
-                    model_request(started.content_type, started.prompt)
-                )
-            except LLMError as exc:
-                if exc.retryable and not last_attempt:
-                    log.info("job %s attempt %d: %s (will retry)", job_id, attempt, exc.message)
-                    raise RetryLater(exc.message, exc.retry_after) from None
-                message = f"Generation failed: {exc.message}"
-                await self._fail(job_id, message)
-                raise GiveUp(message) from None
+            generated = await self._generate(started, attempt, last_attempt)
+            if generated is None:
+                return "cancelled"
+            completion = generated
 
         await self._complete(delivery, started, completion)
         return "completed"
 
+    async def _generate(self, job: Job, attempt: int, last_attempt: bool) -> Completion | None:
+        """Stream the model's answer, announcing the text as it comes; None when the owner
+        cancelled the job meanwhile (the model call is stopped, nothing is kept)."""
+        writer = LiveWriter(job, self.notifier, self.live, self.settings.progress_interval_seconds)
+        guard = self.cancellations.guard(job.job_id) if self.cancellations else nullcontext()
+        completion: Completion | None = None
+        request = model_request(job.content_type, job.prompt)
+        try:
+            with guard:
+                async for piece in self.llm.generate_stream(request):
+                    if isinstance(piece, Completion):
+                        completion = piece
+                    else:
+                        await writer.add(piece)
+            await writer.flush()
+        except JobCancelled:
+            await writer.discard()
+            log.info("job %s cancelled while generating", job.job_id)
+            return None
+        except LLMError as exc:
+            await writer.reset()  # partial text never becomes the content
+            if exc.retryable and not last_attempt:
+                log.info("job %s attempt %d: %s (will retry)", job.job_id, attempt, exc.message)
+                raise RetryLater(exc.message, exc.retry_after) from None
+            message = f"Generation failed: {exc.message}"
+            await self._fail(job.job_id, message)
+            raise GiveUp(message) from None
+        if completion is None:  # pragma: no cover - every stream ends with its Completion
+            raise LLMError("the model's stream ended without an answer", retryable=True)
+        return completion
+
     async def _not_taken(self, job_id: str, now: datetime, last_attempt: bool) -> str:
-        """Another delivery of the same job holds it (or it just finished)."""
+        """Another delivery of the same job holds it (or it just finished), or it was
+        rescheduled later than now."""
         current = await self.store.jobs.get(job_id)
         if current is None:
             log.info("job %s is not in the store; dropping it", job_id)
             return "missing"
         if current.status.is_final:
             return f"already {current.status.value}"
+        if current.status == JobStatus.queued and current.scheduled_for > now + SCHEDULE_TOLERANCE:
+            raise RunLater(current.scheduled_for)
         held_for = (current.lease_until - now).total_seconds() if current.lease_until else 0.0
         if last_attempt:
             # The holder finishes it; if it dies, the reconciler queues the job again.
@@ -119,7 +231,13 @@ class GenerationTask:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        if self.live is not None:
+            with contextlib.suppress(Exception):
+                await self.live.clear(job_id)
         if written:
+            if self.timings is not None and started.started_at is not None:
+                seconds = (at - started.started_at).total_seconds()
+                await self.timings.record(started.content_type, seconds)
             final = replace(
                 started,
                 status=JobStatus.completed,

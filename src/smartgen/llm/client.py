@@ -159,6 +159,11 @@ async def _sse_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
         yield b"".join(pending).decode("utf-8", "replace")
 
 
+async def _lines_of(raw: bytes) -> AsyncIterator[str]:
+    for line in raw.splitlines():
+        yield line.decode("utf-8", "replace")
+
+
 class ChatClient:
     """One pooled HTTP session per process; use it in the running loop, close on exit."""
 
@@ -238,6 +243,9 @@ class ChatClient:
     async def generate(self, request: ModelRequest) -> Completion:
         return await self.complete(request.messages)
 
+    def generate_stream(self, request: ModelRequest) -> AsyncIterator[str | Completion]:
+        return self.stream(request.messages)
+
     async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Completion]:
         """Yield text deltas as they arrive, then the assembled `Completion` last."""
         session = self._session()
@@ -265,7 +273,23 @@ class ChatClient:
                         parse_retry_after(response.headers.get("Retry-After")),
                         self._secret,
                     )
-                async for line in _sse_lines(response.content):
+                if "text/event-stream" not in response.headers.get("Content-Type", ""):
+                    # Not labelled as a stream: a provider that answers a stream request
+                    # with one whole JSON answer, or a stream under another label.
+                    raw = await response.read()
+                    try:
+                        body = jsoncodec.loads(raw)
+                    except ValueError:
+                        body = None
+                    if isinstance(body, dict):
+                        whole = _completion_from_body(body, model, self._secret)
+                        yield whole.content
+                        yield whole
+                        return
+                    lines: AsyncIterator[str] = _lines_of(raw)
+                else:
+                    lines = _sse_lines(response.content)
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue  # comments (": OPENROUTER PROCESSING"), blank lines, ids
                     data = line[5:].strip()

@@ -7,9 +7,10 @@ key. Its output says plainly that it is an offline draft, and jobs record the mo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from smartgen.models import Completion, ContentType, ModelRequest
 
@@ -121,6 +122,7 @@ class OfflineWriter:
     """A `ports.Generator` with no network."""
 
     model = OFFLINE_MODEL
+    line_delay = 0.02  # seconds between streamed lines
 
     async def generate(self, request: ModelRequest) -> Completion:
         writer = WRITERS.get(request.content_type, blog_post_outline)  # type: ignore[call-overload]
@@ -135,6 +137,15 @@ class OfflineWriter:
                 "total_tokens": words,
             },
         )
+
+    async def generate_stream(self, request: ModelRequest) -> AsyncIterator[str | Completion]:
+        """The draft line by line, a moment apart, so the live text shows in a browser
+        or terminal as it would with a model."""
+        completion = await self.generate(request)
+        for line in completion.content.splitlines(keepends=True):
+            yield line
+            await asyncio.sleep(self.line_delay)
+        yield completion
 
     async def close(self) -> None:
         return None

@@ -23,6 +23,11 @@ T = TypeVar("T")
 JOB_NAME = "generate"
 
 
+def cancel_channel(settings: Settings) -> str:
+    """Where cancels of running jobs are announced to the workers of one deployment."""
+    return f"{settings.queue_prefix}:{settings.queue_name}:cancel"
+
+
 def job_options(settings: Settings, job_id: str, delay_ms: int) -> dict[str, Any]:
     return {
         "jobId": job_id,
@@ -77,8 +82,23 @@ class GenerationQueue:
         except (RedisError, OSError, TimeoutError) as exc:
             raise QueueUnavailable() from exc
 
-    async def remove(self, job_id: str) -> None:
-        await self._call(self._queue.remove(job_id))
+    async def remove(self, job_id: str) -> bool:
+        # bullmq's removeJob answers 0 when the job is locked by a worker (active), else 1.
+        return bool(await self._call(self._queue.remove(job_id)))
+
+    async def reschedule(self, *, job_id: str, data: dict[str, Any], delay_ms: int) -> None:
+        """Remove the entry and add it again with the new delay (Queue.remove and add are
+        bullmq's public calls; this bullmq has no changeDelay). An entry a worker holds is
+        left alone: that delivery finds the job not due yet in the store and moves itself
+        to the new time (`ports.RunLater`)."""
+        if await self.remove(job_id):
+            await self.enqueue(job_id=job_id, data=data, delay_ms=delay_ms)
+
+    async def cancel(self, job_id: str) -> None:
+        """Drop a waiting or delayed entry, and tell every worker (one holds the job if it
+        runs) through Redis: `cancellations.CancelListener` stops its model call."""
+        await self.remove(job_id)
+        await self._call(self._client.publish(cancel_channel(self._settings), job_id))
 
     async def state(self, job_id: str) -> str:
         """bullmq's state for the job: delayed, waiting, active, completed, failed, unknown."""

@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import bullmq
-from bullmq.custom_errors import UnrecoverableError
+from bullmq.custom_errors import DelayedError, UnrecoverableError
 
 from smartgen.config import Settings
-from smartgen.ports import Delivery, GiveUp
+from smartgen.ports import Delivery, GiveUp, RunLater
 from smartgen.queue.fetch_next import FetchNextWorker
 from smartgen.queue.retry import backoff_strategy
 from smartgen.redis_clients import redis_options
@@ -48,8 +48,9 @@ def _log_failed(job: Any, err: Exception) -> None:
 
 class QueueRunner:
     """One bullmq worker on the generation queue, running `task` for each delivery.
-    A task's `GiveUp` ends the job's attempts; `RetryLater` (or any other error) lets bullmq
-    retry it with `queue.retry`'s backoff."""
+    A task's `GiveUp` ends the job's attempts; `RunLater` moves the message to its new time
+    without using an attempt; `RetryLater` (or any other error) lets bullmq retry it with
+    `queue.retry`'s backoff."""
 
     def __init__(self, settings: Settings, task: Task) -> None:
         self.settings = settings
@@ -59,6 +60,10 @@ class QueueRunner:
                 return await task(_delivery(job))
             except GiveUp as exc:
                 raise UnrecoverableError(str(exc)) from exc
+            except RunLater as later:
+                # bullmq's way: move the active message to delayed, then say so.
+                await job.moveToDelayed(round(later.at.timestamp() * 1000), token)
+                raise DelayedError() from None
 
         worker_class = FetchNextWorker if settings.worker_fetch_next else bullmq.Worker
         self.worker = worker_class(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
-from smartgen.realtime.events import Event
+from smartgen.realtime.events import Event, seq_room, with_seq
 
 if TYPE_CHECKING:
     from smartgen.realtime.bus import RedisManager
@@ -50,20 +50,59 @@ def own_batch_prefix(codec: Any, host_id: str) -> bytes:
     return head[:-1].encode() + b","
 
 
+def _has_clients(manager: RedisManager, namespace: str, room: str) -> bool:
+    return bool(manager.rooms.get(namespace, {}).get(room))
+
+
 def reaches_a_client(manager: RedisManager, message: dict[str, Any]) -> bool:
-    """Whether a manager message can reach a client connected to this process. Anything
-    but an emit to one room passes."""
+    """Whether a manager message can reach a client connected to this process (in the
+    user's room or its seq room). Anything but an emit to one room passes."""
     room = message.get("room")
     if message.get("method") != "emit" or not isinstance(room, str):
         return True
-    return bool(manager.rooms.get(message.get("namespace") or "/", {}).get(room))
+    namespace = message.get("namespace") or "/"
+    return _has_clients(manager, namespace, room) or _has_clients(
+        manager, namespace, seq_room(room)
+    )
+
+
+def is_event(message: dict[str, Any]) -> bool:
+    """An emit to one room, with no callback (all our events)."""
+    return (
+        message.get("method") == "emit"
+        and isinstance(message.get("room"), str)
+        and not message.get("callback")
+        and isinstance(message.get("data"), list)
+        and bool(message["data"])
+    )
+
+
+async def deliver_if_here(manager: RedisManager, message: dict[str, Any]) -> None:
+    """Another process's event: to this process's clients, if it has any in its rooms;
+    skipped before python-socketio encodes anything otherwise."""
+    if reaches_a_client(manager, message):
+        await deliver(manager, message)
+
+
+async def deliver(manager: RedisManager, message: dict[str, Any]) -> None:
+    """An event message to this process's clients: the user's room as sent, and the seq
+    room with `seq` in the seed's payload too (the message carries its `seq`)."""
+    namespace = message.get("namespace") or "/"
+    room = message["room"]
+    if _has_clients(manager, namespace, room):
+        await manager._handle_emit(message)
+    numbered = seq_room(room)
+    if _has_clients(manager, namespace, numbered):
+        data = message["data"]
+        payload = with_seq(message["event"], data[0], message.get("seq"))
+        await manager._handle_emit({**message, "room": numbered, "data": [payload]})
 
 
 async def emit_batch(manager: RedisManager, events: list[Event]) -> None:
     """Emit to rooms like `emit` (no callbacks, JSON payloads), in order: this process's
     own clients first, then every other process through one published message."""
     messages: list[dict[str, Any]] = []
-    for event, payload, room in events:
+    for event, payload, room, seq in events:
         message = {
             "method": "emit",
             "event": event,
@@ -74,9 +113,11 @@ async def emit_batch(manager: RedisManager, events: list[Event]) -> None:
             "skip_sid": None,
             "callback": None,
             "host_id": manager.host_id,
+            "seq": seq,
         }
-        if not manager.write_only and reaches_a_client(manager, message):
-            await manager._handle_emit(message)
+        if not manager.write_only:
+            manager.local.offer(message)
+            await deliver_if_here(manager, message)
         messages.append(message)
     if not messages:
         return

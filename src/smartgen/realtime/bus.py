@@ -23,7 +23,9 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 from smartgen.config import Settings
 from smartgen.kit import jsoncodec
 from smartgen.realtime import batched_relay
-from smartgen.realtime.events import Event, EventPublisher
+from smartgen.realtime.events import Event, EventPublisher, seq_room, with_seq
+from smartgen.realtime.log import EventLog
+from smartgen.realtime.subscribers import LocalSubscribers
 from smartgen.redis_clients import redis_options
 
 log = logging.getLogger("smartgen.socketio")  # Redis listener errors stay visible
@@ -43,6 +45,7 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
         super().__init__(channel=channel, write_only=write_only, logger=log, json=jsoncodec)
         self.redis_options = redis_options
         self.batched = batched
+        self.local = LocalSubscribers()  # `GET /events` listeners in this process
         self.redis: aioredis.Redis | None = None
         self.pubsub: PubSub | None = None
         # Set once Redis confirmed our SUBSCRIBE: from then on every publish reaches us.
@@ -62,8 +65,11 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
         if self.batched:
             await batched_relay.emit_batch(self, events)
             return
-        for event, payload, room in events:
+        for event, payload, room, seq in events:
             await self.emit(event, payload, room=room, namespace="/")
+            if seq is not None:
+                numbered = with_seq(event, payload, seq)
+                await self.emit(event, numbered, room=seq_room(room), namespace="/")
 
     def reaches_a_client(self, message: dict[str, Any]) -> bool:
         return not self.batched or batched_relay.reaches_a_client(self, message)
@@ -99,8 +105,11 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
                         if self.batched and self._from_this_process(data):
                             continue
                         for item in batched_relay.manager_messages(self.json, data):
-                            if self.reaches_a_client(item):
-                                yield item
+                            self.local.offer(item)
+                            if not self.batched or not batched_relay.is_event(item):
+                                yield item  # python-socketio delivers it
+                            elif item.get("host_id") != self.host_id:
+                                await batched_relay.deliver_if_here(self, item)
             except Exception as exc:  # Redis down or restarting: resubscribe with backoff
                 self.subscribed.clear()
                 log.warning("Redis subscription lost (%s); retrying in %.0fs", exc, pause)
@@ -157,7 +166,20 @@ async def close_manager(manager: RedisManager) -> None:
     await manager.close()
 
 
-def worker_publisher(settings: Settings) -> tuple[EventPublisher, RedisManager]:
-    """The worker's notifier: a write-only Redis manager behind a background publisher."""
+def event_log(settings: Settings, client: aioredis.Redis) -> EventLog:
+    """The deployment's per-user event logs, namespaced like its rate limits."""
+    return EventLog(
+        client,
+        f"{settings.queue_prefix}:smartgen",
+        max_events=settings.event_log_max_events,
+        max_age_seconds=settings.event_log_max_age_seconds,
+    )
+
+
+def worker_publisher(
+    settings: Settings, log: EventLog | None = None
+) -> tuple[EventPublisher, RedisManager]:
+    """The worker's notifier: a write-only Redis manager behind a background publisher
+    that numbers events in `log`."""
     manager = redis_manager(settings, write_only=True)
-    return EventPublisher(manager.emit_many), manager
+    return EventPublisher(manager.emit_many, numbering=log), manager

@@ -1,10 +1,15 @@
 """The events a job's changes produce, and the publisher that sends them without ever
 holding up a request or a job.
 
-Events, each to the room `user:<id>` (the first one is the seed's contract, exactly):
+Events (the first one is the seed's contract, exactly):
 - `job_completed` {userId, jobId, status: "completed", generatedContent, completedAt}
-- `job_failed`    {userId, jobId, status: "failed", error, failedAt}
-- `job_status`    {userId, jobId, status, at}   for every transition
+- `job_failed`    {userId, jobId, status: "failed", error, failedAt, seq}
+- `job_status`    {userId, jobId, status, at, seq}   for every transition
+- `job_progress`  {userId, jobId, seq, delta, length, reset?}   text as it is written
+
+Each is numbered in its user's event log (`log.py`) before it is sent: `seq` is in every
+payload but the seed's `job_completed`, which Socket.IO clients get with `seq` only when
+they ask for it at the handshake (they are then in the user's second room, `seq_room`).
 """
 
 from __future__ import annotations
@@ -12,20 +17,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from smartgen.kit.times import iso_ms
 from smartgen.models import Job, JobStatus
 
 log = logging.getLogger(__name__)
 
-Event = tuple[str, dict[str, Any], str]  # (event name, payload, room)
+# (event name, payload, the user's room, seq or None): what the bus sends.
+Event = tuple[str, dict[str, Any], str, int | None]
 EmitBatch = Callable[[list[Event]], Awaitable[None]]
+# Not numbered inside its payload, as the seed defines it.
+SEED_EVENT = "job_completed"
 
 
 def user_room(user_id: str) -> str:
     return f"user:{user_id}"
+
+
+def seq_room(room: str) -> str:
+    """The room of the same user's sockets that asked for `seq` in every payload."""
+    return "seq:" + room.removeprefix("user:")
+
+
+def with_seq(event: str, payload: dict[str, Any], seq: int | None) -> dict[str, Any]:
+    """The payload as the seq room gets it."""
+    return payload if seq is None or event != SEED_EVENT else {**payload, "seq": seq}
 
 
 def status_payload(job: Job) -> dict[str, Any]:
@@ -69,32 +88,81 @@ def job_events(job: Job) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
+def progress_payload(job: Job, *, delta: str, length: int, reset: bool) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "userId": job.user_id,
+        "jobId": job.job_id,
+        "delta": delta,
+        "length": length,
+    }
+    if reset:
+        payload["reset"] = True
+    return payload
+
+
+class Numbering(Protocol):
+    async def append(self, events: list[tuple[str, str, Any]], now_ms: int) -> list[int]: ...
+
+
+Pending = tuple[str, str, dict[str, Any]]  # (user id, event name, payload)
+
+
 class EventPublisher:
     """`ports.Notifier`: hands events to a background task, so a slow Redis or an absent
-    client never holds up a request or a job. Delivery is at most once: clients resync
-    with `sync`."""
+    client never holds up a request or a job. Each batch is numbered in the users' event
+    logs (`numbering`), then sent. Delivery is at most once: clients catch up from the log
+    (`sync` with `afterSeq`, `GET /events`)."""
 
-    def __init__(self, emit: EmitBatch, *, max_pending: int = 10_000, batch: int = 256) -> None:
+    def __init__(
+        self,
+        emit: EmitBatch,
+        *,
+        numbering: Numbering | None = None,
+        max_pending: int = 10_000,
+        batch: int = 256,
+    ) -> None:
         self._emit = emit
+        self._numbering = numbering
         self._batch = batch
-        self._pending: asyncio.Queue[Event | None] = asyncio.Queue(max_pending)
+        self._pending: asyncio.Queue[Pending | None] = asyncio.Queue(max_pending)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.sent = 0
+
+    def number_with(self, numbering: Numbering) -> None:
+        self._numbering = numbering
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="smartgen-event-publisher")
 
     async def job_changed(self, job: Job) -> None:
-        self.start()
-        room = user_room(job.user_id)
         for event, payload in job_events(job):
-            try:
-                self._pending.put_nowait((event, payload, room))
-            except asyncio.QueueFull:
-                self.dropped += 1
-                log.warning("event queue full: dropped %s for job %s", event, job.job_id)
+            self._put(job, event, payload)
+
+    async def job_progress(self, job: Job, *, delta: str, length: int, reset: bool) -> None:
+        payload = progress_payload(job, delta=delta, length=length, reset=reset)
+        self._put(job, "job_progress", payload)
+
+    def _put(self, job: Job, event: str, payload: dict[str, Any]) -> None:
+        self.start()
+        try:
+            self._pending.put_nowait((job.user_id, event, payload))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("event queue full: dropped %s for job %s", event, job.job_id)
+
+    async def _send(self, batch: list[Pending]) -> None:
+        seqs: list[int | None] = [None] * len(batch)
+        if self._numbering is not None:
+            now_ms = int(time.time() * 1000)
+            seqs = list(await self._numbering.append(batch, now_ms))
+        events: list[Event] = []
+        for (user_id, event, payload), seq in zip(batch, seqs, strict=True):
+            if seq is not None and event != SEED_EVENT:
+                payload = {**payload, "seq": seq}
+            events.append((event, payload, user_room(user_id), seq))
+        await self._emit(events)
 
     async def _run(self) -> None:
         # Everything pending goes out together, in order, in one round trip: one PUBLISH
@@ -102,7 +170,7 @@ class EventPublisher:
         stopping = False
         while not stopping:
             item = await self._pending.get()
-            batch: list[Event] = []
+            batch: list[Pending] = []
             while item is not None:
                 batch.append(item)
                 if len(batch) >= self._batch or self._pending.empty():
@@ -112,7 +180,7 @@ class EventPublisher:
             if not batch:
                 continue
             try:
-                await self._emit(batch)
+                await self._send(batch)
                 self.sent += len(batch)
             except Exception as exc:  # delivery is best effort; the store stays the truth
                 self.dropped += len(batch)

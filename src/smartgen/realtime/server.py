@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import socketio
+from redis.exceptions import RedisError
 
 from smartgen.auth.tokens import TokenCodec, bearer_token
 from smartgen.config import Settings
@@ -18,7 +19,14 @@ from smartgen.errors import AppError, Unauthorized
 from smartgen.kit import jsoncodec
 from smartgen.kit.times import iso_ms, parse_iso
 from smartgen.realtime.bus import RedisManager, close_manager, redis_manager
-from smartgen.realtime.events import Event, EventPublisher, status_payload, user_room
+from smartgen.realtime.events import (
+    Event,
+    EventPublisher,
+    seq_room,
+    status_payload,
+    user_room,
+)
+from smartgen.realtime.log import EventLog
 from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -84,10 +92,18 @@ class RealtimeServer:
             engineio_logger=False,
         )
         self._expiry: dict[str, asyncio.Task[None]] = {}
+        self.log: EventLog | None = None
         self.publisher = EventPublisher(self._emit_many)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("sync", self._on_sync)
+
+    def attach(self, *, store: Store, log: EventLog) -> None:
+        """The process's store and event log, once the lifespan opened them."""
+        self.store = store
+        self.log = log
+        self.publisher.number_with(log)
+        self.publisher.start()
 
     async def _emit_many(self, events: list[Event]) -> None:
         await self.manager.emit_many(events)
@@ -110,7 +126,11 @@ class RealtimeServer:
                 "Socket.IO: Redis subscription not ready; events from other processes may be missed"
             )
         await self.sio.save_session(sid, {"userId": principal.user_id})
-        await self.sio.enter_room(sid, user_room(principal.user_id))
+        room = user_room(principal.user_id)
+        # `auth: {token, seq: true}`: `seq` in every payload, the seed's `job_completed`
+        # included (another room, so that the seed's clients keep its exact payload).
+        numbered = isinstance(auth, dict) and auth.get("seq") is True
+        await self.sio.enter_room(sid, seq_room(room) if numbered else room)
         if delay is not None:  # a connection lives no longer than its token
             self._expiry[sid] = asyncio.create_task(self._expire(sid, delay))
 
@@ -131,7 +151,10 @@ class RealtimeServer:
             task.cancel()
 
     async def _on_sync(self, sid: str, data: Any = None) -> dict[str, Any]:
-        """`sync` {since}: the job_status of the caller's jobs changed since then."""
+        """`sync` {since}: the job_status of the caller's jobs changed since then;
+        `sync` {afterSeq}: the caller's events after that number, from the event log."""
+        if isinstance(data, dict) and "afterSeq" in data:
+            return await self._replay(sid, data["afterSeq"])
         try:
             since = _parse_since(data)
         except ValueError as exc:
@@ -148,6 +171,30 @@ class RealtimeServer:
         return {
             "jobs": [status_payload(j) for j in jobs],
             "complete": len(jobs) < SYNC_LIMIT,
+            "serverTime": iso_ms(datetime.now(UTC)),
+        }
+
+    async def _replay(self, sid: str, after: Any) -> dict[str, Any]:
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            shown = repr(after)[:80]
+            return {
+                "error": "bad_request",
+                "message": f"afterSeq must be a whole number of 0 or more, got {shown}",
+            }
+        if self.log is None:
+            return {"error": "service_unavailable", "message": "not ready"}
+        session = await self.sio.get_session(sid)
+        try:
+            replay = await self.log.read(session["userId"], after, limit=SYNC_LIMIT)
+        except (RedisError, OSError, TimeoutError):
+            return {
+                "error": "service_unavailable",
+                "message": "The event log (Redis) is unavailable; try again shortly",
+            }
+        return {
+            "events": [e.as_dict() for e in replay.events],
+            "complete": replay.complete,
+            "lastSeq": replay.last_seq,
             "serverTime": iso_ms(datetime.now(UTC)),
         }
 

@@ -13,9 +13,13 @@ from smartgen.generation.reconcile import Reconciler
 from smartgen.generation.tasks import GenerationTask
 from smartgen.llm.client import ChatClient
 from smartgen.llm.offline import OFFLINE_MODEL, OfflineWriter
-from smartgen.queue.producer import GenerationQueue
+from smartgen.models import JobStatus
+from smartgen.queue.cancellations import CancelListener
+from smartgen.queue.producer import GenerationQueue, cancel_channel
 from smartgen.queue.runner import QueueRunner
-from smartgen.realtime.bus import close_manager, worker_publisher
+from smartgen.queue.timings import RedisTimings
+from smartgen.realtime.bus import close_manager, event_log, worker_publisher
+from smartgen.realtime.live_text import RedisLiveText
 from smartgen.redis_clients import redis_client
 from smartgen.server import heap
 from smartgen.store import open_store
@@ -54,10 +58,27 @@ async def run_worker(
     if init_store:
         await store.init()
     llm = open_model(settings)
-    publisher, manager = worker_publisher(settings)
-    publisher.start()
-    task = GenerationTask(store=store, llm=llm, notifier=publisher, settings=settings)
     redis = redis_client(settings, "request")
+    publisher, manager = worker_publisher(settings, event_log(settings, redis))
+    publisher.start()
+    signals = redis_client(settings, "pubsub")
+
+    async def is_cancelled(job_id: str) -> bool:
+        job = await store.jobs.get(job_id)
+        return job is not None and job.status == JobStatus.cancelled
+
+    cancels = CancelListener(signals, cancel_channel(settings), is_cancelled=is_cancelled)
+    cancels.start()
+    namespace = f"{settings.queue_prefix}:smartgen"
+    task = GenerationTask(
+        store=store,
+        llm=llm,
+        notifier=publisher,
+        settings=settings,
+        live=RedisLiveText(redis, namespace),
+        cancellations=cancels,
+        timings=RedisTimings(redis, namespace),
+    )
     producer = GenerationQueue(settings, redis)
     reconciler = Reconciler(store=store, queue=producer, notifier=publisher, settings=settings)
     stop_reconciler = asyncio.Event()
@@ -86,9 +107,11 @@ async def run_worker(
         stop_reconciler.set()
         if reconciling is not None and not reconciling.done():
             reconciling.cancel()
-        await producer.close()  # and its Redis client (bullmq closes it)
-        await publisher.close()
+        await cancels.close()
+        await signals.aclose()
+        await publisher.close()  # numbers its last events in the log: before the client goes
         await close_manager(manager)
+        await producer.close()  # and its Redis client (bullmq closes it)
         await llm.close()
         await store.close()
         log.info("worker stopped")

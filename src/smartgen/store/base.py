@@ -9,7 +9,7 @@ backwards.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from smartgen.models import Completion, Content, Job, JobStatus, User
 
@@ -56,10 +56,11 @@ class JobRepository(Protocol):
         attempt: int,
         lease_until: datetime | None = None,
         owner: str | None = None,
+        due_by: datetime | None = None,
     ) -> Job | None:
         """`queued` → `processing`, or take over a `processing` job whose lease has run
         out, has none, or is held by the same `owner`; None when the job is final, leased
-        to another owner, or unknown."""
+        to another owner, unknown, or (with `due_by`) scheduled after `due_by`."""
 
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
         """`processing` → `completed`; False when it was not processing."""
@@ -68,6 +69,39 @@ class JobRepository(Protocol):
         """`queued`/`processing` → `failed`; False when already final."""
 
     async def delete(self, job_id: str) -> None: ...
+
+    async def cancel(self, job_id: str, user_id: str, *, at: datetime) -> Job | None:
+        """The owner's `queued`/`processing` job → `cancelled`; the job as written, or None
+        when it is final, another user's, or unknown."""
+
+    async def reschedule(
+        self,
+        job_id: str,
+        user_id: str,
+        *,
+        scheduled_for: datetime,
+        at: datetime,
+        prompt: str | None = None,
+        content_type: str | None = None,
+    ) -> Job | None:
+        """A new schedule (and prompt, content type) for the owner's `queued` job; None
+        when it is not queued, another user's, or unknown."""
+
+    async def requeue(
+        self,
+        job_id: str,
+        user_id: str,
+        *,
+        scheduled_for: datetime,
+        at: datetime,
+        history: list[dict[str, Any]],
+    ) -> Job | None:
+        """The owner's `failed`/`cancelled` job → `queued` again, its outcome cleared and
+        `history` recorded; None when it is in another state, another user's, or unknown."""
+
+    async def restore(self, job: Job) -> bool:
+        """Put back this snapshot of a job that is still `queued` (a change the queue
+        refused); False when it is no longer queued."""
 
 
 class ContentRepository(Protocol):

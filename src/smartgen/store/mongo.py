@@ -12,11 +12,12 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from smartgen.errors import Conflict, StoreUnavailable
 from smartgen.kit.times import as_utc
-from smartgen.models import UNFINISHED, Completion, Content, Job, JobStatus, User
+from smartgen.models import RETRYABLE, UNFINISHED, Completion, Content, Job, JobStatus, User
 from smartgen.store.base import ContentRepository, JobRepository, UserRepository
 from smartgen.store.unavailable import translate_unavailable
 
 _UNFINISHED = [status.value for status in UNFINISHED]
+_RETRYABLE = [status.value for status in RETRYABLE]
 
 _unavailable = translate_unavailable(lambda error: isinstance(error, ConnectionFailure))
 
@@ -45,6 +46,8 @@ def _job_from_doc(doc: dict[str, Any]) -> Job:
         attempts=int(doc.get("attempts") or 0),
         lease_until=_dt(doc.get("leaseUntil")),
         lease_owner=doc.get("leaseOwner"),
+        cancelled_at=_dt(doc.get("cancelledAt")),
+        history=doc.get("history"),
     )
 
 
@@ -179,6 +182,7 @@ class MongoJobs:
         attempt: int,
         lease_until: datetime | None = None,
         owner: str | None = None,
+        due_by: datetime | None = None,
     ) -> Job | None:
         # update_one + read instead of find_one_and_update: the test server scans the whole
         # collection for the latter, and the conditional filter alone gives the guarantee.
@@ -190,8 +194,11 @@ class MongoJobs:
         ]
         if owner is not None:
             takeable.append({"status": processing, "leaseOwner": owner})
+        query: dict[str, Any] = {"jobId": job_id, "$or": takeable}
+        if due_by is not None:
+            query["scheduledFor"] = {"$lte": due_by}
         result = await self._c.update_one(
-            {"jobId": job_id, "$or": takeable},
+            query,
             {
                 "$set": {
                     "status": processing,
@@ -243,6 +250,99 @@ class MongoJobs:
     @_unavailable
     async def delete(self, job_id: str) -> None:
         await self._c.delete_one({"jobId": job_id})
+
+    async def _changed(self, query: dict[str, Any], update: dict[str, Any]) -> Job | None:
+        # update_one + read (see mark_processing): the filter alone decides.
+        if (await self._c.update_one(query, update)).matched_count == 0:
+            return None
+        doc = await self._c.find_one({"jobId": query["jobId"]})
+        return _job_from_doc(doc) if doc else None
+
+    @_unavailable
+    async def cancel(self, job_id: str, user_id: str, *, at: datetime) -> Job | None:
+        return await self._changed(
+            {"jobId": job_id, "userId": user_id, "status": {"$in": _UNFINISHED}},
+            {
+                "$set": {
+                    "status": JobStatus.cancelled.value,
+                    "cancelledAt": at,
+                    "updatedAt": at,
+                    "leaseUntil": None,
+                    "leaseOwner": None,
+                }
+            },
+        )
+
+    @_unavailable
+    async def reschedule(
+        self,
+        job_id: str,
+        user_id: str,
+        *,
+        scheduled_for: datetime,
+        at: datetime,
+        prompt: str | None = None,
+        content_type: str | None = None,
+    ) -> Job | None:
+        changes: dict[str, Any] = {"scheduledFor": scheduled_for, "updatedAt": at}
+        if prompt is not None:
+            changes["prompt"] = prompt
+        if content_type is not None:
+            changes["contentType"] = content_type
+        return await self._changed(
+            {"jobId": job_id, "userId": user_id, "status": JobStatus.queued.value},
+            {"$set": changes},
+        )
+
+    @_unavailable
+    async def requeue(
+        self,
+        job_id: str,
+        user_id: str,
+        *,
+        scheduled_for: datetime,
+        at: datetime,
+        history: list[dict[str, Any]],
+    ) -> Job | None:
+        cleared = (
+            "error", "failedAt", "cancelledAt", "startedAt", "completedAt",
+            "generatedContent", "model", "usage", "leaseUntil", "leaseOwner",
+        )  # fmt: skip
+        return await self._changed(
+            {"jobId": job_id, "userId": user_id, "status": {"$in": _RETRYABLE}},
+            {
+                "$set": {
+                    "status": JobStatus.queued.value,
+                    "scheduledFor": scheduled_for,
+                    "updatedAt": at,
+                    "history": history,
+                },
+                "$unset": {name: "" for name in cleared},
+            },
+        )
+
+    @_unavailable
+    async def restore(self, job: Job) -> bool:
+        values: dict[str, Any] = {
+            "status": job.status.value,
+            "scheduledFor": job.scheduled_for,
+            "updatedAt": job.updated_at,
+            "prompt": job.prompt,
+            "contentType": job.content_type,
+            "history": job.history,
+            "error": job.error,
+            "failedAt": job.failed_at,
+            "cancelledAt": job.cancelled_at,
+            "startedAt": job.started_at,
+            "completedAt": job.completed_at,
+            "generatedContent": job.generated_content,
+            "model": job.model,
+            "usage": job.usage,
+        }
+        result = await self._c.update_one(
+            {"jobId": job.job_id, "status": JobStatus.queued.value}, {"$set": values}
+        )
+        return bool(result.matched_count == 1)
 
 
 class MongoContents:

@@ -17,18 +17,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from smartgen.errors import Conflict
 from smartgen.kit.batching import Coalescer
+from smartgen.models import RETRYABLE, Completion, Content, Job, JobStatus, User
 from smartgen.models import UNFINISHED as UNFINISHED_STATUSES
-from smartgen.models import Completion, Content, Job, JobStatus, User
 from smartgen.store.base import ContentRepository, JobRepository, UserRepository
 from smartgen.store.sql.schema import Dialect
 from smartgen.store.sql.url import SqlUrl, parse_database_url
 
 Row = Sequence[Any]
+# "No due time to check": later than any job's schedule.
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 class Driver(Protocol):
@@ -72,9 +74,10 @@ _USER_TIMES = [i for i, name in enumerate(_USER_FIELDS) if name.endswith(_TIMES)
 _JOB_TIMES = [i for i, name in enumerate(_JOB_FIELDS) if name.endswith(_TIMES)]
 _CONTENT_TIMES = [i for i, name in enumerate(_CONTENT_FIELDS) if name.endswith(_TIMES)]
 _STATUS = _JOB_FIELDS.index("status")
-_USAGE = _JOB_FIELDS.index("usage")
+_JSON = [_JOB_FIELDS.index("usage"), _JOB_FIELDS.index("history")]
 _ATTEMPTS = _JOB_FIELDS.index("attempts")
 UNFINISHED = "(" + ", ".join(f"'{status.value}'" for status in UNFINISHED_STATUSES) + ")"
+RETRYABLE_STATUSES = "(" + ", ".join(f"'{status.value}'" for status in RETRYABLE) + ")"
 JOB_CREATE_COLUMNS = (
     "job_id, user_id, status, prompt, content_type, scheduled_for, created_at, updated_at, attempts"
 )
@@ -120,13 +123,41 @@ STATEMENTS = {
         "ORDER BY scheduled_for ASC, id ASC LIMIT $2"
     ),
     # `queued` → `processing`, or take over a `processing` job whose lease ran out, has
-    # none, or is held by the same owner ($5; NULL matches no owner).
+    # none, or is held by the same owner ($5; NULL matches no owner); never a job that
+    # is not due by $6 (it was rescheduled later).
     "job_take": (
         "UPDATE jobs SET status = 'processing', started_at = $2, updated_at = $2, "
         "attempts = $3, lease_until = $4, lease_owner = $5 "
         "WHERE job_id = $1 AND (status = 'queued' OR (status = 'processing' AND "
         "(lease_until IS NULL OR lease_until <= $2 OR lease_owner = $5))) "
+        "AND scheduled_for <= $6 "
         f"RETURNING {JOB_COLS}"
+    ),
+    "job_cancel": (
+        "UPDATE jobs SET status = 'cancelled', cancelled_at = $3, updated_at = $3, "
+        "lease_until = NULL, lease_owner = NULL "
+        f"WHERE job_id = $1 AND user_id = $2 AND status IN {UNFINISHED} RETURNING {JOB_COLS}"
+    ),
+    "job_reschedule": (
+        "UPDATE jobs SET scheduled_for = $3, updated_at = $4, "
+        "prompt = COALESCE($5::text, prompt), content_type = COALESCE($6::varchar, content_type) "
+        f"WHERE job_id = $1 AND user_id = $2 AND status = 'queued' RETURNING {JOB_COLS}"
+    ),
+    "job_requeue": (
+        "UPDATE jobs SET status = 'queued', scheduled_for = $3, updated_at = $4, "
+        "history = $5::jsonb, error = NULL, failed_at = NULL, cancelled_at = NULL, "
+        "started_at = NULL, completed_at = NULL, generated_content = NULL, model = NULL, "
+        "usage = NULL, lease_until = NULL, lease_owner = NULL "
+        f"WHERE job_id = $1 AND user_id = $2 AND status IN {RETRYABLE_STATUSES} "
+        f"RETURNING {JOB_COLS}"
+    ),
+    # Put back a snapshot of a job that is still `queued` (a change the queue refused).
+    "job_restore": (
+        "UPDATE jobs SET status = $2, scheduled_for = $3, updated_at = $4, prompt = $5, "
+        "content_type = $6, history = $7::jsonb, error = $8, failed_at = $9, "
+        "cancelled_at = $10, started_at = $11, completed_at = $12, "
+        "generated_content = $13, model = $14, usage = $15::jsonb "
+        "WHERE job_id = $1 AND status = 'queued'"
     ),
     "job_complete": (
         "UPDATE jobs SET status = 'completed', generated_content = $2, model = $3, "
@@ -176,8 +207,9 @@ class _Repository:
     def _job(self, row: Row) -> Job:
         values = self._times(row, _JOB_TIMES)
         values[_STATUS] = JobStatus(values[_STATUS])
-        if values[_USAGE] is not None:
-            values[_USAGE] = json.loads(values[_USAGE])
+        for i in _JSON:
+            if values[i] is not None and not isinstance(values[i], list | dict):
+                values[i] = json.loads(values[i])
         values[_ATTEMPTS] = int(values[_ATTEMPTS] or 0)
         return Job(*values)
 
@@ -267,10 +299,66 @@ class Jobs(_Repository):
         attempt: int,
         lease_until: datetime | None = None,
         owner: str | None = None,
+        due_by: datetime | None = None,
     ) -> Job | None:
-        args = (job_id, self._db.ts(at), attempt, self._db.ts(lease_until), owner)
+        ts = self._db.ts
+        args = (job_id, ts(at), attempt, ts(lease_until), owner, ts(due_by or FAR_FUTURE))
         row = await self._take(args)
         return self._job(row) if row else None
+
+    async def cancel(self, job_id: str, user_id: str, *, at: datetime) -> Job | None:
+        row = await self._db.one(self._sql["job_cancel"], (job_id, user_id, self._db.ts(at)))
+        return self._job(row) if row else None
+
+    async def reschedule(
+        self,
+        job_id: str,
+        user_id: str,
+        *,
+        scheduled_for: datetime,
+        at: datetime,
+        prompt: str | None = None,
+        content_type: str | None = None,
+    ) -> Job | None:
+        ts = self._db.ts
+        args = (job_id, user_id, ts(scheduled_for), ts(at), prompt, content_type)
+        row = await self._db.one(self._sql["job_reschedule"], args)
+        return self._job(row) if row else None
+
+    async def requeue(
+        self,
+        job_id: str,
+        user_id: str,
+        *,
+        scheduled_for: datetime,
+        at: datetime,
+        history: list[dict[str, Any]],
+    ) -> Job | None:
+        ts = self._db.ts
+        args = (job_id, user_id, ts(scheduled_for), ts(at), json.dumps(history))
+        row = await self._db.one(self._sql["job_requeue"], args)
+        return self._job(row) if row else None
+
+    async def restore(self, job: Job) -> bool:
+        ts = self._db.ts
+        args = (
+            job.job_id,
+            job.status.value,
+            ts(job.scheduled_for),
+            ts(job.updated_at),
+            job.prompt,
+            job.content_type,
+            None if job.history is None else json.dumps(job.history),
+            job.error,
+            ts(job.failed_at),
+            ts(job.cancelled_at),
+            ts(job.started_at),
+            ts(job.completed_at),
+            job.generated_content,
+            job.model,
+            None if job.usage is None else json.dumps(job.usage),
+        )
+        return await self._db.changes(self._sql["job_restore"], args) == 1
 
     async def _take(self, args: tuple[Any, ...]) -> Row | None:
         """`job_take` with these arguments: the taken row, or None."""

@@ -8,9 +8,9 @@ configure or remember to run. `init()` (called by the API and the worker at star
 written by a newer smartgen is refused, not guessed at. A schema change is a new entry in
 `UPGRADES` and a bump of `SCHEMA_VERSION`.
 
-Version 1 is the schema smartgen 0.1 created through SQLAlchemy's `create_all`: the same
-tables, columns, types and index names, so databases it wrote open unchanged
-(`tests/test_store_contract.py` opens one).
+Version 1 is the schema smartgen 0.1 created through SQLAlchemy's `create_all` (the same
+tables, columns, types and index names), so databases it wrote are brought up to date like
+any other (`tests/test_store_contract.py` opens one).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from smartgen.config import ConfigError
 
 Dialect = Literal["postgresql", "sqlite"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # pg_advisory_xact_lock key for schema changes ("smartgen" in ASCII).
 SCHEMA_LOCK: Final = 0x736D61727467656E
 
@@ -68,6 +68,8 @@ _TABLES: Final = [
         attempts INTEGER NOT NULL,
         lease_until {ts},
         lease_owner VARCHAR,
+        cancelled_at {ts},
+        history {json},
         PRIMARY KEY (id))""",
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_jobs_job_id ON jobs (job_id)",
     "CREATE INDEX IF NOT EXISTS ix_jobs_user_created ON jobs (user_id, created_at, id)",
@@ -92,9 +94,20 @@ _TABLES: Final = [
     "CREATE INDEX IF NOT EXISTS ix_contents_user_created ON contents (user_id, created_at, id)",
 ]
 
+
+
+def _v2(dialect: Dialect) -> list[str]:
+    """Job control: cancelled jobs, and the history of a job queued again."""
+    types = _TYPES[dialect]
+    return [
+        f"ALTER TABLE jobs ADD COLUMN cancelled_at {types['ts']}",
+        f"ALTER TABLE jobs ADD COLUMN history {types['json']}",
+    ]
+
+
 # Upgrade steps: UPGRADES[n] brings a database at version n - 1 to version n. They run
 # before the CREATE statements above (which add whole new tables and their indexes).
-UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {}
+UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {2: _v2}
 
 # Whether schema_version exists, per dialect (one row with one column, or none).
 VERSION_TABLE_EXISTS: Final[dict[Dialect, str]] = {

@@ -1,0 +1,142 @@
+"""`Idempotency-Key` with Stripe's semantics, for the routes that create work.
+
+The first request with a key (per user) runs, and its successful answer is kept for
+IDEMPOTENCY_TTL_SECONDS: the same key with the same body replays that answer (status and
+body, header `Idempotent-Replayed: true`) and never runs again; with a different body it is
+422 `idempotency_key_reused`; while the first one still runs, 409 `idempotency_key_in_use`.
+A request that fails keeps nothing, so the client may simply send it again. Keys live in
+Redis (shared by every API process); without Redis such a request is a 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from redis.exceptions import RedisError
+
+from smartgen.api.deps import services
+from smartgen.errors import Conflict, ServiceUnavailable, ValidationFailed
+from smartgen.kit import jsoncodec
+
+MAX_KEY_LENGTH = 255
+IN_FLIGHT = "in-flight"
+KeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=MAX_KEY_LENGTH,
+        description="Send the same key again (with the same body) to get the first answer "
+        "back instead of a second job",
+    ),
+]
+
+
+def fingerprint(path: str, body: BaseModel | None) -> str:
+    """What makes two requests "the same": the route and the parsed body."""
+    data = body.model_dump(mode="json") if body is not None else None
+    text = jsoncodec.dumps({"path": path, "body": data})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Idempotency:
+    def __init__(self, client: aioredis.Redis, prefix: str, ttl_seconds: float) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._ttl_ms = max(1, int(ttl_seconds * 1000))
+
+    def _key(self, user_id: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self._prefix}:idem:{user_id}:{digest}"
+
+    async def run(
+        self,
+        *,
+        user_id: str,
+        key: str | None,
+        print_: str,
+        status_code: int,
+        produce: Callable[[], Awaitable[BaseModel]],
+    ) -> BaseModel | JSONResponse:
+        """`produce()` once per key; its answer, or the first answer replayed."""
+        if key is None:
+            return await produce()
+        if not key.strip():
+            raise ValidationFailed(
+                "Idempotency-Key must not be blank",
+                details=[{"field": "Idempotency-Key", "message": "blank"}],
+            )
+        redis_key = self._key(user_id, key)
+        claim = jsoncodec.dumps({"state": IN_FLIGHT, "fp": print_})
+        try:
+            claimed = await self._client.set(redis_key, claim, nx=True, px=self._ttl_ms)
+            if not claimed:
+                return self._replay(await self._client.get(redis_key), print_)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise ServiceUnavailable(
+                "Idempotency keys (Redis) are unavailable; try again shortly",
+                code="idempotency_unavailable",
+            ) from exc
+        try:
+            answer = await produce()
+        except BaseException:
+            await self._forget(redis_key)
+            raise
+        done = {
+            "state": "done",
+            "fp": print_,
+            "status": status_code,
+            "body": answer.model_dump(mode="json"),
+        }
+        try:
+            await self._client.set(redis_key, jsoncodec.dumps(done), xx=True, px=self._ttl_ms)
+        except (RedisError, OSError, TimeoutError):
+            await self._forget(redis_key)  # the work is done; only the replay is lost
+        return answer
+
+    def _replay(self, stored: Any, print_: str) -> JSONResponse:
+        record = jsoncodec.loads(stored) if stored else None
+        if not isinstance(record, dict):  # expired between the two calls: a new key
+            raise Conflict(
+                "This Idempotency-Key expired just now; send the request again",
+                code="idempotency_key_in_use",
+            )
+        if record.get("fp") != print_:
+            raise ValidationFailed(
+                "This Idempotency-Key was used for a different request; use a new key",
+                code="idempotency_key_reused",
+                details=[{"field": "Idempotency-Key", "message": "used for another request"}],
+            )
+        if record.get("state") == IN_FLIGHT:
+            raise Conflict(
+                "A request with this Idempotency-Key is still running; try again shortly",
+                code="idempotency_key_in_use",
+                headers={"Retry-After": "1"},
+            )
+        return JSONResponse(
+            record["body"],
+            status_code=int(record["status"]),
+            headers={"Idempotent-Replayed": "true"},
+        )
+
+    async def _forget(self, redis_key: str) -> None:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):  # it expires anyway
+            await self._client.delete(redis_key)
+
+
+async def get_idempotency(request: Request) -> Idempotency:
+    found = services(request)
+    return Idempotency(
+        found.redis,
+        f"{found.settings.queue_prefix}:smartgen",
+        found.settings.idempotency_ttl_seconds,
+    )
+
+
+IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

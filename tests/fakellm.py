@@ -27,6 +27,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering (timeouts)
     content: str | None = None  # completion text instead of the default
+    chunk_delay: float = 0.0  # streaming: seconds between chunks (a slow model)
+    break_after: int | None = None  # streaming: drop the connection after this many chunks
 
 
 @dataclass
@@ -35,6 +37,8 @@ class Call:
     headers: dict[str, str]
     body: dict[str, Any]
     at: float
+    # Streaming: when the client went away before the answer ended (its connection closed).
+    aborted_at: float | None = None
 
     @property
     def prompt(self) -> str:
@@ -147,34 +151,48 @@ class FakeLLM:
                     pass
 
             def _stream(self, reply: Reply, call: Call) -> None:
+                """Server-sent events in chunked transfer encoding, as providers send
+                them: a stream that breaks midway ends without the last chunk."""
                 content = (
                     reply.content if reply.content is not None else default_content(call.prompt)
                 )
+
+                def send(text: str) -> None:
+                    data = text.encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Transfer-Encoding", "chunked")
                     self.send_header("Connection", "close")
                     self.end_headers()
-                    self.wfile.write(b": OPENROUTER PROCESSING\n\n")
+                    send(": OPENROUTER PROCESSING\n\n")
                     words = content.split(" ")
                     for i, word in enumerate(words):
+                        if reply.break_after is not None and i >= reply.break_after:
+                            self.close_connection = True
+                            return  # no terminating chunk: the answer is cut off
                         piece = word if i == 0 else " " + word
                         chunk = {
                             "model": call.body.get("model", "fake"),
                             "choices": [{"index": 0, "delta": {"content": piece}}],
                         }
-                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                        self.wfile.flush()
+                        send(f"data: {json.dumps(chunk)}\n\n")
+                        if reply.chunk_delay:
+                            time.sleep(reply.chunk_delay)
                     usage = {
                         "model": call.body.get("model", "fake"),
                         "choices": [],
                         "usage": completion_body("", "")["usage"],
                     }
-                    self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+                    send(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n")
+                    self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
                     self.close_connection = True
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    call.aborted_at = time.time()
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

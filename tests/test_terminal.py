@@ -275,3 +275,93 @@ async def test_socket_events_drive_the_wait(server_url: str, tmp_path: Path, uni
         assert "processing" in seen and seen[-1] == "completed"
     finally:
         await api.aclose()
+
+
+async def test_control_commands_cancel_run_now_and_retry(
+    env: dict[str, str], processes: list[Process], tmp_path: Path, unique: str
+) -> None:
+    _, _, url = await start_system({**env, "GENERATION_DELAY_SECONDS": "3600"}, processes)
+    client = Client(tmp_path, url)
+    r = await client.run("generate", f"later {unique}", "--delay", "3600", "--no-wait", "--json")
+    assert r.code == 0, r.err
+    job_id = r.json()["jobId"]
+    r = await client.run("cancel", job_id, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["status"] == "cancelled"
+    r = await client.run("cancel", job_id)
+    assert r.code == 1 and r.err_lines[-1].startswith("smartgen: ") and "cancelled" in r.err
+    r = await client.run("retry", job_id)
+    assert r.code == 0, r.err
+    assert r.out.startswith(f"Job {job_id} queued again")
+    r = await client.run("run-now", job_id, "--json")
+    assert r.code == 0, r.err
+    r = await client.run("cancel", "no-such-job")
+    assert r.code == 1 and r.err_lines == ["smartgen: job no-such-job not found"]
+    # It ran at once and completed; its history shows the cancelled run.
+    for _ in range(100):
+        shown = (await client.run("show", job_id, "--json")).json()
+        if shown["status"] == "completed":
+            break
+        await asyncio.sleep(0.2)
+    assert shown["status"] == "completed"
+    assert [h["status"] for h in shown["history"]] == ["cancelled"]
+
+
+async def test_generate_with_a_delay_and_watch_follows_the_events(
+    server_url: str, tmp_path: Path, unique: str
+) -> None:
+    client = Client(tmp_path, server_url)
+    r = await client.run("generate", f"now {unique}", "--delay", "0", "--json")
+    assert r.code == 0, r.err
+    job = r.json()
+    assert job["status"] == "completed"
+    assert job["startedAt"] <= job["completedAt"]
+    # `watch --after 0` replays the user's log from the start, one JSON document a line.
+    r = await client.run("watch", "--after", "0", "--count", "3", "--json")
+    assert r.code == 0, r.err
+    frames = [json.loads(line) for line in r.out.splitlines()]
+    assert [f["id"] for f in frames] == ["1", "2", "3"]
+    assert frames[0]["event"] == "job_status" and frames[0]["data"]["status"] == "queued"
+    assert all(f["data"]["jobId"] == job["jobId"] for f in frames)
+    r = await client.run("watch", "--after", "0", "--count", "2")
+    assert r.code == 0, r.err
+    assert r.out.splitlines()[0].endswith(f"{job['jobId']}  queued")
+
+
+async def test_the_listener_passes_on_the_text_as_it_is_written(
+    env: dict[str, str], processes: list[Process], tmp_path: Path, fake_llm: FakeLLM, unique: str
+) -> None:
+    from smartgen.terminal.api import Api
+    from smartgen.terminal.credentials import CredentialStore
+    from smartgen.terminal.waiting import _close_socket, _listen
+
+    marker = f"[tty-{unique}]"
+    fake_llm.script(marker, [Reply(content=f"one two three four {marker}", chunk_delay=0.05)])
+    # A second's delay: the listener is up well before the job starts.
+    _, _, url = await start_system({**env, "GENERATION_DELAY_SECONDS": "1"}, processes)
+    api = Api(url, creds=CredentialStore(tmp_path / "credentials.json"))
+    written: list[tuple[str, bool]] = []
+    try:
+        state = {"status": "queued"}
+        wake = asyncio.Event()
+        queued_job = await api.call(
+            "POST",
+            "/generate-content",
+            body={"prompt": f"x {marker}", "contentType": "Blog Post Outline"},
+        )
+        sio = await _listen(
+            api, queued_job["jobId"], state, wake, lambda d, reset: written.append((d, reset))
+        )
+        try:
+            async with asyncio.timeout(30):
+                while state["status"] != "completed":
+                    await wake.wait()
+                    wake.clear()
+        finally:
+            await _close_socket(sio)
+        job = await api.job(queued_job["jobId"])
+    finally:
+        await api.aclose()
+    text = "".join(d for d, _ in written)
+    assert text.strip() == job["generatedContent"]
+    assert len(written) >= 2 and not any(reset for _, reset in written)

@@ -297,9 +297,9 @@ async def bullmq_script_calls(settings: Settings) -> AsyncIterator[list[str]]:
             ready.set()
             while True:
                 words = str((await monitor.next_command())["command"]).split(" ")
-                if words[0] in ("EVALSHA", "EVAL") and len(words) > 3:
-                    if words[3].startswith(prefix):
-                        calls.append(words[3])
+                evaluates = words[0] in ("EVALSHA", "EVAL") and len(words) > 3
+                if evaluates and words[3].startswith(prefix):
+                    calls.append(words[3])
 
     task = asyncio.create_task(watch())
     await asyncio.wait_for(ready.wait(), 10)

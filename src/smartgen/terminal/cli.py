@@ -59,8 +59,18 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
 def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `generate`, `jobs`, `show` and `save` on the CLI's subparsers."""
+    """Register the client's commands on the CLI's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("server and account")
     group.add_argument(
@@ -90,6 +100,12 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="TYPE",
         help=f"one of {', '.join(repr(c) for c in CONTENT_TYPES)} (default: %(default)r)",
     )
+    gen.add_argument(
+        "--delay",
+        type=_not_negative,
+        metavar="SECONDS",
+        help="seconds before the job may run (default: the server's GENERATION_DELAY_SECONDS)",
+    )
     gen.add_argument("--save", action="store_true", help="save the result as permanent content")
     gen.add_argument("--title", help="title of the saved content (implies --save)")
     gen.add_argument("--no-wait", action="store_true", help="queue the job and return at once")
@@ -114,6 +130,28 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     save.add_argument("job_id", metavar="JOB_ID")
     save.add_argument("--title", help="title (default: the content's first heading)")
     save.set_defaults(client_command="save")
+
+    for name, text in (
+        ("cancel", "cancel a queued or running job"),
+        ("run-now", "start a queued job at once"),
+        ("retry", "queue a failed or cancelled job again"),
+    ):
+        control = sub.add_parser(name, parents=[common], help=text)
+        control.add_argument("job_id", metavar="JOB_ID")
+        control.set_defaults(client_command=name)
+
+    watch = sub.add_parser(
+        "watch",
+        parents=[common],
+        help="follow your events live (GET /events); Ctrl-C stops",
+        description="Print your events as they happen: status changes, text being written, "
+        "results. Reconnects by itself and misses nothing the server still holds.",
+    )
+    watch.add_argument(
+        "--after", type=int, metavar="SEQ", help="start after this event number (default: now)"
+    )
+    watch.add_argument("--count", type=_positive(int), metavar="N", help="stop after N events")
+    watch.set_defaults(client_command="watch")
 
 
 async def _run(session: Session, command: str, args: argparse.Namespace) -> int:

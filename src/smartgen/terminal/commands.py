@@ -15,9 +15,10 @@ async def cmd_generate(session: Session, args: argparse.Namespace) -> int:
     save = bool(args.save or args.title)
     if args.no_wait and save:
         raise ClientError("--save needs the result: drop --no-wait", exit_code=2)
-    queued = await session.api.call(
-        "POST", "/generate-content", body={"prompt": args.prompt, "contentType": args.type}
-    )
+    body: dict[str, Any] = {"prompt": args.prompt, "contentType": args.type}
+    if args.delay is not None:
+        body["delaySeconds"] = args.delay
+    queued = await session.api.call("POST", "/generate-content", body=body)
     session.job_id = str(queued["jobId"])
     if args.no_wait:
         if session.json:
@@ -37,6 +38,10 @@ async def cmd_generate(session: Session, args: argparse.Namespace) -> int:
         if session.json:
             session.emit_json(job)
         raise ClientError(f"job {job['jobId']} failed: {job.get('error') or 'unknown error'}")
+    if job["status"] == "cancelled":
+        if session.json:
+            session.emit_json(job)
+        raise ClientError(f"job {job['jobId']} was cancelled")
     saved = None
     if save:
         saved = await session.api.call(
@@ -115,4 +120,57 @@ async def cmd_save(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "jobs": cmd_jobs, "show": cmd_show, "save": cmd_save}
+async def cmd_cancel(session: Session, args: argparse.Namespace) -> int:
+    job = await _control(session, "DELETE", args.job_id, None)
+    _report(session, job, f"Job {job['jobId']} cancelled.")
+    return 0
+
+
+async def cmd_run_now(session: Session, args: argparse.Namespace) -> int:
+    job = await _control(session, "POST", args.job_id, "run-now")
+    _report(session, job, f"Job {job['jobId']} starts now.")
+    return 0
+
+
+async def cmd_retry(session: Session, args: argparse.Namespace) -> int:
+    queued = await _control(session, "POST", args.job_id, "retry")
+    _report(
+        session,
+        queued,
+        f"Job {queued['jobId']} queued again, scheduled for {_when(queued['scheduledFor'])}.",
+    )
+    return 0
+
+
+async def _control(session: Session, method: str, job_id: str, action: str | None) -> Any:
+    try:
+        return await session.api.call(method, job_path(job_id, *([action] if action else [])))
+    except ClientError as exc:
+        if exc.status == 404:
+            raise ClientError(f"job {job_id} not found", status=404) from None
+        raise
+
+
+def _report(session: Session, document: Any, line: str) -> None:
+    if session.json:
+        session.emit_json(document)
+    else:
+        session.out.print(_text(line))
+
+
+async def cmd_watch(session: Session, args: argparse.Namespace) -> int:
+    from smartgen.terminal.watching import watch
+
+    return await watch(session, after=args.after, count=args.count)
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "jobs": cmd_jobs,
+    "show": cmd_show,
+    "save": cmd_save,
+    "cancel": cmd_cancel,
+    "run-now": cmd_run_now,
+    "retry": cmd_retry,
+    "watch": cmd_watch,
+}

@@ -46,6 +46,11 @@ class Session:
         sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
+    def emit_line(self, document: Any) -> None:
+        """One JSON document per line (a stream of them, for scripts)."""
+        sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
 
 def _when(value: Any, *, short: bool = False) -> str:
     if not isinstance(value, str) or not value:
@@ -62,7 +67,14 @@ def _excerpt(text: Any, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-STATUS_STYLE = {"queued": "cyan", "processing": "yellow", "completed": "green", "failed": "red"}
+STATUS_STYLE = {
+    "queued": "cyan",
+    "processing": "yellow",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+LIVE_TEXT_LINES = 12  # the end of the text being written, shown under the spinner
 
 
 def render_job(session: Session, job: dict[str, Any]) -> None:
@@ -109,11 +121,22 @@ class Progress:
         self.enabled = enabled
         self.live: Any = None
         self._shown: str | None = None
+        self.written = ""  # the job's text so far, as job_progress events bring it
         if enabled and session.err.is_terminal:
             from rich.progress import BarColumn, SpinnerColumn, TextColumn
             from rich.progress import Progress as RichProgress
+            from rich.text import Text
 
-            self.live = RichProgress(
+            shown = self
+
+            class WithText(RichProgress):
+                def get_renderables(self) -> Any:
+                    yield from super().get_renderables()
+                    if shown.written:
+                        tail = shown.written.splitlines()[-LIVE_TEXT_LINES:]
+                        yield Text("\n".join(tail), style="dim")
+
+            self.live = WithText(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -146,6 +169,12 @@ class Progress:
         else:
             self.live.update(self.countdown, visible=False)
             self.live.update(self.working, description=text, visible=True)
+
+    def text(self, delta: str, *, reset: bool) -> None:
+        """Text the job wrote (`reset`: what came before is void)."""
+        self.written = delta if reset else self.written + delta
+        if self.live is not None:
+            self.live.refresh()
 
     def stop(self) -> None:
         if self.live is not None:

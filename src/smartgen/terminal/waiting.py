@@ -7,14 +7,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from smartgen.terminal.api import Api
 from smartgen.terminal.errors import ClientError, Unreachable
 from smartgen.terminal.output import Progress, Session
 
-STATUSES = ("queued", "processing", "completed", "failed")
-FINAL = frozenset({"completed", "failed"})
+STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
+FINAL = frozenset({"completed", "failed", "cancelled"})
 JOB_EVENTS = ("job_status", "job_completed", "job_failed")
 POLL_SECONDS = 2.0  # fallback poll while no Socket.IO connection is up
 POLL_SECONDS_LIVE = 5.0  # while connected: events wake us, the poll only covers lost ones
@@ -31,9 +32,16 @@ def _quiet_logger() -> logging.Logger:
     return logger
 
 
-async def _listen(api: Api, job_id: str, state: dict[str, str], wake: asyncio.Event) -> Any:
-    """A Socket.IO connection whose job events for `job_id` wake the waiter; None when the
-    server's Socket.IO cannot be reached (polling alone still finishes the wait)."""
+async def _listen(
+    api: Api,
+    job_id: str,
+    state: dict[str, str],
+    wake: asyncio.Event,
+    on_text: Callable[[str, bool], None] | None = None,
+) -> Any:
+    """A Socket.IO connection whose job events for `job_id` wake the waiter (and whose
+    `job_progress` events go to `on_text`); None when the server's Socket.IO cannot be
+    reached (polling alone still finishes the wait)."""
     import socketio
 
     sio = socketio.AsyncClient(
@@ -54,8 +62,13 @@ async def _listen(api: Api, job_id: str, state: dict[str, str], wake: asyncio.Ev
     async def on_connect() -> None:
         wake.set()  # (re)connected: events may have been missed, read the job again
 
+    async def on_progress(data: Any = None) -> None:
+        if on_text is not None and isinstance(data, dict) and data.get("jobId") == job_id:
+            on_text(str(data.get("delta") or ""), bool(data.get("reset")))
+
     for name in JOB_EVENTS:
         sio.on(name, on_event)
+    sio.on("job_progress", on_progress)
     sio.on("connect", on_connect)
     try:
         await sio.connect(
@@ -87,8 +100,8 @@ async def wait_for_job(
     *,
     max_wait: float,
 ) -> dict[str, Any]:
-    """Wait until the job is completed or failed, by events and by polling; at most
-    `max_wait` seconds."""
+    """Wait until the job is completed, failed or cancelled, by events and by polling; at
+    most `max_wait` seconds. The text shows as it is written (on a terminal)."""
     api = session.api
     job_id = str(queued["jobId"])
     delay = float(queued.get("delaySeconds") or 0)
@@ -99,7 +112,9 @@ async def wait_for_job(
     progress = Progress(session, job_id=job_id, delay=delay, enabled=not session.json)
     sio = None
     try:
-        sio = await _listen(api, job_id, state, wake)
+        sio = await _listen(
+            api, job_id, state, wake, lambda delta, reset: progress.text(delta, reset=reset)
+        )
         next_poll = 0.0  # read the job once the listener is up: nothing is missed before it
         unreachable_since: float | None = None
         while True:

@@ -22,6 +22,26 @@ NO_LIMITS = {
 }
 
 
+# Two departures from schemathesis's defaults, each because the API means something a
+# schema cannot state:
+FUZZ_CONFIG = """
+# PATCH's scheduledFor may be at most MAX_DELAY_SECONDS from now and not both it and
+# delaySeconds: limits relative to the clock and between fields; such a request is a 422
+# naming the field.
+[[operations]]
+include-path = "/generate-content/{jobId}"
+include-method = "PATCH"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 422, 429]
+
+# An Idempotency-Key sent again with another body is refused (422, as Stripe does); the
+# fuzzer sends one header value with many bodies.
+[[operations]]
+include-path-regex = "^/generate-content(/[^/]+/retry)?$"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 422, 429]
+"""
+
+
 @pytest.mark.timeout(600)
 async def test_api_conforms_to_its_own_schema(
     env: dict[str, str], processes: list[Process], tmp_path: Path
@@ -39,12 +59,17 @@ async def test_api_conforms_to_its_own_schema(
             "/auth/register", json={"email": "fuzz@example.com", "password": "fuzz password"}
         )
         token = r.json()["token"]
+    (tmp_path / "schemathesis.toml").write_text(FUZZ_CONFIG)
     command = [
         cli,
         "run",
         f"{url}/openapi.json",
         "--checks",
         "all",
+        # DELETE /generate-content/{jobId} cancels a job: a cancelled job stays readable
+        # (GET answers it, status "cancelled"), so "a deleted resource is gone" does not apply.
+        "--exclude-checks",
+        "use_after_free",
         "--max-examples",
         "30",
         "--seed",

@@ -158,15 +158,31 @@ def create_app(
 
 
 def _document_prompt_limit(app: FastAPI, settings: Settings) -> None:
-    """The OpenAPI schema shows the configured prompt limit, not the hard ceiling."""
+    """The OpenAPI schema shows the configured limits (prompt length, longest delay), not
+    the hard ceilings the models allow."""
     describe = app.openapi
+    limits = {
+        "prompt": ("maxLength", settings.prompt_max_chars),
+        "delaySeconds": ("maximum", settings.max_delay_seconds),
+    }
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = describe()
-            body = schema.get("components", {}).get("schemas", {}).get("GenerationRequest", {})
-            if "prompt" in body.get("properties", {}):
-                body["properties"]["prompt"]["maxLength"] = settings.prompt_max_chars
+            models = schema.get("components", {}).get("schemas", {})
+            for name in ("GenerationRequest", "JobUpdate"):
+                properties = models.get(name, {}).get("properties", {})
+                for field, (keyword, value) in limits.items():
+                    if field in properties:
+                        _limit(properties[field], keyword, value)
         return app.openapi_schema or describe()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _limit(prop: dict[str, Any], keyword: str, value: float) -> None:
+    """Set a limit on a property, or on each branch of its `anyOf` (an optional field)."""
+    branches = prop.get("anyOf") or [prop]
+    for branch in branches:
+        if branch.get("type") in ("string", "number", "integer"):
+            branch[keyword] = value

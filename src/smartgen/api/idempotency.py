@@ -32,17 +32,17 @@ KeyHeader = Annotated[
     Header(
         alias="Idempotency-Key",
         max_length=MAX_KEY_LENGTH,
+        pattern=r"\S",  # not blank
         description="Send the same key again (with the same body) to get the first answer "
         "back instead of a second job",
     ),
 ]
 
 
-def fingerprint(path: str, body: BaseModel | None) -> str:
-    """What makes two requests "the same": the route and the parsed body."""
+def fingerprint(body: BaseModel | None) -> str:
+    """What makes two requests with one key on one path "the same": the parsed body."""
     data = body.model_dump(mode="json") if body is not None else None
-    text = jsoncodec.dumps({"path": path, "body": data})
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(jsoncodec.dumps(data).encode()).hexdigest()
 
 
 class Idempotency:
@@ -51,8 +51,10 @@ class Idempotency:
         self._prefix = prefix
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
 
-    def _key(self, user_id: str, key: str) -> str:
-        digest = hashlib.sha256(key.encode()).hexdigest()
+    def _key(self, user_id: str, key: str, path: str) -> str:
+        # A key names one request to one resource: the same key on another path (another
+        # job's retry) is another key.
+        digest = hashlib.sha256(f"{path}\n{key}".encode()).hexdigest()
         return f"{self._prefix}:idem:{user_id}:{digest}"
 
     async def run(
@@ -60,6 +62,7 @@ class Idempotency:
         *,
         user_id: str,
         key: str | None,
+        path: str,
         print_: str,
         status_code: int,
         produce: Callable[[], Awaitable[BaseModel]],
@@ -67,12 +70,7 @@ class Idempotency:
         """`produce()` once per key; its answer, or the first answer replayed."""
         if key is None:
             return await produce()
-        if not key.strip():
-            raise ValidationFailed(
-                "Idempotency-Key must not be blank",
-                details=[{"field": "Idempotency-Key", "message": "blank"}],
-            )
-        redis_key = self._key(user_id, key)
+        redis_key = self._key(user_id, key, path)
         claim = jsoncodec.dumps({"state": IN_FLIGHT, "fp": print_})
         try:
             claimed = await self._client.set(redis_key, claim, nx=True, px=self._ttl_ms)

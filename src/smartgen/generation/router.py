@@ -91,7 +91,8 @@ async def queue_generation(
     return await idempotency.run(
         user_id=user.user_id,
         key=idempotency_key,
-        print_=fingerprint(request.url.path, body),
+        path=request.url.path,
+        print_=fingerprint(body),
         status_code=status.HTTP_202_ACCEPTED,
         produce=produce,
     )
@@ -222,7 +223,8 @@ async def retry_job(
     return await idempotency.run(
         user_id=user.user_id,
         key=idempotency_key,
-        print_=fingerprint(request.url.path, None),
+        path=request.url.path,
+        print_=fingerprint(None),
         status_code=status.HTTP_202_ACCEPTED,
         produce=produce,
     )

@@ -35,6 +35,16 @@ class GenerationRequest(BaseModel):
     )
 
     _prompt_without_nul = field_validator("prompt")(without_nul)
+    _delay_is_a_number = field_validator("delaySeconds", mode="before")(
+        lambda value: _number(value)
+    )
+
+
+def _number(value: Any) -> Any:
+    """A JSON number only: `true` is not 1 second."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds")
+    return value
 
 
 class JobUpdate(BaseModel):
@@ -55,6 +65,9 @@ class JobUpdate(BaseModel):
 
     _prompt_without_nul = field_validator("prompt")(
         lambda value: None if value is None else without_nul(value)
+    )
+    _delay_is_a_number = field_validator("delaySeconds", mode="before")(
+        lambda value: _number(value)
     )
 
     @model_validator(mode="after")

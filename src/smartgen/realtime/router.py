@@ -112,7 +112,10 @@ async def events(
     request: Request,
     token: Annotated[str | None, Query(description="For EventSource: the access token")] = None,
     after_seq: Annotated[int | None, Query(alias="afterSeq", ge=0)] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str,
+        Header(alias="Last-Event-ID", pattern=r"^[0-9]{0,18}$", description="Resume after it"),
+    ] = "",
 ) -> StreamingResponse:
     """The caller's events as server-sent events (`curl -N`, `EventSource`), resumable
     with `Last-Event-ID` or `afterSeq`."""

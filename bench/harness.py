@@ -887,7 +887,8 @@ def machine() -> dict[str, Any]:
 
 # --- Socket.IO ------------------------------------------------------------------------------
 class Listener:
-    """One user's Socket.IO connection, counting final events per job."""
+    """One user's Socket.IO connection, counting final events per job, and noting every
+    numbered event it receives (`seq`, asked for at the handshake) for the catch-up."""
 
     def __init__(self, url: str, user: User) -> None:
         import socketio
@@ -899,6 +900,8 @@ class Listener:
         )
         self.final: dict[str, list[str]] = {}  # jobId -> ["completed" | "failed", …]
         self.final_at: dict[str, float] = {}
+        # seq -> (event, jobId): what arrived live, numbered; the catch-up adds the rest
+        self.numbered: dict[int, tuple[str, str]] = {}
         self.status_events = 0
         self.foreign = 0  # events about another user's jobs (must stay 0)
         self.connects = 0
@@ -918,13 +921,39 @@ class Listener:
             job_id = str(data.get("jobId"))
             self.final.setdefault(job_id, []).append(kind)
             self.final_at.setdefault(job_id, time.time())
+            self._number(f"job_{kind}", data)
 
         return handler
+
+    def _number(self, event: str, data: Any) -> None:
+        if isinstance(data.get("seq"), int):
+            self.numbered[data["seq"]] = (event, str(data.get("jobId")))
 
     async def _status(self, data: Any) -> None:
         self.status_events += 1
         if data.get("userId") != self.user.user_id:
             self.foreign += 1
+        self._number("job_status", data)
+
+    async def catch_up(self, page: int = 500) -> tuple[dict[int, tuple[str, str]], bool]:
+        """Everything the user's event log holds (`sync` with `afterSeq`, page by page),
+        merged with what arrived live: seq -> (event, jobId); and whether the log held
+        everything (nothing trimmed)."""
+        merged = dict(self.numbered)
+        after, complete = 0, True
+        while True:
+            reply = await self.sio.call("sync", {"afterSeq": after}, timeout=30)
+            events = reply.get("events", [])
+            for item in events:
+                merged[int(item["seq"])] = (item["event"], str(item["data"].get("jobId")))
+            if not events:
+                complete = complete and bool(reply.get("complete"))
+                return merged, complete
+            if events[0]["seq"] != after + 1:
+                complete = False
+            after = events[-1]["seq"]
+            if len(events) < page and reply.get("complete"):
+                return merged, complete
 
     async def _connected(self) -> None:
         self.connects += 1
@@ -943,7 +972,10 @@ class Listener:
 
     async def connect(self) -> None:
         await self.sio.connect(
-            self.url, auth={"token": self.user.token}, transports=["websocket"], wait_timeout=20
+            self.url,
+            auth={"token": self.user.token, "seq": True},
+            transports=["websocket"],
+            wait_timeout=20,
         )
 
     async def close(self) -> None:

@@ -493,6 +493,11 @@ def print_report(
         ("socket disconnects", f"{c['socket_disconnects']}"),
         ("final event never published to Redis (worker side)",
          f"{c['final_events_never_published']}"),
+        ("after catch-up from the event log (sync afterSeq): exactly one final event",
+         f"{c['after_catch_up']['exactly_one_final_event']}"),
+        ("  missing / duplicated final events",
+         f"{c['after_catch_up']['missing_final_events']} / "
+         f"{c['after_catch_up']['duplicated_final_events']}"),
         ("final event delay after the store write p50 / p99 / max",
          f"{delay['p50']} / {delay['p99']} / {delay['max']} ms"),
         ("  of which worker → Redis publish",
@@ -535,6 +540,41 @@ def print_report(
         print("all invariants hold")
 
 
+async def after_catch_up(
+    subs: list[Submission], jobs: list[dict[str, Any]], listeners: list[Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """Final events per job once every owner caught up from the event log (`sync` with
+    `afterSeq`) and merged it with what arrived live, by `seq`: the target is exactly one
+    for every job, the kill included."""
+    finals: dict[str, list[int]] = {}
+    incomplete = 0
+    for listener in listeners:
+        merged, complete = await listener.catch_up()
+        incomplete += 0 if complete else 1
+        for seq, (event, job_id) in merged.items():
+            if event in ("job_completed", "job_failed"):
+                finals.setdefault(job_id, []).append(seq)
+    final_ids = {str(j["job_id"]) for j in jobs if j["status"] in ("completed", "failed")}
+    accepted = {str(s.job_id) for s in subs if s.job_id}
+    missing = sorted(j for j in accepted & final_ids if not finals.get(j))
+    duplicated = sorted(j for j in accepted if len(finals.get(j, [])) > 1)
+    counts = {
+        "exactly_one_final_event": sum(1 for j in accepted if len(finals.get(j, [])) == 1),
+        "missing_final_events": len(missing),
+        "duplicated_final_events": len(duplicated),
+        "logs_incomplete": incomplete,
+        "ids": {"missing": missing[:50], "duplicated": duplicated[:50]},
+    }
+    broken = []
+    if missing:
+        broken.append(f"{len(missing)} jobs without a final event after catch-up")
+    if duplicated:
+        broken.append(f"{len(duplicated)} jobs with more than one final event after catch-up")
+    if incomplete:
+        broken.append(f"{incomplete} event logs no longer held every event (raise the limits)")
+    return counts, broken
+
+
 async def run(args: argparse.Namespace, cleanup: Cleanup) -> int:
     ws = Workspace(cleanup, keep=args.keep)
     log(f"soak: {args.jobs} jobs, {args.users} users, store {args.store} (workspace {ws.dir})")
@@ -563,6 +603,8 @@ async def run(args: argparse.Namespace, cleanup: Cleanup) -> int:
         RECONCILE_INTERVAL_SECONDS="10",
         RECONCILE_GRACE_SECONDS="15",
         WORKER_CONCURRENCY="50",
+        # Every event of the run stays in the users' logs for the catch-up.
+        EVENT_LOG_MAX_EVENTS="20000",
     )
     if args.src:  # before/after runs: smartgen imported from another checkout's src/
         env["PYTHONPATH"] = args.src
@@ -614,6 +656,9 @@ async def run(args: argparse.Namespace, cleanup: Cleanup) -> int:
         llm_stats = await llm.stats(markers=True)
         jobs = await probe.jobs()
         counts_out, broken = analyse(subs, jobs, llm_stats, listeners, chaos_result, tap)
+        caught, more_broken = await after_catch_up(subs, jobs, listeners)
+        counts_out["after_catch_up"] = caught
+        broken += more_broken
         timings = {
             "submit": submit_s,
             "final": final_s,

@@ -349,3 +349,36 @@ async def test_socket_that_asks_gets_seq_in_every_payload(
         for sio in (seed, numbered):
             await sio.disconnect()
             await sio.shutdown()
+
+
+async def test_a_final_state_announced_again_is_logged_and_sent_once(
+    api: ApiServer, client: httpx.AsyncClient
+) -> None:
+    """A worker that takes over a crashed one's job finds it final and announces it again:
+    only what was not logged before goes out (one final event per run of a job), and a
+    later run of the same job (a retry) is announced anew."""
+    user = await register(client)
+    listener = socketio.AsyncClient()
+    got: list[tuple[str, Any]] = []
+    for name in ("job_status", "job_completed", "job_failed"):
+        listener.on(name, (lambda n: lambda data: got.append((n, data)))(name))
+    await listener.connect(api.url, auth={"token": user["token"]}, transports=["websocket"])
+    try:
+        failed = make_job(user["userId"], JobStatus.failed)
+        failed = replace(failed, failed_at=failed.updated_at, error="boom")
+        await publish(api, failed, failed, failed)
+        again = replace(failed, history=[{"status": "failed"}])  # its second run
+        await publish(api, again, again)
+        marker = make_job(user["userId"], JobStatus.processing)
+        await publish(api, marker)
+        deadline = time.monotonic() + WAIT
+        while not any(d.get("jobId") == marker.job_id for _, d in got):
+            assert time.monotonic() < deadline, got
+            await asyncio.sleep(0.05)
+    finally:
+        await listener.disconnect()
+        await listener.shutdown()
+    mine = [(n, d.get("status")) for n, d in got if d.get("jobId") == failed.job_id]
+    assert mine == [("job_status", "failed"), ("job_failed", "failed")] * 2
+    reply = await sync(api.url, user["token"], {"afterSeq": 0})
+    assert [e["seq"] for e in reply["events"]] == [1, 2, 3, 4, 5]

@@ -37,8 +37,10 @@ class JobQueue(Protocol):
 
 
 class Notifier(Protocol):
-    async def job_changed(self, job: Job) -> None:
-        """Announce a job's new state to its owner. Never blocks on delivery, never raises."""
+    async def job_changed(self, job: Job, *, settled: bool = False) -> None:
+        """Announce a job's new state to its owner. Never blocks on delivery and never
+        raises, unless `settled`: then it returns once the announcement is in the event
+        log, and raises if it could not be logged."""
 
     async def job_progress(self, job: Job, *, delta: str, length: int, reset: bool) -> None:
         """Announce text a running job has written (`reset`: start again from nothing)."""

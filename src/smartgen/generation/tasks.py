@@ -206,6 +206,9 @@ class GenerationTask:
             log.info("job %s is not in the store; dropping it", job_id)
             return "missing"
         if current.status.is_final:
+            # Its delivery may have ended with a worker that crashed before announcing the
+            # final state: announce it (the event log keeps a final event once per run).
+            await self.notifier.job_changed(current, settled=True)
             return f"already {current.status.value}"
         if current.status == JobStatus.queued and current.scheduled_for > now + SCHEDULE_TOLERANCE:
             raise RunLater(current.scheduled_for)
@@ -247,13 +250,17 @@ class GenerationTask:
                 completed_at=at,
                 updated_at=at,
             )
-            await self.notifier.job_changed(final)
+            # Announced (logged) before the queue hears the job is done: a crash between
+            # the two leaves the message, whose next delivery announces it again.
+            await self.notifier.job_changed(final, settled=True)
 
     async def _fail(self, job_id: str, message: str) -> None:
         try:
             if await self.store.jobs.mark_failed(job_id, error=message, at=utcnow()):
                 final: Job | None = await self.store.jobs.get(job_id)
                 if final is not None:
-                    await self.notifier.job_changed(final)
+                    await self.notifier.job_changed(final, settled=True)
         except AppError:
             log.error("job %s: could not record failure (store unavailable)", job_id)
+        except Exception as exc:  # the event log: the failure itself is recorded
+            log.warning("job %s: failure not announced: %s", job_id, type(exc).__name__)

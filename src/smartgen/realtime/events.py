@@ -101,10 +101,21 @@ def progress_payload(job: Job, *, delta: str, length: int, reset: bool) -> dict[
 
 
 class Numbering(Protocol):
-    async def append(self, events: list[tuple[str, str, Any]], now_ms: int) -> list[int]: ...
+    async def append(
+        self, events: list[tuple[str, str, Any, str | None]], now_ms: int
+    ) -> list[int]: ...
 
 
-Pending = tuple[str, str, dict[str, Any]]  # (user id, event name, payload)
+# (user, event, payload, once key, a future for a caller waiting until it is logged)
+Pending = tuple[str, str, dict[str, Any], str | None, "asyncio.Future[None] | None"]
+FINAL_EVENTS = frozenset({"job_completed", "job_failed"})
+
+
+def once_key(job: Job, event: str) -> str | None:
+    """Final events are logged once per run of a job (`history` counts earlier runs)."""
+    if not job.status.is_final or (event not in FINAL_EVENTS and event != "job_status"):
+        return None
+    return f"{job.job_id}:{len(job.history or [])}:{event}:{job.status.value}"
 
 
 class EventPublisher:
@@ -136,33 +147,60 @@ class EventPublisher:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="smartgen-event-publisher")
 
-    async def job_changed(self, job: Job) -> None:
+    async def job_changed(self, job: Job, *, settled: bool = False) -> None:
+        """Announce a job's state. `settled`: return once its events are in the log
+        (raising if they could not be logged), so that a worker acknowledges a job only
+        after its final state is announced."""
+        waits: list[asyncio.Future[None]] = []
         for event, payload in job_events(job):
-            self._put(job, event, payload)
+            future = asyncio.get_running_loop().create_future() if settled else None
+            if self._put(job, event, payload, once_key(job, event), future) and future:
+                waits.append(future)
+        if waits:
+            await asyncio.gather(*waits)
 
     async def job_progress(self, job: Job, *, delta: str, length: int, reset: bool) -> None:
         payload = progress_payload(job, delta=delta, length=length, reset=reset)
-        self._put(job, "job_progress", payload)
+        self._put(job, "job_progress", payload, None, None)
 
-    def _put(self, job: Job, event: str, payload: dict[str, Any]) -> None:
+    def _put(
+        self,
+        job: Job,
+        event: str,
+        payload: dict[str, Any],
+        once: str | None,
+        future: asyncio.Future[None] | None,
+    ) -> bool:
         self.start()
         try:
-            self._pending.put_nowait((job.user_id, event, payload))
+            self._pending.put_nowait((job.user_id, event, payload, once, future))
+            return True
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("event queue full: dropped %s for job %s", event, job.job_id)
+            if future is not None:
+                future.set_exception(RuntimeError("the event queue is full"))
+                return True
+            return False
 
     async def _send(self, batch: list[Pending]) -> None:
         seqs: list[int | None] = [None] * len(batch)
         if self._numbering is not None:
             now_ms = int(time.time() * 1000)
-            seqs = list(await self._numbering.append(batch, now_ms))
+            entries = [(user, event, payload, once) for user, event, payload, once, _ in batch]
+            seqs = list(await self._numbering.append(entries, now_ms))
+        for *_, future in batch:
+            if future is not None and not future.done():
+                future.set_result(None)  # logged: the announcement holds from here on
         events: list[Event] = []
-        for (user_id, event, payload), seq in zip(batch, seqs, strict=True):
+        for (user_id, event, payload, _, _), seq in zip(batch, seqs, strict=True):
+            if seq == 0:
+                continue  # announced before: logged and sent then
             if seq is not None and event != SEED_EVENT:
                 payload = {**payload, "seq": seq}
             events.append((event, payload, user_room(user_id), seq))
-        await self._emit(events)
+        if events:
+            await self._emit(events)
 
     async def _run(self) -> None:
         # Everything pending goes out together, in order, in one round trip: one PUBLISH
@@ -185,6 +223,9 @@ class EventPublisher:
             except Exception as exc:  # delivery is best effort; the store stays the truth
                 self.dropped += len(batch)
                 log.warning("could not publish %d events: %s", len(batch), type(exc).__name__)
+                for *_, future in batch:
+                    if future is not None and not future.done():
+                        future.set_exception(exc)
 
     async def close(self, grace: float = 5.0) -> None:
         """Send what is pending (bounded by `grace`), then stop."""

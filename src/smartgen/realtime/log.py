@@ -8,7 +8,9 @@ expires). The counter never expires: numbering goes on after a log is trimmed or
 so a client holding an old number learns that it missed events (`complete: false`).
 
 Socket.IO, `GET /events` and `sync` all read from here; delivery itself stays at most once
-(pub/sub), and the log is how a client catches up.
+(pub/sub), and the log is how a client catches up. A job's final events are logged once per
+run (their "once" key): a worker that takes over a crashed one's job announces the final
+state again, and only what the crashed one did not log goes out.
 """
 
 from __future__ import annotations
@@ -20,21 +22,32 @@ import redis.asyncio as aioredis
 
 from smartgen.kit import jsoncodec
 
-# KEYS: stream, counter per user (in pairs). ARGV: max length, max age in ms, now in ms,
-# then per event: the user's pair number (1-based), event name, payload JSON.
+# KEYS: stream, counter, once-hash per user (in threes). ARGV: max length, max age in ms,
+# now in ms, then per event: the user's number (1-based), event name, payload JSON, and a
+# "once" key ('' for none). An event whose once key was logged already is not logged
+# again: its number is 0 (a final event announced again after a worker's crash).
 _APPEND = """
 local maxlen, maxage, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local out, touched = {}, {}
-for i = 4, #ARGV, 3 do
+for i = 4, #ARGV, 4 do
   local u = tonumber(ARGV[i])
-  local seq = redis.call('INCR', KEYS[2 * u])
-  redis.call('XADD', KEYS[2 * u - 1], 'MAXLEN', '~', maxlen, '0-' .. seq,
-             'e', ARGV[i + 1], 'd', ARGV[i + 2], 't', now)
-  out[#out + 1] = seq
-  touched[u] = true
+  local once = ARGV[i + 3]
+  if once ~= '' and redis.call('HEXISTS', KEYS[3 * u], once) == 1 then
+    out[#out + 1] = 0
+  else
+    local seq = redis.call('INCR', KEYS[3 * u - 1])
+    redis.call('XADD', KEYS[3 * u - 2], 'MAXLEN', '~', maxlen, '0-' .. seq,
+               'e', ARGV[i + 1], 'd', ARGV[i + 2], 't', now)
+    if once ~= '' then
+      redis.call('HSET', KEYS[3 * u], once, seq)
+      redis.call('PEXPIRE', KEYS[3 * u], maxage)
+    end
+    out[#out + 1] = seq
+    touched[u] = true
+  end
 end
 for u, _ in pairs(touched) do
-  local stream = KEYS[2 * u - 1]
+  local stream = KEYS[3 * u - 2]
   local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 16)
   local cut = nil
   for _, entry in ipairs(oldest) do
@@ -48,6 +61,9 @@ for u, _ in pairs(touched) do
 end
 return out
 """
+
+
+LogEntry = tuple[str, str, Any, str | None]  # (user id, event name, payload, once key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,25 +93,26 @@ class EventLog:
         self._max_age_ms = max(1, int(max_age_seconds * 1000))
         self._append = client.register_script(_APPEND)
 
-    def _keys(self, user_id: str) -> tuple[str, str]:
+    def _keys(self, user_id: str) -> tuple[str, str, str]:
         base = f"{self._prefix}:events:{user_id}"
-        return base, base + ":seq"
+        return base, base + ":seq", base + ":once"
 
-    async def append(self, events: list[tuple[str, str, Any]], now_ms: int) -> list[int]:
-        """Log (user id, event name, payload) in order; each one's number, in order."""
+    async def append(self, events: list[LogEntry], now_ms: int) -> list[int]:
+        """Log (user id, event name, payload, once key or None) in order; each one's
+        number, in order, or 0 for an event whose once key was logged before."""
         users: dict[str, int] = {}
         keys: list[str] = []
         args: list[Any] = [self._max_events, self._max_age_ms, now_ms]
-        for user_id, event, payload in events:
+        for user_id, event, payload, once in events:
             if user_id not in users:
                 users[user_id] = len(users) + 1
                 keys.extend(self._keys(user_id))
-            args.extend((users[user_id], event, jsoncodec.dumps(payload)))
+            args.extend((users[user_id], event, jsoncodec.dumps(payload), once or ""))
         return [int(seq) for seq in await self._append(keys=keys, args=args)]
 
     async def read(self, user_id: str, after: int, *, limit: int) -> Replay:
         """The user's events numbered above `after`, oldest first, at most `limit`."""
-        stream, counter = self._keys(user_id)
+        stream, counter, _ = self._keys(user_id)
         async with self._client.pipeline(transaction=True) as pipe:  # one view of both
             pipe.get(counter)
             pipe.xrange(stream, f"(0-{max(0, after)}", "+", count=limit)

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         from smartgen.server.startup import setup_logging
 
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         if args.command == "api":
             from smartgen.server.api import run_api
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from smartgen.kit.times import iso_ms
+from smartgen.metrics import catalog
 from smartgen.models import Job, JobStatus
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class EventPublisher:
                 self._pending.put_nowait((event, payload, room))
             except asyncio.QueueFull:
                 self.dropped += 1
+                catalog.events_dropped(1)
                 log.warning("event queue full: dropped %s for job %s", event, job.job_id)
 
     async def _run(self) -> None:
@@ -114,8 +116,10 @@ class EventPublisher:
             try:
                 await self._emit(batch)
                 self.sent += len(batch)
+                catalog.events_published(len(batch))
             except Exception as exc:  # delivery is best effort; the store stays the truth
                 self.dropped += len(batch)
+                catalog.events_dropped(len(batch))
                 log.warning("could not publish %d events: %s", len(batch), type(exc).__name__)
 
     async def close(self, grace: float = 5.0) -> None:

@@ -17,6 +17,7 @@ from smartgen.config import Settings
 from smartgen.errors import AppError, Unauthorized
 from smartgen.kit import jsoncodec
 from smartgen.kit.times import iso_ms, parse_iso
+from smartgen.metrics import catalog
 from smartgen.realtime.bus import RedisManager, close_manager, redis_manager
 from smartgen.realtime.events import Event, EventPublisher, status_payload, user_room
 from smartgen.store.base import Store
@@ -84,6 +85,7 @@ class RealtimeServer:
             engineio_logger=False,
         )
         self._expiry: dict[str, asyncio.Task[None]] = {}
+        self._connected: set[str] = set()  # counted in smartgen_socketio_connections
         self.publisher = EventPublisher(self._emit_many)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
@@ -111,6 +113,8 @@ class RealtimeServer:
             )
         await self.sio.save_session(sid, {"userId": principal.user_id})
         await self.sio.enter_room(sid, user_room(principal.user_id))
+        self._connected.add(sid)
+        catalog.SOCKETIO_CONNECTIONS.inc()
         if delay is not None:  # a connection lives no longer than its token
             self._expiry[sid] = asyncio.create_task(self._expire(sid, delay))
 
@@ -126,6 +130,9 @@ class RealtimeServer:
             await self.sio.disconnect(sid, ignore_queue=True)
 
     async def _on_disconnect(self, sid: str, *args: Any) -> None:
+        if sid in self._connected:
+            self._connected.discard(sid)
+            catalog.SOCKETIO_CONNECTIONS.dec()
         task = self._expiry.pop(sid, None)
         if task is not None:
             task.cancel()
@@ -156,6 +163,8 @@ class RealtimeServer:
         for task in self._expiry.values():
             task.cancel()
         self._expiry.clear()
+        catalog.SOCKETIO_CONNECTIONS.dec(len(self._connected))  # sessions end with us
+        self._connected.clear()
         # Stops Engine.IO's ping-timeout service task (otherwise left running forever).
         with contextlib.suppress(Exception):
             await self.sio.shutdown()

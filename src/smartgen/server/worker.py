@@ -12,12 +12,15 @@ from smartgen.config import Settings
 from smartgen.generation.reconcile import Reconciler
 from smartgen.generation.tasks import GenerationTask
 from smartgen.llm.client import ChatClient
+from smartgen.llm.metered import MeteredGenerator
 from smartgen.llm.offline import OFFLINE_MODEL, OfflineWriter
+from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.runner import QueueRunner
 from smartgen.realtime.bus import close_manager, worker_publisher
 from smartgen.redis_clients import redis_client
 from smartgen.server import heap
+from smartgen.server.worker_metrics import MetricsServer, serve_worker_metrics
 from smartgen.store import open_store
 
 log = logging.getLogger("smartgen.worker")
@@ -53,17 +56,20 @@ async def run_worker(
     store = open_store(settings)
     if init_store:
         await store.init()
-    llm = open_model(settings)
+    llm = MeteredGenerator(open_model(settings))
     publisher, manager = worker_publisher(settings)
     publisher.start()
-    task = GenerationTask(store=store, llm=llm, notifier=publisher, settings=settings)
+    notifier = MeteredNotifier(publisher)  # job metrics from the job's own announcements
+    task = GenerationTask(store=store, llm=llm, notifier=notifier, settings=settings)
     redis = redis_client(settings, "request")
     producer = GenerationQueue(settings, redis)
-    reconciler = Reconciler(store=store, queue=producer, notifier=publisher, settings=settings)
+    reconciler = Reconciler(store=store, queue=producer, notifier=notifier, settings=settings)
     stop_reconciler = asyncio.Event()
     reconciling: asyncio.Task[None] | None = None
     runner = QueueRunner(settings, task)
+    metrics: MetricsServer | None = None
     try:
+        metrics = await serve_worker_metrics(settings)
         await runner.start()
         reconciling = asyncio.create_task(reconciler.run_forever(stop_reconciler))
         if settle_heap:
@@ -86,6 +92,8 @@ async def run_worker(
         stop_reconciler.set()
         if reconciling is not None and not reconciling.done():
             reconciling.cancel()
+        if metrics is not None:
+            await metrics.close()
         await producer.close()  # and its Redis client (bullmq closes it)
         await publisher.close()
         await close_manager(manager)

@@ -75,7 +75,16 @@ def _allowed_methods(request: Request) -> set[str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
-    async def app_error(_: Request, exc: AppError) -> JSONResponse:
+    async def app_error(request: Request, exc: AppError) -> JSONResponse:
+        if exc.status_code >= 500:  # the line a user's report (its requestId) leads to
+            log.warning(
+                "%s %s answered %d %s: %s",
+                request.method,
+                request.url.path,
+                exc.status_code,
+                exc.code,
+                exc.message,
+            )
         return error_json(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

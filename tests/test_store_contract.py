@@ -411,7 +411,7 @@ async def test_list_past_lease(store: Store) -> None:
     user = oid()
     now = T0 + timedelta(hours=1)
     jobs = [make_job(user, at=T0 + timedelta(seconds=i)) for i in range(6)]
-    expired, leaseless, leased, queued, completed, failed = jobs
+    expired, leaseless, leased, _still_queued, completed, failed = jobs
     for job in jobs:
         await store.jobs.create(job)
 

@@ -206,7 +206,9 @@ class Settings(BaseSettings):
     def redis_display(self) -> str:
         """The Redis address without credentials, for logs and banners."""
         if self.redis_sentinels:
-            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinel_addresses)
+            hosts = ",".join(
+                f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinel_addresses
+            )
             return f"sentinel://{hosts}/{self.redis_sentinel_master}"
         parts = urlsplit(self.redis_connection_url)
         host = parts.hostname or ""

@@ -20,7 +20,7 @@ from smartgen.ports import Delivery, GiveUp
 from smartgen.queue.fetch_next import FetchNextWorker
 from smartgen.queue.overview import worker_name
 from smartgen.queue.retry import backoff_strategy
-from smartgen.redis_clients import redis_options
+from smartgen.redis_clients import close_pool, redis_options
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +112,7 @@ class QueueRunner:
         if self._running is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._running, 5)
+        # bullmq closed its clients; a pool they were given (Sentinel) is closed here.
+        for connection in (self.worker.redisConnection, self.worker.blockingRedisConnection):
+            if connection is not None:
+                await close_pool(connection.conn)

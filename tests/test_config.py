@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -503,3 +504,11 @@ def test_operations_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.log_format, s.metrics_enabled, s.metrics_port) == ("json", False, 9464)
     with pytest.raises(ConfigError, match=r"^LOG_FORMAT: "):
         settings(monkeypatch, LOG_FORMAT="xml")
+
+
+def test_every_setting_is_in_env_example() -> None:
+    """`.env.example` lists every setting (commented out, with its default or an example)."""
+    text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    listed = set(re.findall(r"^# ([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    missing = {name.upper() for name in Settings.model_fields} - listed
+    assert not missing, f"not in .env.example: {sorted(missing)}"

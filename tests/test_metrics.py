@@ -5,7 +5,10 @@ API processes adding up (API_WORKERS=2, prometheus_client's multiprocess mode)."
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +21,7 @@ from smartgen.llm.errors import LLMError
 from smartgen.llm.metered import MeteredGenerator
 from smartgen.models import ModelRequest
 from tests.conftest import ApiServer, Process, free_port, register, wait_for_status, wait_http
-from tests.fakellm import FakeLLM, Reply
+from tests.fakellm import FakeLLM, Reply, completion_body
 from tests.test_worker import queue, running_worker
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -227,3 +230,50 @@ async def test_several_api_processes_answer_for_all(
             seen.append(value(parse(text), "smartgen_http_requests_total", **route) - start)
         assert all(count >= 20 for count in seen), seen
         assert (await client.get("/healthz")).headers["x-request-id"]
+
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
+METRIC_NAME = re.compile(r"\bsmartgen_[a-z0-9_]+")
+
+
+def dashboard_metrics() -> set[str]:
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    return {name for expr in exprs for name in METRIC_NAME.findall(expr)}
+
+
+async def test_every_metric_the_dashboard_queries_exists(
+    settings: Settings, fake_llm: FakeLLM, unique: str
+) -> None:
+    """The Grafana dashboard in docs/ queries only metrics a real scrape has (the API's
+    and the worker's, after a job with a retry, tokens and a cost)."""
+    used = dashboard_metrics()
+    # What the dashboard is for: queue depth, throughput, latencies, errors, cost.
+    assert {
+        "smartgen_queue_jobs",
+        "smartgen_jobs_total",
+        "smartgen_http_request_duration_seconds_bucket",
+        "smartgen_llm_request_duration_seconds_bucket",
+        "smartgen_http_requests_total",
+        "smartgen_llm_errors_total",
+        "smartgen_llm_cost_usd_total",
+        "smartgen_llm_tokens_total",
+    } <= used
+    port = free_port()
+    s = with_changes(
+        settings, metrics_port=port, generation_delay_seconds=0.0, metrics_queue_cache_seconds=0
+    )
+    marker = f"[dashboard-{unique}]"
+    paid = completion_body("# Paid", "fake/model-1")
+    paid["usage"]["cost"] = 0.0042
+    fake_llm.script(marker, [Reply(status=500), Reply(json_body=paid)])
+    async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        user = await register(client)
+        async with running_worker(s):
+            job = await queue(client, user["headers"], f"dash {marker}")
+            done = await wait_for_status(client, job["jobId"], user["headers"], {"completed"})
+            assert done["attempts"] == 2
+            await asyncio.sleep(0.3)
+            found = names(await scrape(api.url)) | names(await scrape(f"http://127.0.0.1:{port}"))
+    assert used - found == set(), f"queried but never exported: {sorted(used - found)}"
+    assert value(parse_registry(), "smartgen_llm_cost_usd_total") >= 0.0042

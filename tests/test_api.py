@@ -130,7 +130,11 @@ async def test_queue_rejects_non_json(client: httpx.AsyncClient) -> None:
     headers = {**user["headers"], "Content-Type": "application/json"}
     r = await client.post("/generate-content", content=b"{not json", headers=headers)
     assert r.status_code == 400
-    assert r.json() == {"error": "invalid_json", "message": "Request body is not valid JSON"}
+    assert r.json() == {
+        "error": "invalid_json",
+        "message": "Request body is not valid JSON",
+        "requestId": r.headers["x-request-id"],
+    }
     r = await client.post("/generate-content", headers=user["headers"])
     assert r.status_code == 400
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -463,3 +464,51 @@ def test_settle_heap_freezes_start_up_objects() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+# --- Redis Sentinel and operations --------------------------------------------------------
+
+
+def test_redis_sentinels(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings(
+        monkeypatch,
+        REDIS_SENTINELS=" s1.internal:26379, 10.0.0.2 ,[::1]:26380,",
+        REDIS_SENTINEL_MASTER="cache",
+        REDIS_PASSWORD="data-pass",
+        REDIS_SENTINEL_PASSWORD="sentinel-pass",
+    )
+    assert s.sentinel_addresses == [("s1.internal", 26379), ("10.0.0.2", 26379), ("::1", 26380)]
+    assert s.redis_display == "sentinel://s1.internal:26379,10.0.0.2:26379,[::1]:26380/cache"
+    assert "pass" not in s.redis_display
+    assert s.redis_sentinel_password == "sentinel-pass"
+    assert settings(monkeypatch, REDIS_SENTINELS="  ").sentinel_addresses == []
+    monkeypatch.delenv("REDIS_SENTINEL_MASTER")
+    assert settings(monkeypatch).redis_sentinel_master == "mymaster"
+
+
+@pytest.mark.parametrize("bad", ["host:port", "host:99999", ":26379", "[::1]:x", "[]:1"])
+def test_redis_sentinels_refused(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"^REDIS_SENTINELS: Value error, "):
+        settings(monkeypatch, REDIS_SENTINELS=bad)
+
+
+def test_operations_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings(monkeypatch)
+    assert (s.log_format, s.metrics_enabled, s.metrics_token, s.metrics_port) == (
+        "text",
+        True,
+        None,
+        None,
+    )
+    s = settings(monkeypatch, LOG_FORMAT="json", METRICS_ENABLED="false", METRICS_PORT="9464")
+    assert (s.log_format, s.metrics_enabled, s.metrics_port) == ("json", False, 9464)
+    with pytest.raises(ConfigError, match=r"^LOG_FORMAT: "):
+        settings(monkeypatch, LOG_FORMAT="xml")
+
+
+def test_every_setting_is_in_env_example() -> None:
+    """`.env.example` lists every setting (commented out, with its default or an example)."""
+    text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    listed = set(re.findall(r"^# ([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    missing = {name.upper() for name in Settings.model_fields} - listed
+    assert not missing, f"not in .env.example: {sorted(missing)}"

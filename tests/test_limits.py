@@ -23,6 +23,7 @@ async def test_body_too_large_is_413(client: httpx.AsyncClient) -> None:
     assert r.json() == {
         "error": "payload_too_large",
         "message": "Request body is larger than 262144 bytes",
+        "requestId": r.headers["x-request-id"],
     }
 
     async def chunks():  # no Content-Length: the limit holds for streamed bodies too

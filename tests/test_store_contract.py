@@ -406,6 +406,44 @@ async def test_list_unfinished_due(store: Store) -> None:
     assert await store.jobs.list_unfinished_due(now - timedelta(hours=1), limit=100) == []
 
 
+async def test_list_past_lease(store: Store) -> None:
+    """`smartgen status`'s stuck jobs: processing, and the lease ran out (or there is none)."""
+    user = oid()
+    now = T0 + timedelta(hours=1)
+    jobs = [make_job(user, at=T0 + timedelta(seconds=i)) for i in range(6)]
+    expired, leaseless, leased, _still_queued, completed, failed = jobs
+    for job in jobs:
+        await store.jobs.create(job)
+
+    async def take(job: Job, started: datetime, lease: datetime | None) -> None:
+        taken = await store.jobs.mark_processing(
+            job.job_id, at=started, attempt=1, lease_until=lease, owner="m"
+        )
+        assert taken is not None
+
+    await take(expired, now - timedelta(minutes=3), now - timedelta(seconds=1))
+    await take(leaseless, now - timedelta(minutes=5), None)
+    await take(leased, now - timedelta(minutes=9), now + timedelta(minutes=1))
+    await take(completed, now - timedelta(minutes=9), now - timedelta(minutes=1))
+    assert await store.jobs.mark_completed(completed.job_id, result=Completion("x", "m"), at=now)
+    await take(failed, now - timedelta(minutes=9), now - timedelta(minutes=1))
+    assert await store.jobs.mark_failed(failed.job_id, error="x", at=now)
+
+    found = await store.jobs.list_past_lease(now, limit=10)
+    assert [j.job_id for j in found] == [leaseless.job_id, expired.job_id]  # earliest start
+    assert all(j.status == JobStatus.processing for j in found)
+    assert found[1].lease_until == now - timedelta(seconds=1)
+    assert [j.job_id for j in await store.jobs.list_past_lease(now, limit=1)] == [
+        leaseless.job_id
+    ]
+    # Two minutes earlier only the leaseless one had run out; later, the leased one too.
+    early = await store.jobs.list_past_lease(now - timedelta(minutes=2), limit=10)
+    assert [j.job_id for j in early] == [leaseless.job_id]
+    late = await store.jobs.list_past_lease(now + timedelta(minutes=2), limit=10)
+    assert [j.job_id for j in late] == [leased.job_id, leaseless.job_id, expired.job_id]
+    assert await store.jobs.list_past_lease(now, limit=10) == found  # read-only
+
+
 async def test_create_with_a_cap_on_unfinished_jobs(store: Store) -> None:
     user, other = oid(), oid()
     first, second, refused = (make_job(user, at=T0 + timedelta(seconds=i)) for i in range(3))

@@ -1,4 +1,4 @@
-"""`smartgen api | worker | dev` and the terminal client's commands: argument parsing only;
+"""`smartgen api | worker | dev | status` and the terminal client's commands: argument parsing only;
 the processes are `server/`'s, the client's `terminal/`'s."""
 
 from __future__ import annotations
@@ -23,6 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="run the HTTP + Socket.IO API (PORT, default 5000)")
     sub.add_parser("worker", help="run the background worker")
     sub.add_parser("dev", help="run the API and the worker together")
+    status = sub.add_parser(
+        "status", help="queue, workers, stuck jobs, Redis and store health (exit 1: attention)"
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.add_argument(
+        "--max-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a waiting job older than this needs attention (default 60)",
+    )
     add_client_commands(sub)
     return parser
 
@@ -35,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         from smartgen.server.startup import setup_logging
 
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         if args.command == "api":
             from smartgen.server.api import run_api
 
@@ -44,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from smartgen.server.worker import run_worker_process
 
             return run_worker_process(settings)
+        if args.command == "status":
+            from smartgen.server.status import run_status
+
+            return run_status(settings, as_json=args.json, max_wait_seconds=args.max_wait)
         if args.command == "dev":
             from smartgen.server.dev import run_dev
 

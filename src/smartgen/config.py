@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     # Redis: REDIS_URL wins over the parts; rediss:// turns TLS on.
     redis_url: str | None = None
     redis_tls: bool = False
+    # Redis Sentinel: "host:port,host:port,…"; when set, every client asks these for the
+    # address of REDIS_SENTINEL_MASTER (credentials, database and TLS still come from
+    # REDIS_URL / the parts) and follows a failover by itself.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_user: str | None = None  # the sentinels' own ACL user and password
+    redis_sentinel_password: str | None = None
     # `smartgen dev` with no Redis configured: "auto" uses 127.0.0.1:6379 when it answers,
     # else starts a private redis-server; "private" always starts the private one.
     embedded_redis: Literal["auto", "private"] = "auto"
@@ -73,6 +80,17 @@ class Settings(BaseSettings):
     # NoDecode: the environment's value reaches `_split_origins` as text ("a,b" or JSON).
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
+    # text: human-readable lines; json: one JSON object per line, with requestId, userId
+    # and jobId where known.
+    log_format: Literal["text", "json"] = "text"
+    # GET /metrics (Prometheus): on unless false; behind `Authorization: Bearer
+    # METRICS_TOKEN` when that is set. The worker serves its own on METRICS_PORT (none
+    # unless set), on HOST.
+    metrics_enabled: bool = True
+    metrics_token: str | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    # Queue depth is read from Redis at most once per this many seconds per process.
+    metrics_queue_cache_seconds: float = Field(5.0, ge=0)
     # FastAPI's native OpenTelemetry (request spans, metrics, error logs) to the globally
     # configured OTel providers. Off by default: while on, every request asks the
     # providers whether anyone listens, even when no one was configured.
@@ -149,6 +167,14 @@ class Settings(BaseSettings):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_sentinels(value)  # a ValueError names the bad entry
+            return value.strip()
+        return None
+
     @field_validator("base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -184,8 +210,18 @@ class Settings(BaseSettings):
         return f"{scheme}://{auth}{host}:{port}/0"
 
     @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty without Sentinel."""
+        return parse_sentinels(self.redis_sentinels) if self.redis_sentinels else []
+
+    @property
     def redis_display(self) -> str:
         """The Redis address without credentials, for logs and banners."""
+        if self.redis_sentinels:
+            hosts = ",".join(
+                f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinel_addresses
+            )
+            return f"sentinel://{hosts}/{self.redis_sentinel_master}"
         parts = urlsplit(self.redis_connection_url)
         host = parts.hostname or ""
         if ":" in host:
@@ -253,6 +289,30 @@ class Settings(BaseSettings):
                 "OPENROUTER_KEY is not set: set it, or point BASE_URL at a local "
                 "OpenAI-compatible server (e.g. http://127.0.0.1:11434/v1 for Ollama)"
             )
+
+
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """`host:port,host:port,…` (IPv6 as `[addr]:port`; the port defaults to 26379)."""
+    out: list[tuple[str, int]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        elif item.count(":") == 1:
+            host, _, port_text = item.partition(":")
+        else:
+            host, port_text = item, ""
+        if not host or (port_text and not port_text.isdigit()):
+            raise ValueError(f"{item!r} is not host:port")
+        port = int(port_text) if port_text else 26379
+        if not 0 < port < 65536:
+            raise ValueError(f"{item!r}: port out of range")
+        out.append((host, port))
+    if not out:
+        raise ValueError("no sentinel address given")
+    return out
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class FieldError(BaseModel):
@@ -18,6 +18,9 @@ class ErrorBody(BaseModel):
     error: str
     message: str
     details: list[FieldError] | None = None
+    requestId: str = Field(
+        description="The request's id, as in its X-Request-ID header and the server's logs"
+    )
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -37,10 +37,11 @@ class JobQueue(Protocol):
 
 
 class Notifier(Protocol):
-    async def job_changed(self, job: Job, *, settled: bool = False) -> None:
+    async def job_changed(self, job: Job, *, settled: bool = False, repeat: bool = False) -> None:
         """Announce a job's new state to its owner. Never blocks on delivery and never
         raises, unless `settled`: then it returns once the announcement is in the event
-        log, and raises if it could not be logged."""
+        log, and raises if it could not be logged. `repeat`: this state was (maybe)
+        announced before, by a delivery that did not finish."""
 
     async def job_progress(self, job: Job, *, delta: str, length: int, reset: bool) -> None:
         """Announce text a running job has written (`reset`: start again from nothing)."""

@@ -6,6 +6,19 @@ the rate limiter. Each use gets the timeouts it needs:
 - `blocking`: bullmq's worker connections, with no socket timeout: redis-py 8 defaults it
   to 5 s, which breaks the worker's blocking waits (jobs started long after they were due);
 - `pubsub`: the event bus, bytes in and out, kept alive by health checks.
+
+With Redis Sentinel (`REDIS_SENTINELS`), every client of every use gets its connections
+from a pool that asks the sentinels where the master of `REDIS_SENTINEL_MASTER` is each
+time it connects (redis-py's `SentinelConnectionPool`), so a failover is followed by
+reconnecting: a connection to the old master fails (or answers READONLY once it is a
+replica), the client's retry reconnects, and the new connection goes to the new master.
+Each pool owns its sentinel clients and closes them with its connections.
+
+redis-py asks the sentinels only when a pool hands out a new connection; a connection
+that reconnects by itself (a single-connection client, as bullmq's worker uses, or a
+pub/sub subscription) goes back to the address it had: the dead master
+(redis/redis-py#3874, open). `FollowingConnection` asks on every (re)connect; the
+failover test (tests/test_failover.py) fails without it.
 """
 
 from __future__ import annotations
@@ -14,8 +27,12 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from smartgen.config import Settings
 
@@ -36,8 +53,70 @@ def address(settings: Settings) -> dict[str, Any]:
     }
 
 
+SENTINEL_TIMEOUT_SECONDS = 1.0  # asking a sentinel where the master is
+
+
+class FollowingConnection(SentinelManagedConnection):
+    """A connection to the current master, asked of the sentinels whenever it connects,
+    the pool's checkouts and its own reconnects alike (see the module's docstring)."""
+
+    async def _connect_retry(self) -> None:
+        if self._reader:
+            return
+        await self.connect_check_health(
+            check_health=self.connection_pool.check_connection, retry_socket_connect=False
+        )
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self.is_connected:
+            return
+        self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
+
+
+class FollowingSSLConnection(FollowingConnection, SSLConnection):
+    pass
+
+
+class OwnedSentinelPool(SentinelConnectionPool):
+    """A sentinel-backed pool that closes its sentinel clients when it is closed (a
+    master change only drops its idle connections, and keeps them)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:
+            await self.sentinel_manager.aclose()
+
+
+def sentinel_pool(settings: Settings, options: dict[str, Any]) -> OwnedSentinelPool:
+    """A pool on the current master of REDIS_SENTINEL_MASTER, with `options` (address
+    and credentials of the data nodes, timeouts) for its connections."""
+    where = address(settings)
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+        "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
+        "username": settings.redis_sentinel_user,
+        "password": settings.redis_sentinel_password,
+        "ssl": where["ssl"],
+    }
+    manager = Sentinel(  # type: ignore[no-untyped-call]
+        settings.sentinel_addresses, sentinel_kwargs=sentinel_kwargs
+    )
+    kwargs = {k: v for k, v in options.items() if k not in ("host", "port", "ssl")}
+    kwargs["connection_class"] = FollowingSSLConnection if where["ssl"] else FollowingConnection
+    return OwnedSentinelPool(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master, manager, **kwargs
+    )
+
+
 def redis_options(settings: Settings, purpose: Purpose) -> dict[str, Any]:
-    """redis-py keyword arguments for one use (see the module's docstring)."""
+    """redis-py keyword arguments for one use (see the module's docstring). With
+    Sentinel they hold a `connection_pool` of the caller's: close it with the client
+    (`redis_client` does; `close_pool` for a client built from these elsewhere)."""
     options = address(settings)
     if purpose == "request":
         timeout = settings.queue_timeout_seconds
@@ -58,9 +137,33 @@ def redis_options(settings: Settings, purpose: Purpose) -> dict[str, Any]:
         )
     else:
         options.update(socket_connect_timeout=5, health_check_interval=30)
-    return options
+    if not settings.redis_sentinels:
+        return options
+    if purpose == "blocking":
+        # bullmq sets these on the clients it builds, but a client given a pool takes the
+        # pool's: decoded replies, and retries that outlast a failover, briefly spaced.
+        options.update(
+            decode_responses=True,
+            retry=Retry(
+                ExponentialBackoff(cap=2.0, base=0.1),
+                30,
+                supported_errors=(RedisConnectionError, RedisTimeoutError),
+            ),
+        )
+    return {"connection_pool": sentinel_pool(settings, options)}
 
 
 def redis_client(settings: Settings, purpose: Purpose) -> aioredis.Redis:
-    """A client for one use; create it inside the running loop and close it on shutdown."""
-    return aioredis.Redis(**redis_options(settings, purpose))
+    """A client for one use; create it inside the running loop and close it on shutdown
+    (its pool, and with Sentinel its sentinel clients, close with it)."""
+    options = redis_options(settings, purpose)
+    pool = options.get("connection_pool")
+    if pool is not None:
+        return aioredis.Redis.from_pool(pool)
+    return aioredis.Redis(**options)
+
+
+async def close_pool(client: aioredis.Redis) -> None:
+    """Close the pool behind a client built from `redis_options` by someone else (bullmq,
+    the event bus), which closes only its own connections when given a pool."""
+    await client.connection_pool.disconnect()

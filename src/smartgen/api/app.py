@@ -15,7 +15,10 @@ from smartgen import __version__
 from smartgen.api.deps import Services
 from smartgen.api.handlers import install_error_handlers
 from smartgen.api.health import router as health_router
+from smartgen.api.metrics import open_scrape
+from smartgen.api.metrics import router as metrics_router
 from smartgen.api.middleware import RequestLimits
+from smartgen.api.observe import RequestContext
 from smartgen.api.ratelimit import RateLimiter
 from smartgen.auth.router import router as auth_router
 from smartgen.auth.tokens import TokenCodec
@@ -23,6 +26,7 @@ from smartgen.config import Settings
 from smartgen.content.router import router as content_router
 from smartgen.content.router import saving as saving_router
 from smartgen.generation.router import router as generation_router
+from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.timings import RedisTimings
 from smartgen.realtime.bus import event_log
@@ -87,6 +91,7 @@ def create_app(
         queue = GenerationQueue(settings, redis)
         log = event_log(settings, redis)
         namespace = f"{settings.queue_prefix}:smartgen"
+        app.state.scrape = scrape = open_scrape(settings) if settings.metrics_enabled else None
         try:
             if init_store:
                 await store.init()
@@ -97,7 +102,7 @@ def create_app(
                 queue=queue,
                 tokens=tokens,
                 redis=redis,
-                notifier=realtime.publisher,
+                notifier=MeteredNotifier(realtime.publisher),
                 limiter=RateLimiter(redis, prefix=f"{namespace}:rl"),
                 live=RedisLiveText(redis, namespace),
                 log=log,
@@ -108,6 +113,8 @@ def create_app(
                 on_started()
             yield
         finally:
+            if scrape is not None:
+                await scrape.close()
             await realtime.close()
             await queue.close()  # and the Redis client it was given (bullmq closes it)
             await store.close()
@@ -147,10 +154,14 @@ def create_app(
     app.include_router(content_router)
     app.include_router(events_router)
     app.include_router(health_router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_router)
     _document_prompt_limit(app, settings)
 
-    asgi: Asgi = socketio.ASGIApp(
-        realtime.sio, other_asgi_app=RequestLimits(app, max_body_bytes=settings.max_body_bytes)
+    asgi: Asgi = RequestContext(
+        socketio.ASGIApp(
+            realtime.sio, other_asgi_app=RequestLimits(app, max_body_bytes=settings.max_body_bytes)
+        )
     )
     if wrap is not None:
         asgi = wrap(asgi)

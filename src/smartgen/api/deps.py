@@ -16,6 +16,7 @@ from fastapi.security import HTTPBearer
 from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable
+from smartgen.kit import logcontext
 from smartgen.ports import JobQueue, LiveText, Notifier, RateLimits, Timings
 from smartgen.store.base import Store
 
@@ -99,7 +100,9 @@ class BearerUser(HTTPBearer):
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
         tokens = services(request).tokens
-        return tokens.verify(bearer_token(request.headers.get("authorization")))
+        principal = tokens.verify(bearer_token(request.headers.get("authorization")))
+        logcontext.user_id.set(principal.user_id)  # the request's log lines name the user
+        return principal
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

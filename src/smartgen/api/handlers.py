@@ -1,5 +1,6 @@
 """One error shape for every answer: `AppError`s, validation errors, Starlette's HTTP errors
-and anything unexpected, rendered as `{"error", "message", "details"?}`."""
+and anything unexpected, rendered as `{"error", "message", "details"?, "requestId"}` (the
+request's id, as in its `X-Request-ID` header and its log lines)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smartgen.errors import AppError
+from smartgen.kit import logcontext
 
 log = logging.getLogger("smartgen.api")
+
+
+def error_json(body: dict[str, Any], status_code: int, **kw: Any) -> JSONResponse:
+    """An error answer: `body` plus the request's id."""
+    request_id = logcontext.request_id.get()
+    if request_id:
+        body["requestId"] = request_id
+    return JSONResponse(body, status_code=status_code, **kw)
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -25,11 +35,11 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 def validation_response(exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        return JSONResponse(
+        return error_json(
             {"error": "invalid_json", "message": "Request body is not valid JSON"}, status_code=400
         )
     if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
-        return JSONResponse(
+        return error_json(
             {"error": "invalid_json", "message": "Request body must be a JSON object"},
             status_code=400,
         )
@@ -44,7 +54,7 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
             message = str((e.get("ctx") or {}).get("error") or message)
         details.append({"field": _field(e.get("loc", ())), "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
-    return JSONResponse(
+    return error_json(
         {"error": "validation_error", "message": f"Invalid request: {summary}", "details": details},
         status_code=422,
     )
@@ -65,8 +75,17 @@ def _allowed_methods(request: Request) -> set[str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
-    async def app_error(_: Request, exc: AppError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+    async def app_error(request: Request, exc: AppError) -> JSONResponse:
+        if exc.status_code >= 500:  # the line a user's report (its requestId) leads to
+            log.warning(
+                "%s %s answered %d %s: %s",
+                request.method,
+                request.url.path,
+                exc.status_code,
+                exc.code,
+                exc.message,
+            )
+        return error_json(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -81,7 +100,7 @@ def install_error_handlers(app: FastAPI) -> None:
             methods = sorted(_allowed_methods(request))
             if methods:
                 headers["Allow"] = ", ".join(methods)
-        return JSONResponse(
+        return error_json(
             {"error": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)},
             status_code=exc.status_code,
             headers=headers or None,
@@ -90,6 +109,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
-        return JSONResponse(
+        return error_json(
             {"error": "internal_error", "message": "Internal server error"}, status_code=500
         )

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from smartgen.kit import logcontext
+
 
 def _error(status: int, code: str, message: str) -> tuple[dict[str, Any], bytes]:
-    body = json.dumps({"error": code, "message": message}).encode()
+    fields = {"error": code, "message": message}
+    request_id = logcontext.request_id.get()
+    if request_id:
+        fields["requestId"] = request_id
+    body = json.dumps(fields).encode()
     start = {
         "type": "http.response.start",
         "status": status,

@@ -208,7 +208,7 @@ class GenerationTask:
         if current.status.is_final:
             # Its delivery may have ended with a worker that crashed before announcing the
             # final state: announce it (the event log keeps a final event once per run).
-            await self.notifier.job_changed(current, settled=True)
+            await self.notifier.job_changed(current, settled=True, repeat=True)
             return f"already {current.status.value}"
         if current.status == JobStatus.queued and current.scheduled_for > now + SCHEDULE_TOLERANCE:
             raise RunLater(current.scheduled_for)

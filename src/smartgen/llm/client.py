@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from smartgen.config import Settings
-from smartgen.kit import jsoncodec
+from smartgen.kit import jsoncodec, logcontext
 from smartgen.llm.errors import RETRYABLE_STATUS, LLMError
 from smartgen.models import Completion, ModelRequest
 
@@ -105,6 +105,18 @@ def _completion_from_body(body: Any, fallback_model: str, secret: str | None = N
     return Completion(
         content=text, model=_text(str(body.get("model") or fallback_model)), usage=usage
     )
+
+
+JOB_HEADER = "X-Smartgen-Job-Id"
+
+
+def job_headers(base: dict[str, str] | None = None) -> dict[str, str] | None:
+    """`base` plus the id of the job being generated (`X-Smartgen-Job-Id`), so that a
+    gateway's or a local server's logs can be followed back to the job."""
+    job_id = logcontext.job_id.get()
+    if not job_id:
+        return base
+    return {**(base or {}), JOB_HEADER: job_id}
 
 
 def _without_nul(value: str) -> str:
@@ -223,7 +235,11 @@ class ChatClient:
         session = self._session()
         try:
             async with session.post(
-                self._url, json=self.payload(messages), allow_redirects=False, proxy=self._proxy
+                self._url,
+                json=self.payload(messages),
+                headers=job_headers(),
+                allow_redirects=False,
+                proxy=self._proxy,
             ) as response:
                 raw = await response.read()
                 status = response.status
@@ -256,7 +272,7 @@ class ChatClient:
             async with session.post(
                 self._url,
                 json=self.payload(messages, stream=True),
-                headers={"Accept": "text/event-stream"},
+                headers=job_headers({"Accept": "text/event-stream"}),
                 timeout=self._stream_timeout,
                 allow_redirects=False,
                 proxy=self._proxy,

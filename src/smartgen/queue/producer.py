@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from smartgen.config import Settings
 from smartgen.errors import QueueUnavailable
+from smartgen.kit import logcontext
 from smartgen.kit.batching import Coalescer
 from smartgen.queue.retry import BACKOFF_TYPE
 
@@ -59,6 +60,9 @@ class GenerationQueue:
         """Add the job; idempotent for the same `job_id`. `ServiceUnavailable` when Redis
         does not answer in time."""
         opts = job_options(self._settings, job_id, delay_ms)
+        request_id = logcontext.request_id.get()
+        if request_id:  # the worker's log lines for the job name the request that queued it
+            data = {**data, "requestId": request_id}
         await self.adds.submit({"name": JOB_NAME, "data": data, "opts": opts})
 
     async def _add(self, jobs: list[dict[str, Any]]) -> list[None]:

@@ -15,10 +15,12 @@ import bullmq
 from bullmq.custom_errors import DelayedError, UnrecoverableError
 
 from smartgen.config import Settings
+from smartgen.kit import logcontext
 from smartgen.ports import Delivery, GiveUp, RunLater
 from smartgen.queue.fetch_next import FetchNextWorker
+from smartgen.queue.overview import worker_name
 from smartgen.queue.retry import backoff_strategy
-from smartgen.redis_clients import redis_options
+from smartgen.redis_clients import close_pool, redis_options
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +58,24 @@ class QueueRunner:
         self.settings = settings
 
         async def process(job: Any, token: str) -> str:
+            delivery = _delivery(job)
+            # This delivery's log lines (and its model call) name its job, and the request
+            # that queued it.
+            job_token = logcontext.job_id.set(str(delivery.data.get("jobId") or job.id))
+            request_token = logcontext.request_id.set(
+                logcontext.sane_request_id(delivery.data.get("requestId"))
+            )
             try:
-                return await task(_delivery(job))
+                return await task(delivery)
             except GiveUp as exc:
                 raise UnrecoverableError(str(exc)) from exc
             except RunLater as later:
                 # bullmq's way: move the active message to delayed, then say so.
                 await job.moveToDelayed(round(later.at.timestamp() * 1000), token)
                 raise DelayedError() from None
+            finally:
+                logcontext.request_id.reset(request_token)
+                logcontext.job_id.reset(job_token)
 
         worker_class = FetchNextWorker if settings.worker_fetch_next else bullmq.Worker
         self.worker = worker_class(
@@ -77,7 +89,7 @@ class QueueRunner:
                 "stalledInterval": settings.stalled_interval_ms,
                 "maxStalledCount": 2,
                 "settings": {"backoffStrategy": backoff_strategy(settings)},
-                "name": f"smartgen-{socket.gethostname()}-{os.getpid()}",
+                "name": worker_name(settings, socket.gethostname(), os.getpid()),
                 "autorun": False,
             },
         )
@@ -105,3 +117,7 @@ class QueueRunner:
         if self._running is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._running, 5)
+        # bullmq closed its clients; a pool they were given (Sentinel) is closed here.
+        for connection in (self.worker.redisConnection, self.worker.blockingRedisConnection):
+            if connection is not None:
+                await close_pool(connection.conn)

@@ -140,7 +140,8 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
         self.pubsub = None
         if self.redis is not None:
             with contextlib.suppress(Exception):
-                await self.redis.aclose()
+                # and its pool: with Sentinel the pool is ours (redis_clients.redis_options)
+                await self.redis.aclose(close_connection_pool=True)
             self.redis = None
         self.subscribed.clear()
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from smartgen.kit.times import iso_ms
+from smartgen.metrics import catalog
 from smartgen.models import Job, JobStatus
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class EventPublisher:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="smartgen-event-publisher")
 
-    async def job_changed(self, job: Job, *, settled: bool = False) -> None:
+    async def job_changed(self, job: Job, *, settled: bool = False, repeat: bool = False) -> None:
         """Announce a job's state. `settled`: return once its events are in the log
         (raising if they could not be logged), so that a worker acknowledges a job only
         after its final state is announced."""
@@ -177,6 +178,7 @@ class EventPublisher:
             return True
         except asyncio.QueueFull:
             self.dropped += 1
+            catalog.events_dropped(1)
             log.warning("event queue full: dropped %s for job %s", event, job.job_id)
             if future is not None:
                 future.set_exception(RuntimeError("the event queue is full"))
@@ -220,8 +222,10 @@ class EventPublisher:
             try:
                 await self._send(batch)
                 self.sent += len(batch)
+                catalog.events_published(len(batch))
             except Exception as exc:  # delivery is best effort; the store stays the truth
                 self.dropped += len(batch)
+                catalog.events_dropped(len(batch))
                 log.warning("could not publish %d events: %s", len(batch), type(exc).__name__)
                 for *_, future in batch:
                     if future is not None and not future.done():

@@ -18,6 +18,7 @@ from smartgen.config import Settings
 from smartgen.errors import AppError, Unauthorized
 from smartgen.kit import jsoncodec
 from smartgen.kit.times import iso_ms, parse_iso
+from smartgen.metrics import catalog
 from smartgen.realtime.bus import RedisManager, close_manager, redis_manager
 from smartgen.realtime.events import (
     Event,
@@ -93,6 +94,7 @@ class RealtimeServer:
         )
         self._expiry: dict[str, asyncio.Task[None]] = {}
         self.log: EventLog | None = None
+        self._connected: set[str] = set()  # counted in smartgen_socketio_connections
         self.publisher = EventPublisher(self._emit_many)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
@@ -131,6 +133,8 @@ class RealtimeServer:
         # included (another room, so that the seed's clients keep its exact payload).
         numbered = isinstance(auth, dict) and auth.get("seq") is True
         await self.sio.enter_room(sid, seq_room(room) if numbered else room)
+        self._connected.add(sid)
+        catalog.SOCKETIO_CONNECTIONS.inc()
         if delay is not None:  # a connection lives no longer than its token
             self._expiry[sid] = asyncio.create_task(self._expire(sid, delay))
 
@@ -146,6 +150,9 @@ class RealtimeServer:
             await self.sio.disconnect(sid, ignore_queue=True)
 
     async def _on_disconnect(self, sid: str, *args: Any) -> None:
+        if sid in self._connected:
+            self._connected.discard(sid)
+            catalog.SOCKETIO_CONNECTIONS.dec()
         task = self._expiry.pop(sid, None)
         if task is not None:
             task.cancel()
@@ -203,6 +210,8 @@ class RealtimeServer:
         for task in self._expiry.values():
             task.cancel()
         self._expiry.clear()
+        catalog.SOCKETIO_CONNECTIONS.dec(len(self._connected))  # sessions end with us
+        self._connected.clear()
         # Stops Engine.IO's ping-timeout service task (otherwise left running forever).
         with contextlib.suppress(Exception):
             await self.sio.shutdown()

@@ -65,7 +65,7 @@ def _free_port() -> int:
 
 
 def ensure_redis(settings: Settings, data_dir: Path) -> RedisChoice:
-    if settings.redis_url or settings.redis_endpoint:
+    if settings.redis_url or settings.redis_endpoint or settings.redis_sentinels:
         return RedisChoice(settings.redis_connection_url, f"{settings.redis_display} (configured)")
     if settings.embedded_redis == "auto" and _redis_answers("127.0.0.1", 6379):
         return RedisChoice(

@@ -12,7 +12,10 @@ from smartgen.config import Settings
 
 def uvicorn_config(app: Any, settings: Settings, **where: Any) -> uvicorn.Config:
     """The API's uvicorn settings; `where` says where it listens (host/port, or nothing
-    when it is handed sockets)."""
+    when it is handed sockets). With LOG_FORMAT=json uvicorn keeps its hands off logging,
+    so that its lines go through smartgen's JSON handler too."""
+    if settings.log_format == "json":
+        where.setdefault("log_config", None)
     return uvicorn.Config(
         app,
         **where,

@@ -7,15 +7,19 @@ import logging
 import sys
 
 from smartgen.config import Settings
+from smartgen.kit.logcontext import JsonFormatter
 from smartgen.store import open_store
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Lines on stderr: human-readable, or one JSON object each (`LOG_FORMAT=json`, with
+    the request's, user's and job's ids from `kit.logcontext`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     # Third-party chatter stays at warning level unless asked for debug.
     if level.lower() != "debug":
         for name in ("httpx", "httpcore", "pymongo", "socketio.server", "engineio.server"):

@@ -52,6 +52,7 @@ import socketio
 import uvicorn
 
 from smartgen.config import Settings
+from smartgen.metrics import exposition
 from smartgen.server import heap
 from smartgen.server.http import exit_quietly_after_a_graceful_stop, uvicorn_config
 from smartgen.server.supervise import stop_children
@@ -125,12 +126,19 @@ class Dispatcher:
         self._turn = itertools.cycle(range(workers))
         self._stopping = asyncio.Event()
         self.exit_code = 0
+        # Every worker's metrics, added up by whichever answers a scrape (metrics/
+        # exposition.py): a fresh directory of this API's own unless one is configured.
+        self.metrics_dir = exposition.multiprocess_dir()
+        if self.metrics_dir is None:
+            self.metrics_dir = str(self.run_dir / "metrics")
+            os.mkdir(self.metrics_dir)
 
     def _spawn(self, index: int) -> None:
         child_end = self._child_ends[index]
         env = {
             **os.environ,
             WORKER_ENV: f"{index}:{child_end.fileno()}:{self.run_dir}",
+            exposition.MULTIPROC_ENV: str(self.metrics_dir),
         }
         self.procs[index] = subprocess.Popen(
             [sys.executable, "-m", "smartgen", "api"], env=env, pass_fds=(child_end.fileno(),)
@@ -207,6 +215,7 @@ class Dispatcher:
                 if proc is None or proc.poll() is None:
                     continue
                 code = proc.returncode
+                exposition.forget_process(proc.pid, str(self.metrics_dir))
                 # A worker that gave up by itself at start-up (a bad setting, a missing
                 # database) would fail again: stop. A crash or a kill later: replace it.
                 if code > 0 and time.monotonic() - self._started[index] < EARLY_EXIT_SECONDS:

@@ -12,7 +12,9 @@ from smartgen.config import Settings
 from smartgen.generation.reconcile import Reconciler
 from smartgen.generation.tasks import GenerationTask
 from smartgen.llm.client import ChatClient
+from smartgen.llm.metered import MeteredGenerator
 from smartgen.llm.offline import OFFLINE_MODEL, OfflineWriter
+from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.models import JobStatus
 from smartgen.queue.cancellations import CancelListener
 from smartgen.queue.producer import GenerationQueue, cancel_channel
@@ -22,6 +24,7 @@ from smartgen.realtime.bus import close_manager, event_log, worker_publisher
 from smartgen.realtime.live_text import RedisLiveText
 from smartgen.redis_clients import redis_client
 from smartgen.server import heap
+from smartgen.server.worker_metrics import MetricsServer, serve_worker_metrics
 from smartgen.store import open_store
 
 log = logging.getLogger("smartgen.worker")
@@ -57,10 +60,11 @@ async def run_worker(
     store = open_store(settings)
     if init_store:
         await store.init()
-    llm = open_model(settings)
+    llm = MeteredGenerator(open_model(settings))
     redis = redis_client(settings, "request")
     publisher, manager = worker_publisher(settings, event_log(settings, redis))
     publisher.start()
+    notifier = MeteredNotifier(publisher)  # job metrics from the job's own announcements
     signals = redis_client(settings, "pubsub")
 
     async def is_cancelled(job_id: str) -> bool:
@@ -73,18 +77,20 @@ async def run_worker(
     task = GenerationTask(
         store=store,
         llm=llm,
-        notifier=publisher,
+        notifier=notifier,
         settings=settings,
         live=RedisLiveText(redis, namespace),
         cancellations=cancels,
         timings=RedisTimings(redis, namespace),
     )
     producer = GenerationQueue(settings, redis)
-    reconciler = Reconciler(store=store, queue=producer, notifier=publisher, settings=settings)
+    reconciler = Reconciler(store=store, queue=producer, notifier=notifier, settings=settings)
     stop_reconciler = asyncio.Event()
     reconciling: asyncio.Task[None] | None = None
     runner = QueueRunner(settings, task)
+    metrics: MetricsServer | None = None
     try:
+        metrics = await serve_worker_metrics(settings)
         await runner.start()
         reconciling = asyncio.create_task(reconciler.run_forever(stop_reconciler))
         if settle_heap:
@@ -107,6 +113,8 @@ async def run_worker(
         stop_reconciler.set()
         if reconciling is not None and not reconciling.done():
             reconciling.cancel()
+        if metrics is not None:
+            await metrics.close()
         await cancels.close()
         await signals.aclose()
         await publisher.close()  # numbers its last events in the log: before the client goes

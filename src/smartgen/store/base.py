@@ -48,6 +48,10 @@ class JobRepository(Protocol):
     async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
         """Jobs `queued`/`processing` whose `scheduledFor` is before `due_before`."""
 
+    async def list_past_lease(self, at: datetime, *, limit: int) -> list[Job]:
+        """Jobs `processing` whose lease ran out before `at` (or that have none): their
+        worker died or hangs. Earliest started first."""
+
     async def mark_processing(
         self,
         job_id: str,

@@ -174,6 +174,16 @@ class MongoJobs:
         return [_job_from_doc(d) async for d in cursor.limit(limit)]
 
     @_unavailable
+    async def list_past_lease(self, at: datetime, *, limit: int) -> list[Job]:
+        cursor = self._c.find(
+            {
+                "status": JobStatus.processing.value,
+                "$or": [{"leaseUntil": None}, {"leaseUntil": {"$lt": at}}],
+            }
+        ).sort([("startedAt", ASCENDING), ("_id", ASCENDING)])
+        return [_job_from_doc(d) async for d in cursor.limit(limit)]
+
+    @_unavailable
     async def mark_processing(
         self,
         job_id: str,

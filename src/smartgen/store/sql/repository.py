@@ -122,6 +122,10 @@ STATEMENTS = {
         f"SELECT {JOB_COLS} FROM jobs WHERE status IN {UNFINISHED} AND scheduled_for < $1 "
         "ORDER BY scheduled_for ASC, id ASC LIMIT $2"
     ),
+    "jobs_past_lease": (
+        f"SELECT {JOB_COLS} FROM jobs WHERE status = 'processing' "
+        "AND (lease_until IS NULL OR lease_until < $1) ORDER BY started_at ASC, id ASC LIMIT $2"
+    ),
     # `queued` → `processing`, or take over a `processing` job whose lease ran out, has
     # none, or is held by the same owner ($5; NULL matches no owner); never a job that
     # is not due by $6 (it was rescheduled later).
@@ -290,6 +294,10 @@ class Jobs(_Repository):
     async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
         args = (self._db.ts(due_before), self._limit(limit))
         return [self._job(r) for r in await self._db.all(self._sql["jobs_unfinished_due"], args)]
+
+    async def list_past_lease(self, at: datetime, *, limit: int) -> list[Job]:
+        args = (self._db.ts(at), self._limit(limit))
+        return [self._job(r) for r in await self._db.all(self._sql["jobs_past_lease"], args)]
 
     async def mark_processing(
         self,

@@ -78,7 +78,9 @@ async def test_http_jobs_and_queue_depth(settings: Settings) -> None:
         assert grew - was == 2
         assert (
             value(first, "smartgen_http_request_duration_seconds_count", route=route, method="GET")
-            - value(before, "smartgen_http_request_duration_seconds_count", route=route)
+            - value(
+                before, "smartgen_http_request_duration_seconds_count", route=route, method="GET"
+            )
             == 2
         )
         assert value(first, "smartgen_http_requests_total", route="other", status="404") >= 1

@@ -512,3 +512,13 @@ def test_every_setting_is_in_env_example() -> None:
     listed = set(re.findall(r"^# ([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
     missing = {name.upper() for name in Settings.model_fields} - listed
     assert not missing, f"not in .env.example: {sorted(missing)}"
+
+
+def test_a_worker_is_not_declared_dead_after_one_late_beat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert settings(monkeypatch).worker_dead_after_seconds == 4.0
+    with pytest.raises(ConfigError, match="WORKER_DEAD_AFTER_SECONDS must be at least twice"):
+        settings(monkeypatch, WORKER_HEARTBEAT_SECONDS="3", WORKER_DEAD_AFTER_SECONDS="5")
+    # Beats off: no constraint.
+    assert settings(monkeypatch, WORKER_HEARTBEAT_SECONDS="0").worker_heartbeat_seconds == 0

@@ -1377,6 +1377,69 @@ async def test_processing_lease_blocks_a_second_delivery(store: Store) -> None:
     assert retry is not None and retry.attempts == 5
 
 
+async def test_release_lease_ends_only_its_owners_lease(store: Store) -> None:
+    job = make_job(oid())
+    await store.jobs.create(job)
+    now = T0 + timedelta(hours=2)
+    lease = now + timedelta(minutes=5)
+    held = await store.jobs.mark_processing(
+        job.job_id, at=now, attempt=1, lease_until=lease, owner="m1@w1"
+    )
+    assert held is not None
+    # Another worker's delivery of the same message may not take it while the lease runs.
+    assert await store.jobs.mark_processing(job.job_id, at=now, attempt=2, owner="m1@w2") is None
+    assert await store.jobs.release_lease(job.job_id, owner="m1@w2") is False
+    assert (await store.jobs.get(job.job_id)).lease_until == lease  # type: ignore[union-attr]
+    assert await store.jobs.release_lease(job.job_id, owner="m1@w1") is True
+    taken = await store.jobs.mark_processing(
+        job.job_id, at=now, attempt=2, lease_until=lease, owner="m1@w2"
+    )
+    assert taken is not None and taken.lease_owner == "m1@w2" and taken.attempts == 2
+    # Nothing to release on a job that is not processing.
+    await store.jobs.mark_failed(job.job_id, error="x", at=now)
+    assert await store.jobs.release_lease(job.job_id, owner="m1@w2") is False
+
+
+async def test_release_leases_of_a_dead_worker(store: Store) -> None:
+    user = oid()
+    now = T0 + timedelta(hours=2)
+    lease = now + timedelta(minutes=5)
+    jobs = [make_job(user) for _ in range(5)]
+    for job in jobs:
+        await store.jobs.create(job)
+    # Worker names with LIKE and regex characters, and one that ends like another's.
+    owners = ["a@w_1%.x", "b@w_1%.x", "c@wX1%.x", "d@other-w_1%.x", None]
+    for job, owner in zip(jobs, owners, strict=True):
+        await store.jobs.mark_processing(
+            job.job_id, at=now, attempt=1, lease_until=lease, owner=owner
+        )
+    finished = make_job(user)
+    await store.jobs.create(finished)
+    await store.jobs.mark_processing(
+        finished.job_id, at=now, attempt=1, lease_until=lease, owner="e@w_1%.x"
+    )
+    await store.jobs.mark_completed(
+        finished.job_id, result=Completion(content="x", model="m"), at=now
+    )
+
+    released = await store.jobs.release_leases_of("w_1%.x", limit=100)
+    assert sorted(j.job_id for j in released) == sorted(j.job_id for j in jobs[:2])
+    assert all(j.lease_until is None and j.status == JobStatus.processing for j in released)
+    for job in jobs[:2]:
+        stored = await store.jobs.get(job.job_id)
+        assert stored is not None and stored.lease_until is None
+        # Released: a rescue delivery on a live worker takes it at once.
+        assert (
+            await store.jobs.mark_processing(job.job_id, at=now, attempt=1, owner="r@live")
+            is not None
+        )
+    for job in jobs[2:4]:
+        stored = await store.jobs.get(job.job_id)
+        assert stored is not None and stored.lease_until == lease
+    assert await store.jobs.release_leases_of("w_1%.x", limit=100) == []
+    assert await store.jobs.release_leases_of("nobody", limit=100) == []
+
+
 # --- job control ----------------------------------------------------------------------------
 async def test_cancel_queued_and_processing_jobs_of_their_owner_only(store: Store) -> None:
     user, other = oid(), oid()

@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     # Complete a job and take the next one in one script call (queue/fetch_next.py);
     # false: bullmq's stock Worker.
     worker_fetch_next: bool = True
+    # Each worker beats this often (0: off, and a dead worker's jobs wait for bullmq's
+    # lock and stalled check); one silent for WORKER_DEAD_AFTER_SECONDS is dead and its
+    # jobs are queued again at once (queue/liveness.py).
+    worker_heartbeat_seconds: float = Field(1.0, ge=0, le=60)
+    worker_dead_after_seconds: float = Field(4.0, gt=0, le=600)
     lock_duration_ms: int = Field(30_000, ge=1000)
     stalled_interval_ms: int = Field(30_000, ge=1000)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
@@ -174,6 +179,16 @@ class Settings(BaseSettings):
             parse_sentinels(value)  # a ValueError names the bad entry
             return value.strip()
         return None
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> Settings:
+        beat = self.worker_heartbeat_seconds
+        if beat > 0 and self.worker_dead_after_seconds < 2 * beat:
+            raise ValueError(
+                "WORKER_DEAD_AFTER_SECONDS must be at least twice WORKER_HEARTBEAT_SECONDS "
+                "(one late beat must not make a live worker look dead)"
+            )
+        return self
 
     @field_validator("base_url")
     @classmethod

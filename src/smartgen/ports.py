@@ -18,9 +18,13 @@ from smartgen.models import Completion, Job, ModelRequest
 
 
 class JobQueue(Protocol):
-    async def enqueue(self, *, job_id: str, data: dict[str, Any], delay_ms: int) -> None:
-        """Queue a job to run after `delay_ms`; idempotent for the same `job_id`.
-        `ServiceUnavailable` when the queue does not answer."""
+    async def enqueue(
+        self, *, job_id: str, data: dict[str, Any], delay_ms: int, message_id: str | None = None
+    ) -> None:
+        """Queue a job to run after `delay_ms`; idempotent for the same `job_id` (the queue
+        message's id, unless another `message_id` is given: a second message for a job
+        whose first one is held by a dead worker). `ServiceUnavailable` when the queue does
+        not answer."""
 
     async def remove(self, job_id: str) -> bool:
         """Forget the job's queue entry, if any; False when a worker holds it right now."""
@@ -100,10 +104,18 @@ class Delivery:
     attempt: int  # 1 for the first
     attempts: int  # how many the message gets in all
     keep: Callable[[dict[str, Any]], Awaitable[None]]  # store new data with the message
+    worker: str = ""  # the worker process running it (`queue.liveness` watches workers)
 
     @property
     def last_attempt(self) -> bool:
         return self.attempt >= self.attempts
+
+    @property
+    def owner(self) -> str:
+        """Who holds the job's lease while this delivery runs: the message on this worker.
+        A retry of the message here may take the job back at once; a redelivery of the
+        same message to another worker (its lock lapsed while this one lives) may not."""
+        return f"{self.message_id}@{self.worker}" if self.worker else self.message_id
 
 
 class JobCancelled(Exception):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -30,6 +31,8 @@ from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
 
+# A worker holds at most WORKER_CONCURRENCY jobs (≤ 10,000).
+TAKE_OVER_LIMIT = 10_000
 LIVE_STATES = frozenset({"delayed", "waiting", "active", "prioritized", "waiting-children"})
 EXPIRED = "Generation failed: the job could not be processed in time; please queue it again"
 LOST = "Generation failed: the job could not be processed; please queue it again"
@@ -84,6 +87,35 @@ class Reconciler:
                 report.requeued += 1
                 log.warning("job %s had no queue entry (%s): queued again", job.job_id, state)
         return report
+
+    async def take_over(self, worker: str) -> int:
+        """The jobs a dead `worker` was running (`queue.liveness` claimed it): their leases
+        end and each is queued again at once, under a message id of its own (the old
+        message is still locked by the dead worker in the queue; when bullmq gives it out
+        again, the job is running or done and that delivery ends by itself). Never raises:
+        what it could not do is left to the leases running out."""
+        try:
+            jobs = await self.store.jobs.release_leases_of(worker, limit=TAKE_OVER_LIMIT)
+            for job in jobs:
+                rescue = f"{job.job_id}-rescue-{secrets.token_hex(4)}"
+                await self.queue.enqueue(
+                    job_id=job.job_id, data=queue_message(job), delay_ms=0, message_id=rescue
+                )
+        except Exception as exc:
+            log.warning(
+                "could not take over the jobs of worker %s (%s): their leases run out instead",
+                worker,
+                type(exc).__name__,
+            )
+            return 0
+        if jobs:
+            log.warning(
+                "worker %s died running %d job(s): queued again (%s)",
+                worker,
+                len(jobs),
+                ", ".join(job.job_id for job in jobs[:10]),
+            )
+        return len(jobs)
 
     async def _fail(self, job: Job, message: str) -> None:
         at = utcnow()

@@ -120,7 +120,10 @@ class GenerationTask:
         job_id = str(delivery.data.get("jobId") or delivery.message_id)
         try:
             return await self._run(delivery, job_id)
-        except (RetryLater, RunLater, GiveUp):
+        except RetryLater:
+            await self._release(delivery, job_id)
+            raise
+        except (RunLater, GiveUp):
             raise
         except Exception as exc:
             # Store or programming errors: let the queue retry; on the last attempt
@@ -131,21 +134,31 @@ class GenerationTask:
             if delivery.last_attempt:
                 await self._fail(job_id, INTERNAL_FAILURE)
                 raise GiveUp(INTERNAL_FAILURE) from exc
+            await self._release(delivery, job_id)
             raise RetryLater(INTERNAL_FAILURE) from exc
+
+    async def _release(self, delivery: Delivery, job_id: str) -> None:
+        """The delivery gives the job back for a retry, which may run on another worker:
+        its lease ends now (a no-op when it never took the job)."""
+        try:
+            await self.store.jobs.release_lease(job_id, owner=delivery.owner)
+        except Exception as exc:  # the lease then runs out by itself
+            log.debug("job %s: lease not released: %s", job_id, type(exc).__name__)
 
     async def _run(self, delivery: Delivery, job_id: str) -> str:
         attempt, last_attempt = delivery.attempt, delivery.last_attempt
         # One conditional write decides; the job is read only when it was not taken.
         now = utcnow()
         lease = now + timedelta(seconds=self.settings.lease_seconds)
-        # The queue message's id owns the lease: its own retries and stalled-job recovery
-        # may take the job over at once; another message for the same job may not.
+        # The message on this worker owns the lease (`Delivery.owner`): its own retries
+        # here may take the job back at once; any other delivery waits until the lease
+        # ends (released on a retry, or by `queue.liveness` when this worker dies).
         started = await self.store.jobs.mark_processing(
             job_id,
             at=now,
             attempt=attempt,
             lease_until=lease,
-            owner=delivery.message_id,
+            owner=delivery.owner,
             due_by=now + SCHEDULE_TOLERANCE,
         )
         if started is None:

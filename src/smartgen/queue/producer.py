@@ -56,10 +56,12 @@ class GenerationQueue:
             self._add, concurrency=2, max_batch=64
         )
 
-    async def enqueue(self, *, job_id: str, data: dict[str, Any], delay_ms: int) -> None:
-        """Add the job; idempotent for the same `job_id`. `ServiceUnavailable` when Redis
-        does not answer in time."""
-        opts = job_options(self._settings, job_id, delay_ms)
+    async def enqueue(
+        self, *, job_id: str, data: dict[str, Any], delay_ms: int, message_id: str | None = None
+    ) -> None:
+        """Add the job; idempotent for the same `job_id` (or `message_id`).
+        `ServiceUnavailable` when Redis does not answer in time."""
+        opts = job_options(self._settings, message_id or job_id, delay_ms)
         request_id = logcontext.request_id.get()
         if request_id:  # the worker's log lines for the job name the request that queued it
             data = {**data, "requestId": request_id}

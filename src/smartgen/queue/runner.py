@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 Task = Callable[[Delivery], Awaitable[str]]
 
 
-def _delivery(job: Any) -> Delivery:
+def _delivery(job: Any, worker: str) -> Delivery:
     data: dict[str, Any] = job.data if isinstance(job.data, dict) else {}
 
     async def keep(updated: dict[str, Any]) -> None:
@@ -39,6 +39,7 @@ def _delivery(job: Any) -> Delivery:
         attempt=int(job.attemptsMade) + 1,
         attempts=int(job.opts.get("attempts") or 1),
         keep=keep,
+        worker=worker,
     )
 
 
@@ -56,9 +57,10 @@ class QueueRunner:
 
     def __init__(self, settings: Settings, task: Task) -> None:
         self.settings = settings
+        self.name = worker_name(settings, socket.gethostname(), os.getpid())
 
         async def process(job: Any, token: str) -> str:
-            delivery = _delivery(job)
+            delivery = _delivery(job, self.name)
             # This delivery's log lines (and its model call) name its job, and the request
             # that queued it.
             job_token = logcontext.job_id.set(str(delivery.data.get("jobId") or job.id))
@@ -89,7 +91,7 @@ class QueueRunner:
                 "stalledInterval": settings.stalled_interval_ms,
                 "maxStalledCount": 2,
                 "settings": {"backoffStrategy": backoff_strategy(settings)},
-                "name": worker_name(settings, socket.gethostname(), os.getpid()),
+                "name": self.name,
                 "autorun": False,
             },
         )
@@ -103,13 +105,16 @@ class QueueRunner:
         await self.worker.redisConnection.getRedisVersion()
         self._running = asyncio.ensure_future(self.worker.run())
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self, grace: float) -> bool:
         """Take no new jobs; let running ones finish within `grace` seconds, after which
-        they go back to the queue when their lock expires."""
+        they go back to the queue when their lock expires (or this worker's silence is
+        noticed: `liveness`). True when every job it took has finished."""
+        finished = True
         closing = asyncio.ensure_future(self.worker.close())
         try:
             await asyncio.wait_for(asyncio.shield(closing), grace)
         except TimeoutError:
+            finished = False
             log.warning("grace period over: unfinished jobs go back to the queue")
             await self.worker.close(force=True)
             with contextlib.suppress(asyncio.CancelledError):
@@ -121,3 +126,4 @@ class QueueRunner:
         for connection in (self.worker.redisConnection, self.worker.blockingRedisConnection):
             if connection is not None:
                 await close_pool(connection.conn)
+        return finished

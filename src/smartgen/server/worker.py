@@ -17,6 +17,7 @@ from smartgen.llm.offline import OFFLINE_MODEL, OfflineWriter
 from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.models import JobStatus
 from smartgen.queue.cancellations import CancelListener
+from smartgen.queue.liveness import Heartbeat
 from smartgen.queue.producer import GenerationQueue, cancel_channel
 from smartgen.queue.runner import QueueRunner
 from smartgen.queue.timings import RedisTimings
@@ -88,10 +89,12 @@ async def run_worker(
     stop_reconciler = asyncio.Event()
     reconciling: asyncio.Task[None] | None = None
     runner = QueueRunner(settings, task)
+    heartbeat = Heartbeat(settings, runner.name, reconciler.take_over)
     metrics: MetricsServer | None = None
     try:
         metrics = await serve_worker_metrics(settings)
         await runner.start()
+        heartbeat.start()
         reconciling = asyncio.create_task(reconciler.run_forever(stop_reconciler))
         if settle_heap:
             heap.settle_heap()
@@ -108,8 +111,11 @@ async def run_worker(
         log.info(
             "worker stopping: finishing running jobs (grace %.0fs)", settings.shutdown_grace_seconds
         )
-        await runner.stop(settings.shutdown_grace_seconds)
+        finished = await runner.stop(settings.shutdown_grace_seconds)
+        # Jobs left running are another worker's to take over once this one is silent.
+        await heartbeat.stop(leave=finished)
     finally:
+        await heartbeat.stop(leave=False)
         stop_reconciler.set()
         if reconciling is not None and not reconciling.done():
             reconciling.cancel()

@@ -66,6 +66,14 @@ class JobRepository(Protocol):
         out, has none, or is held by the same `owner`; None when the job is final, leased
         to another owner, unknown, or (with `due_by`) scheduled after `due_by`."""
 
+    async def release_lease(self, job_id: str, *, owner: str) -> bool:
+        """End `owner`'s lease on its `processing` job (the delivery will be retried, here or
+        elsewhere): any delivery may take it at once. False when `owner` does not hold it."""
+
+    async def release_leases_of(self, worker: str, *, limit: int) -> list[Job]:
+        """End the leases of every `processing` job held by a delivery on `worker` (lease
+        owners ending in `@worker`: the worker died); the jobs, as written."""
+
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
         """`processing` → `completed`; False when it was not processing."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -260,6 +261,30 @@ class MongoJobs:
     @_unavailable
     async def delete(self, job_id: str) -> None:
         await self._c.delete_one({"jobId": job_id})
+
+    @_unavailable
+    async def release_lease(self, job_id: str, *, owner: str) -> bool:
+        res = await self._c.update_one(
+            {"jobId": job_id, "status": JobStatus.processing.value, "leaseOwner": owner},
+            {"$set": {"leaseUntil": None}},
+        )
+        return bool(res.matched_count == 1)
+
+    @_unavailable
+    async def release_leases_of(self, worker: str, *, limit: int) -> list[Job]:
+        held = {
+            "status": JobStatus.processing.value,
+            "leaseOwner": {"$regex": "@" + re.escape(worker) + "$"},
+        }
+        docs = [d async for d in self._c.find(held).limit(limit)]
+        if not docs:
+            return []
+        # The same filter again: a lease taken over meanwhile stays with its new owner.
+        await self._c.update_many(
+            {**held, "jobId": {"$in": [d["jobId"] for d in docs]}},
+            {"$set": {"leaseUntil": None}},
+        )
+        return [_job_from_doc({**d, "leaseUntil": None}) for d in docs]
 
     async def _changed(self, query: dict[str, Any], update: dict[str, Any]) -> Job | None:
         # update_one + read (see mark_processing): the filter alone decides.

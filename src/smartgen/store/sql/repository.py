@@ -62,6 +62,11 @@ class Driver(Protocol):
         """Run a command; the number of rows it affected."""
 
 
+def like_escape(text: str) -> str:
+    """`text` matched literally by LIKE … ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 # Column lists in the records' field order, so a row builds its record positionally.
 _USER_FIELDS = [f.name for f in fields(User)]
 _JOB_FIELDS = [f.name for f in fields(Job)]
@@ -173,6 +178,16 @@ STATEMENTS = {
         f"WHERE job_id = $1 AND status IN {UNFINISHED}"
     ),
     "job_delete": "DELETE FROM jobs WHERE job_id = $1",
+    "job_release": (
+        "UPDATE jobs SET lease_until = NULL "
+        "WHERE job_id = $1 AND status = 'processing' AND lease_owner = $2"
+    ),
+    # Leases held on one worker: owners `<message>@<worker>` ($1 is `%@<worker>`, escaped).
+    "jobs_release_of_worker": (
+        "UPDATE jobs SET lease_until = NULL WHERE job_id IN (SELECT job_id FROM jobs "
+        "WHERE status = 'processing' AND lease_owner LIKE $1 ESCAPE '\\' LIMIT $2) "
+        f"RETURNING {JOB_COLS}"
+    ),
     "content_insert": (
         "INSERT INTO contents (content_id, user_id, job_id, title, body, content_type, "
         "prompt, model, created_at, updated_at) "
@@ -387,6 +402,13 @@ class Jobs(_Repository):
 
     async def delete(self, job_id: str) -> None:
         await self._db.changes(self._sql["job_delete"], (job_id,))
+
+    async def release_lease(self, job_id: str, *, owner: str) -> bool:
+        return await self._db.changes(self._sql["job_release"], (job_id, owner)) == 1
+
+    async def release_leases_of(self, worker: str, *, limit: int) -> list[Job]:
+        args = ("%@" + like_escape(worker), self._limit(limit))
+        return [self._job(r) for r in await self._db.all(self._sql["jobs_release_of_worker"], args)]
 
 
 class Contents(_Repository):

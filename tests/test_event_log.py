@@ -24,6 +24,7 @@ from smartgen.models import Job, JobStatus
 from smartgen.realtime.bus import close_manager, event_log, worker_publisher
 from smartgen.redis_clients import redis_client
 from tests.conftest import ApiServer, register, start_system, wait_for_status
+from tests.fakellm import FakeLLM, Reply
 
 WAIT = 15.0  # bound for any wait; never a speed assertion
 
@@ -267,10 +268,13 @@ async def test_event_stream_sends_heartbeats(settings: Settings) -> None:
 
 
 async def test_event_stream_follows_a_real_worker_across_processes(
-    env: dict[str, str], unique: str, processes: list[Any]
+    env: dict[str, str], unique: str, processes: list[Any], fake_llm: FakeLLM
 ) -> None:
     """Real `smartgen api` and `smartgen worker`: the worker's events reach the API
     process's event stream through Redis, numbered, in order, each once."""
+    # Written over more than one progress interval, so live text comes too.
+    words = " ".join(f"s{i}" for i in range(30))
+    fake_llm.script(f"sse [{unique}]", [Reply(content=f"{words} [{unique}]", chunk_delay=0.01)])
     _, _, url = await start_system({**env, "GENERATION_DELAY_SECONDS": "0"}, processes)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         user = await register(client)

@@ -469,6 +469,32 @@ async def test_job_progress_events_carry_the_text_as_it_is_written(
     assert names[-1] == "job_completed"
 
 
+async def test_an_answer_whole_within_one_interval_is_announced_by_its_final_state_alone(
+    api: ApiServer,
+    client: httpx.AsyncClient,
+    settings: Settings,
+    fake_llm: FakeLLM,
+    unique: str,
+    events: Events,
+) -> None:
+    user = await register(client)
+    await events.connect(api.url, user["token"])
+    marker = f"[fast-{unique}]"
+    fake_llm.script(marker, [Reply(content=f"quick {marker}")])  # streamed, no delay
+    s = settings.model_copy(
+        update={"generation_delay_seconds": 0, "progress_interval_seconds": 5.0}
+    )
+    async with running_worker(s):
+        queued = await queue(client, user["headers"], f"x {marker}", delaySeconds=0)
+        done = await wait_for_status(client, queued["jobId"], user["headers"], {"completed"})
+        await until(lambda: events.of("job_completed", queued["jobId"]))
+    assert done["generatedContent"] == f"quick {marker}"
+    assert events.of("job_progress", queued["jobId"]) == []
+    assert events.of("job_completed", queued["jobId"])[0]["generatedContent"] == done[
+        "generatedContent"
+    ]
+
+
 async def test_a_stream_that_breaks_is_retried_from_scratch(
     api: ApiServer,
     client: httpx.AsyncClient,
@@ -484,7 +510,10 @@ async def test_a_stream_that_breaks_is_retried_from_scratch(
     text = f"{words} {marker}"
     fake_llm.script(
         marker,
-        [Reply(content=text, chunk_delay=0.01, break_after=15), Reply(content=text)],
+        [
+            Reply(content=text, chunk_delay=0.01, break_after=15),
+            Reply(content=text, chunk_delay=0.01),  # slower than one progress interval
+        ],
     )
     s = settings.model_copy(update={"generation_delay_seconds": 0, "job_backoff_ms": 100})
     async with running_worker(s):

@@ -54,7 +54,9 @@ class Notifier(Protocol):
 class LiveText(Protocol):
     """The text of running jobs so far (never a job's content: that is the store's)."""
 
-    async def append(self, job_id: str, text: str) -> None: ...
+    async def append(self, job_id: str, text: str, *, first: bool = False) -> None:
+        """Add `text`; `first`: it starts this run's text (what an earlier, crashed run
+        left is replaced)."""
 
     async def clear(self, job_id: str) -> None: ...
 

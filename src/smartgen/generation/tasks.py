@@ -56,8 +56,12 @@ class LiveWriter:
         self._interval = interval
         self._loop = asyncio.get_running_loop()
         self._pending: list[str] = []
-        self._flushed_at = 0.0
+        # The first announcement comes one interval after the start: an answer that comes
+        # whole within it (a fast model, a short text) costs no progress events at all.
+        self._flushed_at = self._loop.time()
         self.length = 0
+        self.kept_live = False  # some of this run's text is in the live text
+        self._announced = False  # some of this run's text went out as `job_progress`
 
     async def add(self, text: str) -> None:
         self._pending.append(text)
@@ -71,23 +75,36 @@ class LiveWriter:
         delta = "".join(self._pending)
         self._pending.clear()
         self._flushed_at = self._loop.time()
+        self._announced = True
         await self._notifier.job_progress(self._job, delta=delta, length=self.length, reset=False)
         if self._live is not None:
             try:
-                await self._live.append(self._job.job_id, delta)
+                await self._live.append(self._job.job_id, delta, first=not self.kept_live)
+                self.kept_live = True
             except Exception as exc:  # live text is a courtesy; the job goes on without it
                 log.debug("job %s: live text not kept: %s", self._job.job_id, exc)
 
     async def reset(self) -> None:
         """The text so far is void (the stream broke): clients start again from nothing."""
-        written, self.length = self.length, 0
+        announced, self._announced = self._announced, False
+        self.length = 0
         self._pending.clear()
         await self.discard()
-        if written:
+        if announced:
             await self._notifier.job_progress(self._job, delta="", length=0, reset=True)
 
+    async def finish(self) -> None:
+        """The answer is complete. If any of it was announced, the rest is announced too
+        (the deltas add up to the content); an answer that came whole within the first
+        interval is announced only by the job's final state."""
+        if self._announced:
+            await self.flush()
+        else:
+            self._pending.clear()
+
     async def discard(self) -> None:
-        if self._live is not None:
+        if self._live is not None and self.kept_live:
+            self.kept_live = False
             try:
                 await self._live.clear(self._job.job_id)
             except Exception as exc:
@@ -171,18 +188,22 @@ class GenerationTask:
             completion = Completion(
                 content=kept["content"], model=kept.get("model") or "", usage=kept.get("usage")
             )
+            live_kept = True  # the attempt that generated it may have left live text
         else:
             generated = await self._generate(started, attempt, last_attempt)
             if generated is None:
                 return "cancelled"
-            completion = generated
+            completion, live_kept = generated
 
-        await self._complete(delivery, started, completion)
+        await self._complete(delivery, started, completion, clear_live=live_kept)
         return "completed"
 
-    async def _generate(self, job: Job, attempt: int, last_attempt: bool) -> Completion | None:
-        """Stream the model's answer, announcing the text as it comes; None when the owner
-        cancelled the job meanwhile (the model call is stopped, nothing is kept)."""
+    async def _generate(
+        self, job: Job, attempt: int, last_attempt: bool
+    ) -> tuple[Completion, bool] | None:
+        """Stream the model's answer, announcing the text as it comes: the answer, and
+        whether live text was kept for it; None when the owner cancelled the job meanwhile
+        (the model call is stopped, nothing is kept)."""
         writer = LiveWriter(job, self.notifier, self.live, self.settings.progress_interval_seconds)
         guard = self.cancellations.guard(job.job_id) if self.cancellations else nullcontext()
         completion: Completion | None = None
@@ -194,7 +215,7 @@ class GenerationTask:
                         completion = piece
                     else:
                         await writer.add(piece)
-            await writer.flush()
+            await writer.finish()
         except JobCancelled:
             await writer.discard()
             log.info("job %s cancelled while generating", job.job_id)
@@ -209,7 +230,7 @@ class GenerationTask:
             raise GiveUp(message) from None
         if completion is None:  # pragma: no cover - every stream ends with its Completion
             raise LLMError("the model's stream ended without an answer", retryable=True)
-        return completion
+        return completion, writer.kept_live
 
     async def _not_taken(self, job_id: str, now: datetime, last_attempt: bool) -> str:
         """Another delivery of the same job holds it (or it just finished), or it was
@@ -231,7 +252,9 @@ class GenerationTask:
             return "held by another delivery"
         raise RetryLater("another delivery of this job is running", max(0.5, held_for + 0.5))
 
-    async def _complete(self, delivery: Delivery, started: Job, completion: Completion) -> None:
+    async def _complete(
+        self, delivery: Delivery, started: Job, completion: Completion, *, clear_live: bool
+    ) -> None:
         job_id = started.job_id
         deadline = asyncio.get_running_loop().time() + self.settings.store_write_retry_seconds
         delay = 0.2
@@ -247,7 +270,7 @@ class GenerationTask:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if self.live is not None:
+        if self.live is not None and clear_live:
             with contextlib.suppress(Exception):
                 await self.live.clear(job_id)
         if written:

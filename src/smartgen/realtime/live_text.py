@@ -18,8 +18,11 @@ class RedisLiveText:
     def _key(self, job_id: str) -> str:
         return f"{self._prefix}:partial:{job_id}"
 
-    async def append(self, job_id: str, text: str) -> None:
+    async def append(self, job_id: str, text: str, *, first: bool = False) -> None:
         key = self._key(job_id)
+        if first:
+            await self._client.set(key, text, ex=LIVE_TEXT_SECONDS)
+            return
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.append(key, text)
             pipe.expire(key, LIVE_TEXT_SECONDS)

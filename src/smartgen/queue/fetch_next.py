@@ -7,14 +7,27 @@ for the next job in a task of its own: a second script call and a second turn of
 per job. Here each `processJob` task asks for the next job as it completes its own and
 returns it, and bullmq's loop processes a task's returned job as it does one from
 `getNextJob`. Not while closing or paused. bullmq's own `processJob` runs unchanged; only
-its completion call fetches. This swaps a method of bullmq's backend, so bullmq is pinned
-to the versions it was checked against (pyproject.toml), and `WORKER_FETCH_NEXT=false`
+its completion call fetches.
+
+It also keeps idle slots quiet. bullmq's loop starts a `getNextJob` for every free slot;
+while the queue is empty one of them blocks on the queue's marker and every other one runs
+`moveToActive` at once, so each job that arrives at an idle worker of concurrency 50 costs
+about 50 script calls that find nothing. Here a free slot that finds the queue drained and
+another slot already waiting on it sleeps in-process instead; a slot that gets a job wakes
+one sleeper, which asks for the next (a burst is taken one after another, each fetch
+waking the next; an empty answer ends the chain).
+
+This swaps a method of bullmq's backend and overrides two of its Worker's, so bullmq is
+pinned to the versions it was checked against (pyproject.toml), and `WORKER_FETCH_NEXT=false`
 runs bullmq's stock Worker; the worker tests run both.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
+from collections import deque
 from typing import Any
 
 import bullmq
@@ -28,6 +41,7 @@ _fetched: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
 class FetchNextWorker(bullmq.Worker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._sleepers: deque[asyncio.Future[None]] = deque()
         complete = self.backend.moveToCompleted
 
         async def complete_and_fetch(
@@ -53,3 +67,29 @@ class FetchNextWorker(bullmq.Worker):  # type: ignore[misc]
         return await self.nextJobFromJobData(
             job_data, job_id, limit_until or 0, delay_until or 0, token
         )
+
+    async def getNextJob(self, token: str) -> Any:
+        while self.drained and self.waiting is not None and not self.closing:
+            sleeper: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._sleepers.append(sleeper)
+            try:
+                await sleeper
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._sleepers.remove(sleeper)
+        job = await super().getNextJob(token)
+        if job is not None:
+            self._wake(1)
+        return job
+
+    def _wake(self, count: int) -> None:
+        while count > 0 and self._sleepers:
+            sleeper = self._sleepers.popleft()
+            if not sleeper.done():
+                sleeper.set_result(None)
+                count -= 1
+
+    async def close(self, force: bool = False) -> None:
+        self.closing = True  # bullmq's close sets it too; the sleepers must see it now
+        self._wake(len(self._sleepers))
+        await super().close(force)

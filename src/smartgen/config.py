@@ -156,6 +156,16 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(60.0, gt=0)
     llm_proxy: str | None = None  # e.g. http://proxy.internal:3128 for the model provider
     llm_max_tokens: int = Field(1200, ge=1)
+    # The most bytes read of one answer from the model provider (a JSON body, or a whole
+    # stream with its comments); more is a clear failure, not retried. Compressed answers
+    # are refused outright (a small gzip body can unpack to gigabytes).
+    llm_max_response_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # A streamed answer ends within this many seconds, whatever the provider keeps sending
+    # (SSE comments included); default: the processing lease less 5 s.
+    llm_stream_max_seconds: float | None = Field(None, gt=0)
+    # A provider's Retry-After is honoured up to this many seconds (and never beyond the
+    # processing lease), so a job is not parked for as long as the provider asks.
+    llm_retry_after_max_seconds: float = Field(30.0, ge=0)
     llm_temperature: float = Field(0.7, ge=0, le=2)
 
     @field_validator("cors_origins", mode="before")
@@ -271,6 +281,18 @@ class Settings(BaseSettings):
     @property
     def lease_seconds(self) -> float:
         return self.processing_lease_seconds or self.llm_timeout_seconds + 15.0
+
+    @property
+    def stream_max_seconds(self) -> float:
+        """LLM_STREAM_MAX_SECONDS, or the processing lease less 5 s (at least the timeout)."""
+        if self.llm_stream_max_seconds is not None:
+            return self.llm_stream_max_seconds
+        return max(self.llm_timeout_seconds, self.lease_seconds - 5.0)
+
+    @property
+    def retry_after_max_seconds(self) -> float:
+        """The longest Retry-After honoured: the setting, within the processing lease."""
+        return min(self.llm_retry_after_max_seconds, self.lease_seconds)
 
     @property
     def use_offline_llm(self) -> bool:

@@ -156,7 +156,10 @@ class GenerationTask:
         if isinstance(kept, dict) and kept.get("content"):
             # An earlier attempt generated this but could not store it: no second LLM call.
             completion = Completion(
-                content=kept["content"], model=kept.get("model") or "", usage=kept.get("usage")
+                content=kept["content"],
+                model=kept.get("model") or "",
+                usage=kept.get("usage"),
+                finish_reason=kept.get("finish_reason"),
             )
         else:
             generated = await self._generate(started, attempt, last_attempt)
@@ -247,6 +250,7 @@ class GenerationTask:
                 generated_content=completion.content,
                 model=completion.model,
                 usage=completion.usage,
+                finish_reason=completion.finish_reason,
                 completed_at=at,
                 updated_at=at,
             )

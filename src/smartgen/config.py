@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     # API processes on PORT; above 1, a dispatcher keeps each Socket.IO session on the
     # process that holds it (sticky.py). One process is one core.
     api_workers: int = Field(1, ge=1, le=64)
+    # Slow and greedy HTTP clients (server/http_guard.py): the request line and headers at
+    # most this many bytes (431 past it) and complete within this many seconds of the
+    # connection or of the request's first byte; a body complete within this many seconds
+    # of its head (408 else); an idle kept-alive connection closed after this many
+    # seconds; at most this many connections and requests at once per API process
+    # (uvicorn's limit_concurrency: 503 past it).
+    http_max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    http_header_timeout_seconds: float = Field(10.0, gt=0)
+    http_body_timeout_seconds: float = Field(30.0, gt=0)
+    http_keepalive_timeout_seconds: int = Field(5, ge=1)
+    http_max_connections: int = Field(2000, ge=1)
     # Above the largest valid body (a 20,000-character prompt, JSON-escaped).
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     # Rate limits (Redis-backed, across API processes); 0 turns one off.

@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     # The per-user event log (Redis streams): replay for sync and GET /events.
     event_log_max_events: int = Field(1000, ge=10)
     event_log_max_age_seconds: float = Field(24 * 3600.0, gt=0)
+    # Socket.IO floods: an Engine.IO session must send its Socket.IO CONNECT within this
+    # many seconds (else it is closed); at most this many sockets per user across API
+    # processes (0: no cap); `sync` at most this many times per user per window (0: off).
+    socketio_connect_timeout_seconds: float = Field(5.0, gt=0)
+    socketio_max_sockets_per_user: int = Field(20, ge=0)
+    socketio_sync_rate_limit: int = Field(30, ge=0)
+    socketio_sync_rate_window_seconds: float = Field(60.0, gt=0)
     # GET /events: a comment line this often keeps proxies from closing an idle stream.
     events_heartbeat_seconds: float = Field(15.0, gt=0)
     expected_processing_seconds: float = Field(30.0, ge=0)

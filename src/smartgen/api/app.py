@@ -31,6 +31,7 @@ from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.timings import RedisTimings
 from smartgen.realtime.bus import event_log
 from smartgen.realtime.live_text import RedisLiveText
+from smartgen.realtime.quota import SocketQuota
 from smartgen.realtime.router import router as events_router
 from smartgen.realtime.server import RealtimeServer
 from smartgen.redis_clients import redis_client
@@ -95,7 +96,9 @@ def create_app(
         try:
             if init_store:
                 await store.init()
-            realtime.attach(store=store, log=log)
+            limiter = RateLimiter(redis, prefix=f"{namespace}:rl")
+            quota = SocketQuota(redis, prefix=namespace, cap=settings.socketio_max_sockets_per_user)
+            realtime.attach(store=store, log=log, quota=quota, limiter=limiter)
             app.state.services = Services(
                 settings=settings,
                 store=store,
@@ -103,7 +106,7 @@ def create_app(
                 tokens=tokens,
                 redis=redis,
                 notifier=MeteredNotifier(realtime.publisher),
-                limiter=RateLimiter(redis, prefix=f"{namespace}:rl"),
+                limiter=limiter,
                 live=RedisLiveText(redis, namespace),
                 log=log,
                 timings=RedisTimings(redis, namespace),

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from smartgen import __version__
 from smartgen.api.deps import Services
+from smartgen.api.docs import install_docs
 from smartgen.api.handlers import install_error_handlers
 from smartgen.api.health import router as health_router
 from smartgen.api.metrics import open_scrape
@@ -132,6 +133,9 @@ def create_app(
             "the `job_completed` Socket.IO event."
         ),
         lifespan=lifespan,
+        # /docs from the installed Swagger UI package, never a CDN (api/docs.py).
+        docs_url=None,
+        redoc_url=None,
         # The docs' order (routes are registered busiest first, below).
         openapi_tags=[
             {"name": "auth", "description": "Register and log in: a JWT for everything else"},
@@ -160,6 +164,7 @@ def create_app(
     if settings.metrics_enabled:
         app.include_router(metrics_router)
     _document_prompt_limit(app, settings)
+    install_docs(app)
 
     asgi: Asgi = RequestContext(
         socketio.ASGIApp(

@@ -30,6 +30,10 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+# A timer that fires this late found the event loop busy, not the client slow: what the
+# client sent may be waiting unread (uvloop runs due timers before it polls sockets), so
+# it is given this long again before the verdict.
+LATE_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.parser.should_upgrade() and self._should_upgrade():
             return  # a WebSocket: its own protocol takes the connection over
         if self._has_body():
-            loop = asyncio.get_running_loop()
-            self._body_timer = loop.call_later(self.LIMITS.body_timeout, self._body_too_slow)
+            self._body_timer = self._arm(self.LIMITS.body_timeout, self._body_too_slow)
 
     def on_message_complete(self) -> None:
         self._cancel("_body_timer")
@@ -108,8 +111,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _start_head(self) -> None:
         self._in_head = True
         if self._head_timer is None:
-            loop = asyncio.get_running_loop()
-            self._head_timer = loop.call_later(self.LIMITS.header_timeout, self._head_too_slow)
+            self._head_timer = self._arm(self.LIMITS.header_timeout, self._head_too_slow)
+
+    def _arm(self, delay: float, verdict: Any) -> asyncio.TimerHandle:
+        """Call `verdict` after `delay` s, or a little later when the loop was busy."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+
+        def fire() -> None:
+            late = loop.time() - due
+            if late > LATE_SECONDS:
+                self._rearm(verdict, loop.call_later(LATE_SECONDS, verdict))
+            else:
+                verdict()
+
+        return loop.call_at(due, fire)
+
+    def _rearm(self, verdict: Any, timer: asyncio.TimerHandle) -> None:
+        if verdict == self._head_too_slow:
+            self._head_timer = timer
+        else:
+            self._body_timer = timer
 
     def _head_too_slow(self) -> None:
         self._head_timer = None

@@ -11,6 +11,7 @@ Prompts without a scripted marker get a deterministic Markdown answer.
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
@@ -29,6 +30,13 @@ class Reply:
     content: str | None = None  # completion text instead of the default
     chunk_delay: float = 0.0  # streaming: seconds between chunks (a slow model)
     break_after: int | None = None  # streaming: drop the connection after this many chunks
+    # Hostile modes. `encoding="gzip"`: the body is gzip-compressed and labelled so, whatever
+    # the client accepted. `sse`: these raw pieces of an event stream, in order (chunked,
+    # `chunk_delay` apart); `sse_forever`: this piece again and again until the client
+    # hangs up (SSE comments that keep a stream alive).
+    encoding: str | None = None
+    sse: list[str] | None = None
+    sse_forever: str | None = None
 
 
 @dataclass
@@ -113,6 +121,9 @@ class FakeLLM:
                 if delay:
                     time.sleep(delay)
                 streamed = reply.raw_body is None and reply.json_body is None
+                if reply.sse is not None or reply.sse_forever is not None:
+                    self._raw_stream(reply, call)
+                    return
                 if body.get("stream") and reply.status == 200 and streamed:
                     self._stream(reply, call)
                     return
@@ -136,7 +147,42 @@ class FakeLLM:
                             }
                         }
                     ).encode()
-                self._send(reply.status, payload, reply.headers)
+                headers = dict(reply.headers)
+                if reply.encoding == "gzip":
+                    payload = gzip.compress(payload, compresslevel=9)
+                    headers["Content-Encoding"] = "gzip"
+                self._send(reply.status, payload, headers)
+
+            def _raw_stream(self, reply: Reply, call: Call) -> None:
+                """Raw event-stream pieces (hostile streams): a list, or one forever."""
+
+                def send(text: str) -> None:
+                    data = text.encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.send_header("Connection", "close")
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    for piece in reply.sse or []:
+                        send(piece)
+                        if reply.chunk_delay:
+                            time.sleep(reply.chunk_delay)
+                    while reply.sse_forever is not None:
+                        send(reply.sse_forever)
+                        if reply.chunk_delay:
+                            time.sleep(reply.chunk_delay)
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                    self.close_connection = True
+                except OSError:  # the client hung up (what these tests expect)
+                    call.aborted_at = time.time()
+                    self.close_connection = True
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
                 try:

@@ -124,8 +124,10 @@ async def test_complete_returns_content_model_usage(
         content="# Title\n\nBody text.",
         model=MODEL,  # the fake echoes the requested model
         usage={"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46},
+        finish_reason="stop",
     )
     [call] = fake_llm.calls_for(marker)
+    assert call.headers["accept-encoding"] == "identity"
     assert call.path == "/api/v1/chat/completions"
     assert call.headers["authorization"] == f"Bearer {KEY}"
     assert call.headers["content-type"] == "application/json"
@@ -213,7 +215,9 @@ async def test_429_with_http_date_retry_after(
     when = datetime.now(UTC) + timedelta(seconds=30)
     header = format_datetime(when, usegmt=True)
     fake_llm.script(marker, [Reply(status=429, headers={"Retry-After": header})])
-    err = await fail(make_client(), marker)
+    err = await fail(
+        make_client(processing_lease_seconds=120, llm_retry_after_max_seconds=60), marker
+    )
     assert err.retryable is True
     assert err.status == 429
     assert err.retry_after is not None
@@ -661,7 +665,7 @@ async def test_stream_line_longer_than_the_read_buffer(
 ) -> None:
     big = "é" * 300_000  # one 600 KB data line
     fake_llm.script(marker, [Reply(raw_body=sse(delta("start "), delta(big), "[DONE]"))])
-    deltas, final = await collect(make_client(), marker)
+    deltas, final = await collect(make_client(llm_max_tokens=10_000), marker)
     assert deltas == ["start ", big]
     assert final.content == "start " + big
 

@@ -557,6 +557,32 @@ async def test_queued_processing_completed(store: Store) -> None:
     assert await store.jobs.get(job.job_id) == done
 
 
+async def test_finish_reason_is_kept_and_cleared_when_queued_again(store: Store) -> None:
+    """Why the model stopped ("length": cut off at the token limit) is stored with the
+    content, and a job queued again starts without it."""
+    job = make_job(oid())
+    await store.jobs.create(job)
+    assert await store.jobs.get(job.job_id) is not None
+    assert (await store.jobs.get(job.job_id)).finish_reason is None  # type: ignore[union-attr]
+    assert await store.jobs.mark_processing(job.job_id, at=T0, attempt=1)
+    cut = Completion("half a", "m", finish_reason="length")
+    assert await store.jobs.mark_completed(job.job_id, result=cut, at=T0)
+    done = await store.jobs.get(job.job_id)
+    assert done is not None and done.finish_reason == "length"
+    other = make_job(oid())
+    await store.jobs.create(other)
+    assert await store.jobs.mark_processing(other.job_id, at=T0, attempt=1)
+    assert await store.jobs.mark_failed(other.job_id, error="x", at=T0)
+    again = await store.jobs.requeue(
+        other.job_id, other.user_id, scheduled_for=T0, at=T0, history=[{"status": "failed"}]
+    )
+    assert again is not None and again.finish_reason is None
+    assert await store.jobs.mark_processing(other.job_id, at=T0, attempt=1)
+    assert await store.jobs.mark_completed(other.job_id, result=Completion("t", "m"), at=T0)
+    plain = await store.jobs.get(other.job_id)
+    assert plain is not None and plain.finish_reason is None
+
+
 async def test_completion_without_usage(store: Store) -> None:
     job = make_job(oid())
     await store.jobs.create(job)
@@ -1204,8 +1230,12 @@ async def test_a_database_written_by_smartgen_0_1_opens_unchanged(backend: Backe
     assert queued is not None and queued.status == JobStatus.queued
     taken = await store.jobs.mark_processing(queued.job_id, at=at, attempt=1, owner="m1")
     assert taken is not None and taken.status == JobStatus.processing
-    result = Completion(content="# Done", model="fake/model-1", usage={"total_tokens": 9})
+    result = Completion(
+        content="# Done", model="fake/model-1", usage={"total_tokens": 9}, finish_reason="length"
+    )
     assert await store.jobs.mark_completed(queued.job_id, result=result, at=at)
+    upgraded = await store.jobs.get(queued.job_id)
+    assert upgraded is not None and upgraded.finish_reason == "length"
     assert [j.job_id for j in await store.jobs.list_for_user(user.user_id, limit=5)] == [
         queued.job_id,
         job.job_id,

@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     # API processes on PORT; above 1, a dispatcher keeps each Socket.IO session on the
     # process that holds it (sticky.py). One process is one core.
     api_workers: int = Field(1, ge=1, le=64)
+    # Slow and greedy HTTP clients (server/http_guard.py): the request line and headers at
+    # most this many bytes (431 past it) and complete within this many seconds of the
+    # connection or of the request's first byte; a body complete within this many seconds
+    # of its head (408 else); an idle kept-alive connection closed after this many
+    # seconds; at most this many connections and requests at once per API process
+    # (uvicorn's limit_concurrency: 503 past it).
+    http_max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    http_header_timeout_seconds: float = Field(10.0, gt=0)
+    http_body_timeout_seconds: float = Field(30.0, gt=0)
+    http_keepalive_timeout_seconds: int = Field(5, ge=1)
+    http_max_connections: int = Field(2000, ge=1)
     # Above the largest valid body (a 20,000-character prompt, JSON-escaped).
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     # Rate limits (Redis-backed, across API processes); 0 turns one off.
@@ -117,6 +128,13 @@ class Settings(BaseSettings):
     # The per-user event log (Redis streams): replay for sync and GET /events.
     event_log_max_events: int = Field(1000, ge=10)
     event_log_max_age_seconds: float = Field(24 * 3600.0, gt=0)
+    # Socket.IO floods: an Engine.IO session must send its Socket.IO CONNECT within this
+    # many seconds (else it is closed); at most this many sockets per user across API
+    # processes (0: no cap); `sync` at most this many times per user per window (0: off).
+    socketio_connect_timeout_seconds: float = Field(5.0, gt=0)
+    socketio_max_sockets_per_user: int = Field(20, ge=0)
+    socketio_sync_rate_limit: int = Field(30, ge=0)
+    socketio_sync_rate_window_seconds: float = Field(60.0, gt=0)
     # GET /events: a comment line this often keeps proxies from closing an idle stream.
     events_heartbeat_seconds: float = Field(15.0, gt=0)
     expected_processing_seconds: float = Field(30.0, ge=0)
@@ -161,6 +179,16 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(60.0, gt=0)
     llm_proxy: str | None = None  # e.g. http://proxy.internal:3128 for the model provider
     llm_max_tokens: int = Field(1200, ge=1)
+    # The most bytes read of one answer from the model provider (a JSON body, or a whole
+    # stream with its comments); more is a clear failure, not retried. Compressed answers
+    # are refused outright (a small gzip body can unpack to gigabytes).
+    llm_max_response_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # A streamed answer ends within this many seconds, whatever the provider keeps sending
+    # (SSE comments included); default: the processing lease less 5 s.
+    llm_stream_max_seconds: float | None = Field(None, gt=0)
+    # A provider's Retry-After is honoured up to this many seconds (and never beyond the
+    # processing lease), so a job is not parked for as long as the provider asks.
+    llm_retry_after_max_seconds: float = Field(30.0, ge=0)
     llm_temperature: float = Field(0.7, ge=0, le=2)
 
     @field_validator("cors_origins", mode="before")
@@ -286,6 +314,18 @@ class Settings(BaseSettings):
     @property
     def lease_seconds(self) -> float:
         return self.processing_lease_seconds or self.llm_timeout_seconds + 15.0
+
+    @property
+    def stream_max_seconds(self) -> float:
+        """LLM_STREAM_MAX_SECONDS, or the processing lease less 5 s (at least the timeout)."""
+        if self.llm_stream_max_seconds is not None:
+            return self.llm_stream_max_seconds
+        return max(self.llm_timeout_seconds, self.lease_seconds - 5.0)
+
+    @property
+    def retry_after_max_seconds(self) -> float:
+        """The longest Retry-After honoured: the setting, within the processing lease."""
+        return min(self.llm_retry_after_max_seconds, self.lease_seconds)
 
     @property
     def use_offline_llm(self) -> bool:

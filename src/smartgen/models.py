@@ -64,6 +64,8 @@ class Job:
     cancelled_at: datetime | None = None
     # Earlier runs of a job queued again (`retry`), oldest first: what each ended with.
     history: list[dict[str, Any]] | None = None
+    # Why the model stopped ("stop", "length": cut off at the token limit, …), if it said.
+    finish_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -86,6 +88,7 @@ class Completion:
     content: str
     model: str
     usage: dict[str, Any] | None = field(default=None)
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from smartgen import __version__
 from smartgen.api.deps import Services
+from smartgen.api.docs import install_docs
 from smartgen.api.handlers import install_error_handlers
 from smartgen.api.health import router as health_router
 from smartgen.api.metrics import open_scrape
@@ -31,6 +32,7 @@ from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.timings import RedisTimings
 from smartgen.realtime.bus import event_log
 from smartgen.realtime.live_text import RedisLiveText
+from smartgen.realtime.quota import SocketQuota
 from smartgen.realtime.router import router as events_router
 from smartgen.realtime.server import RealtimeServer
 from smartgen.redis_clients import redis_client
@@ -95,7 +97,9 @@ def create_app(
         try:
             if init_store:
                 await store.init()
-            realtime.attach(store=store, log=log)
+            limiter = RateLimiter(redis, prefix=f"{namespace}:rl")
+            quota = SocketQuota(redis, prefix=namespace, cap=settings.socketio_max_sockets_per_user)
+            realtime.attach(store=store, log=log, quota=quota, limiter=limiter)
             app.state.services = Services(
                 settings=settings,
                 store=store,
@@ -103,7 +107,7 @@ def create_app(
                 tokens=tokens,
                 redis=redis,
                 notifier=MeteredNotifier(realtime.publisher),
-                limiter=RateLimiter(redis, prefix=f"{namespace}:rl"),
+                limiter=limiter,
                 live=RedisLiveText(redis, namespace),
                 log=log,
                 timings=RedisTimings(redis, namespace),
@@ -129,6 +133,9 @@ def create_app(
             "the `job_completed` Socket.IO event."
         ),
         lifespan=lifespan,
+        # /docs from the installed Swagger UI package, never a CDN (api/docs.py).
+        docs_url=None,
+        redoc_url=None,
         # The docs' order (routes are registered busiest first, below).
         openapi_tags=[
             {"name": "auth", "description": "Register and log in: a JWT for everything else"},
@@ -157,6 +164,7 @@ def create_app(
     if settings.metrics_enabled:
         app.include_router(metrics_router)
     _document_prompt_limit(app, settings)
+    install_docs(app)
 
     asgi: Asgi = RequestContext(
         socketio.ASGIApp(

@@ -108,6 +108,11 @@ class JobOut(BaseModel):
     attempts: int
     model: str | None = None
     usage: dict[str, Any] | None = None
+    finishReason: str | None = Field(
+        None,
+        description='Only when completed: why the model stopped, e.g. "stop", or "length" '
+        "when the text was cut off at the token limit",
+    )
     partialContent: str | None = Field(
         None, description="While processing: the text written so far"
     )
@@ -148,6 +153,7 @@ def job_out(job: Job, *, partial: str | None = None) -> JobOut:
         attempts=job.attempts,
         model=job.model if completed else None,
         usage=job.usage if completed else None,
+        finishReason=job.finish_reason if completed else None,
         partialContent=partial if job.status == "processing" else None,
         history=job.history or None,
     )

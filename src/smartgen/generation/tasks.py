@@ -186,7 +186,10 @@ class GenerationTask:
         if isinstance(kept, dict) and kept.get("content"):
             # An earlier attempt generated this but could not store it: no second LLM call.
             completion = Completion(
-                content=kept["content"], model=kept.get("model") or "", usage=kept.get("usage")
+                content=kept["content"],
+                model=kept.get("model") or "",
+                usage=kept.get("usage"),
+                finish_reason=kept.get("finish_reason"),
             )
             live_kept = True  # the attempt that generated it may have left live text
         else:
@@ -283,6 +286,7 @@ class GenerationTask:
                 generated_content=completion.content,
                 model=completion.model,
                 usage=completion.usage,
+                finish_reason=completion.finish_reason,
                 completed_at=at,
                 updated_at=at,
             )

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from smartgen.kit import jsoncodec
+from smartgen.kit.text import escape_controls
 
 request_id: ContextVar[str | None] = ContextVar("smartgen_request_id", default=None)
 user_id: ContextVar[str | None] = ContextVar("smartgen_user_id", default=None)
@@ -74,3 +75,13 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return jsoncodec.dumps(line)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines whose message cannot break the line: control characters in it
+    (a provider's error text with a newline, an escape sequence) are written escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.message = escape_controls(record.message)
+        return super().formatMessage(safe)

@@ -1,6 +1,9 @@
-"""Checks on text a client sends that the stores will keep."""
+"""Checks on text a client sends that the stores will keep, and outside text made safe
+for a log line or a terminal."""
 
 from __future__ import annotations
+
+import re
 
 
 def without_nul(value: str) -> str:
@@ -10,3 +13,32 @@ def without_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL (\\u0000) characters")
     return value
+
+
+# C0 controls but tab, DEL and C1 controls: what a terminal or a log reader interprets.
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# Terminal escape sequences: CSI (ESC [ … final), OSC (ESC ] … BEL or ST, e.g. window
+# titles and hyperlinks), DCS/SOS/PM/APC (… ST), and two-character escapes.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
+    r"|\x9b[0-?]*[ -/]*[@-~]"
+    r"|\x1b[@-Z\\-_]?"
+)
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: control characters (newlines included) written as escapes
+    (`\\n`, `\\x1b`), so outside text cannot forge log lines or drive a terminal."""
+    if not _CONTROLS.search(text):
+        return text
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal: escape sequences removed, other control characters but
+    newline and tab removed; lone surrogates replaced."""
+    text = _ESCAPES.sub("", text)
+    text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", text)
+    return re.sub(r"[\ud800-\udfff]", "\ufffd", text)

@@ -11,6 +11,7 @@ CPU (`bench/HISTORY.md`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -20,12 +21,15 @@ import aiohttp
 
 from smartgen.config import Settings
 from smartgen.kit import jsoncodec, logcontext
+from smartgen.llm import answers
+from smartgen.llm.answers import Redactor
+from smartgen.llm.bodies import error_body, lines_of, read_capped, refuse_compression, sse_lines
 from smartgen.llm.errors import RETRYABLE_STATUS, LLMError
 from smartgen.models import Completion, ModelRequest
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), capped at 1 h."""
+def parse_retry_after(value: str | None, cap: float = 3600.0) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), at most `cap`."""
     if not value:
         return None
     value = value.strip()
@@ -39,10 +43,12 @@ def parse_retry_after(value: str | None) -> float | None:
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, min(seconds, 3600.0))
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, min(seconds, cap))
 
 
-def _error_message(body: Any, secret: str | None = None) -> str | None:
+def _error_message(body: Any, redact: Redactor) -> str | None:
     text: str | None = None
     if isinstance(body, dict):
         err = body.get("error")
@@ -51,16 +57,17 @@ def _error_message(body: Any, secret: str | None = None) -> str | None:
             text = str(msg) if msg else None
         elif isinstance(err, str):
             text = err
-    if text and secret:
-        # Some providers quote the key they refused: never pass it on.
-        text = text.replace(secret, "[redacted]")
-    return text[:300] if text else None
+    if not text:
+        return None
+    # One line of printable text: it ends up in logs, in the job's `error` and on screens.
+    text = " ".join(answers.without_surrogates(text[:2000]).split())
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    # Some providers quote the key they refused: never pass it on.
+    return redact(text)[:300] or None
 
 
-def _status_error(
-    status: int, body: Any, retry_after: float | None, secret: str | None = None
-) -> LLMError:
-    detail = _error_message(body, secret)
+def _status_error(status: int, body: Any, retry_after: float | None, redact: Redactor) -> LLMError:
+    detail = _error_message(body, redact)
     reasons = {
         400: "the model provider rejected the request",
         401: "the model provider refused the API key (check OPENROUTER_KEY)",
@@ -79,20 +86,24 @@ def _status_error(
     )
 
 
-def _completion_from_body(body: Any, fallback_model: str, secret: str | None = None) -> Completion:
+def _raise_reported_error(body: dict[str, Any], redact: Redactor) -> None:
+    """OpenRouter reports some upstream failures as an `error` object inside a 200."""
+    err = body["error"]
+    status = answers.error_code(err.get("code") if isinstance(err, dict) else None)
+    retryable = status is None or status in RETRYABLE_STATUS or status >= 500
+    detail = _error_message(body, redact) or "unknown error"
+    raise LLMError(
+        f"the model provider reported an error: {detail}", retryable=retryable, status=status
+    )
+
+
+def _completion_from_body(
+    body: Any, fallback_model: str, redact: Redactor, max_chars: int
+) -> Completion:
     if not isinstance(body, dict):
-        raise LLMError("the model provider sent a malformed answer", retryable=True)
+        raise LLMError(answers.MALFORMED, retryable=True)
     if body.get("error"):
-        # OpenRouter reports some upstream failures as an `error` object inside a 200.
-        err = body["error"]
-        code = err.get("code") if isinstance(err, dict) else None
-        status = code if isinstance(code, int) else None
-        retryable = status is None or status in RETRYABLE_STATUS or status >= 500
-        detail = _error_message(body, secret) or "unknown error"
-        return_error = LLMError(
-            f"the model provider reported an error: {detail}", retryable=retryable, status=status
-        )
-        raise return_error
+        _raise_reported_error(body, redact)
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise LLMError("the model provider sent an answer without choices", retryable=True)
@@ -101,10 +112,21 @@ def _completion_from_body(body: Any, fallback_model: str, secret: str | None = N
     text = _text(content) if isinstance(content, str) else ""
     if not text:
         raise LLMError("the model returned empty content", retryable=True)
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+    finish = answers.finish_reason(choices[0])
+    text, cut = _capped(redact(text), max_chars)
     return Completion(
-        content=text, model=_text(str(body.get("model") or fallback_model)), usage=usage
+        content=text,
+        model=answers.model_name(body.get("model"), fallback_model, redact),
+        usage=answers.usage(body.get("usage")),
+        finish_reason="length" if cut else finish,
     )
+
+
+def _capped(text: str, max_chars: int) -> tuple[str, bool]:
+    """`text` cut to `max_chars` (a provider that ignores max_tokens), and whether it was."""
+    if len(text) <= max_chars:
+        return text, False
+    return text[:max_chars].rstrip(), True
 
 
 JOB_HEADER = "X-Smartgen-Job-Id"
@@ -120,9 +142,9 @@ def job_headers(base: dict[str, str] | None = None) -> dict[str, str] | None:
 
 
 def _without_nul(value: str) -> str:
-    """Model text without NUL characters: PostgreSQL cannot store them, and they carry
-    nothing a reader sees."""
-    return value.replace("\x00", "")
+    """Model text without NUL characters (PostgreSQL cannot store them, and they carry
+    nothing a reader sees); a lone surrogate makes the answer malformed."""
+    return answers.check_text(value)
 
 
 def _text(value: str) -> str:
@@ -146,34 +168,11 @@ def _chunk_deltas(chunk: Any) -> list[str]:
     return deltas
 
 
-async def _sse_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """The lines of an event stream without their endings (CRLF, LF or CR, as SSE allows).
-
-    Split here rather than with `StreamReader.readline`, which caps a line at twice the
-    read buffer (128 KiB): one large chunk from a provider must not fail the stream.
-    """
-    pending: list[bytes] = []
-    async for data in content.iter_any():
-        if b"\n" not in data and b"\r" not in data:
-            pending.append(data)
-            continue
-        if pending:
-            pending.append(data)
-            data = b"".join(pending)
-            pending = []
-        lines = data.splitlines(keepends=True)
-        if not lines[-1].endswith((b"\n", b"\r")):
-            pending.append(lines.pop())
-        # A CRLF split across two reads leaves an extra empty line: harmless, never data.
-        for line in lines:
-            yield line.rstrip(b"\r\n").decode("utf-8", "replace")
-    if pending:
-        yield b"".join(pending).decode("utf-8", "replace")
-
-
-async def _lines_of(raw: bytes) -> AsyncIterator[str]:
-    for line in raw.splitlines():
-        yield line.decode("utf-8", "replace")
+def _stream_finish(chunk: dict[str, Any]) -> str | None:
+    """The `finish_reason` a stream chunk gives, if any (the last chunk usually does)."""
+    choices = chunk.get("choices") or []
+    reasons = [answers.finish_reason(c) for c in choices]
+    return next((r for r in reasons if r), None)
 
 
 class ChatClient:
@@ -182,9 +181,18 @@ class ChatClient:
     def __init__(self, settings: Settings, *, max_connections: int = 100) -> None:
         self.model = settings.openrouter_model
         self._settings = settings
-        self._secret = settings.openrouter_key or None
+        self._redact = Redactor(settings.openrouter_key or None)
+        self._max_bytes = settings.llm_max_response_bytes
+        self._max_chars = answers.content_limit(settings.llm_max_tokens)
+        self._retry_after_cap = settings.retry_after_max_seconds
+        self._stream_seconds = settings.stream_max_seconds
         self._url = settings.base_url + "/chat/completions"
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            # Never compressed: a small gzip body can unpack to gigabytes (a "gzip bomb").
+            "Accept-Encoding": "identity",
+        }
         if settings.openrouter_key:
             headers["Authorization"] = f"Bearer {settings.openrouter_key}"
         if settings.openrouter_referer:
@@ -194,10 +202,11 @@ class ChatClient:
         self._headers = headers
         self._max_connections = max_connections
         # The whole call of `complete()` ends within LLM_TIMEOUT_SECONDS (the job's lease
-        # assumes it); a stream may run longer as long as the provider keeps sending.
+        # assumes it); a stream may run longer as long as the provider keeps sending, up to
+        # LLM_STREAM_MAX_SECONDS in all.
         self._timeout = aiohttp.ClientTimeout(total=settings.llm_timeout_seconds, connect=10)
         self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=10, sock_read=settings.llm_timeout_seconds
+            total=self._stream_seconds, connect=10, sock_read=settings.llm_timeout_seconds
         )
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
@@ -218,6 +227,7 @@ class ChatClient:
                 ),
                 headers=self._headers,
                 timeout=self._timeout,
+                auto_decompress=False,
                 json_serialize=jsoncodec.dumps,
             )
         return self._http
@@ -241,20 +251,20 @@ class ChatClient:
                 allow_redirects=False,
                 proxy=self._proxy,
             ) as response:
-                raw = await response.read()
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
+                if status != 200:
+                    body = await error_body(response)
+                    raise _status_error(status, body, self._retry_after(retry_after), self._redact)
+                raw = await read_capped(response, self._max_bytes)
         except TimeoutError:
             raise LLMError("the model provider did not answer in time", retryable=True) from None
         except aiohttp.ClientError:
             raise LLMError("could not reach the model provider", retryable=True) from None
-        try:
-            body = jsoncodec.loads(raw)
-        except ValueError:
-            body = None
-        if status != 200:
-            raise _status_error(status, body, parse_retry_after(retry_after), self._secret)
-        return _completion_from_body(body, self.model, self._secret)
+        return _completion_from_body(answers.loads(raw), self.model, self._redact, self._max_chars)
+
+    def _retry_after(self, value: str | None) -> float | None:
+        return parse_retry_after(value, self._retry_after_cap)
 
     async def generate(self, request: ModelRequest) -> Completion:
         return await self.complete(request.messages)
@@ -265,9 +275,14 @@ class ChatClient:
     async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Completion]:
         """Yield text deltas as they arrive, then the assembled `Completion` last."""
         session = self._session()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._stream_seconds
         parts: list[str] = []
-        model = self.model
-        usage: dict[str, Any] | None = None
+        length = 0
+        cut = False
+        finish: str | None = None
+        model_value: Any = None
+        usage: Any = None
         try:
             async with session.post(
                 self._url,
@@ -278,62 +293,73 @@ class ChatClient:
                 proxy=self._proxy,
             ) as response:
                 if response.status != 200:
-                    raw = await response.read()
-                    try:
-                        body = jsoncodec.loads(raw)
-                    except ValueError:
-                        body = None
+                    body = await error_body(response)
                     raise _status_error(
                         response.status,
                         body,
-                        parse_retry_after(response.headers.get("Retry-After")),
-                        self._secret,
+                        self._retry_after(response.headers.get("Retry-After")),
+                        self._redact,
                     )
+                refuse_compression(response)
                 if "text/event-stream" not in response.headers.get("Content-Type", ""):
                     # Not labelled as a stream: a provider that answers a stream request
                     # with one whole JSON answer, or a stream under another label.
-                    raw = await response.read()
-                    try:
-                        body = jsoncodec.loads(raw)
-                    except ValueError:
-                        body = None
+                    raw = await read_capped(response, self._max_bytes)
+                    body = answers.loads(raw)
                     if isinstance(body, dict):
-                        whole = _completion_from_body(body, model, self._secret)
+                        whole = _completion_from_body(
+                            body, self.model, self._redact, self._max_chars
+                        )
                         yield whole.content
                         yield whole
                         return
-                    lines: AsyncIterator[str] = _lines_of(raw)
+                    lines: AsyncIterator[str] = lines_of(raw)
                 else:
-                    lines = _sse_lines(response.content)
+                    lines = sse_lines(response.content, self._max_bytes)
                 async for line in lines:
+                    if loop.time() > deadline:
+                        raise TimeoutError
                     if not line.startswith("data:"):
                         continue  # comments (": OPENROUTER PROCESSING"), blank lines, ids
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    try:
-                        chunk = jsoncodec.loads(data)
-                    except ValueError:
-                        chunk = None
+                    chunk = answers.loads(data)
                     if isinstance(chunk, dict) and chunk.get("error"):
-                        # raises the classified error
-                        _completion_from_body(chunk, model, self._secret)
+                        _raise_reported_error(chunk, self._redact)
                     for delta in _chunk_deltas(chunk):
-                        piece = _without_nul(delta)
+                        piece = self._redact(_without_nul(delta))
+                        if length + len(piece) > self._max_chars:
+                            piece, cut = piece[: self._max_chars - length], True
                         if piece:
                             parts.append(piece)
+                            length += len(piece)
                             yield piece
-                    model = str(chunk.get("model") or model)
+                    if cut:
+                        break  # a provider that ignores max_tokens: keep what fits
+                    finish = _stream_finish(chunk) or finish
+                    model_value = chunk.get("model") or model_value
                     if isinstance(chunk.get("usage"), dict):
                         usage = chunk["usage"]
         except TimeoutError:
+            if loop.time() >= deadline - 0.01:
+                raise LLMError(
+                    "the model's answer did not end within "
+                    f"{self._stream_seconds:g} s (LLM_STREAM_MAX_SECONDS)",
+                    retryable=True,
+                ) from None
             raise LLMError("the model provider did not answer in time", retryable=True) from None
         except aiohttp.ClientError:
             raise LLMError("could not reach the model provider", retryable=True) from None
-        text = _text("".join(parts))
+        text = self._redact(_text("".join(parts)))
         if not text:
             raise LLMError("the model returned empty content", retryable=True)
-        yield Completion(content=text, model=_text(model), usage=usage)
+        yield Completion(
+            content=text,
+            model=answers.model_name(model_value, self.model, self._redact),
+            usage=answers.usage(usage),
+            finish_reason="length" if cut else finish,
+        )
 
     async def close(self) -> None:
         self._closed = True

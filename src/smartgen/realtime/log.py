@@ -122,9 +122,7 @@ class EventLog:
         for entry_id, fields in entries:
             seq = int(_text(entry_id).rsplit("-", 1)[1])
             values = {_text(k): v for k, v in fields.items()}
-            events.append(
-                LoggedEvent(seq, _text(values["e"]), jsoncodec.loads(values["d"]))
-            )
+            events.append(LoggedEvent(seq, _text(values["e"]), jsoncodec.loads(values["d"])))
         # Complete: nothing between `after` and the first event returned was trimmed, and
         # nothing is left after the last one. A number beyond the counter comes from a
         # Redis that lost its data since.

@@ -15,10 +15,11 @@ from redis.exceptions import RedisError
 
 from smartgen.auth.tokens import TokenCodec, bearer_token
 from smartgen.config import Settings
-from smartgen.errors import AppError, Unauthorized
+from smartgen.errors import AppError, TooManyRequests, Unauthorized
 from smartgen.kit import jsoncodec
 from smartgen.kit.times import iso_ms, parse_iso
 from smartgen.metrics import catalog
+from smartgen.ports import RateLimits
 from smartgen.realtime.bus import RedisManager, close_manager, redis_manager
 from smartgen.realtime.events import (
     Event,
@@ -28,6 +29,7 @@ from smartgen.realtime.events import (
     user_room,
 )
 from smartgen.realtime.log import EventLog
+from smartgen.realtime.quota import SocketQuota
 from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -94,18 +96,72 @@ class RealtimeServer:
         )
         self._expiry: dict[str, asyncio.Task[None]] = {}
         self.log: EventLog | None = None
+        self.quota: SocketQuota | None = None
+        self.limiter: RateLimits | None = None
+        # Engine.IO sessions waiting for their Socket.IO CONNECT (closed when it is late).
+        self._handshakes: dict[str, asyncio.Task[None]] = {}
+        self._watch_engineio_sessions()
         self._connected: set[str] = set()  # counted in smartgen_socketio_connections
         self.publisher = EventPublisher(self._emit_many)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("sync", self._on_sync)
 
-    def attach(self, *, store: Store, log: EventLog) -> None:
-        """The process's store and event log, once the lifespan opened them."""
+    def attach(
+        self,
+        *,
+        store: Store,
+        log: EventLog,
+        quota: SocketQuota | None = None,
+        limiter: RateLimits | None = None,
+    ) -> None:
+        """The process's store and event log, once the lifespan opened them; the per-user
+        socket count and the rate limiter for `sync`, when there are."""
         self.store = store
         self.log = log
+        self.quota = quota
+        self.limiter = limiter
         self.publisher.number_with(log)
         self.publisher.start()
+
+    def _watch_engineio_sessions(self) -> None:
+        """An Engine.IO session must send its Socket.IO CONNECT within
+        SOCKETIO_CONNECT_TIMEOUT_SECONDS, else it is closed: a session costs memory and a
+        ping task, and one that never connects (or whose every CONNECT was refused) only
+        holds them."""
+        eio = self.sio.eio
+        opened, closed = self.sio._handle_eio_connect, self.sio._handle_eio_disconnect
+
+        async def on_open(eio_sid: str, environ: dict[str, Any]) -> Any:
+            result = await opened(eio_sid, environ)
+            self._handshakes[eio_sid] = asyncio.create_task(self._require_connect(eio_sid))
+            return result
+
+        async def on_close(eio_sid: str, *args: Any) -> Any:
+            task = self._handshakes.pop(eio_sid, None)
+            if task is not None:
+                task.cancel()
+            return await closed(eio_sid, *args)
+
+        eio.on("connect", on_open)
+        eio.on("disconnect", on_close)
+
+    async def _require_connect(self, eio_sid: str) -> None:
+        await asyncio.sleep(self.settings.socketio_connect_timeout_seconds)
+        self._handshakes.pop(eio_sid, None)
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is not None and sid in self._connected:
+            return  # connected (a refused CONNECT may leave its sid behind: not enough)
+        log.info("Socket.IO: closing an Engine.IO session that sent no CONNECT in time")
+        socket = self.sio.eio.sockets.get(eio_sid)
+        with contextlib.suppress(Exception):
+            await self.sio.eio.disconnect(eio_sid)
+        if socket is not None:
+            # Engine.IO sends its close packet and then waits for the client to hang up (up
+            # to ping interval + timeout); an empty item ends its writer, which closes the
+            # websocket now (python-engineio's AsyncSocket.poll: None is "no more").
+            with contextlib.suppress(Exception):
+                socket.queue.put_nowait(None)
 
     async def _emit_many(self, events: list[Event]) -> None:
         await self.manager.emit_many(events)
@@ -126,6 +182,13 @@ class RealtimeServer:
         if not await self.manager.wait_subscribed(SUBSCRIBE_WAIT_SECONDS):
             log.warning(
                 "Socket.IO: Redis subscription not ready; events from other processes may be missed"
+            )
+        if self.quota is not None and not await self.quota.take(principal.user_id, sid):
+            cap = self.quota.cap
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"Too many connections: at most {cap} sockets per user "
+                "(SOCKETIO_MAX_SOCKETS_PER_USER); close another one first",
+                {"error": "too_many_sockets"},
             )
         await self.sio.save_session(sid, {"userId": principal.user_id})
         room = user_room(principal.user_id)
@@ -150,6 +213,8 @@ class RealtimeServer:
             await self.sio.disconnect(sid, ignore_queue=True)
 
     async def _on_disconnect(self, sid: str, *args: Any) -> None:
+        if self.quota is not None:
+            await self.quota.release(sid)
         if sid in self._connected:
             self._connected.discard(sid)
             catalog.SOCKETIO_CONNECTIONS.dec()
@@ -159,7 +224,11 @@ class RealtimeServer:
 
     async def _on_sync(self, sid: str, data: Any = None) -> dict[str, Any]:
         """`sync` {since}: the job_status of the caller's jobs changed since then;
-        `sync` {afterSeq}: the caller's events after that number, from the event log."""
+        `sync` {afterSeq}: the caller's events after that number, from the event log.
+        At most SOCKETIO_SYNC_RATE_LIMIT per user per SOCKETIO_SYNC_RATE_WINDOW_SECONDS."""
+        refused = await self._sync_refused(sid)
+        if refused is not None:
+            return refused
         if isinstance(data, dict) and "afterSeq" in data:
             return await self._replay(sid, data["afterSeq"])
         try:
@@ -180,6 +249,28 @@ class RealtimeServer:
             "complete": len(jobs) < SYNC_LIMIT,
             "serverTime": iso_ms(datetime.now(UTC)),
         }
+
+    async def _sync_refused(self, sid: str) -> dict[str, Any] | None:
+        """The answer to a `sync` over the caller's limit, else None (counted)."""
+        if self.limiter is None:
+            return None
+        session = await self.sio.get_session(sid)
+        try:
+            await self.limiter.hit(
+                "sync",
+                str(session.get("userId")),
+                limit=self.settings.socketio_sync_rate_limit,
+                window_seconds=self.settings.socketio_sync_rate_window_seconds,
+                fail_open=True,
+            )
+        except TooManyRequests as exc:
+            retry_after = (exc.headers or {}).get("Retry-After")
+            return {
+                "error": exc.code,
+                "message": exc.message,
+                "retryAfter": int(retry_after) if retry_after else None,
+            }
+        return None
 
     async def _replay(self, sid: str, after: Any) -> dict[str, Any]:
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
@@ -207,6 +298,11 @@ class RealtimeServer:
 
     async def close(self) -> None:
         await self.publisher.close()
+        for waiting in self._handshakes.values():
+            waiting.cancel()
+        self._handshakes.clear()
+        if self.quota is not None:
+            await self.quota.close()
         for task in self._expiry.values():
             task.cancel()
         self._expiry.clear()

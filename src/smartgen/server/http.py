@@ -8,6 +8,7 @@ from typing import Any
 import uvicorn
 
 from smartgen.config import Settings
+from smartgen.server.http_guard import HttpLimits, guarded_protocol
 
 
 def uvicorn_config(app: Any, settings: Settings, **where: Any) -> uvicorn.Config:
@@ -16,6 +17,11 @@ def uvicorn_config(app: Any, settings: Settings, **where: Any) -> uvicorn.Config
     so that its lines go through smartgen's JSON handler too."""
     if settings.log_format == "json":
         where.setdefault("log_config", None)
+    limits = HttpLimits(
+        max_header_bytes=settings.http_max_header_bytes,
+        header_timeout=settings.http_header_timeout_seconds,
+        body_timeout=settings.http_body_timeout_seconds,
+    )
     return uvicorn.Config(
         app,
         **where,
@@ -24,6 +30,13 @@ def uvicorn_config(app: Any, settings: Settings, **where: Any) -> uvicorn.Config
         access_log=settings.log_level.lower() == "debug",
         timeout_graceful_shutdown=10,
         proxy_headers=True,
+        # What uvicorn has (see http_guard.py for what it lacks): an idle kept-alive
+        # connection's end, connections and requests at once (503 past it), the head's
+        # size when h11 parses.
+        http=guarded_protocol(limits),
+        timeout_keep_alive=settings.http_keepalive_timeout_seconds,
+        limit_concurrency=settings.http_max_connections,
+        h11_max_incomplete_event_size=settings.http_max_header_bytes,
     )
 
 

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from smartgen.config import Settings
-from smartgen.kit.logcontext import JsonFormatter
+from smartgen.kit.logcontext import JsonFormatter, TextFormatter
 from smartgen.store import open_store
 
 
@@ -18,7 +18,7 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     # Third-party chatter stays at warning level unless asked for debug.
     if level.lower() != "debug":

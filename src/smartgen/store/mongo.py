@@ -49,6 +49,7 @@ def _job_from_doc(doc: dict[str, Any]) -> Job:
         lease_owner=doc.get("leaseOwner"),
         cancelled_at=_dt(doc.get("cancelledAt")),
         history=doc.get("history"),
+        finish_reason=doc.get("finishReason"),
     )
 
 
@@ -235,6 +236,7 @@ class MongoJobs:
                     "generatedContent": result.content,
                     "model": result.model,
                     "usage": result.usage,
+                    "finishReason": result.finish_reason,
                     "completedAt": at,
                     "updatedAt": at,
                 },
@@ -342,6 +344,7 @@ class MongoJobs:
         cleared = (
             "error", "failedAt", "cancelledAt", "startedAt", "completedAt",
             "generatedContent", "model", "usage", "leaseUntil", "leaseOwner",
+            "finishReason",
         )  # fmt: skip
         return await self._changed(
             {"jobId": job_id, "userId": user_id, "status": {"$in": _RETRYABLE}},

@@ -12,8 +12,22 @@ from urllib.parse import quote
 import httpx
 
 from smartgen import __version__
+from smartgen.kit.text import printable
 from smartgen.terminal.credentials import CredentialStore, _local_email
 from smartgen.terminal.errors import ClientError, Unreachable
+
+
+def printable_tree(value: Any) -> Any:
+    """A JSON document with every string made safe for a terminal (`kit.text.printable`):
+    generated text, titles and errors come from a model or another user, and an escape
+    sequence in them could clear the screen, retitle the window or hide a link."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [printable_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {printable(str(k)): printable_tree(v) for k, v in value.items()}
+    return value
 
 
 def job_path(job_id: str, *rest: str) -> str:
@@ -69,7 +83,7 @@ class Api:
 
     def _result(self, r: httpx.Response) -> Any:
         try:
-            data = r.json()
+            data = printable_tree(r.json())
         except ValueError:
             data = None
         if r.is_success:

@@ -103,6 +103,14 @@ def render_job(session: Session, job: dict[str, Any]) -> None:
     out.print(Rule(style="dim"))
     if status == "completed":
         out.print(Markdown(str(job.get("generatedContent") or "")))
+        if job.get("finishReason") == "length":
+            out.print(Rule(style="dim"))
+            out.print(
+                Text(
+                    "The text was cut off at the model's token limit (finishReason: length)",
+                    style="yellow",
+                )
+            )
     elif status == "failed":
         out.print(Text(f"Failed: {job.get('error') or 'unknown error'}", style="red"))
     else:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from smartgen.kit.text import printable
 from smartgen.terminal.api import Api
 from smartgen.terminal.errors import ClientError, Unreachable
 from smartgen.terminal.output import Progress, Session
@@ -64,7 +65,7 @@ async def _listen(
 
     async def on_progress(data: Any = None) -> None:
         if on_text is not None and isinstance(data, dict) and data.get("jobId") == job_id:
-            on_text(str(data.get("delta") or ""), bool(data.get("reset")))
+            on_text(printable(str(data.get("delta") or "")), bool(data.get("reset")))
 
     for name in JOB_EVENTS:
         sio.on(name, on_event)

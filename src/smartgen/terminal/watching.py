@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from smartgen.terminal.api import printable_tree
 from smartgen.terminal.errors import ClientError, Unreachable
 from smartgen.terminal.output import STATUS_STYLE, Session, _excerpt, _when
 
@@ -33,7 +34,7 @@ async def _frames(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         elif line.startswith("data:"):
             data.append(line[5:].strip())
         elif line == "" and (data or frame):
-            frame["data"] = json.loads("\n".join(data)) if data else None
+            frame["data"] = printable_tree(json.loads("\n".join(data))) if data else None
             yield frame
             frame, data = {}, []
 

@@ -156,7 +156,7 @@ STATEMENTS = {
         "UPDATE jobs SET status = 'queued', scheduled_for = $3, updated_at = $4, "
         "history = $5::jsonb, error = NULL, failed_at = NULL, cancelled_at = NULL, "
         "started_at = NULL, completed_at = NULL, generated_content = NULL, model = NULL, "
-        "usage = NULL, lease_until = NULL, lease_owner = NULL "
+        "usage = NULL, lease_until = NULL, lease_owner = NULL, finish_reason = NULL "
         f"WHERE job_id = $1 AND user_id = $2 AND status IN {RETRYABLE_STATUSES} "
         f"RETURNING {JOB_COLS}"
     ),
@@ -170,8 +170,8 @@ STATEMENTS = {
     ),
     "job_complete": (
         "UPDATE jobs SET status = 'completed', generated_content = $2, model = $3, "
-        "usage = $4::jsonb, completed_at = $5, updated_at = $5, error = NULL "
-        "WHERE job_id = $1 AND status = 'processing'"
+        "usage = $4::jsonb, completed_at = $5, updated_at = $5, error = NULL, "
+        "finish_reason = $6 WHERE job_id = $1 AND status = 'processing'"
     ),
     "job_fail": (
         "UPDATE jobs SET status = 'failed', error = $2, failed_at = $3, updated_at = $3 "
@@ -389,7 +389,7 @@ class Jobs(_Repository):
 
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
         usage = None if result.usage is None else json.dumps(result.usage)
-        args = (job_id, result.content, result.model, usage, self._db.ts(at))
+        args = (job_id, result.content, result.model, usage, self._db.ts(at), result.finish_reason)
         return await self._complete(args)
 
     async def _complete(self, args: tuple[Any, ...]) -> bool:

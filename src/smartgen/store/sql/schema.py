@@ -22,7 +22,7 @@ from smartgen.config import ConfigError
 
 Dialect = Literal["postgresql", "sqlite"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 # pg_advisory_xact_lock key for schema changes ("smartgen" in ASCII).
 SCHEMA_LOCK: Final = 0x736D61727467656E
 
@@ -70,6 +70,7 @@ _TABLES: Final = [
         lease_owner VARCHAR,
         cancelled_at {ts},
         history {json},
+        finish_reason VARCHAR(32),
         PRIMARY KEY (id))""",
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_jobs_job_id ON jobs (job_id)",
     "CREATE INDEX IF NOT EXISTS ix_jobs_user_created ON jobs (user_id, created_at, id)",
@@ -105,9 +106,14 @@ def _v2(dialect: Dialect) -> list[str]:
     ]
 
 
+def _v3(dialect: Dialect) -> list[str]:
+    """Why the model stopped (`finishReason`: "length" when the text was cut off)."""
+    return ["ALTER TABLE jobs ADD COLUMN finish_reason VARCHAR(32)"]
+
+
 # Upgrade steps: UPGRADES[n] brings a database at version n - 1 to version n. They run
 # before the CREATE statements above (which add whole new tables and their indexes).
-UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {2: _v2}
+UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {2: _v2, 3: _v3}
 
 # Whether schema_version exists, per dialect (one row with one column, or none).
 VERSION_TABLE_EXISTS: Final[dict[Dialect, str]] = {

@@ -1,0 +1,181 @@
+"""Slow and greedy HTTP clients against a real `smartgen api` process (issue 21, item 6):
+raw sockets that send nothing, a head one line at a time, a body one byte at a time, a
+huge header, too many connections. Each must end with the server closing the connection
+(a 408/431/503 first where there is something to answer). No test bounds the time the
+server takes; pytest's own timeout ends a test whose connection is never closed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.conftest import Process, free_port, wait_http
+
+FAST = {
+    "HTTP_HEADER_TIMEOUT_SECONDS": "1",
+    "HTTP_BODY_TIMEOUT_SECONDS": "1",
+    "HTTP_KEEPALIVE_TIMEOUT_SECONDS": "1",
+    "HTTP_MAX_HEADER_BYTES": "8192",
+}
+
+
+async def start_api(env: dict[str, str], processes: list[Process], **extra: str) -> int:
+    port = free_port()
+    api = Process("api", env, PORT=str(port), **extra)
+    processes.append(api)
+    await wait_http(f"http://127.0.0.1:{port}", api)
+    return port
+
+
+@pytest.fixture
+async def port(env: dict[str, str], processes: list[Process]) -> int:
+    return await start_api(env, processes, **FAST)
+
+
+@contextlib.asynccontextmanager
+async def raw(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while True:
+        try:
+            data = await reader.read(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def answer(data: bytes) -> tuple[int, dict[str, str]]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)
+
+
+async def test_a_client_that_sends_nothing_is_closed(port: int) -> None:
+    async with raw(port) as (reader, _):
+        assert await until_closed(reader) == b""
+
+
+async def test_a_head_sent_one_line_at_a_time_is_closed(port: int) -> None:
+    async with raw(port) as (reader, writer):
+
+        async def trickle() -> None:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            with contextlib.suppress(OSError):
+                for i in range(10_000):
+                    await asyncio.sleep(0.2)
+                    writer.write(b"X-Slow-%d: 1\r\n" % i)
+                    await writer.drain()
+
+        task = asyncio.create_task(trickle())
+        try:
+            data = await until_closed(reader)
+        finally:
+            task.cancel()
+    status, body = answer(data)
+    assert status == 408
+    assert body["error"] == "request_timeout" and "headers" in body["message"]
+
+
+async def test_a_body_sent_one_byte_at_a_time_is_closed(port: int) -> None:
+    async with raw(port) as (reader, writer):
+        writer.write(
+            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n{"
+        )
+
+        async def trickle() -> None:
+            with contextlib.suppress(OSError):
+                for _ in range(100_000):
+                    await asyncio.sleep(0.2)
+                    writer.write(b" ")
+                    await writer.drain()
+
+        task = asyncio.create_task(trickle())
+        try:
+            data = await until_closed(reader)
+        finally:
+            task.cancel()
+    status, body = answer(data)
+    assert status == 408
+    assert body["error"] == "request_timeout" and "body" in body["message"]
+
+
+async def test_a_huge_header_is_refused(port: int) -> None:
+    async with raw(port) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 60_000)
+        with contextlib.suppress(OSError):
+            await writer.drain()
+        data = await until_closed(reader)
+    status, body = answer(data)
+    assert status == 431
+    assert body["error"] == "headers_too_large"
+
+
+async def test_an_idle_kept_alive_connection_is_closed(port: int) -> None:
+    async with raw(port) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = await until_closed(reader)
+    assert data.startswith(b"HTTP/1.1 200")
+
+
+async def test_well_behaved_requests_still_pass(port: int) -> None:
+    """A second request on a kept-alive connection gets its own head timer, and a body
+    sent promptly is answered by the route (a 401/422, not a 408)."""
+    async with raw(port) as (reader, writer):
+        for _ in range(2):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            line = await reader.readline()
+            assert line.startswith(b"HTTP/1.1 200"), line
+            length = 0
+            while (header := await reader.readline()) != b"\r\n":
+                if header.lower().startswith(b"content-length:"):
+                    length = int(header.split(b":")[1])
+            await reader.readexactly(length)
+        body = b'{"email": "nobody@example.com", "password": "wrong password"}'
+        writer.write(
+            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        data = await until_closed(reader)
+    assert data.split(b" ", 2)[1] == b"401", data[:200]
+
+
+async def test_connections_past_the_limit_are_refused(
+    env: dict[str, str], processes: list[Process]
+) -> None:
+    port = await start_api(env, processes, HTTP_MAX_CONNECTIONS="5")
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+    try:
+        async with raw(port) as (reader, writer):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = await until_closed(reader)
+        assert data.startswith(b"HTTP/1.1 503"), data[:200]
+    finally:
+        for _, w in held:
+            w.close()
+    # Once the server has seen them go, requests are served again.
+    while True:
+        async with raw(port) as (reader, writer):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = await until_closed(reader)
+        if data.startswith(b"HTTP/1.1 200"):
+            break
+        assert data.startswith(b"HTTP/1.1 503"), data[:200]
+        await asyncio.sleep(0.1)

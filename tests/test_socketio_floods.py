@@ -1,0 +1,153 @@
+"""Socket.IO floods (issue 21, item 7) against the API served by uvicorn on a loopback port:
+Engine.IO sessions that never send CONNECT (raw polling and raw websocket), sockets per
+user capped, `sync` rate-limited. Real python-socketio clients, raw HTTP and websockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import socketio
+import websockets
+
+from tests.conftest import ApiServer, register
+
+
+@pytest.fixture
+def env(env: dict[str, str]) -> dict[str, str]:
+    return {
+        **env,
+        "REGISTER_IP_RATE_LIMIT": "0",
+        "SOCKETIO_CONNECT_TIMEOUT_SECONDS": "1",
+        "SOCKETIO_MAX_SOCKETS_PER_USER": "3",
+        "SOCKETIO_SYNC_RATE_LIMIT": "5",
+    }
+
+
+@pytest.fixture
+async def user(client: httpx.AsyncClient) -> dict[str, Any]:
+    return await register(client)
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[list[socketio.AsyncClient]]:
+    made: list[socketio.AsyncClient] = []
+    yield made
+    for sio in made:
+        with contextlib.suppress(Exception):
+            await sio.disconnect()
+        with contextlib.suppress(Exception):
+            await sio.shutdown()
+
+
+async def connect(
+    api: ApiServer, token: str, made: list[socketio.AsyncClient]
+) -> socketio.AsyncClient:
+    sio = socketio.AsyncClient(reconnection=False)
+    made.append(sio)
+    refusals: list[Any] = []
+    sio.on("connect_error", refusals.append)
+    sio.refusals = refusals  # type: ignore[attr-defined]
+    await sio.connect(api.url, auth={"token": token}, transports=["websocket"], wait_timeout=10)
+    return sio
+
+
+async def test_a_polling_session_without_connect_is_closed(client: httpx.AsyncClient) -> None:
+    r = await client.get("/socket.io/", params={"EIO": "4", "transport": "polling"})
+    assert r.status_code == 200 and r.text.startswith("0"), r.text
+    sid = json.loads(r.text[1:])["sid"]
+    # Poll as a live client would (answering pings), never sending the Socket.IO CONNECT.
+    while True:
+        r = await client.get(
+            "/socket.io/", params={"EIO": "4", "transport": "polling", "sid": sid}, timeout=60
+        )
+        if r.status_code != 200:
+            break  # the session is gone
+        packets = r.text.split("\x1e")
+        if "1" in packets:
+            break  # closed by the server
+        if "2" in packets:
+            await client.post(
+                "/socket.io/",
+                params={"EIO": "4", "transport": "polling", "sid": sid},
+                content="3",
+                headers={"Content-Type": "text/plain"},
+            )
+    r = await client.get("/socket.io/", params={"EIO": "4", "transport": "polling", "sid": sid})
+    assert r.status_code == 400  # no such session any more
+
+
+async def test_a_websocket_without_connect_is_closed(api: ApiServer) -> None:
+    url = api.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    async with websockets.connect(url) as ws:
+        opened = await ws.recv()
+        assert isinstance(opened, str) and opened.startswith("0")
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:  # answer pings, ignore a close packet, never send "40"
+                message = await ws.recv()
+                if message == "2":
+                    await ws.send("3")
+    # The server closed the websocket itself (the loop above only ends that way).
+    assert ws.state.name == "CLOSED"
+
+
+async def test_a_refused_connect_does_not_keep_the_session(api: ApiServer) -> None:
+    """CONNECT with a bad token is refused; the Engine.IO session then ends too."""
+    url = api.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    async with websockets.connect(url) as ws:
+        await ws.recv()
+        await ws.send('40{"token":"not-a-token"}')
+        refused = await ws.recv()
+        assert isinstance(refused, str) and refused.startswith("44")
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                message = await ws.recv()
+                if message == "2":
+                    await ws.send("3")
+
+
+async def test_sockets_per_user_are_capped(
+    api: ApiServer,
+    client: httpx.AsyncClient,
+    user: dict[str, Any],
+    sockets: list[socketio.AsyncClient],
+) -> None:
+    held = [await connect(api, user["token"], sockets) for _ in range(3)]
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await connect(api, user["token"], sockets)
+    [refusal] = sockets[-1].refusals  # type: ignore[attr-defined]
+    assert "Too many connections" in refusal["message"]
+    assert "3 sockets per user" in refusal["message"]
+    assert refusal["data"] == {"error": "too_many_sockets"}
+    # Another user is not affected.
+    other = await register(client)
+    assert (await connect(api, other["token"], sockets)).connected
+    # A socket that leaves gives its place back.
+    await held[0].disconnect()
+    while True:
+        try:
+            assert (await connect(api, user["token"], sockets)).connected
+            break
+        except socketio.exceptions.ConnectionError:
+            await asyncio.sleep(0.1)  # the server has not seen the disconnect yet
+
+
+async def test_sync_is_rate_limited_per_user(
+    api: ApiServer, user: dict[str, Any], sockets: list[socketio.AsyncClient]
+) -> None:
+    first = await connect(api, user["token"], sockets)
+    second = await connect(api, user["token"], sockets)
+    answers = [await first.call("sync", {"afterSeq": 0}, timeout=10) for _ in range(4)]
+    answers.append(await second.call("sync", {"since": 0}, timeout=10))
+    assert all("error" not in a for a in answers), answers
+    refused = await second.call("sync", {"afterSeq": 0}, timeout=10)
+    assert refused["error"] == "rate_limited"
+    assert "at most 5" in refused["message"]
+    assert isinstance(refused["retryAfter"], int) and refused["retryAfter"] >= 1
+    # The socket stays connected: only the call is refused.
+    assert first.connected and second.connected

@@ -3,12 +3,17 @@ hostile case beside the happy one."""
 
 from __future__ import annotations
 
+import logging
+import time
+
 import httpx
+import jwt
+import pytest
 
 from smartgen.content.service import TITLE_SCAN_CHARS, default_title, markdown_heading
 from smartgen.kit.times import utcnow
 from smartgen.models import Completion
-from tests.conftest import ApiServer, register
+from tests.conftest import JWT_SECRET, ApiServer, register
 
 # --- 1. the default title: linear-time parsing of model text --------------------------
 
@@ -78,3 +83,46 @@ async def test_saves_are_rate_limited(settings, unique: str) -> None:  # type: i
         # Another user's saves are counted apart (and another user's job is a 404).
         r = await client.post(f"/generate-content/{job_id}/save", headers=other["headers"])
         assert r.status_code == 404
+
+
+# --- 4. hostile token claims, and unexpected errors --------------------------------------
+
+
+async def test_hostile_claims_are_401_without_a_traceback(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = int(time.time())
+    hostile = [
+        {"sub": "u1", "exp": 1e20},
+        {"sub": "u1", "exp": str(now + 3600)},
+        {"sub": "u1", "exp": now + 3600, "iat": "x"},
+        {"sub": ["u1"], "exp": now + 3600},
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for claims in hostile:
+            token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+            for path in ("/auth/me", "/generate-content"):
+                r = await client.get(path, headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 401, (claims, r.text)
+                assert r.json()["error"] == "invalid_token"
+    assert not [rec for rec in caplog.records if rec.exc_info or rec.levelno >= logging.ERROR]
+
+
+async def test_an_unexpected_error_is_a_clean_500_and_one_line(
+    api: ApiServer, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken() -> None:
+        raise RuntimeError("boom\nFAKE ERROR line")
+
+    api.app.http.add_api_route("/test-broken", broken)
+    with caplog.at_level(logging.INFO):
+        r = await client.get("/test-broken")
+    assert r.status_code == 500
+    assert r.json()["error"] == "internal_error"
+    assert r.json()["message"] == "Internal server error"
+    assert "boom" not in r.text
+    errors = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert len(errors) == 1, [rec.getMessage() for rec in errors]
+    line = errors[0].getMessage()
+    assert "RuntimeError" in line and "\n" not in line and "/test-broken" in line
+    assert not errors[0].exc_info

@@ -17,7 +17,7 @@ from smartgen.api.handlers import install_error_handlers
 from smartgen.api.health import router as health_router
 from smartgen.api.metrics import open_scrape
 from smartgen.api.metrics import router as metrics_router
-from smartgen.api.middleware import RequestLimits
+from smartgen.api.middleware import CleanErrors, RequestLimits
 from smartgen.api.observe import RequestContext
 from smartgen.api.ratelimit import RateLimiter
 from smartgen.auth.router import router as auth_router
@@ -159,8 +159,11 @@ def create_app(
     _document_prompt_limit(app, settings)
 
     asgi: Asgi = RequestContext(
-        socketio.ASGIApp(
-            realtime.sio, other_asgi_app=RequestLimits(app, max_body_bytes=settings.max_body_bytes)
+        CleanErrors(
+            socketio.ASGIApp(
+                realtime.sio,
+                other_asgi_app=RequestLimits(app, max_body_bytes=settings.max_body_bytes),
+            )
         )
     )
     if wrap is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -107,8 +108,18 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log_unexpected(request.method, request.url.path, exc)
         return error_json(
             {"error": "internal_error", "message": "Internal server error"}, status_code=500
         )
+
+
+def log_unexpected(method: str, path: str, exc: BaseException) -> None:
+    """One line for an unexpected error: where it was raised, not the whole traceback
+    (which goes to the debug level). A handled path never writes a traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    text = str(exc).replace("\n", " ")[:200]
+    log.error("%s %s: unexpected %s%s: %s", method, path[:200], type(exc).__name__, where, text)
+    log.debug("traceback of the unexpected error", exc_info=exc)

@@ -1,10 +1,12 @@
-"""ASGI middleware of the API: body size and JSON content type, checked before any route."""
+"""ASGI middleware of the API: body size and JSON content type, checked before any route;
+unexpected errors end as a clean 500 without a traceback."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from smartgen.api.handlers import log_unexpected
 from smartgen.kit import logcontext
 
 
@@ -97,3 +99,35 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
+
+
+class CleanErrors:
+    """The last stop for an exception: Starlette answers an unexpected error with the app's
+    500 handler and then raises it again for the server to log (a traceback per request).
+    Here it ends: already answered and logged, it is dropped; raised before any answer
+    (from a middleware), it is answered 500 and logged in one line."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                return  # the app's handler answered 500 and logged it
+            log_unexpected(scope.get("method", "?"), scope.get("path", "?"), exc)
+            start, body = _error(500, "internal_error", "Internal server error")
+            await send(start)
+            await send({"type": "http.response.body", "body": body})

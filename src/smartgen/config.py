@@ -72,14 +72,13 @@ class Settings(BaseSettings):
     generate_rate_limit: int = Field(60, ge=0)
     max_unfinished_jobs: int = Field(100, ge=0)  # per user: queued + processing
     generate_rate_window_seconds: float = Field(60.0, gt=0)
-    login_rate_limit: int = Field(10, ge=0)  # per email
+    # Failed logins per (email, client address) per window; past it that address is
+    # refused for that email (the owner's other addresses are not affected).
+    login_rate_limit: int = Field(10, ge=0)
     login_ip_rate_limit: int = Field(100, ge=0)  # per client address
     login_rate_window_seconds: float = Field(300.0, gt=0)
     register_ip_rate_limit: int = Field(30, ge=0)
     register_rate_window_seconds: float = Field(3600.0, gt=0)
-    # Failed logins per (email, client address) before that address is refused for that
-    # email; the owner's other addresses are not affected.
-    login_failure_limit: int = Field(10, ge=0)
     # Failed logins per email from all addresses; past it, only addresses that logged in
     # to the account before are heard (LOGIN_KNOWN_ADDRESS_DAYS).
     login_email_failure_limit: int = Field(100, ge=0)

@@ -12,20 +12,24 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from smartgen import __version__
+from smartgen.api.account import router as account_router
 from smartgen.api.deps import Services
 from smartgen.api.handlers import install_error_handlers
 from smartgen.api.health import router as health_router
+from smartgen.api.login_attempts import RedisLoginAttempts
 from smartgen.api.metrics import open_scrape
 from smartgen.api.metrics import router as metrics_router
 from smartgen.api.middleware import CleanErrors, RequestLimits
 from smartgen.api.observe import RequestContext
 from smartgen.api.ratelimit import RateLimiter
+from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.router import router as auth_router
 from smartgen.auth.tokens import TokenCodec
 from smartgen.config import Settings
 from smartgen.content.router import router as content_router
 from smartgen.content.router import saving as saving_router
 from smartgen.generation.router import router as generation_router
+from smartgen.kit.client_address import ClientAddresses
 from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.timings import RedisTimings
@@ -33,6 +37,7 @@ from smartgen.realtime.bus import event_log
 from smartgen.realtime.live_text import RedisLiveText
 from smartgen.realtime.router import router as events_router
 from smartgen.realtime.server import RealtimeServer
+from smartgen.realtime.sessions import SessionGuard
 from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
 
@@ -83,6 +88,7 @@ def create_app(
         audience=settings.jwt_audience,
     )
     realtime = RealtimeServer(settings, tokens, server_class=sio_class)
+    hashing = HashingSlots(settings.password_hash_concurrency)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -92,10 +98,13 @@ def create_app(
         log = event_log(settings, redis)
         namespace = f"{settings.queue_prefix}:smartgen"
         app.state.scrape = scrape = open_scrape(settings) if settings.metrics_enabled else None
+        sessions = SessionGuard(redis, settings, store, namespace=namespace)
         try:
             if init_store:
                 await store.init()
-            realtime.attach(store=store, log=log)
+            realtime.attach(store=store, log=log, sessions=sessions)
+            sessions.on_revoked(lambda user_id, *_: realtime.manager.local.wake(user_id))
+            sessions.start()
             app.state.services = Services(
                 settings=settings,
                 store=store,
@@ -108,6 +117,10 @@ def create_app(
                 log=log,
                 timings=RedisTimings(redis, namespace),
                 listeners=realtime.manager.local,
+                sessions=sessions,
+                attempts=RedisLoginAttempts(redis, settings, prefix=f"{namespace}:login"),
+                hashing=hashing,
+                addresses=ClientAddresses(settings.trusted_proxies),
             )
             if on_started is not None:
                 on_started()
@@ -115,6 +128,7 @@ def create_app(
         finally:
             if scrape is not None:
                 await scrape.close()
+            await sessions.close()
             await realtime.close()
             await queue.close()  # and the Redis client it was given (bullmq closes it)
             await store.close()
@@ -151,6 +165,7 @@ def create_app(
     app.include_router(generation_router)
     app.include_router(saving_router)
     app.include_router(auth_router)
+    app.include_router(account_router)
     app.include_router(content_router)
     app.include_router(events_router)
     app.include_router(health_router)

@@ -49,12 +49,16 @@ class TokenCodec:
         # check get here, and the expiry is checked again on every use.
         self._verified: dict[str, tuple[Principal, float]] = {}
 
-    def issue(self, user_id: str, *, email: str | None = None) -> tuple[str, datetime]:
+    def issue(
+        self, user_id: str, *, email: str | None = None, issued_at: float | None = None
+    ) -> tuple[str, datetime]:
+        """A token for `user_id`; `issued_at` (a Unix time, at most a few seconds ahead)
+        places its `iat` after a revocation cut made at that time."""
         now = datetime.now(UTC)
         expires = now + self._ttl
         claims: dict[str, Any] = {
             "sub": user_id,
-            "iat": now,
+            "iat": int(issued_at) if issued_at is not None else now,
             "nbf": now,
             "exp": expires,
             "jti": secrets.token_urlsafe(16),  # what logout and revocation name

@@ -3,13 +3,16 @@ hostile case beside the happy one."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
 
 import httpx
 import jwt
 import pytest
 
+from smartgen.config import Settings
 from smartgen.content.service import TITLE_SCAN_CHARS, default_title, markdown_heading
 from smartgen.kit.times import utcnow
 from smartgen.models import Completion
@@ -126,3 +129,213 @@ async def test_an_unexpected_error_is_a_clean_500_and_one_line(
     line = errors[0].getMessage()
     assert "RuntimeError" in line and "\n" not in line and "/test-broken" in line
     assert not errors[0].exc_info
+
+
+# --- 2. client addresses, hashing, per-address generation --------------------------------
+
+
+def test_client_addresses_believe_only_trusted_proxies() -> None:
+    from smartgen.kit.client_address import ClientAddresses
+
+    untrusted = ClientAddresses([])
+    assert untrusted.key("203.0.113.9", ["1.2.3.4"]) == "203.0.113.9"
+    assert untrusted.key("127.0.0.1", ["1.2.3.4"]) == "127.0.0.1"
+    proxied = ClientAddresses(["127.0.0.1", "10.0.0.0/8"])
+    assert proxied.key("127.0.0.1", ["198.51.100.7"]) == "198.51.100.7"
+    # Read from the right: the hops our proxies added are skipped, a spoofed left part is not
+    # reached.
+    assert proxied.key("127.0.0.1", ["6.6.6.6, 198.51.100.7, 10.1.2.3"]) == "198.51.100.7"
+    assert proxied.key("127.0.0.1", ["6.6.6.6", "198.51.100.7"]) == "198.51.100.7"
+    # Anything malformed stops the walk at the hop that forwarded it.
+    for junk in ("not-an-address", "x" * 5000, "1.2.3.4:80", "", "1.2.3.4\x00", "999.1.1.1"):
+        assert proxied.key("127.0.0.1", [junk]) == "127.0.0.1"
+        assert proxied.key("127.0.0.1", [f"{junk}, 10.0.0.5"]) == "10.0.0.5"
+    assert proxied.key("127.0.0.1", ["1.1.1.1," * 10_000]) == "127.0.0.1"  # bounded
+    # A peer not in the list: its header is ignored.
+    assert proxied.key("192.0.2.1", ["198.51.100.7"]) == "192.0.2.1"
+    # IPv6 clients share a key per /64; IPv4-mapped IPv6 is IPv4.
+    assert proxied.key("127.0.0.1", ["2001:db8::1"]) == proxied.key(
+        "::ffff:127.0.0.1", ["2001:db8::ffff"]
+    )
+    assert proxied.key("127.0.0.1", ["2001:db8::1"]) == "2001:db8::/64"
+    assert proxied.key("127.0.0.1", ["[2001:db8:1::1]"]) == "2001:db8:1::/64"
+    assert proxied.key("::ffff:10.0.0.1", ["198.51.100.7"]) == "198.51.100.7"
+    assert proxied.key(None, ["198.51.100.7"]) == "unknown"
+
+
+def test_trusted_proxies_setting_is_checked() -> None:
+    from smartgen.config import ConfigError, load_settings
+
+    assert load_settings(
+        _env_file=None, trusted_proxies="10.0.0.0/8, 127.0.0.1"
+    ).trusted_proxies == [
+        "10.0.0.0/8",
+        "127.0.0.1",
+    ]
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
+        load_settings(_env_file=None, trusted_proxies="10.0.0.0/8,not-a-network")
+
+
+async def test_forwarded_for_is_ignored_unless_the_peer_is_trusted(settings) -> None:  # type: ignore[no-untyped-def]
+    limited = settings.model_copy(update={"register_ip_rate_limit": 2})
+
+    async def registrations(s: Settings, forwarded: list[str]) -> list[int]:
+        async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url) as client:
+            out = []
+            for value in forwarded:
+                r = await client.post(
+                    "/auth/register",
+                    json={
+                        "email": f"u-{uuid.uuid4().hex[:8]}@example.com",
+                        "password": "long enough",
+                    },
+                    headers={"X-Forwarded-For": value},
+                )
+                out.append(r.status_code)
+            return out
+
+    spoofed = ["1.1.1.1", "2.2.2.2", "3.3.3.3", "x" * 5000]
+    # No trusted proxies (the default): one address, whatever the header says.
+    assert await registrations(limited, spoofed) == [201, 201, 429, 429]
+    trusted = limited.model_copy(
+        update={"trusted_proxies": ["127.0.0.1"], "queue_prefix": limited.queue_prefix + "b"}
+    )
+    # Behind a trusted proxy: one bucket per client; junk is the proxy's own bucket.
+    assert await registrations(trusted, ["1.1.1.1", "2.2.2.2", "1.1.1.1", "1.1.1.1"]) == [
+        201,
+        201,
+        201,
+        429,
+    ]
+    assert await registrations(trusted, ["junk", "y" * 5000, "", "999.0.0.1"]) == [
+        201,
+        201,
+        429,
+        429,
+    ]
+
+
+async def test_password_hashing_is_bounded_with_an_answer_at_once() -> None:
+    from smartgen.auth.passwords import WAITERS_PER_SLOT, HashingSlots, hash_password
+    from smartgen.errors import ServiceUnavailable
+
+    slots = HashingSlots(1)
+    results = await asyncio.gather(
+        *(hash_password("a password", slots) for _ in range(WAITERS_PER_SLOT + 6)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, ServiceUnavailable)]
+    assert len(refused) == 5  # one runs, WAITERS_PER_SLOT wait, the rest are told at once
+    assert all(r.status_code == 503 and r.headers == {"Retry-After": "1"} for r in refused)
+    assert all(isinstance(r, str) for r in results if r not in refused)
+    assert await hash_password("a password", slots)  # slots come back
+
+
+async def test_concurrent_logins_get_503_not_memory(settings) -> None:  # type: ignore[no-untyped-def]
+    one = settings.model_copy(update={"password_hash_concurrency": 1, "login_ip_rate_limit": 0})
+    async with ApiServer(one) as api, httpx.AsyncClient(base_url=api.url, timeout=60) as client:
+        user = await register(client)
+        body = {"email": user["email"], "password": "wrong password"}
+        answers = await asyncio.gather(*(client.post("/auth/login", json=body) for _ in range(30)))
+        codes = [r.status_code for r in answers]
+        assert set(codes) <= {401, 429, 503}, codes
+        busy = [r for r in answers if r.status_code == 503]
+        assert busy, codes
+        assert all(
+            r.headers["Retry-After"] == "1" and r.json()["error"] == "server_busy" for r in busy
+        )
+
+
+async def test_generation_is_limited_per_address(settings) -> None:  # type: ignore[no-untyped-def]
+    limited = settings.model_copy(update={"generate_ip_rate_limit": 2})
+    async with ApiServer(limited) as api, httpx.AsyncClient(base_url=api.url) as client:
+        alice, bob = await register(client), await register(client)
+        body = {"prompt": "p", "contentType": "Blog Post Outline"}
+        codes = [
+            (await client.post("/generate-content", json=body, headers=u["headers"])).status_code
+            for u in (alice, bob, alice, bob)
+        ]
+        assert codes == [202, 202, 429, 429]
+
+
+# --- 8. lockout by anyone ----------------------------------------------------------------
+
+
+async def test_a_guesser_locks_out_only_itself(settings) -> None:  # type: ignore[no-untyped-def]
+    s = settings.model_copy(
+        update={
+            "trusted_proxies": ["127.0.0.1"],
+            "login_rate_limit": 3,
+            "login_email_failure_limit": 6,
+        }
+    )
+    async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url) as client:
+        owner = await register(client)
+
+        async def attempt(address: str, password: str) -> httpx.Response:
+            return await client.post(
+                "/auth/login",
+                json={"email": owner["email"], "password": password},
+                headers={"X-Forwarded-For": address},
+            )
+
+        # The owner logs in from home once: that address becomes known to the account.
+        assert (await attempt("198.51.100.1", "correct horse")).status_code == 200
+        # One guesser: three failures, then refused, even with the right password.
+        assert [(await attempt("203.0.113.5", "guess")).status_code for _ in range(3)] == [401] * 3
+        r = await attempt("203.0.113.5", "correct horse")
+        assert r.status_code == 429 and r.json()["error"] == "too_many_failed_logins"
+        assert int(r.headers["Retry-After"]) >= 1
+        # The owner, elsewhere, is not locked out.
+        assert (await attempt("192.0.2.44", "correct horse")).status_code == 200
+        # Many guessers: past the per-email failure limit, new addresses are refused…
+        for i in range(3):
+            assert (await attempt(f"203.0.113.{100 + i}", "guess")).status_code == 401
+        r = await attempt("203.0.113.200", "correct horse")
+        assert r.status_code == 429
+        # …and the owner's known addresses still get in.
+        assert (await attempt("198.51.100.1", "correct horse")).status_code == 200
+        assert (await attempt("192.0.2.44", "correct horse")).status_code == 200
+        # Another account is not concerned.
+        other = await register(client)
+        r = await client.post(
+            "/auth/login",
+            json={"email": other["email"], "password": "correct horse"},
+            headers={"X-Forwarded-For": "203.0.113.201"},
+        )
+        assert r.status_code == 200
+
+
+# --- 10. passwords are NFKC-normalised -----------------------------------------------------
+
+
+async def test_passwords_are_normalised_and_old_hashes_still_work(
+    api: ApiServer, client: httpx.AsyncClient
+) -> None:
+    from argon2 import PasswordHasher
+    from bson import ObjectId
+
+    from smartgen.models import User
+
+    fullwidth = "ｐａｓｓｗｏｒｄ１２３"  # what a CJK input method may type
+    email = f"n-{uuid.uuid4().hex[:8]}@example.com"
+    r = await client.post("/auth/register", json={"email": email, "password": fullwidth})
+    assert r.status_code == 201
+    for typed in (fullwidth, "password123"):
+        r = await client.post("/auth/login", json={"email": email, "password": typed})
+        assert r.status_code == 200, typed
+    # An account whose hash was made from the raw form (before normalisation).
+    decomposed = "cafe\u0301-secret"  # e + combining accent; NFKC makes it é
+    raw_hash = PasswordHasher().hash(decomposed)
+    old = User(user_id=str(ObjectId()), email=f"o-{uuid.uuid4().hex[:8]}@example.com",
+               password_hash=raw_hash, created_at=utcnow())  # fmt: skip
+    await api.services.store.users.create(old)
+    r = await client.post("/auth/login", json={"email": old.email, "password": decomposed})
+    assert r.status_code == 200
+    renewed = await api.services.store.users.get(old.user_id)
+    assert renewed is not None and renewed.password_hash != raw_hash  # rehashed, normalised
+    for typed in (decomposed, "caf\u00e9-secret"):
+        r = await client.post("/auth/login", json={"email": old.email, "password": typed})
+        assert r.status_code == 200, typed
+    r = await client.post("/auth/login", json={"email": old.email, "password": "cafe-secret"})
+    assert r.status_code == 401

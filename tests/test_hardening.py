@@ -16,7 +16,7 @@ from smartgen.config import Settings
 from smartgen.content.service import TITLE_SCAN_CHARS, default_title, markdown_heading
 from smartgen.kit.times import utcnow
 from smartgen.models import Completion
-from tests.conftest import JWT_SECRET, ApiServer, register
+from tests.conftest import JWT_SECRET, ApiServer, Process, register
 
 # --- 1. the default title: linear-time parsing of model text --------------------------
 
@@ -339,3 +339,65 @@ async def test_passwords_are_normalised_and_old_hashes_still_work(
         assert r.status_code == 200, typed
     r = await client.post("/auth/login", json={"email": old.email, "password": "cafe-secret"})
     assert r.status_code == 401
+
+
+# --- 3. tokens never in logs ---------------------------------------------------------------
+
+
+async def test_no_token_in_the_logs_of_a_full_run(
+    env: dict[str, str], processes: list[Process]
+) -> None:
+    import socketio
+
+    from tests.conftest import start_system, wait_for_status
+
+    for log_format in ("text", "json"):
+        extra = {"LOG_LEVEL": "debug", "LOG_FORMAT": log_format, "GENERATION_DELAY_SECONDS": "0"}
+        api, worker, url = await start_system({**env, **extra}, processes)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            user = await register(client)
+            token = user["token"]
+            # The query-string doors: Socket.IO's handshake (both transports), GET
+            # /events, anything else.
+            sio = socketio.AsyncClient(reconnection=False)
+            await sio.connect(f"{url}?token={token}", transports=["websocket"])
+            r = await client.get(f"/socket.io/?EIO=4&transport=polling&token={token}")
+            assert r.status_code == 200
+            async with client.stream("GET", f"/events?token={token}") as response:
+                assert response.status_code == 200
+                async for _ in response.aiter_lines():
+                    break
+            await client.get(f"/nowhere?api_key={token}&password=hunter2&client_secret=s3")
+            await client.get("/auth/me", headers={"Authorization": f"Bearer {token}x"})
+            r = await client.post(
+                "/generate-content",
+                json={"prompt": "logged run", "contentType": "Blog Post Outline"},
+                headers=user["headers"],
+            )
+            await wait_for_status(client, r.json()["jobId"], user["headers"], {"completed"})
+            await sio.disconnect()
+            assert (await client.post("/auth/logout", headers=user["headers"])).status_code == 204
+        for proc in (api, worker):
+            proc.stop()
+        output = api.output() + worker.output()
+        # The access log was on (the lines are there), and wrote no secret.
+        assert "/socket.io/?" in output and "/events?token=[REDACTED]" in output, output[-3000:]
+        signature = token.rsplit(".", 1)[1]
+        for secret in (token, signature, "hunter2", "s3&", token.split(".")[1]):
+            assert secret not in output, f"{secret!r} is in the {log_format} logs"
+
+
+def test_redaction_patterns() -> None:
+    from smartgen.kit.redaction import redact
+
+    jwt_text = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJl"
+    assert redact(f"GET /socket.io/?EIO=4&transport=polling&token={jwt_text} HTTP/1.1") == (
+        "GET /socket.io/?EIO=4&transport=polling&token=[REDACTED] HTTP/1.1"
+    )
+    assert redact("/x?afterSeq=3&access_token=a&api_key=b&sid=c&Password=d") == (
+        "/x?afterSeq=3&access_token=[REDACTED]&api_key=[REDACTED]&sid=c&Password=[REDACTED]"
+    )
+    assert redact(f"payload {jwt_text} end") == "payload [REDACTED] end"
+    assert redact("Authorization: Bearer abc.def") == "Authorization: Bearer [REDACTED]"
+    assert redact("a=1&b=2&keep=this") == "a=1&b=2&keep=this"
+    assert redact("?" + "k" * 100_000 + "=v") == "?" + "k" * 100_000 + "=v"  # linear

@@ -401,3 +401,103 @@ def test_redaction_patterns() -> None:
     assert redact("Authorization: Bearer abc.def") == "Authorization: Bearer [REDACTED]"
     assert redact("a=1&b=2&keep=this") == "a=1&b=2&keep=this"
     assert redact("?" + "k" * 100_000 + "=v") == "?" + "k" * 100_000 + "=v"  # linear
+
+
+# --- 9. HEAD wherever GET ----------------------------------------------------------------
+
+
+async def test_head_works_wherever_get_does(client: httpx.AsyncClient) -> None:
+    user = await register(client)
+    r = await client.post(
+        "/generate-content",
+        json={"prompt": "head", "contentType": "Blog Post Outline"},
+        headers=user["headers"],
+    )
+    job_id = r.json()["jobId"]
+    for path in ("/healthz", "/readyz", f"/generate-content/{job_id}", "/generate-content",
+                 "/contents", "/auth/me", "/auth/me/export", "/events", "/openapi.json"):  # fmt: skip
+        get = await client.get(path, headers=user["headers"]) if path != "/events" else None
+        head = await client.head(path, headers=user["headers"])
+        assert head.status_code == 200, (path, head.text)
+        assert head.content == b""
+        if get is not None:
+            assert head.headers["content-type"] == get.headers["content-type"]
+            if "content-length" in get.headers and path != "/readyz":
+                assert head.headers["content-length"] == get.headers["content-length"], path
+    # As GET would answer: a job of another user is a 404, without a token 401.
+    other = await register(client)
+    assert (
+        await client.head(f"/generate-content/{job_id}", headers=other["headers"])
+    ).status_code == 404
+    assert (await client.head(f"/generate-content/{job_id}")).status_code == 401
+    # HEAD is listed where GET is, and nowhere else.
+    r = await client.put("/healthz")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert (await client.head("/auth/login")).status_code == 405
+
+
+# --- 10. smaller: bodies, redirects, headers --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"prompt": "\xff\xfe", "contentType": "Blog Post Outline"}',  # invalid UTF-8
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the parser goes
+        b'{"prompt": "x", "contentType": "Blog Post Outline", "delaySeconds": '
+        + b"1" * 5000
+        + b"}",
+        b'{"prompt": "x"',
+        b"\x00\x01",
+    ],
+)
+async def test_unparseable_bodies_are_invalid_json(client: httpx.AsyncClient, body: bytes) -> None:
+    user = await register(client)
+    headers = {**user["headers"], "Content-Type": "application/json"}
+    for path in ("/generate-content", "/auth/login", "/auth/password"):
+        r = await client.post(path, content=body, headers=headers)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["error"] == "invalid_json"
+
+
+async def test_a_trailing_slash_never_redirects_to_the_host_header(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await register(client)
+    for path in ("/generate-content/", "/contents/", "/auth/me/", "/healthz/"):
+        r = await client.get(path, headers={**user["headers"], "Host": "evil.example"})
+        assert r.status_code == 404, (path, r.status_code)
+        assert "location" not in r.headers
+        assert r.json()["error"] == "not_found"
+
+
+async def test_security_headers_and_no_server_header(client: httpx.AsyncClient) -> None:
+    user = await register(client)
+    r = await client.get("/healthz")
+    assert "server" not in r.headers
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert "cache-control" not in r.headers  # public and the same for everyone
+    r = await client.get("/auth/me", headers=user["headers"])
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    r = await client.get("/generate-content/nope", headers=user["headers"])
+    assert r.status_code == 404 and r.headers["cache-control"] == "no-store"
+    r = await client.get("/docs")
+    assert r.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    r = await client.post("/auth/login", json={"email": user["email"], "password": "correct horse"})
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_the_real_server_sends_no_server_header(
+    env: dict[str, str], processes: list[Process]
+) -> None:
+    from tests.conftest import start_system
+
+    _, _, url = await start_system(env, processes)
+    async with httpx.AsyncClient(base_url=url) as client:
+        for path in ("/healthz", "/nope"):
+            r = await client.get(path)
+            assert "server" not in r.headers, r.headers
+        assert (await client.head("/healthz")).status_code == 200

@@ -19,7 +19,7 @@ from smartgen.api.health import router as health_router
 from smartgen.api.login_attempts import RedisLoginAttempts
 from smartgen.api.metrics import open_scrape
 from smartgen.api.metrics import router as metrics_router
-from smartgen.api.middleware import CleanErrors, RequestLimits
+from smartgen.api.middleware import CleanErrors, HeadAsGet, RequestLimits, SecurityHeaders
 from smartgen.api.observe import RequestContext
 from smartgen.api.ratelimit import RateLimiter
 from smartgen.auth.passwords import HashingSlots
@@ -143,6 +143,9 @@ def create_app(
             "the `job_completed` Socket.IO event."
         ),
         lifespan=lifespan,
+        # No redirect from /path/ to /path: Starlette builds it from the Host header (an
+        # open redirect); the path with a slash is a 404 like any unknown path.
+        redirect_slashes=False,
         # The docs' order (routes are registered busiest first, below).
         openapi_tags=[
             {"name": "auth", "description": "Register and log in: a JWT for everything else"},
@@ -174,10 +177,14 @@ def create_app(
     _document_prompt_limit(app, settings)
 
     asgi: Asgi = RequestContext(
-        CleanErrors(
-            socketio.ASGIApp(
-                realtime.sio,
-                other_asgi_app=RequestLimits(app, max_body_bytes=settings.max_body_bytes),
+        SecurityHeaders(
+            CleanErrors(
+                socketio.ASGIApp(
+                    realtime.sio,
+                    other_asgi_app=RequestLimits(
+                        HeadAsGet(app), max_body_bytes=settings.max_body_bytes
+                    ),
+                )
             )
         )
     )

@@ -18,6 +18,7 @@ from smartgen.errors import AppError
 from smartgen.kit import logcontext
 
 log = logging.getLogger("smartgen.api")
+UNPARSEABLE_BODY = "There was an error parsing the body"  # FastAPI's words
 
 
 def error_json(body: dict[str, Any], status_code: int, **kw: Any) -> JSONResponse:
@@ -96,6 +97,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 400 and exc.detail == UNPARSEABLE_BODY:
+            # Bytes FastAPI's JSON decoding gave up on (invalid UTF-8, nesting deeper than
+            # the parser's recursion, an integer of thousands of digits): still not JSON.
+            return error_json(
+                {
+                    "error": "invalid_json",
+                    "message": "Request body is not valid JSON (invalid UTF-8, nesting too "
+                    "deep or a number too long)",
+                },
+                status_code=400,
+            )
         if exc.status_code == 405:
             # Starlette names only the first matching route's methods; list them all.
             methods = sorted(_allowed_methods(request))

@@ -1,8 +1,11 @@
 """ASGI middleware of the API: body size and JSON content type, checked before any route;
-unexpected errors end as a clean 500 without a traceback."""
+unexpected errors end as a clean 500 without a traceback; HEAD served wherever GET is;
+security headers on every answer."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -131,3 +134,81 @@ class CleanErrors:
             start, body = _error(500, "internal_error", "Internal server error")
             await send(start)
             await send({"type": "http.response.body", "body": body})
+
+
+class HeadAsGet:
+    """`HEAD` wherever `GET` is served (health checks use it): the request goes to the GET
+    route, its headers are answered and its body is dropped. A streaming answer (`GET
+    /events`) is stopped as soon as its headers are out."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        answered = asyncio.Event()
+
+        async def headers_only(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif message["type"] == "http.response.body" and not answered.is_set():
+                answered.set()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        serving = asyncio.ensure_future(self.app({**scope, "method": "GET"}, receive, headers_only))
+        waiting = asyncio.ensure_future(answered.wait())
+        try:
+            await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            if not serving.done():
+                serving.cancel()  # a stream that would go on: its headers are out
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+        if not serving.cancelled():
+            serving.result()  # an error is raised as GET would raise it
+
+
+# On every answer; the framing rule only matters for HTML (the docs pages).
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+FRAME_ANCESTORS = (b"content-security-policy", b"frame-ancestors 'none'")
+NO_STORE = (b"cache-control", b"no-store")
+
+
+class SecurityHeaders:
+    """`X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`, no framing (and
+    `frame-ancestors 'none'` on HTML without a policy of its own), and `Cache-Control:
+    no-store` on answers to authenticated requests that set no caching rule themselves:
+    a shared cache never keeps one user's data."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authenticated = any(name == b"authorization" for name, _ in scope["headers"]) or (
+            b"token=" in scope.get("query_string", b"")
+        )
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                names = {name.lower() for name, _ in headers}
+                headers += [h for h in SECURITY_HEADERS if h[0] not in names]
+                content_type = next((v for n, v in headers if n.lower() == b"content-type"), b"")
+                if content_type.startswith(b"text/html") and FRAME_ANCESTORS[0] not in names:
+                    headers.append(FRAME_ANCESTORS)
+                if authenticated and b"cache-control" not in names:
+                    headers.append(NO_STORE)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

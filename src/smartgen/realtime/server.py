@@ -123,8 +123,6 @@ class RealtimeServer:
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         try:
             principal = self.tokens.verify(_handshake_token(environ, auth))
-            if self.sessions is not None:
-                await self.sessions.check(principal)
         except Unauthorized as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
         delay: float | None = None
@@ -132,6 +130,11 @@ class RealtimeServer:
             delay = (principal.expires_at - datetime.now(UTC)).total_seconds()
             if delay <= 0:  # inside the verifier's clock-skew leeway, but already over
                 raise socketio.exceptions.ConnectionRefusedError("Token has expired")
+        if self.sessions is not None:  # revoked, or its account deleted
+            try:
+                await self.sessions.check(principal)
+            except Unauthorized as exc:
+                raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
         # This process subscribes to Redis when its first client arrives; hold that
         # client's handshake until the subscription is live, so that an event published
         # after "connected" (by the worker or another API process) is never missed.

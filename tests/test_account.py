@@ -290,6 +290,8 @@ async def test_delete_account_removes_everything_it_owns(
     assert await store.jobs.get(done) is None and await store.jobs.get(queued) is None
     assert await store.contents.get_for_user(content_id, alice["userId"]) is None
     assert await api.services.queue.state(queued) in ("unknown", "removed")
+    assert await api.services.log.last_seq(alice["userId"]) == 0  # its event log is gone
+    assert await api.services.log.last_seq(bob["userId"]) > 0
     # Its tokens are refused, its login too; the email can be used again.
     assert (await client.get("/auth/me", headers=alice["headers"])).status_code == 401
     r = await client.post(

@@ -103,6 +103,11 @@ class LoginAttempts(Protocol):
         """The address becomes known to the account; its own failures are forgotten."""
 
 
+class EventHistory(Protocol):
+    async def forget(self, user_id: str) -> None:
+        """Drop everything logged for the user (the account is being deleted)."""
+
+
 class Revocations(Protocol):
     """Sessions ended before their tokens expire, known to every API process at once."""
 

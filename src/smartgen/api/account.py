@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from smartgen.api.deps import (
     CurrentUser,
     HashingDep,
+    HistoryDep,
     QueueDep,
     SessionsDep,
     StoreDep,
@@ -89,14 +90,17 @@ async def delete_account(
     queue: QueueDep,
     hashing: HashingDep,
     sessions: SessionsDep,
+    history: HistoryDep,
 ) -> Response:
-    """Delete the account and everything it owns (jobs, saved contents; queued and
-    running work is cancelled); answers once all of it is gone. Needs the password."""
+    """Delete the account and everything it owns (jobs, saved contents, its event log;
+    queued and running work is cancelled); answers once all of it is gone. Needs the
+    password."""
     await service.delete_account(
         store=store,
         queue=queue,
         slots=hashing,
         revocations=sessions,
+        history=history,
         user_id=user.user_id,
         password=body.password,
     )

@@ -19,7 +19,15 @@ from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable
 from smartgen.kit import logcontext
 from smartgen.kit.client_address import ClientAddresses
-from smartgen.ports import JobQueue, LiveText, LoginAttempts, Notifier, RateLimits, Timings
+from smartgen.ports import (
+    EventHistory,
+    JobQueue,
+    LiveText,
+    LoginAttempts,
+    Notifier,
+    RateLimits,
+    Timings,
+)
 from smartgen.store.base import Store
 
 if TYPE_CHECKING:
@@ -93,6 +101,10 @@ async def get_redis(request: Request) -> Redis:
     return services(request).redis
 
 
+async def get_history(request: Request) -> EventHistory:
+    return services(request).log
+
+
 async def get_sessions(request: Request) -> SessionGuard:
     return services(request).sessions
 
@@ -140,6 +152,7 @@ LiveTextDep = Annotated[LiveText, Depends(get_live)]
 TimingsDep = Annotated[Timings, Depends(get_timings)]
 RedisDep = Annotated["Redis", Depends(get_redis)]
 SessionsDep = Annotated["SessionGuard", Depends(get_sessions)]
+HistoryDep = Annotated[EventHistory, Depends(get_history)]
 AttemptsDep = Annotated[LoginAttempts, Depends(get_attempts)]
 HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
 AddressDep = Annotated[str, Depends(get_address)]

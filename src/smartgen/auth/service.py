@@ -15,7 +15,7 @@ from smartgen.auth.tokens import Principal, TokenCodec
 from smartgen.errors import NotFound, Unauthorized
 from smartgen.kit.times import utcnow
 from smartgen.models import UNFINISHED, Content, Job, User
-from smartgen.ports import JobQueue, LoginAttempts, Revocations
+from smartgen.ports import EventHistory, JobQueue, LoginAttempts, Revocations
 from smartgen.store.base import Store
 
 EXPORT_PAGE = 200
@@ -128,12 +128,14 @@ async def delete_account(
     queue: JobQueue,
     slots: HashingSlots,
     revocations: Revocations,
+    history: EventHistory,
     user_id: str,
     password: str,
 ) -> None:
     """Delete the account and everything it owns: its tokens stop working first, then its
     queued and running work is cancelled in the queue, then its jobs, contents and the
-    account itself are removed from the store. Returns when all of it is done."""
+    account itself are removed from the store, and its event log from Redis. Returns when
+    all of it is done."""
     await _confirm(store=store, slots=slots, user_id=user_id, password=password)
     await revocations.revoke_user(user_id, before=float("inf"), deleted=True)
     after: str | None = None
@@ -143,6 +145,7 @@ async def delete_account(
                 await queue.cancel(job.job_id)
         after = page[-1].job_id
     await store.contents.delete_for_user(user_id)
+    await history.forget(user_id)
     await store.users.delete(user_id)
     # Last, and after the account is gone: a job queued by a request that was already past
     # its token check is removed too.

@@ -133,7 +133,7 @@ class RealtimeServer:
         if self.sessions is not None:  # revoked, or its account deleted
             try:
                 await self.sessions.check(principal)
-            except Unauthorized as exc:
+            except AppError as exc:  # 401, or 503 when the store does not answer
                 raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
         # This process subscribes to Redis when its first client arrives; hold that
         # client's handshake until the subscription is live, so that an event published

@@ -95,6 +95,7 @@ _TABLES: Final = [
 ]
 
 
+
 def _v2(dialect: Dialect) -> list[str]:
     """Job control: cancelled jobs, and the history of a job queued again."""
     types = _TYPES[dialect]

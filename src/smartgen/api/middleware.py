@@ -154,13 +154,17 @@ class HeadAsGet:
             if message["type"] == "http.response.start":
                 await send(message)
             elif message["type"] == "http.response.body" and not answered.is_set():
-                answered.set()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                answered.set()
 
         serving = asyncio.ensure_future(self.app({**scope, "method": "GET"}, receive, headers_only))
         waiting = asyncio.ensure_future(answered.wait())
         try:
             await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            for _ in range(3):  # a plain answer finishes within a few turns of the loop
+                if serving.done():
+                    break
+                await asyncio.sleep(0)
         finally:
             waiting.cancel()
             if not serving.done():

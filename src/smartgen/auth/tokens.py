@@ -49,16 +49,14 @@ class TokenCodec:
         # check get here, and the expiry is checked again on every use.
         self._verified: dict[str, tuple[Principal, float]] = {}
 
-    def issue(
-        self, user_id: str, *, email: str | None = None, issued_at: float | None = None
-    ) -> tuple[str, datetime]:
-        """A token for `user_id`; `issued_at` (a Unix time, at most a few seconds ahead)
-        places its `iat` after a revocation cut made at that time."""
+    def issue(self, user_id: str, *, email: str | None = None) -> tuple[str, datetime]:
         now = datetime.now(UTC)
         expires = now + self._ttl
         claims: dict[str, Any] = {
             "sub": user_id,
-            "iat": int(issued_at) if issued_at is not None else now,
+            # With its fraction (RFC 7519 allows it): a token issued in the same second as
+            # a revocation cut (a password change) falls on the right side of it.
+            "iat": round(now.timestamp(), 6),
             "nbf": now,
             "exp": expires,
             "jti": secrets.token_urlsafe(16),  # what logout and revocation name

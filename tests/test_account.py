@@ -333,3 +333,41 @@ async def test_a_token_of_a_user_that_does_not_exist_is_refused(client: httpx.As
         assert r.status_code == 401, r.text
         assert r.json()["error"] == "invalid_token"
         assert (await client.get("/generate-content", headers=bearer(token))).status_code == 401
+
+
+async def test_logout_of_a_token_without_jti_ends_all_of_the_users_sessions(
+    client: httpx.AsyncClient,
+) -> None:
+    import time
+
+    user = await register(client)
+    now = int(time.time())
+    # As an existing Node app mints them: no jti.
+    node = jwt.encode(
+        {"id": user["userId"], "iat": now - 1, "exp": now + 600}, JWT_SECRET, algorithm="HS256"
+    )
+    assert (await client.get("/auth/me", headers=bearer(node))).status_code == 200
+    assert (await client.post("/auth/logout", headers=bearer(node))).status_code == 204
+    assert (await client.get("/auth/me", headers=bearer(node))).status_code == 401
+    assert (await client.get("/auth/me", headers=user["headers"])).status_code == 401
+    fresh = await login(client, user["email"])
+    assert (await client.get("/auth/me", headers=bearer(fresh))).status_code == 200
+
+
+async def test_password_checks_are_rate_limited_per_user(settings: Settings) -> None:
+    limited = settings.model_copy(update={"login_rate_limit": 2})
+    async with ApiServer(limited) as api, httpx.AsyncClient(base_url=api.url) as client:
+        user, other = await register(client), await register(client)
+        wrong = {"currentPassword": "nope", "newPassword": "a new password"}
+        codes = [
+            (await client.post("/auth/password", json=wrong, headers=user["headers"])).status_code
+            for _ in range(3)
+        ]
+        assert codes == [401, 401, 429]
+        r = await client.request(
+            "DELETE", "/auth/me", json={"password": "correct horse"}, headers=user["headers"]
+        )
+        assert r.status_code == 429  # the same budget: guessing through either is bounded
+        assert (await client.get("/auth/me", headers=user["headers"])).status_code == 200
+        r = await client.post("/auth/password", json=wrong, headers=other["headers"])
+        assert r.status_code == 401  # another user's budget is their own

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
+from typing import Any
 
 import httpx
 import jwt
@@ -502,3 +503,21 @@ async def test_the_real_server_sends_no_server_header(
             r = await client.get(path)
             assert "server" not in r.headers, r.headers
         assert (await client.head("/healthz")).status_code == 200
+
+
+async def test_hostile_claims_on_the_socket_are_a_refusal_not_an_error(
+    api: ApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socketio
+
+    now = int(time.time())
+    with caplog.at_level(logging.INFO):
+        for claims in ({"sub": "u1", "exp": 1e20}, {"sub": "u1", "exp": str(now + 60)}):
+            token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+            reasons: list[Any] = []
+            sio = socketio.AsyncClient(reconnection=False)
+            sio.on("connect_error", lambda data: reasons.append(data))
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await sio.connect(api.url, auth={"token": token}, transports=["websocket"])
+            assert reasons and "exp" in reasons[0]["message"]
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

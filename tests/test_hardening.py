@@ -516,7 +516,7 @@ async def test_hostile_claims_on_the_socket_are_a_refusal_not_an_error(
             token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
             reasons: list[Any] = []
             sio = socketio.AsyncClient(reconnection=False)
-            sio.on("connect_error", lambda data: reasons.append(data))
+            sio.on("connect_error", reasons.append)
             with pytest.raises(socketio.exceptions.ConnectionError):
                 await sio.connect(api.url, auth={"token": token}, transports=["websocket"])
             assert reasons and "exp" in reasons[0]["message"]

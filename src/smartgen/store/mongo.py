@@ -116,13 +116,9 @@ class MongoUsers:
             oid = ObjectId(user_id)
         except (InvalidId, TypeError):
             return False
-        res = await self._c.update_one(
-            {"_id": oid},
-            {
-                "$set": {"passwordHash": password_hash, "updatedAt": utcnow()},
-                "$unset": {"password": ""},
-            },
-        )
+        # `passwordHash` is read first; a Node app's own `password` field is left as it is.
+        update = {"$set": {"passwordHash": password_hash, "updatedAt": utcnow()}}
+        res = await self._c.update_one({"_id": oid}, update)
         return bool(res.matched_count == 1)
 
     @_unavailable

@@ -371,3 +371,32 @@ async def test_password_checks_are_rate_limited_per_user(settings: Settings) -> 
         assert (await client.get("/auth/me", headers=user["headers"])).status_code == 200
         r = await client.post("/auth/password", json=wrong, headers=other["headers"])
         assert r.status_code == 401  # another user's budget is their own
+
+
+async def test_without_redis_a_logout_is_a_clear_503_and_tokens_still_work(
+    settings: Settings,
+) -> None:
+    from tests.conftest import RedisServer
+
+    redis = RedisServer()
+    try:
+        own = settings.model_copy(update={"redis_url": redis.url})
+        async with ApiServer(own) as api, httpx.AsyncClient(base_url=api.url) as client:
+            user = await register(client)
+            assert (await client.get("/auth/me", headers=user["headers"])).status_code == 200
+            redis.stop()
+            r = await client.post("/auth/logout", headers=user["headers"])
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "sessions_unavailable"
+            r = await client.post(
+                "/auth/password",
+                json={"currentPassword": "correct horse", "newPassword": "a new password"},
+                headers=user["headers"],
+            )
+            assert r.status_code == 503
+            # Nothing changed: the old password still logs in once Redis is back.
+            assert (await client.get("/auth/me", headers=user["headers"])).status_code == 200
+            redis.start()
+            await login(client, user["email"])
+    finally:
+        redis.close()

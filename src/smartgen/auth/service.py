@@ -114,9 +114,12 @@ async def change_password(
     """Check the current password, store the new one, end every session issued so far and
     return a fresh one."""
     user = await _confirm(store=store, slots=slots, user_id=user_id, password=current)
-    if not await store.users.set_password(user_id, await hash_password(new, slots)):
-        raise NotFound("This token's user does not exist here", code="user_not_found")
+    new_hash = await hash_password(new, slots)
+    # Sessions end first: if that cannot be done, nothing changes (503); if storing the
+    # new password then fails, the old one still works and no session outlived the change.
     await revocations.revoke_user(user_id, before=time.time())
+    if not await store.users.set_password(user_id, new_hash):
+        raise NotFound("This token's user does not exist here", code="user_not_found")
     return _session(tokens, user)  # issued after the cut
 
 

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from smartgen.auth.tokens import Principal
 from smartgen.config import Settings
-from smartgen.errors import Unauthorized
+from smartgen.errors import ServiceUnavailable, Unauthorized
 from smartgen.redis_clients import redis_client
 from smartgen.store.base import Store
 
@@ -121,20 +121,32 @@ class SessionGuard:
             exists = not deleted and await self._store.users.get(user_id) is not None
             user = (before, exists, now)
             _put(self._users, user_id, user)
+        elif user is not None and answers is not None:  # the mark as just read
+            user = (before, user[1] and not deleted, user[2])
+            _put(self._users, user_id, user)
         return user, token
 
     # --- revoking (ports.Revocations) ---------------------------------------------------
     async def revoke_token(self, user_id: str, token_id: str, *, expires_at: datetime) -> None:
         remaining = int((expires_at - datetime.now(UTC)).total_seconds()) + 60
-        await self._redis.set(self._jti + token_id, "1", ex=max(remaining, 60))
+        await self._write(self._jti + token_id, "1", max(remaining, 60))
         self._revoked_here(user_id, token_id, 0.0, deleted=False)
         await self._publish(f"t {user_id} {token_id}")
 
     async def revoke_user(self, user_id: str, *, before: float, deleted: bool = False) -> None:
         mark = f"{before!r}{' deleted' if deleted else ''}"
-        await self._redis.set(self._user + user_id, mark, ex=self._token_lifetime + 60)
+        await self._write(self._user + user_id, mark, self._token_lifetime + 60)
         self._revoked_here(user_id, None, before, deleted=deleted)
         await self._publish(f"u {user_id} {mark}")
+
+    async def _write(self, key: str, value: str, seconds: int) -> None:
+        try:
+            await self._redis.set(key, value, ex=seconds)
+        except REDIS_ERRORS as exc:  # nothing was revoked: say so, change nothing else
+            raise ServiceUnavailable(
+                "Sessions cannot be ended while Redis is unavailable; try again shortly",
+                code="sessions_unavailable",
+            ) from exc
 
     async def _publish(self, message: str) -> None:
         with contextlib.suppress(*REDIS_ERRORS):  # the mark is in Redis: others read it soon

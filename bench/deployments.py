@@ -198,25 +198,15 @@ class Database:
 
 
 # --- tokens ------------------------------------------------------------------------------------
-def mint_tokens(secret: str, n: int) -> list[str]:
-    """Tokens for `n` extra user ids, signed with the API's JWT_SECRET as smartgen's own
-    codec signs them (HS256, `sub`, `iat`, `nbf`, `exp`)."""
-    try:
-        from harness import mint_users
+async def mint_tokens(secret: str, n: int, env: dict[str, str]) -> list[str]:
+    """Tokens for `n` extra users, signed with the API's JWT_SECRET as smartgen's own codec
+    signs them, and their accounts in the system's store (the API refuses a token whose
+    user does not exist)."""
+    from harness import create_accounts, mint_users
 
-        return [u.token for u in mint_users(secret, n)]
-    except ImportError:  # smartgen's modules are being moved: the same claims by hand
-        from datetime import UTC, timedelta
-
-        import jwt
-        from bson import ObjectId
-
-        now = datetime.now(UTC)
-        claims = {"iat": now, "nbf": now, "exp": now + timedelta(days=1)}
-        return [
-            jwt.encode({"sub": str(ObjectId()), **claims}, secret, algorithm="HS256")
-            for _ in range(n)
-        ]
+    users = mint_users(secret, n)
+    await create_accounts(env, users)
+    return [u.token for u in users]
 
 
 # --- nginx -------------------------------------------------------------------------------------
@@ -700,12 +690,15 @@ async def run_one(ctx: Context, key: str, rep: int, *, last_attempt: bool) -> di
         GENERATION_DELAY_SECONDS="3600",
         MAX_UNFINISHED_JOBS="0",
         GENERATE_RATE_LIMIT="1000000000",
+        GENERATE_IP_RATE_LIMIT="1000000000",
     )
     running = await start_deployment(key, ctx.ws, env)
     try:
         users = await register_users([running.url], REGISTERED_USERS + 1, tag=f"deploy{key}")
         checker: User = users.pop()  # a user of its own, with no jobs, for the Socket.IO check
-        tokens = [u.token for u in users] + mint_tokens(ctx.jwt_secret, TOKENS - len(users))
+        tokens = [u.token for u in users] + await mint_tokens(
+            ctx.jwt_secret, TOKENS - len(users), env
+        )
         tokens_file = ctx.ws.dir / "tokens.txt"
         tokens_file.write_text("".join(t + "\n" for t in tokens))
         result["load"] = await measured_load(running, ctx.redis, ctx.db, tokens_file, args)

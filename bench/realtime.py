@@ -133,6 +133,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # 1. latency with N connected clients on one API process
         users = h.mint_users(secret, args.clients)
+        await h.create_accounts(env, users)
         clients = [LatencyClient(url, u) for u in users]
         semaphore = asyncio.Semaphore(50)
 
@@ -165,7 +166,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(2)
         idle_before = rss_mb(api.pid)
         holders = []
-        tokens = [u.token for u in h.mint_users(secret, args.idle)]
+        idle_users = h.mint_users(secret, args.idle)
+        await h.create_accounts(env, idle_users)
+        tokens = [u.token for u in idle_users]
         for start in range(0, len(tokens), HOLD_PER_PROCESS):
             chunk = tokens[start : start + HOLD_PER_PROCESS]
             proc = await asyncio.create_subprocess_exec(

@@ -51,6 +51,7 @@ from harness import (
     Workspace,
     close_listeners,
     connect_listeners,
+    create_accounts,
     log,
     machine,
     mint_users,
@@ -223,11 +224,13 @@ class Suite:
             env["PYTHONPATH"] = str(self.src)
         return System(self, label, env, self.backend.probe(env))
 
-    async def users(self, url: str, jobs: int) -> list[User]:
-        """`plan.users` registered users, plus minted ones so that no user holds more than
-        JOBS_PER_USER unfinished jobs (the API caps them: MAX_UNFINISHED_JOBS)."""
+    async def users(self, url: str, jobs: int, system: System) -> list[User]:
+        """`plan.users` registered users, plus minted ones (with accounts written to the
+        store) so that no user holds more than JOBS_PER_USER unfinished jobs (the API caps
+        them: MAX_UNFINISHED_JOBS)."""
         registered = await register_users([url], self.plan.users)
         minted = mint_users(self.jwt_secret, max(0, -(-jobs // JOBS_PER_USER) - len(registered)))
+        await create_accounts(system.env, minted)
         return registered + minted
 
     async def submit(
@@ -251,7 +254,7 @@ class Suite:
         system = await self.system("ingest")
         try:
             api, url = await system.api()
-            users = await self.users(url, 3000 * JOBS_PER_USER)
+            users = await self.users(url, 3000 * JOBS_PER_USER, system)
             tokens_file = self.ws.dir / "tokens.txt"
             tokens_file.write_text("".join(u.token + "\n" for u in users))
             await asyncio.sleep(1.0)
@@ -395,7 +398,7 @@ class Suite:
         listeners = []
         try:
             api, url = await system.api()
-            users = await self.users(url, n)
+            users = await self.users(url, n, system)
             # One Socket.IO client per registered user: the API relays the worker's events.
             listeners = await connect_listeners([(url, u) for u in users[: plan.users]])
             await asyncio.sleep(0.5)
@@ -487,7 +490,7 @@ class Suite:
         system = await self.system("concurrency")
         try:
             _, url = await system.api()
-            users = await self.users(url, n)
+            users = await self.users(url, n, system)
             submitted = await self.submit(url, users, n, concurrency=32)
             worker = await system.worker(WORKER_CONCURRENCY=str(slots))
             began = time.time()
@@ -533,7 +536,7 @@ class Suite:
         system = await self.system("timing", GENERATION_DELAY_SECONDS=f"{delay:g}")
         try:
             _, url = await system.api()
-            users = await self.users(url, n)
+            users = await self.users(url, n, system)
             await system.worker(WORKER_CONCURRENCY="50")
             log(f"  submitting {n} jobs over {span:.0f} s (delay {delay:g} s)")
             submitted = await self.submit(url, users, n, concurrency=16, rate=n / span)
@@ -575,7 +578,7 @@ class Suite:
         system = await self.system("memory")
         try:
             api, url = await system.api()
-            users = await self.users(url, n)
+            users = await self.users(url, n, system)
             worker = await system.worker(
                 WORKER_CONCURRENCY=str(n), LLM_TIMEOUT_SECONDS="300", SHUTDOWN_GRACE_SECONDS="5"
             )

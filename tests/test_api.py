@@ -254,6 +254,10 @@ async def test_health_and_docs(client: httpx.AsyncClient, api: ApiServer) -> Non
         "GET /contents",
         "GET /contents/{contentId}",
         "GET /auth/me",
+        "POST /auth/logout",
+        "POST /auth/password",
+        "DELETE /auth/me",
+        "GET /auth/me/export",
     }
     body = schema["paths"]["/generate-content"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/GenerationRequest")

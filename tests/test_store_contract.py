@@ -433,9 +433,7 @@ async def test_list_past_lease(store: Store) -> None:
     assert [j.job_id for j in found] == [leaseless.job_id, expired.job_id]  # earliest start
     assert all(j.status == JobStatus.processing for j in found)
     assert found[1].lease_until == now - timedelta(seconds=1)
-    assert [j.job_id for j in await store.jobs.list_past_lease(now, limit=1)] == [
-        leaseless.job_id
-    ]
+    assert [j.job_id for j in await store.jobs.list_past_lease(now, limit=1)] == [leaseless.job_id]
     # Two minutes earlier only the leaseless one had run out; later, the leased one too.
     early = await store.jobs.list_past_lease(now - timedelta(minutes=2), limit=10)
     assert [j.job_id for j in early] == [leaseless.job_id]
@@ -1207,9 +1205,7 @@ async def test_a_database_written_by_smartgen_0_1_opens_unchanged(backend: Backe
 
     store = backend.open()
     await store.init()
-    assert await raw_sql(backend, "SELECT id, version FROM schema_version") == [
-        (1, SCHEMA_VERSION)
-    ]
+    assert await raw_sql(backend, "SELECT id, version FROM schema_version") == [(1, SCHEMA_VERSION)]
     at = datetime(2026, 1, 11, 19, 34, 18, 356000, tzinfo=UTC)
     user = await store.users.get("65a0411b9c1e4c0b8f3a7d21")
     assert user == User("65a0411b9c1e4c0b8f3a7d21", "ada@example.com", "$argon2id$stub", at)
@@ -1252,8 +1248,16 @@ async def test_a_database_written_by_smartgen_0_1_opens_unchanged(backend: Backe
 @pytest.mark.parametrize(
     ("raw", "backend", "target"),
     [
-        ("postgresql://u:p@db.example:6543/app", "postgresql", "postgresql://u:p@db.example:6543/app"),
-        ("postgres://u:p@db.example:6543/app", "postgresql", "postgresql://u:p@db.example:6543/app"),
+        (
+            "postgresql://u:p@db.example:6543/app",
+            "postgresql",
+            "postgresql://u:p@db.example:6543/app",
+        ),
+        (
+            "postgres://u:p@db.example:6543/app",
+            "postgresql",
+            "postgresql://u:p@db.example:6543/app",
+        ),
         (
             "postgresql+asyncpg://u:p@db.example:6543/app",
             "postgresql",
@@ -1322,9 +1326,7 @@ async def test_open_store_follows_configuration(
 
     opened: list[Store] = []
     try:
-        mongo = open_store(
-            settings_for(mongo_uri="mongodb://127.0.0.1:1/app", mongo_db="app")
-        )
+        mongo = open_store(settings_for(mongo_uri="mongodb://127.0.0.1:1/app", mongo_db="app"))
         opened.append(mongo)
         assert isinstance(mongo, MongoStore)
         pg = open_store(settings_for(database_url="postgresql://u@127.0.0.1:1/app"))
@@ -1597,3 +1599,57 @@ async def test_restore_puts_back_a_queued_snapshot_only(store: Store) -> None:
     assert not await store.jobs.restore(job)
     current = await store.jobs.get(job.job_id)
     assert current is not None and current.status == JobStatus.processing
+
+
+# --- accounts: password change, export pages, deletion (issue 21) ------------------------
+async def test_set_password_and_delete_user(store: Store) -> None:
+    user, other = make_user(), make_user()
+    await store.users.create(user)
+    await store.users.create(other)
+    assert await store.users.set_password(user.user_id, "new-hash")
+    got = await store.users.get(user.user_id)
+    assert got is not None and got.password_hash == "new-hash"
+    assert (await store.users.get(other.user_id)) == other
+    assert not await store.users.set_password(oid(), "x")
+    assert not await store.users.set_password("not-an-id", "x")
+    assert await store.users.delete(user.user_id)
+    assert await store.users.get(user.user_id) is None
+    assert await store.users.get_by_email(user.email) is None
+    assert not await store.users.delete(user.user_id)
+    assert not await store.users.delete("not-an-id")
+    assert await store.users.get(other.user_id) == other
+    # The email is free again.
+    await store.users.create(make_user(email=user.email))
+
+
+async def test_pages_and_deletion_of_a_users_jobs_and_contents(store: Store) -> None:
+    alice, bob = oid(), oid()
+    jobs = [make_job(alice) for _ in range(7)]
+    for job in jobs:
+        await store.jobs.create(job)
+    bobs_job = make_job(bob)
+    await store.jobs.create(bobs_job)
+    for job in jobs[:3]:
+        await store.contents.create_once(make_content(alice, job.job_id))
+    bobs_content, _ = await store.contents.create_once(make_content(bob, bobs_job.job_id))
+
+    seen: list[str] = []
+    after = None
+    while page := await store.jobs.page_for_user(alice, after=after, limit=3):
+        assert len(page) <= 3
+        seen += [j.job_id for j in page]
+        after = page[-1].job_id
+    assert seen == sorted(j.job_id for j in jobs)
+    contents = await store.contents.page_for_user(alice, after=None, limit=10)
+    assert sorted(c.job_id for c in contents) == sorted(j.job_id for j in jobs[:3])
+    rest = await store.contents.page_for_user(alice, after=contents[0].content_id, limit=10)
+    assert [c.content_id for c in rest] == [c.content_id for c in contents[1:]]
+
+    assert await store.contents.delete_for_user(alice) == 3
+    assert await store.jobs.delete_for_user(alice) == 7
+    assert await store.jobs.page_for_user(alice, after=None, limit=10) == []
+    assert await store.contents.page_for_user(alice, after=None, limit=10) == []
+    assert await store.jobs.delete_for_user(alice) == 0
+    # Bob's are untouched.
+    assert await store.jobs.get_for_user(bobs_job.job_id, bob) == bobs_job
+    assert await store.contents.get_for_user(bobs_content.content_id, bob) == bobs_content

@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 import pytest
 
-from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
+from smartgen.auth.tokens import TokenCodec, bearer_token
 from smartgen.errors import Unauthorized
 
 SECRET = "test-secret-" + "s" * 40
@@ -89,13 +89,13 @@ def test_issued_token_claims_and_header() -> None:
     assert claims["aud"] == "smartgen-api"
     assert claims["exp"] == int(expires.timestamp())
     assert claims["iat"] <= claims["nbf"] + 1
-    assert claims["exp"] - claims["iat"] == 60 * 60
+    assert 60 * 60 - 1 < claims["exp"] - claims["iat"] <= 60 * 60
 
 
 def test_issued_token_without_optional_claims() -> None:
     token, _ = codec().issue("u1")
     claims = jwt.decode(token, SECRET, algorithms=["HS256"])
-    assert set(claims) == {"sub", "iat", "nbf", "exp"}
+    assert set(claims) == {"sub", "iat", "nbf", "exp", "jti"}
 
 
 def test_issued_token_verifies_with_issuer_and_audience() -> None:
@@ -134,7 +134,7 @@ def test_token_from_another_codec_secret_is_refused() -> None:
 def test_user_id_claim(claims: dict[str, Any], user_id: str) -> None:
     exp = now() + 600
     principal = codec().verify(mint({**claims, "iat": now(), "exp": exp}))
-    assert principal == Principal(user_id=user_id, expires_at=datetime.fromtimestamp(exp, UTC))
+    assert (principal.user_id, principal.expires_at) == (user_id, datetime.fromtimestamp(exp, UTC))
 
 
 @pytest.mark.parametrize(
@@ -238,7 +238,11 @@ def test_missing_exp_is_refused() -> None:
 def test_non_numeric_exp_is_refused(exp: Any) -> None:
     err = refused(hand_made({"alg": "HS256"}, {"sub": "u1", "exp": exp}, key=SECRET))
     assert err.code == "invalid_token"
-    assert err.message in {"Malformed token", "Token lacks the 'exp' claim"}
+    assert err.message in {
+        "Malformed token",
+        "Token lacks the 'exp' claim",
+        "Token's 'exp' claim must be a number",
+    }
 
 
 @pytest.mark.parametrize(
@@ -423,3 +427,50 @@ def test_remembered_tokens_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert list(tokens._verified) == issued[-8:]
     # A forgotten token is simply verified again.
     assert tokens.verify(issued[0]).user_id == "user-0"
+
+
+# --- claims' types and ranges (issue 21, item 4): a signed token is still untrusted ------
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "u1", "exp": 1e20},  # was a 500 (datetime overflow) with a traceback
+        {"sub": "u1", "exp": 10**30},
+        {"sub": "u1", "exp": -1},
+        {"sub": "u1", "exp": str(now() + 3600)},  # was accepted, and never expired
+        {"sub": "u1", "exp": True},
+        {"sub": "u1", "exp": [now() + 3600]},
+        {"sub": "u1", "exp": now() + 3600, "iat": "yesterday"},
+        {"sub": "u1", "exp": now() + 3600, "iat": 1e20},
+        {"sub": "u1", "exp": now() + 3600, "nbf": {"t": 1}},
+        {"sub": ["u1"], "exp": now() + 3600},
+        {"sub": {"id": "u1"}, "exp": now() + 3600},
+        {"sub": True, "exp": now() + 3600},
+        {"sub": 1.5, "exp": now() + 3600},
+        {"sub": "u" * 129, "exp": now() + 3600},
+        {"sub": "u1", "exp": now() + 3600, "jti": 7},
+        {"sub": "u1", "exp": now() + 3600, "jti": "j" * 129},
+    ],
+)
+def test_claims_of_the_wrong_type_or_range_are_refused(claims: dict[str, Any]) -> None:
+    err = refused(mint(claims))
+    assert err.code in ("invalid_token", "token_expired")
+
+
+def test_exp_that_is_nan_or_huge_in_a_hand_made_token_is_refused() -> None:
+    for exp in ("NaN", "1e400"):
+        signing_input = f"{b64json({'alg': 'HS256', 'typ': 'JWT'})}." + b64(
+            ('{"sub":"u1","exp":' + exp + "}").encode()
+        )
+        sig = b64(hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest())
+        assert refused(f"{signing_input}.{sig}").code == "invalid_token"
+
+
+def test_issued_tokens_carry_a_token_id() -> None:
+    tokens = codec()
+    first, _ = tokens.issue("u1")
+    second, _ = tokens.issue("u1")
+    a, b = tokens.verify(first), tokens.verify(second)
+    assert a.token_id and b.token_id and a.token_id != b.token_id
+    assert a.issued_at is not None and abs(a.issued_at - time.time()) < 60

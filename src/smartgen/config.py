@@ -83,11 +83,34 @@ class Settings(BaseSettings):
     generate_rate_limit: int = Field(60, ge=0)
     max_unfinished_jobs: int = Field(100, ge=0)  # per user: queued + processing
     generate_rate_window_seconds: float = Field(60.0, gt=0)
-    login_rate_limit: int = Field(10, ge=0)  # per email
+    # Failed logins per (email, client address) per window; past it that address is
+    # refused for that email (the owner's other addresses are not affected).
+    login_rate_limit: int = Field(10, ge=0)
     login_ip_rate_limit: int = Field(100, ge=0)  # per client address
     login_rate_window_seconds: float = Field(300.0, gt=0)
     register_ip_rate_limit: int = Field(30, ge=0)
     register_rate_window_seconds: float = Field(3600.0, gt=0)
+    # Failed logins per email from all addresses; past it, only addresses that logged in
+    # to the account before are heard (LOGIN_KNOWN_ADDRESS_DAYS).
+    login_email_failure_limit: int = Field(100, ge=0)
+    login_known_address_days: float = Field(30.0, gt=0)
+    # Per client address, all users together (0: off); the per-user limit stays.
+    generate_ip_rate_limit: int = Field(600, ge=0)
+    # Saves (POST /generate-content/{jobId}/save) per user per window.
+    save_rate_limit: int = Field(60, ge=0)
+    save_rate_window_seconds: float = Field(60.0, gt=0)
+    # Password hashes computed at once per API process (argon2: ~50 ms of a core and
+    # 64 MiB each); 0: the number of cores. Past it, 503 with Retry-After at once.
+    password_hash_concurrency: int = Field(0, ge=0, le=256)
+    # Peers whose X-Forwarded-For is believed (addresses or CIDRs, comma-separated); by
+    # default none: the client address is the TCP peer's.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long a process trusts that a token's user exists (a deleted account's tokens
+    # are refused at once in the process that deleted it, within this elsewhere).
+    user_check_cache_seconds: float = Field(5.0, ge=0, le=300)
+    # Revocations (logout, password change, account deletion) reach every API process at
+    # once over Redis pub/sub; each also reloads them this often in case a message was lost.
+    revocation_refresh_seconds: float = Field(30.0, gt=0)
     # NoDecode: the environment's value reaches `_split_origins` as text ("a,b" or JSON).
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "info"
@@ -198,6 +221,15 @@ class Settings(BaseSettings):
             if value.strip().startswith("["):
                 return json.loads(value)  # a ValueError becomes a ValidationError
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        for item in value or []:
+            ipaddress.ip_network(str(item), strict=False)  # a ValueError names the entry
         return value
 
     @field_validator("redis_sentinels")

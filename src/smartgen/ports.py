@@ -97,6 +97,34 @@ class RateLimits(Protocol):
         """Count one hit of `key` in `bucket`; `TooManyRequests` over `limit` (0: off)."""
 
 
+class LoginAttempts(Protocol):
+    """Failed logins, counted so that an attacker locks out only itself (README: Security)."""
+
+    async def check(self, email: str, address: str) -> None:
+        """`TooManyRequests` when this address may not try this email's password now."""
+
+    async def failed(self, email: str, address: str) -> None: ...
+
+    async def succeeded(self, email: str, address: str) -> None:
+        """The address becomes known to the account; its own failures are forgotten."""
+
+
+class EventHistory(Protocol):
+    async def forget(self, user_id: str) -> None:
+        """Drop everything logged for the user (the account is being deleted)."""
+
+
+class Revocations(Protocol):
+    """Sessions ended before their tokens expire, known to every API process at once."""
+
+    async def revoke_token(self, user_id: str, token_id: str, *, expires_at: datetime) -> None:
+        """This token (by its `jti`) is refused from now on (logout)."""
+
+    async def revoke_user(self, user_id: str, *, before: float, deleted: bool = False) -> None:
+        """Every token of this user issued before `before` (a Unix time) is refused from
+        now on (password change; `deleted`: the account is gone)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One delivery of a queue message, as the queue hands it to a task."""

@@ -12,21 +12,25 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from smartgen import __version__
+from smartgen.api.account import router as account_router
 from smartgen.api.deps import Services
 from smartgen.api.docs import install_docs
 from smartgen.api.handlers import install_error_handlers
 from smartgen.api.health import router as health_router
+from smartgen.api.login_attempts import RedisLoginAttempts
 from smartgen.api.metrics import open_scrape
 from smartgen.api.metrics import router as metrics_router
-from smartgen.api.middleware import RequestLimits
+from smartgen.api.middleware import CleanErrors, HeadAsGet, RequestLimits, SecurityHeaders
 from smartgen.api.observe import RequestContext
 from smartgen.api.ratelimit import RateLimiter
+from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.router import router as auth_router
 from smartgen.auth.tokens import TokenCodec
 from smartgen.config import Settings
 from smartgen.content.router import router as content_router
 from smartgen.content.router import saving as saving_router
 from smartgen.generation.router import router as generation_router
+from smartgen.kit.client_address import ClientAddresses
 from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.timings import RedisTimings
@@ -35,6 +39,7 @@ from smartgen.realtime.live_text import RedisLiveText
 from smartgen.realtime.quota import SocketQuota
 from smartgen.realtime.router import router as events_router
 from smartgen.realtime.server import RealtimeServer
+from smartgen.realtime.sessions import SessionGuard
 from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
 
@@ -85,6 +90,7 @@ def create_app(
         audience=settings.jwt_audience,
     )
     realtime = RealtimeServer(settings, tokens, server_class=sio_class)
+    hashing = HashingSlots(settings.password_hash_concurrency)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,12 +100,17 @@ def create_app(
         log = event_log(settings, redis)
         namespace = f"{settings.queue_prefix}:smartgen"
         app.state.scrape = scrape = open_scrape(settings) if settings.metrics_enabled else None
+        sessions = SessionGuard(redis, settings, store, namespace=namespace)
         try:
             if init_store:
                 await store.init()
             limiter = RateLimiter(redis, prefix=f"{namespace}:rl")
             quota = SocketQuota(redis, prefix=namespace, cap=settings.socketio_max_sockets_per_user)
-            realtime.attach(store=store, log=log, quota=quota, limiter=limiter)
+            realtime.attach(
+                store=store, log=log, quota=quota, limiter=limiter, sessions=sessions
+            )
+            sessions.on_revoked(lambda user_id, *_: realtime.manager.local.wake(user_id))
+            sessions.start()
             app.state.services = Services(
                 settings=settings,
                 store=store,
@@ -112,6 +123,10 @@ def create_app(
                 log=log,
                 timings=RedisTimings(redis, namespace),
                 listeners=realtime.manager.local,
+                sessions=sessions,
+                attempts=RedisLoginAttempts(redis, settings, prefix=f"{namespace}:login"),
+                hashing=hashing,
+                addresses=ClientAddresses(settings.trusted_proxies),
             )
             if on_started is not None:
                 on_started()
@@ -119,6 +134,7 @@ def create_app(
         finally:
             if scrape is not None:
                 await scrape.close()
+            await sessions.close()
             await realtime.close()
             await queue.close()  # and the Redis client it was given (bullmq closes it)
             await store.close()
@@ -136,6 +152,9 @@ def create_app(
         # /docs from the installed Swagger UI package, never a CDN (api/docs.py).
         docs_url=None,
         redoc_url=None,
+        # No redirect from /path/ to /path: Starlette builds it from the Host header (an
+        # open redirect); the path with a slash is a 404 like any unknown path.
+        redirect_slashes=False,
         # The docs' order (routes are registered busiest first, below).
         openapi_tags=[
             {"name": "auth", "description": "Register and log in: a JWT for everything else"},
@@ -158,6 +177,7 @@ def create_app(
     app.include_router(generation_router)
     app.include_router(saving_router)
     app.include_router(auth_router)
+    app.include_router(account_router)
     app.include_router(content_router)
     app.include_router(events_router)
     app.include_router(health_router)
@@ -167,8 +187,15 @@ def create_app(
     install_docs(app)
 
     asgi: Asgi = RequestContext(
-        socketio.ASGIApp(
-            realtime.sio, other_asgi_app=RequestLimits(app, max_body_bytes=settings.max_body_bytes)
+        SecurityHeaders(
+            CleanErrors(
+                socketio.ASGIApp(
+                    realtime.sio,
+                    other_asgi_app=RequestLimits(
+                        HeadAsGet(app), max_body_bytes=settings.max_body_bytes
+                    ),
+                )
+            )
         )
     )
     if wrap is not None:

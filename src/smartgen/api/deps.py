@@ -13,11 +13,21 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
+from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable
 from smartgen.kit import logcontext
-from smartgen.ports import JobQueue, LiveText, Notifier, RateLimits, Timings
+from smartgen.kit.client_address import ClientAddresses
+from smartgen.ports import (
+    EventHistory,
+    JobQueue,
+    LiveText,
+    LoginAttempts,
+    Notifier,
+    RateLimits,
+    Timings,
+)
 from smartgen.store.base import Store
 
 if TYPE_CHECKING:
@@ -25,6 +35,7 @@ if TYPE_CHECKING:
 
     from smartgen.api.ratelimit import RateLimiter
     from smartgen.realtime.log import EventLog
+    from smartgen.realtime.sessions import SessionGuard
     from smartgen.realtime.subscribers import LocalSubscribers
 
 
@@ -43,6 +54,10 @@ class Services:
     log: EventLog
     timings: Timings
     listeners: LocalSubscribers
+    sessions: SessionGuard
+    attempts: LoginAttempts
+    hashing: HashingSlots
+    addresses: ClientAddresses
 
 
 def services(request: Request) -> Services:
@@ -86,6 +101,26 @@ async def get_redis(request: Request) -> Redis:
     return services(request).redis
 
 
+async def get_history(request: Request) -> EventHistory:
+    return services(request).log
+
+
+async def get_sessions(request: Request) -> SessionGuard:
+    return services(request).sessions
+
+
+async def get_attempts(request: Request) -> LoginAttempts:
+    return services(request).attempts
+
+
+async def get_hashing(request: Request) -> HashingSlots:
+    return services(request).hashing
+
+
+async def get_address(request: Request) -> str:
+    return client_address(request)
+
+
 class BearerUser(HTTPBearer):
     """The caller, from `Authorization: Bearer <JWT>`: one dependency that is also the
     Bearer scheme in OpenAPI (the docs' "Authorize" button). The header is parsed by
@@ -99,8 +134,10 @@ class BearerUser(HTTPBearer):
         )
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
-        tokens = services(request).tokens
-        principal = tokens.verify(bearer_token(request.headers.get("authorization")))
+        found = services(request)
+        principal = found.tokens.verify(bearer_token(request.headers.get("authorization")))
+        # Revoked (logout, password change) or its account deleted: refused.
+        await found.sessions.check(principal)
         logcontext.user_id.set(principal.user_id)  # the request's log lines name the user
         return principal
 
@@ -114,13 +151,20 @@ LimiterDep = Annotated[RateLimits, Depends(get_limiter)]
 LiveTextDep = Annotated[LiveText, Depends(get_live)]
 TimingsDep = Annotated[Timings, Depends(get_timings)]
 RedisDep = Annotated["Redis", Depends(get_redis)]
+SessionsDep = Annotated["SessionGuard", Depends(get_sessions)]
+HistoryDep = Annotated[EventHistory, Depends(get_history)]
+AttemptsDep = Annotated[LoginAttempts, Depends(get_attempts)]
+HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
+AddressDep = Annotated[str, Depends(get_address)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]
 
 
 def client_address(request: Request) -> str:
-    """The caller's address (uvicorn's proxy_headers resolved X-Forwarded-For from the
-    trusted proxies)."""
-    return request.client.host if request.client else "unknown"
+    """The caller's address as a rate-limit key: the TCP peer's, or X-Forwarded-For's
+    when the peer is one of TRUSTED_PROXIES (`kit.client_address`)."""
+    peer = request.client.host if request.client else None
+    forwarded = request.headers.getlist("x-forwarded-for")
+    return services(request).addresses.key(peer, forwarded)
 
 
 # settings -> (limit, window in seconds); a limit of 0 is off.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +18,7 @@ from smartgen.errors import AppError
 from smartgen.kit import logcontext
 
 log = logging.getLogger("smartgen.api")
+UNPARSEABLE_BODY = "There was an error parsing the body"  # FastAPI's words
 
 
 def error_json(body: dict[str, Any], status_code: int, **kw: Any) -> JSONResponse:
@@ -95,6 +97,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 400 and exc.detail == UNPARSEABLE_BODY:
+            # Bytes FastAPI's JSON decoding gave up on (invalid UTF-8, nesting deeper than
+            # the parser's recursion, an integer of thousands of digits): still not JSON.
+            return error_json(
+                {
+                    "error": "invalid_json",
+                    "message": "Request body is not valid JSON (invalid UTF-8, nesting too "
+                    "deep or a number too long)",
+                },
+                status_code=400,
+            )
         if exc.status_code == 405:
             # Starlette names only the first matching route's methods; list them all.
             methods = sorted(_allowed_methods(request))
@@ -107,8 +120,18 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log_unexpected(request.method, request.url.path, exc)
         return error_json(
             {"error": "internal_error", "message": "Internal server error"}, status_code=500
         )
+
+
+def log_unexpected(method: str, path: str, exc: BaseException) -> None:
+    """One line for an unexpected error: where it was raised, not the whole traceback
+    (which goes to the debug level). A handled path never writes a traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    text = str(exc).replace("\n", " ")[:200]
+    log.error("%s %s: unexpected %s%s: %s", method, path[:200], type(exc).__name__, where, text)
+    log.debug("traceback of the unexpected error", exc_info=exc)

@@ -1,10 +1,15 @@
-"""ASGI middleware of the API: body size and JSON content type, checked before any route."""
+"""ASGI middleware of the API: body size and JSON content type, checked before any route;
+unexpected errors end as a clean 500 without a traceback; HEAD served wherever GET is;
+security headers on every answer."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
+from smartgen.api.handlers import log_unexpected
 from smartgen.kit import logcontext
 
 
@@ -97,3 +102,117 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
+
+
+class CleanErrors:
+    """The last stop for an exception: Starlette answers an unexpected error with the app's
+    500 handler and then raises it again for the server to log (a traceback per request).
+    Here it ends: already answered and logged, it is dropped; raised before any answer
+    (from a middleware), it is answered 500 and logged in one line."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                return  # the app's handler answered 500 and logged it
+            log_unexpected(scope.get("method", "?"), scope.get("path", "?"), exc)
+            start, body = _error(500, "internal_error", "Internal server error")
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+
+
+class HeadAsGet:
+    """`HEAD` wherever `GET` is served (health checks use it): the request goes to the GET
+    route, its headers are answered and its body is dropped. A streaming answer (`GET
+    /events`) is stopped as soon as its headers are out."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        answered = asyncio.Event()
+
+        async def headers_only(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif message["type"] == "http.response.body" and not answered.is_set():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                answered.set()
+
+        serving = asyncio.ensure_future(self.app({**scope, "method": "GET"}, receive, headers_only))
+        waiting = asyncio.ensure_future(answered.wait())
+        try:
+            await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            for _ in range(3):  # a plain answer finishes within a few turns of the loop
+                if serving.done():
+                    break
+                await asyncio.sleep(0)
+        finally:
+            waiting.cancel()
+            if not serving.done():
+                serving.cancel()  # a stream that would go on: its headers are out
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+        if not serving.cancelled():
+            serving.result()  # an error is raised as GET would raise it
+
+
+# On every answer; the framing rule only matters for HTML (the docs pages).
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+FRAME_ANCESTORS = (b"content-security-policy", b"frame-ancestors 'none'")
+NO_STORE = (b"cache-control", b"no-store")
+
+
+class SecurityHeaders:
+    """`X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`, no framing (and
+    `frame-ancestors 'none'` on HTML without a policy of its own), and `Cache-Control:
+    no-store` on answers to authenticated requests that set no caching rule themselves:
+    a shared cache never keeps one user's data."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authenticated = any(name == b"authorization" for name, _ in scope["headers"]) or (
+            b"token=" in scope.get("query_string", b"")
+        )
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                names = {name.lower() for name, _ in headers}
+                headers += [h for h in SECURITY_HEADERS if h[0] not in names]
+                content_type = next((v for n, v in headers if n.lower() == b"content-type"), b"")
+                if content_type.startswith(b"text/html") and FRAME_ANCESTORS[0] not in names:
+                    headers.append(FRAME_ANCESTORS)
+                if authenticated and b"cache-control" not in names:
+                    headers.append(NO_STORE)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

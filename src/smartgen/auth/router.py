@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from smartgen.api.deps import (
+    AddressDep,
+    AttemptsDep,
     CurrentUser,
-    LimiterDep,
-    SettingsDep,
+    HashingDep,
     StoreDep,
     TokensDep,
     rate_limit,
@@ -35,7 +36,7 @@ login_limit = rate_limit(
 )
 
 
-def _token_response(session: service.Session) -> TokenResponse:
+def token_response(session: service.Session) -> TokenResponse:
     user = session.user
     return TokenResponse(
         token=session.token,
@@ -51,12 +52,14 @@ def _token_response(session: service.Session) -> TokenResponse:
     responses=error_responses(409),
     dependencies=[register_limit],
 )
-async def register(body: Registration, store: StoreDep, tokens: TokensDep) -> TokenResponse:
+async def register(
+    body: Registration, store: StoreDep, tokens: TokensDep, hashing: HashingDep
+) -> TokenResponse:
     """Create an account and return an access token (409 when the email is taken)."""
     session = await service.register(
-        store=store, tokens=tokens, email=body.email, password=body.password
+        store=store, tokens=tokens, slots=hashing, email=body.email, password=body.password
     )
-    return _token_response(session)
+    return token_response(session)
 
 
 @router.post("/login", responses=error_responses(401), dependencies=[login_limit])
@@ -64,19 +67,22 @@ async def login(
     body: Credentials,
     store: StoreDep,
     tokens: TokensDep,
-    limiter: LimiterDep,
-    settings: SettingsDep,
+    hashing: HashingDep,
+    attempts: AttemptsDep,
+    address: AddressDep,
 ) -> TokenResponse:
-    """Exchange email and password for an access token (401 when they do not match)."""
+    """Exchange email and password for an access token (401 when they do not match; 429
+    after too many failures from the caller's address, see README: Security)."""
     session = await service.log_in(
         store=store,
         tokens=tokens,
-        limits=limiter,
-        settings=settings,
+        slots=hashing,
+        attempts=attempts,
         email=body.email,
         password=body.password,
+        address=address,
     )
-    return _token_response(session)
+    return token_response(session)
 
 
 @router.get("/me", responses=error_responses(401, 404))

@@ -40,6 +40,19 @@ class Registration(Credentials):
     )
 
 
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    currentPassword: str = Field(min_length=1, max_length=256)
+    newPassword: str = Field(min_length=8, max_length=256, description="At least 8 characters")
+
+
+class PasswordConfirmation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: str = Field(min_length=1, max_length=256, description="The account's password")
+
+
 class TokenResponse(BaseModel):
     token: str = Field(description="The JWT; send it as `Authorization: Bearer <token>`")
     accessToken: str = Field(description="The same token, under the OAuth2-style name")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,9 @@ LEEWAY_SECONDS = 5
 # Verified tokens remembered per process (a client sends the same token with every
 # request): about 0.5 KB each.
 VERIFIED_CACHE_SIZE = 4096
+# 9999-12-31T23:59:59Z: later times do not fit a datetime.
+MAX_NUMERIC_DATE = 253402300800
+MAX_ID_CHARS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,8 @@ class Principal:
 
     user_id: str
     expires_at: datetime | None = None
+    token_id: str | None = None  # the `jti` claim: what logout revokes
+    issued_at: float | None = None  # the `iat` claim, as a Unix time
 
 
 class TokenCodec:
@@ -46,7 +52,15 @@ class TokenCodec:
     def issue(self, user_id: str, *, email: str | None = None) -> tuple[str, datetime]:
         now = datetime.now(UTC)
         expires = now + self._ttl
-        claims: dict[str, Any] = {"sub": user_id, "iat": now, "nbf": now, "exp": expires}
+        claims: dict[str, Any] = {
+            "sub": user_id,
+            # With its fraction (RFC 7519 allows it): a token issued in the same second as
+            # a revocation cut (a password change) falls on the right side of it.
+            "iat": round(now.timestamp(), 6),
+            "nbf": now,
+            "exp": expires,
+            "jti": secrets.token_urlsafe(16),  # what logout and revocation name
+        }
         if email:
             claims["email"] = email
         if self._issuer:
@@ -97,16 +111,17 @@ class TokenCodec:
                 options={
                     "require": ["exp"],
                     "verify_aud": self._audience is not None,
+                    # The times are checked below, types and ranges first: PyJWT converts
+                    # with int() (a string `exp` passed) and overflows on 1e20 (a 500).
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
                     # PyJWT >= 2.10 refuses a non-string `sub`; a Node app may mint a numeric
                     # one. The user-id lookup below checks its type.
                     "verify_sub": False,
+                    "verify_jti": False,
                 },
-                leeway=LEEWAY_SECONDS,
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("Token has expired", code="token_expired") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthorized("Token is not valid yet", code="invalid_token") from None
         except jwt.InvalidSignatureError:
             raise Unauthorized("Token signature is invalid", code="invalid_token") from None
         except jwt.MissingRequiredClaimError as exc:
@@ -117,16 +132,55 @@ class TokenCodec:
             raise Unauthorized(
                 f"Token is not for this service: {exc}", code="invalid_token"
             ) from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
             raise Unauthorized("Malformed token", code="invalid_token") from None
+        if not isinstance(claims, dict):
+            raise Unauthorized("Malformed token", code="invalid_token")
+        now = time.time()
+        exp = _time_claim(claims, "exp")
+        nbf = _time_claim(claims, "nbf")
+        iat = _time_claim(claims, "iat")
+        if exp is None:
+            raise Unauthorized("Token lacks the 'exp' claim", code="invalid_token")
+        if exp + LEEWAY_SECONDS < now:
+            raise Unauthorized("Token has expired", code="token_expired")
+        if (nbf is not None and nbf - LEEWAY_SECONDS > now) or (
+            iat is not None and iat - LEEWAY_SECONDS > now
+        ):
+            raise Unauthorized("Token is not valid yet", code="invalid_token")
+        jti = claims.get("jti")
+        if jti is not None and not (isinstance(jti, str) and 0 < len(jti) <= MAX_ID_CHARS):
+            raise Unauthorized("Token's 'jti' claim must be a short string", code="invalid_token")
         # Tokens minted by an existing Node app may carry the id as `id` or `userId`.
         for claim in ("sub", "id", "userId", "_id"):
             value = claims.get(claim)
-            if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
-                exp = claims.get("exp")
-                expires = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
-                return Principal(user_id=str(value).strip(), expires_at=expires)
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                continue  # absent, or not an id: the next name may hold it
+            text = str(value).strip()
+            if not text:
+                continue
+            if len(text) > MAX_ID_CHARS:
+                raise Unauthorized(f"Token's {claim!r} claim is too long", code="invalid_token")
+            return Principal(
+                user_id=text,
+                expires_at=datetime.fromtimestamp(exp, UTC),
+                token_id=jti,
+                issued_at=iat,
+            )
         raise Unauthorized("Token has no user id (sub, id or userId)", code="invalid_token")
+
+
+def _time_claim(claims: dict[str, Any], name: str) -> float | None:
+    """A NumericDate claim (RFC 7519: seconds since the epoch) within sane bounds, or None
+    when absent; `Unauthorized` for a string, a boolean, NaN or a time past year 9999."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unauthorized(f"Token's {name!r} claim must be a number", code="invalid_token")
+    if not 0 <= value < MAX_NUMERIC_DATE:  # also false for NaN
+        raise Unauthorized(f"Token's {name!r} claim is out of range", code="invalid_token")
+    return float(value)
 
 
 def bearer_token(authorization: str | None) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from smartgen.api.deps import CurrentUser, StoreDep
+from smartgen.api.deps import CurrentUser, StoreDep, rate_limit
 from smartgen.content import service
 from smartgen.content.schemas import ContentOut, SaveRequest, content_out
 from smartgen.errors import error_responses
@@ -19,6 +19,13 @@ saving = APIRouter(
     responses=error_responses(400, 401, 413, 415, 422, 429, 503),
 )
 
+save_limit = rate_limit(
+    "save",
+    lambda s: (s.save_rate_limit, s.save_rate_window_seconds),
+    per="user",
+    fail_open=True,
+)
+
 
 @saving.post(
     "/{jobId}/save",
@@ -27,6 +34,7 @@ saving = APIRouter(
         200: {"model": ContentOut, "description": "Already saved: the existing document"},
         **error_responses(404, 409),
     },
+    dependencies=[save_limit],
 )
 async def save_job(
     jobId: str,

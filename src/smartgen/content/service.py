@@ -11,15 +11,44 @@ from smartgen.kit.times import utcnow
 from smartgen.models import Content, Job, JobStatus
 from smartgen.store.base import Store
 
-_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _INLINE_MARKUP = re.compile(r"[*_`~]+")
 TITLE_MAX = 120
+# A default title is looked for in the text's beginning only: its cost stays the same
+# whatever a model was led to write (the whole body was once searched by a backtracking
+# regular expression, seconds of event loop on a crafted text).
+TITLE_SCAN_CHARS = 16_384
+
+
+def markdown_heading(line: str) -> str | None:
+    """The text of an ATX heading line (`# Title`, `## Title ##`), else None. Plain string
+    steps, linear in the line's length."""
+    indent = len(line) - len(line.lstrip(" "))
+    if indent > 3:
+        return None
+    rest = line[indent:]
+    level = len(rest) - len(rest.lstrip("#"))
+    if not 1 <= level <= 6:
+        return None
+    rest = rest[level:]
+    if rest and not rest[0].isspace():
+        return None  # "#hashtag" is not a heading
+    text = rest.strip()
+    # A closing sequence of #s counts only after a space ("# C#" keeps its #).
+    closed = text.rstrip("#")
+    if closed != text and (not closed or closed[-1].isspace()):
+        text = closed.rstrip()
+    return text or None
 
 
 def default_title(body: str, prompt: str) -> str:
     """The content's first Markdown heading, else the prompt's first line, shortened."""
-    match = _HEADING.search(body)
-    text = match.group(1) if match else (prompt.strip().splitlines() or ["Untitled"])[0]
+    text = None
+    for line in body[:TITLE_SCAN_CHARS].splitlines():
+        text = markdown_heading(line)
+        if text:
+            break
+    if not text:
+        text = (prompt[:TITLE_SCAN_CHARS].strip().splitlines() or ["Untitled"])[0]
     text = " ".join(_INLINE_MARKUP.sub("", text).split()) or "Untitled"
     if len(text) > TITLE_MAX:
         text = text[: TITLE_MAX - 1].rsplit(" ", 1)[0].rstrip(" ,.;:-") + "…"

@@ -44,13 +44,21 @@ generate_limit = rate_limit(
     fail_open=False,
     unavailable=QueueUnavailable(),
 )
+# Per client address, all its users together: accounts are cheap, addresses less so.
+generate_ip_limit = rate_limit(
+    "generate-ip",
+    lambda s: (s.generate_ip_rate_limit, s.generate_rate_window_seconds),
+    per="address",
+    fail_open=False,
+    unavailable=QueueUnavailable(),
+)
 REPLAYED = {"description": "Replayed: the first answer to this Idempotency-Key"}
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[generate_limit],
+    dependencies=[generate_limit, generate_ip_limit],
     response_model=QueuedResponse,
     responses={200: REPLAYED, **error_responses(409)},
 )
@@ -125,9 +133,7 @@ async def get_job(jobId: str, user: CurrentUser, store: StoreDep, live: LiveText
     return job_out(job, partial=await control.live_text(live=live, job=job))
 
 
-@router.delete(
-    "/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409)
-)
+@router.delete("/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409))
 async def cancel_job(
     jobId: str, user: CurrentUser, store: StoreDep, queue: QueueDep, notifier: NotifierDep
 ) -> JobOut:
@@ -139,9 +145,7 @@ async def cancel_job(
     return job_out(job)
 
 
-@router.patch(
-    "/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409)
-)
+@router.patch("/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409))
 async def update_job(
     jobId: str,
     body: JobUpdate,
@@ -189,7 +193,7 @@ async def run_now(
 @router.post(
     "/{jobId}/retry",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[generate_limit],
+    dependencies=[generate_limit, generate_ip_limit],
     response_model=QueuedResponse,
     responses={200: REPLAYED, **error_responses(404, 409)},
 )

@@ -97,6 +97,10 @@ class EventLog:
         base = f"{self._prefix}:events:{user_id}"
         return base, base + ":seq", base + ":once"
 
+    async def forget(self, user_id: str) -> None:
+        """Drop the user's log, counter included (the account is deleted)."""
+        await self._client.delete(*self._keys(user_id))
+
     async def append(self, events: list[LogEntry], now_ms: int) -> list[int]:
         """Log (user id, event name, payload, once key or None) in order; each one's
         number, in order, or 0 for an event whose once key was logged before."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -71,11 +71,15 @@ async def _stream(
     heartbeat: float,
     *,
     resync: dict[str, Any] | None,
+    ended: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[bytes]:
     if resync is not None:
         yield f"event: resync\ndata: {jsoncodec.dumps(resync)}\n\n".encode()
     yield b": connected\n\n"
     while True:
+        if ended():  # the session was revoked (logout, password change, deletion)
+            yield b'event: session_ended\ndata: {"message": "this session has ended"}\n\n'
+            return
         news.clear()  # before reading: news arriving during the read is not lost
         try:
             replay = await log_.read(user_id, after, limit=READ_LIMIT)
@@ -121,6 +125,7 @@ async def events(
     with `Last-Event-ID` or `afterSeq`."""
     principal = _principal(request, token)
     found = services(request)
+    await found.sessions.check(principal)
     after = _after(last_event_id, after_seq)
     try:
         last = await found.log.last_seq(principal.user_id)
@@ -145,6 +150,7 @@ async def events(
                 news,
                 found.settings.events_heartbeat_seconds,
                 resync=resync,
+                ended=lambda: found.sessions.revoked_now(principal),
             ):
                 yield chunk
 

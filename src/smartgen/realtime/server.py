@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 import socketio
 from redis.exceptions import RedisError
 
-from smartgen.auth.tokens import TokenCodec, bearer_token
+from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
 from smartgen.config import Settings
 from smartgen.errors import AppError, TooManyRequests, Unauthorized
 from smartgen.kit import jsoncodec
@@ -30,6 +30,7 @@ from smartgen.realtime.events import (
 )
 from smartgen.realtime.log import EventLog
 from smartgen.realtime.quota import SocketQuota
+from smartgen.realtime.sessions import SessionGuard
 from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,11 @@ class RealtimeServer:
         self._handshakes: dict[str, asyncio.Task[None]] = {}
         self._watch_engineio_sessions()
         self._connected: set[str] = set()  # counted in smartgen_socketio_connections
+        self.sessions: SessionGuard | None = None
+        # user id -> sid -> the token it connected with (to end revoked sessions)
+        self._principals: dict[str, dict[str, Principal]] = {}
+        self._sid_user: dict[str, str] = {}
+        self._ending: set[asyncio.Future[None]] = set()
         self.publisher = EventPublisher(self._emit_many)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
@@ -114,13 +120,18 @@ class RealtimeServer:
         log: EventLog,
         quota: SocketQuota | None = None,
         limiter: RateLimits | None = None,
+        sessions: SessionGuard | None = None,
     ) -> None:
         """The process's store and event log, once the lifespan opened them; the per-user
-        socket count and the rate limiter for `sync`, when there are."""
+        socket count and the rate limiter for `sync`, when there are; `sessions` refuses
+        revoked tokens at the handshake and ends their sockets later."""
         self.store = store
         self.log = log
         self.quota = quota
         self.limiter = limiter
+        self.sessions = sessions
+        if sessions is not None:
+            sessions.on_revoked(self._revoked)
         self.publisher.number_with(log)
         self.publisher.start()
 
@@ -176,6 +187,11 @@ class RealtimeServer:
             delay = (principal.expires_at - datetime.now(UTC)).total_seconds()
             if delay <= 0:  # inside the verifier's clock-skew leeway, but already over
                 raise socketio.exceptions.ConnectionRefusedError("Token has expired")
+        if self.sessions is not None:  # revoked, or its account deleted
+            try:
+                await self.sessions.check(principal)
+            except AppError as exc:  # 401, or 503 when the store does not answer
+                raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
         # This process subscribes to Redis when its first client arrives; hold that
         # client's handshake until the subscription is live, so that an event published
         # after "connected" (by the worker or another API process) is never missed.
@@ -197,6 +213,8 @@ class RealtimeServer:
         numbered = isinstance(auth, dict) and auth.get("seq") is True
         await self.sio.enter_room(sid, seq_room(room) if numbered else room)
         self._connected.add(sid)
+        self._principals.setdefault(principal.user_id, {})[sid] = principal
+        self._sid_user[sid] = principal.user_id
         catalog.SOCKETIO_CONNECTIONS.inc()
         if delay is not None:  # a connection lives no longer than its token
             self._expiry[sid] = asyncio.create_task(self._expire(sid, delay))
@@ -212,9 +230,33 @@ class RealtimeServer:
         with contextlib.suppress(Exception):
             await self.sio.disconnect(sid, ignore_queue=True)
 
+    def _revoked(self, user_id: str, token_id: str | None, before: float) -> None:
+        """A session ended (in any process): disconnect its sockets here."""
+        for sid, principal in list(self._principals.get(user_id, {}).items()):
+            if (token_id is not None and principal.token_id == token_id) or (
+                token_id is None and (principal.issued_at or 0) < before
+            ):
+                task = asyncio.ensure_future(self._end_session(sid))
+                self._ending.add(task)
+                task.add_done_callback(self._ending.discard)
+
+    async def _end_session(self, sid: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.sio.emit(
+                "session_ended", {"message": "this session has ended"}, to=sid, ignore_queue=True
+            )
+        with contextlib.suppress(Exception):
+            await self.sio.disconnect(sid, ignore_queue=True)
+
     async def _on_disconnect(self, sid: str, *args: Any) -> None:
         if self.quota is not None:
             await self.quota.release(sid)
+        user_id = self._sid_user.pop(sid, None)
+        sids = self._principals.get(user_id) if user_id is not None else None
+        if sids is not None:
+            sids.pop(sid, None)
+            if not sids:
+                del self._principals[user_id]  # type: ignore[arg-type]
         if sid in self._connected:
             self._connected.discard(sid)
             catalog.SOCKETIO_CONNECTIONS.dec()

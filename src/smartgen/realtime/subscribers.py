@@ -37,5 +37,10 @@ class LocalSubscribers:
             for news in self._by_user.get(room[5:], ()):
                 news.set()
 
+    def wake(self, user_id: str) -> None:
+        """Wake the user's listeners (their session may have ended)."""
+        for news in self._by_user.get(user_id, ()):
+            news.set()
+
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_user.values())

@@ -29,7 +29,9 @@ def uvicorn_config(app: Any, settings: Settings, **where: Any) -> uvicorn.Config
         log_level=settings.log_level.lower(),
         access_log=settings.log_level.lower() == "debug",
         timeout_graceful_shutdown=10,
-        proxy_headers=True,
+        # X-Forwarded-For is read by the app, from TRUSTED_PROXIES only (api/deps.py).
+        proxy_headers=False,
+        server_header=False,  # no "Server: uvicorn" on every answer
         # What uvicorn has (see http_guard.py for what it lacks): an idle kept-alive
         # connection's end, connections and requests at once (503 past it), the head's
         # size when h11 parses.

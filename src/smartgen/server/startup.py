@@ -8,6 +8,7 @@ import sys
 
 from smartgen.config import Settings
 from smartgen.kit.logcontext import JsonFormatter, TextFormatter
+from smartgen.kit.redaction import install_log_redaction
 from smartgen.store import open_store
 
 
@@ -20,6 +21,7 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    install_log_redaction()  # tokens never reach a log line, uvicorn's access log included
     # Third-party chatter stays at warning level unless asked for debug.
     if level.lower() != "debug":
         for name in ("httpx", "httpcore", "pymongo", "socketio.server", "engineio.server"):

@@ -22,6 +22,13 @@ class UserRepository(Protocol):
 
     async def get_by_email(self, email: str) -> User | None: ...
 
+    async def set_password(self, user_id: str, password_hash: str) -> bool:
+        """A new password hash; False when the user does not exist."""
+
+    async def delete(self, user_id: str) -> bool:
+        """Remove the account (its jobs and contents are the caller's to remove); False when
+        it did not exist."""
+
 
 class JobRepository(Protocol):
     async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
@@ -82,6 +89,13 @@ class JobRepository(Protocol):
 
     async def delete(self, job_id: str) -> None: ...
 
+    async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
+        """The user's jobs by `jobId` order, those after `after` (a job id): every job once,
+        page by page (export, account deletion)."""
+
+    async def delete_for_user(self, user_id: str) -> int:
+        """Remove every job of the user; how many there were."""
+
     async def cancel(self, job_id: str, user_id: str, *, at: datetime) -> Job | None:
         """The owner's `queued`/`processing` job → `cancelled`; the job as written, or None
         when it is final, another user's, or unknown."""
@@ -123,6 +137,12 @@ class ContentRepository(Protocol):
     async def get_for_user(self, content_id: str, user_id: str) -> Content | None: ...
 
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]: ...
+
+    async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
+        """The user's contents by `contentId` order, those after `after`."""
+
+    async def delete_for_user(self, user_id: str) -> int:
+        """Remove every content of the user; how many there were."""
 
 
 class Store(Protocol):

@@ -12,7 +12,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from smartgen.errors import Conflict, StoreUnavailable
-from smartgen.kit.times import as_utc
+from smartgen.kit.times import as_utc, utcnow
 from smartgen.models import RETRYABLE, UNFINISHED, Completion, Content, Job, JobStatus, User
 from smartgen.store.base import ContentRepository, JobRepository, UserRepository
 from smartgen.store.unavailable import translate_unavailable
@@ -111,6 +111,25 @@ class MongoUsers:
     @_unavailable
     async def get_by_email(self, email: str) -> User | None:
         return self._from_doc(await self._c.find_one({"email": email}))
+
+    @_unavailable
+    async def set_password(self, user_id: str, password_hash: str) -> bool:
+        try:
+            oid = ObjectId(user_id)
+        except (InvalidId, TypeError):
+            return False
+        # `passwordHash` is read first; a Node app's own `password` field is left as it is.
+        update = {"$set": {"passwordHash": password_hash, "updatedAt": utcnow()}}
+        res = await self._c.update_one({"_id": oid}, update)
+        return bool(res.matched_count == 1)
+
+    @_unavailable
+    async def delete(self, user_id: str) -> bool:
+        try:
+            oid = ObjectId(user_id)
+        except (InvalidId, TypeError):
+            return False
+        return bool((await self._c.delete_one({"_id": oid})).deleted_count == 1)
 
 
 class MongoJobs:
@@ -288,6 +307,16 @@ class MongoJobs:
         )
         return [_job_from_doc({**d, "leaseUntil": None}) for d in docs]
 
+    @_unavailable
+    async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
+        query = {"userId": user_id, "jobId": {"$gt": after or ""}}
+        cursor = self._c.find(query).sort("jobId", ASCENDING).limit(limit)
+        return [_job_from_doc(d) async for d in cursor]
+
+    @_unavailable
+    async def delete_for_user(self, user_id: str) -> int:
+        return int((await self._c.delete_many({"userId": user_id})).deleted_count)
+
     async def _changed(self, query: dict[str, Any], update: dict[str, Any]) -> Job | None:
         # update_one + read (see mark_processing): the filter alone decides.
         if (await self._c.update_one(query, update)).matched_count == 0:
@@ -419,6 +448,16 @@ class MongoContents:
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
         cursor = self._c.find({"userId": user_id}).sort("createdAt", DESCENDING).limit(limit)
         return [_content_from_doc(d) async for d in cursor]
+
+    @_unavailable
+    async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
+        query = {"userId": user_id, "contentId": {"$gt": after or ""}}
+        cursor = self._c.find(query).sort("contentId", ASCENDING).limit(limit)
+        return [_content_from_doc(d) async for d in cursor]
+
+    @_unavailable
+    async def delete_for_user(self, user_id: str) -> int:
+        return int((await self._c.delete_many({"userId": user_id})).deleted_count)
 
 
 class MongoStore:

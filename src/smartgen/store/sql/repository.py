@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from smartgen.errors import Conflict
 from smartgen.kit.batching import Coalescer
+from smartgen.kit.times import utcnow
 from smartgen.models import RETRYABLE, Completion, Content, Job, JobStatus, User
 from smartgen.models import UNFINISHED as UNFINISHED_STATUSES
 from smartgen.store.base import ContentRepository, JobRepository, UserRepository
@@ -94,6 +95,8 @@ STATEMENTS = {
     ),
     "user_by_id": f"SELECT {USER_COLS} FROM users WHERE user_id = $1",
     "user_by_email": f"SELECT {USER_COLS} FROM users WHERE email = $1",
+    "user_set_password": "UPDATE users SET password_hash = $2, updated_at = $3 WHERE user_id = $1",
+    "user_delete": "DELETE FROM users WHERE user_id = $1",
     "job_insert": (
         f"INSERT INTO jobs ({JOB_CREATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
     ),
@@ -188,6 +191,15 @@ STATEMENTS = {
         "WHERE status = 'processing' AND lease_owner LIKE $1 ESCAPE '\\' LIMIT $2) "
         f"RETURNING {JOB_COLS}"
     ),
+    "jobs_page_for_user": (
+        f"SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 AND job_id > $2 ORDER BY job_id LIMIT $3"
+    ),
+    "jobs_delete_for_user": "DELETE FROM jobs WHERE user_id = $1",
+    "contents_page_for_user": (
+        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 AND content_id > $2 "
+        "ORDER BY content_id LIMIT $3"
+    ),
+    "contents_delete_for_user": "DELETE FROM contents WHERE user_id = $1",
     "content_insert": (
         "INSERT INTO contents (content_id, user_id, job_id, title, body, content_type, "
         "prompt, model, created_at, updated_at) "
@@ -251,6 +263,13 @@ class Users(_Repository):
 
     async def get_by_email(self, email: str) -> User | None:
         return self._user(await self._db.one(self._sql["user_by_email"], (email,)))
+
+    async def set_password(self, user_id: str, password_hash: str) -> bool:
+        args = (user_id, password_hash, self._db.ts(utcnow()))
+        return await self._db.changes(self._sql["user_set_password"], args) == 1
+
+    async def delete(self, user_id: str) -> bool:
+        return await self._db.changes(self._sql["user_delete"], (user_id,)) == 1
 
 
 class Jobs(_Repository):
@@ -410,6 +429,13 @@ class Jobs(_Repository):
         args = ("%@" + like_escape(worker), self._limit(limit))
         return [self._job(r) for r in await self._db.all(self._sql["jobs_release_of_worker"], args)]
 
+    async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
+        args = (user_id, after or "", self._limit(limit))
+        return [self._job(r) for r in await self._db.all(self._sql["jobs_page_for_user"], args)]
+
+    async def delete_for_user(self, user_id: str) -> int:
+        return await self._db.changes(self._sql["jobs_delete_for_user"], (user_id,))
+
 
 class Contents(_Repository):
     async def create_once(self, content: Content) -> tuple[Content, bool]:
@@ -441,6 +467,14 @@ class Contents(_Repository):
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
         args = (user_id, self._limit(limit))
         return [self._content(r) for r in await self._db.all(self._sql["contents_for_user"], args)]
+
+    async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
+        args = (user_id, after or "", self._limit(limit))
+        rows = await self._db.all(self._sql["contents_page_for_user"], args)
+        return [self._content(r) for r in rows]
+
+    async def delete_for_user(self, user_id: str) -> int:
+        return await self._db.changes(self._sql["contents_delete_for_user"], (user_id,))
 
 
 class CoalescedJobs(Jobs):

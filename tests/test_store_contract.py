@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -29,47 +28,10 @@ from smartgen.store import describe_store, open_store
 from smartgen.store.base import Store
 from tests.conftest import free_port
 
-PG_HOST, PG_PORT = "127.0.0.1", 5432
 # "-stockpool": the same store on the libraries' own pools (DB_FAIR_POOL=false).
 BACKENDS = ["mongodb", "postgresql", "postgresql-stockpool", "sqlite", "sqlite-stockpool"]
 DATA = Path(__file__).parent / "data"
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
-
-
-def _listening(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
-        return True
-    return False
-
-
-@pytest.fixture(scope="session")
-async def pg_database() -> AsyncIterator[str]:
-    """A database of our own on the machine's PostgreSQL, dropped at the end of the session."""
-    if not _listening(PG_HOST, PG_PORT):
-        pytest.skip(f"no PostgreSQL listening on {PG_HOST}:{PG_PORT}")
-    import asyncpg
-
-    name = f"smartgen_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = await asyncpg.connect(
-            host=PG_HOST, port=PG_PORT, user="postgres", database="postgres", timeout=5
-        )
-    except (OSError, asyncpg.PostgresError) as error:
-        pytest.skip(f"cannot connect to PostgreSQL as postgres (trust auth expected): {error}")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        admin = await asyncpg.connect(
-            host=PG_HOST, port=PG_PORT, user="postgres", database="postgres", timeout=5
-        )
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def _reset_postgres(url: str) -> None:
@@ -433,9 +395,7 @@ async def test_list_past_lease(store: Store) -> None:
     assert [j.job_id for j in found] == [leaseless.job_id, expired.job_id]  # earliest start
     assert all(j.status == JobStatus.processing for j in found)
     assert found[1].lease_until == now - timedelta(seconds=1)
-    assert [j.job_id for j in await store.jobs.list_past_lease(now, limit=1)] == [
-        leaseless.job_id
-    ]
+    assert [j.job_id for j in await store.jobs.list_past_lease(now, limit=1)] == [leaseless.job_id]
     # Two minutes earlier only the leaseless one had run out; later, the leased one too.
     early = await store.jobs.list_past_lease(now - timedelta(minutes=2), limit=10)
     assert [j.job_id for j in early] == [leaseless.job_id]
@@ -1181,9 +1141,7 @@ async def test_a_database_written_by_smartgen_0_1_opens_unchanged(backend: Backe
 
     store = backend.open()
     await store.init()
-    assert await raw_sql(backend, "SELECT id, version FROM schema_version") == [
-        (1, SCHEMA_VERSION)
-    ]
+    assert await raw_sql(backend, "SELECT id, version FROM schema_version") == [(1, SCHEMA_VERSION)]
     at = datetime(2026, 1, 11, 19, 34, 18, 356000, tzinfo=UTC)
     user = await store.users.get("65a0411b9c1e4c0b8f3a7d21")
     assert user == User("65a0411b9c1e4c0b8f3a7d21", "ada@example.com", "$argon2id$stub", at)
@@ -1222,8 +1180,16 @@ async def test_a_database_written_by_smartgen_0_1_opens_unchanged(backend: Backe
 @pytest.mark.parametrize(
     ("raw", "backend", "target"),
     [
-        ("postgresql://u:p@db.example:6543/app", "postgresql", "postgresql://u:p@db.example:6543/app"),
-        ("postgres://u:p@db.example:6543/app", "postgresql", "postgresql://u:p@db.example:6543/app"),
+        (
+            "postgresql://u:p@db.example:6543/app",
+            "postgresql",
+            "postgresql://u:p@db.example:6543/app",
+        ),
+        (
+            "postgres://u:p@db.example:6543/app",
+            "postgresql",
+            "postgresql://u:p@db.example:6543/app",
+        ),
         (
             "postgresql+asyncpg://u:p@db.example:6543/app",
             "postgresql",
@@ -1292,9 +1258,7 @@ async def test_open_store_follows_configuration(
 
     opened: list[Store] = []
     try:
-        mongo = open_store(
-            settings_for(mongo_uri="mongodb://127.0.0.1:1/app", mongo_db="app")
-        )
+        mongo = open_store(settings_for(mongo_uri="mongodb://127.0.0.1:1/app", mongo_db="app"))
         opened.append(mongo)
         assert isinstance(mongo, MongoStore)
         pg = open_store(settings_for(database_url="postgresql://u@127.0.0.1:1/app"))

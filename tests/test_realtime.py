@@ -466,7 +466,7 @@ async def test_a_batch_of_events_is_one_published_message(
                 published.append(message)
         await alices.wait_for("job_status", jobs[-1].job_id)
         assert [d["n"] for d in alices.events("job_status")] == [0, 1, 2]
-        while (more := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)):
+        while more := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3):
             published.append(more)
         # One message for the three events; python-socketio's own relay sends one each.
         assert len(published) == (1 if settings.realtime_batched_relay else 3)

@@ -51,7 +51,12 @@ TARGETS = [
             "src/smartgen/store/sql/schema.py",
             "src/smartgen/store/sql/url.py",
         ),
-        ("tests/test_store_contract.py", "-k", "sqlite and not stockpool"),
+        (
+            "tests/test_store_contract.py",
+            "tests/test_config.py",
+            "-k",
+            "not mongodb and not postgresql and not stockpool",
+        ),
     ),
     Target(
         "generation",

@@ -304,6 +304,9 @@ async def test_store_down_keeps_llm_result_and_api_answers_503(
             r = await client.get(f"/generate-content/{queued['jobId']}", headers=user["headers"])
             assert r.status_code == 503
             assert r.json()["error"] == "store_unavailable"
+            r = await client.get("/readyz")  # names the store, not Redis
+            assert r.status_code == 503
+            assert r.json()["checks"] == {"mongodb": "unavailable", "redis": "ok"}
             deadline = time.monotonic() + 30
             while not await kept_result(env["REDIS_URL"], env["QUEUE_PREFIX"], queued["jobId"]):
                 assert time.monotonic() < deadline, "the worker never kept the LLM's result"
@@ -312,6 +315,7 @@ async def test_store_down_keeps_llm_result_and_api_answers_503(
             job = await wait_for_status(
                 client, queued["jobId"], user["headers"], {"completed", "failed"}, 40
             )
+            assert (await client.get("/readyz")).json()["checks"]["mongodb"] == "ok"
         assert job["status"] == "completed"
         assert job["attempts"] == 2  # the first attempt could not store its result
         assert len(fake_llm.calls_for(marker)) == 1  # the kept result was stored, not regenerated

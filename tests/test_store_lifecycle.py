@@ -118,6 +118,10 @@ async def test_real_worker_announces_job_failed_over_socketio(
         "failedAt": job["failedAt"],
     }
     assert job["attempts"] == attempts
+    # failedAt and error only when failed; nothing of a completion.
+    assert job["failedAt"] >= job["startedAt"]
+    for absent in ("generatedContent", "completedAt", "model", "usage", "cancelledAt"):
+        assert absent not in job
     assert len(fake_llm.calls_for(marker)) == attempts
     assert listener.events("job_completed", job_id) == []
     statuses = [e["status"] for e in listener.events("job_status", job_id)]

@@ -91,18 +91,22 @@ def mutmut_config(target: Target) -> str:
         f"pytest_add_cli_args_test_selection = {toml_list(target.tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
         "use_git_change_detection = false\n"
+        'also_copy = [".env.example", "README.md", "docs"]\n'
     )
 
 
 def prepare(target: Target) -> Path:
     work = WORK / target.name
-    for name in ("src", "tests"):
+    shutil.rmtree(work / "mutants", ignore_errors=True)  # a fresh run: no stale verdicts
+    for name in ("src", "tests", "docs"):
         shutil.rmtree(work / name, ignore_errors=True)
         shutil.copytree(
             ROOT / name,
             work / name,
             ignore=shutil.ignore_patterns("__pycache__", "node_modules", "*.pyc"),
         )
+    for name in (".env.example", "README.md"):  # read by the settings' tests
+        shutil.copy(ROOT / name, work / name)
     (work / "pyproject.toml").write_text(
         (ROOT / "pyproject.toml").read_text() + mutmut_config(target)
     )

@@ -36,6 +36,8 @@ from smartgen.config import Settings
 from smartgen.server.embedded import redis_binary
 from tests.fakellm import FakeLLM
 
+pytest_plugins = ["pytester"]  # tests/test_ci_services.py runs a small suite of its own
+
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-" + "x" * 40
 PG_HOST, PG_PORT = "127.0.0.1", 5432

@@ -41,7 +41,11 @@ class Target:
 
 
 TARGETS = [
-    Target("tokens", ("src/smartgen/auth/tokens.py",), ("tests/test_tokens.py",)),
+    Target(
+        "tokens",
+        ("src/smartgen/auth/tokens.py",),
+        ("tests/test_tokens.py", "tests/test_token_details.py"),
+    ),
     Target(
         "sqlite",
         (

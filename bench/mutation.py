@@ -60,6 +60,7 @@ TARGETS = [
         ),
         (
             "tests/test_store_contract.py",
+            "tests/test_sql_details.py",
             "tests/test_config.py",
             "-k",
             "not mongodb and not postgresql and not stockpool",

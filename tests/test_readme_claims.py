@@ -85,6 +85,18 @@ async def test_cors_allows_configured_origins_only_and_answers_preflight(
         assert r.headers["access-control-allow-origin"] == allowed
         assert "POST" in r.headers["access-control-allow-methods"]
         assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        for method in ("DELETE", "PATCH"):  # job control from the browser
+            r = await client.options(
+                "/generate-content/some-job",
+                headers={**preflight, "Access-Control-Request-Method": method},
+            )
+            assert r.status_code == 200, (method, r.text)
+            assert method in r.headers["access-control-allow-methods"]
+        r = await client.options(
+            "/generate-content",
+            headers={**preflight, "Access-Control-Request-Headers": "idempotency-key"},
+        )
+        assert r.status_code == 200, r.text
         r = await client.options("/generate-content", headers={**preflight, "Origin": other})
         assert r.status_code == 400
         assert "access-control-allow-origin" not in r.headers

@@ -1,6 +1,15 @@
 """Real services for the tests, started by the test session itself on free loopback ports:
 a private redis-server, a MongoDB wire-protocol server (SecantusDB), a fake OpenAI-style
-LLM server. Each test gets its own database name and queue prefix."""
+LLM server; PostgreSQL is the machine's server on 127.0.0.1:5432 (trust auth), in databases
+this session creates and drops. Each test gets its own database and queue prefix.
+
+The store a test's system runs on is `store_kind`: the MongoDB wire server unless the test
+is marked `@all_stores` (SQLite, PostgreSQL and MongoDB), as the tests of the store's
+behaviour through the API and the worker are (lifecycle, status filter, races, faults).
+
+A test that needs a service the machine may lack skips with `service_missing(...)`; under
+`CI=true` such a skip is a failure (see `pytest_runtest_makereport`), so that a green CI
+never hides an untested store or client."""
 
 from __future__ import annotations
 
@@ -27,8 +36,35 @@ from smartgen.config import Settings
 from smartgen.server.embedded import redis_binary
 from tests.fakellm import FakeLLM
 
+pytest_plugins = ["pytester"]  # tests/test_ci_services.py runs a small suite of its own
+
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "test-secret-" + "x" * 40
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+# The stores a system can run on; `@all_stores` runs a test on each.
+STORES = ["sqlite", "postgresql", "mongodb"]
+all_stores = pytest.mark.parametrize("store_kind", STORES, indirect=True)
+SERVICE_MISSING = "required service missing: "
+
+
+def service_missing(reason: str) -> None:
+    """Skip for a missing service (PostgreSQL, Node): a failure when `CI=true`."""
+    pytest.skip(SERVICE_MISSING + reason)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Under CI=true, a skip for a missing service fails the test: CI provides them all."""
+    report = yield
+    if report.skipped and _in_ci() and SERVICE_MISSING in str(report.longrepr):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"CI=true and a service the suite needs is missing: {reason}"
+    return report
 
 
 def free_port() -> int:
@@ -124,14 +160,93 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
+def _listening(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
+        return True
+    return False
+
+
+async def _pg_admin() -> Any:
+    import asyncpg
+
+    return await asyncpg.connect(
+        host=PG_HOST, port=PG_PORT, user="postgres", database="postgres", timeout=5
+    )
+
+
+async def create_pg_database(prefix: str) -> str:
+    """A new database on the machine's PostgreSQL (skips, or fails under CI, without one)."""
+    import asyncpg
+
+    if not _listening(PG_HOST, PG_PORT):
+        service_missing(f"no PostgreSQL listening on {PG_HOST}:{PG_PORT}")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await _pg_admin()
+    except (OSError, asyncpg.PostgresError) as error:
+        service_missing(f"cannot connect to PostgreSQL as postgres (trust auth expected): {error}")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def drop_pg_database(name: str) -> None:
+    admin = await _pg_admin()
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def pg_url(name: str) -> str:
+    return f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+
+
+@pytest.fixture(scope="session")
+async def pg_database() -> AsyncIterator[str]:
+    """A database of our own on the machine's PostgreSQL, dropped at the end of the session."""
+    name = await create_pg_database("smartgen_test")
+    try:
+        yield pg_url(name)
+    finally:
+        await drop_pg_database(name)
+
+
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The store of this test's system: `mongodb` unless parametrised (`@all_stores`)."""
+    return str(getattr(request, "param", "mongodb"))
+
+
+@pytest.fixture
+async def store_env(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique: str
+) -> AsyncIterator[dict[str, str]]:
+    """The environment variable that points a system at this test's own, empty database."""
+    if store_kind == "mongodb":
+        base = str(request.getfixturevalue("mongo_uri")).rstrip("/")
+        yield {"MONGO_URI": f"{base}/t_{unique}"}
+    elif store_kind == "sqlite":
+        yield {"DATABASE_URL": f"sqlite:///{tmp_path / 'store' / 'smartgen.db'}"}
+    elif store_kind == "postgresql":
+        name = await create_pg_database("smartgen_sys")
+        try:
+            yield {"DATABASE_URL": pg_url(name)}
+        finally:
+            await drop_pg_database(name)
+    else:
+        raise ValueError(f"unknown store {store_kind!r}")
+
+
 @pytest.fixture
 def env(
-    redis_server: RedisServer, mongo_uri: str, fake_llm: FakeLLM, unique: str
+    redis_server: RedisServer, store_env: dict[str, str], fake_llm: FakeLLM, unique: str
 ) -> dict[str, str]:
     """Environment variables for one test's system: own database, own queue prefix."""
-    base = mongo_uri.rstrip("/")
     return {
-        "MONGO_URI": f"{base}/t_{unique}",
+        **store_env,
         "REDIS_URL": redis_server.url,
         "OPENROUTER_KEY": "sk-or-test-key",
         "BASE_URL": fake_llm.base_url,

@@ -7,10 +7,18 @@ import signal
 
 import httpx
 
-from tests.conftest import Process, free_port, start_system, wait_for_status, wait_http
+from tests.conftest import (
+    Process,
+    all_stores,
+    free_port,
+    start_system,
+    wait_for_status,
+    wait_http,
+)
 from tests.fakellm import FakeLLM, Reply
 
 
+@all_stores
 async def test_seed_flow_with_real_processes(
     env: dict[str, str], processes: list[Process], fake_llm: FakeLLM, unique: str
 ) -> None:

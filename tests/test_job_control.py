@@ -19,7 +19,7 @@ import socketio
 from smartgen.config import Settings
 from smartgen.generation.prompts import SYSTEM_PROMPTS
 from smartgen.server.worker import run_worker
-from tests.conftest import ApiServer, register, start_system, wait_for_status
+from tests.conftest import ApiServer, all_stores, register, start_system, wait_for_status
 from tests.fakellm import FakeLLM, Reply
 
 WAIT = 20.0  # bound for any wait; never a speed assertion
@@ -111,6 +111,7 @@ def env(env: dict[str, str]) -> dict[str, str]:
 
 
 # --- cancel ---------------------------------------------------------------------------------
+@all_stores
 async def test_cancel_a_queued_job(
     api: ApiServer,
     client: httpx.AsyncClient,
@@ -186,6 +187,7 @@ async def test_cancel_a_running_job_stops_its_model_call_in_real_processes(
         assert len(fake_llm.calls_for(marker)) == 1
 
 
+@all_stores
 async def test_a_completed_job_cannot_be_cancelled_and_a_race_has_one_outcome(
     api: ApiServer, client: httpx.AsyncClient, settings: Settings, unique: str
 ) -> None:
@@ -314,6 +316,7 @@ async def test_run_now_starts_a_queued_job_at_once(
 
 
 # --- retry ----------------------------------------------------------------------------------
+@all_stores
 async def test_retry_a_failed_job_keeps_its_history(
     api: ApiServer, client: httpx.AsyncClient, settings: Settings, fake_llm: FakeLLM, unique: str
 ) -> None:
@@ -349,6 +352,7 @@ async def test_retry_a_failed_job_keeps_its_history(
     assert r.status_code == 409 and r.json()["error"] == "job_not_retryable"
 
 
+@all_stores
 async def test_retry_a_cancelled_job(
     api: ApiServer, client: httpx.AsyncClient, settings: Settings, unique: str
 ) -> None:

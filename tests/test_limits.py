@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from smartgen.api.ratelimit import RateLimiter
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable, TooManyRequests
-from tests.conftest import ApiServer, RedisServer, free_port, register
+from tests.conftest import ApiServer, Process, RedisServer, free_port, register, wait_http
 
 JOB = {"prompt": "limits", "contentType": "Blog Post Outline"}
 
@@ -58,14 +58,20 @@ async def test_non_json_content_type_is_415(client: httpx.AsyncClient) -> None:
 
 
 async def test_generate_rate_limit_is_per_user_and_shared_across_processes(
-    settings: Settings,
+    env: dict[str, str], processes: list[Process]
 ) -> None:
-    s = settings.model_copy(update={"generate_rate_limit": 3, "generate_rate_window_seconds": 30})
+    """Two real `smartgen api` processes on one Redis: one allowance per user between them."""
+    limited = {**env, "GENERATE_RATE_LIMIT": "3", "GENERATE_RATE_WINDOW_SECONDS": "30"}
+    urls = []
+    for _ in range(2):
+        port = free_port()
+        proc = Process("api", limited, PORT=str(port))
+        processes.append(proc)
+        urls.append(f"http://127.0.0.1:{port}")
+        await wait_http(urls[-1], proc)
     async with (
-        ApiServer(s) as one,
-        ApiServer(s) as two,
-        httpx.AsyncClient(base_url=one.url) as c1,
-        httpx.AsyncClient(base_url=two.url) as c2,
+        httpx.AsyncClient(base_url=urls[0]) as c1,
+        httpx.AsyncClient(base_url=urls[1]) as c2,
     ):
         alice, bob = await register(c1), await register(c1)
         codes = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -350,15 +349,14 @@ async def test_redirects_are_not_followed(
 async def test_hanging_provider_times_out(
     fake_llm: FakeLLM, make_client: Factory, marker: str
 ) -> None:
-    fake_llm.script(marker, [Reply(delay=2)])
+    # The answer comes after 10 s: a client that waited for it would succeed, not fail
+    # with its own timeout's message.
+    fake_llm.script(marker, [Reply(delay=10)])
     client = make_client(llm_timeout_seconds=1)
-    started = time.monotonic()
     err = await fail(client, marker)
-    elapsed = time.monotonic() - started
     assert err.retryable is True
     assert err.status is None
     assert "did not answer in time" in err.message
-    assert elapsed < 1.9  # gave up on its own timeout, not the server's late answer
 
 
 async def test_connection_refused(make_client: Factory, marker: str) -> None:
@@ -617,13 +615,11 @@ async def test_stream_empty_content(fake_llm: FakeLLM, make_client: Factory, mar
 async def test_stream_hanging_provider_times_out(
     fake_llm: FakeLLM, make_client: Factory, marker: str
 ) -> None:
-    fake_llm.script(marker, [Reply(delay=2)])
-    started = time.monotonic()
+    fake_llm.script(marker, [Reply(delay=10)])  # waiting for it would stream the answer
     got, err = await stream_fail(make_client(llm_timeout_seconds=1), marker)
     assert got == []
     assert err.retryable is True
     assert "did not answer in time" in err.message
-    assert time.monotonic() - started < 1.9
 
 
 async def test_stream_connection_refused(make_client: Factory, marker: str) -> None:
@@ -728,20 +724,22 @@ async def test_stream_may_outlast_the_timeout_while_data_flows(
 
 
 async def test_stream_that_stalls_times_out(make_client: Factory, marker: str) -> None:
+    stalled_out = asyncio.Event()
+
     async def answer(writer: asyncio.StreamWriter) -> None:
         writer.write(sse_head() + sse(delta("partial")))
         await writer.drain()
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(3)
+        stalled_out.set()  # then the connection closes
 
     async with slow_server(answer) as url:
-        started = time.monotonic()
         got, err = await stream_fail(make_client(base_url=url, llm_timeout_seconds=0.5), marker)
-        elapsed = time.monotonic() - started
+        # In order, not by the clock: the client gave up while the server was still silent.
+        assert not stalled_out.is_set()
     assert got == ["partial"]
     assert err.retryable is True
     assert err.status is None
     assert "did not answer in time" in err.message
-    assert elapsed < 1.4
 
 
 async def test_complete_ends_within_the_timeout_even_if_the_body_trickles(
@@ -759,12 +757,10 @@ async def test_complete_ends_within_the_timeout_even_if_the_body_trickles(
             await asyncio.sleep(0.1)
 
     async with slow_server(answer) as url:
-        started = time.monotonic()
+        # The whole body takes about 5 s: a client that waited for it would succeed.
         err = await fail(make_client(base_url=url, llm_timeout_seconds=0.5), marker)
-        elapsed = time.monotonic() - started
     assert err.retryable is True
     assert "did not answer in time" in err.message
-    assert elapsed < 1.4
 
 
 # --- lifecycle ----------------------------------------------------------------------------

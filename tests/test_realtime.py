@@ -25,7 +25,7 @@ from smartgen.kit.times import iso_ms, utcnow
 from smartgen.models import Job, JobStatus
 from smartgen.realtime.bus import close_manager, event_channel, worker_publisher
 from smartgen.realtime.events import Event, EventPublisher
-from tests.conftest import JWT_SECRET, ApiServer, register
+from tests.conftest import JWT_SECRET, ApiServer, Process, free_port, register, wait_http
 
 WAIT = 15.0  # upper bound for any single wait; never a speed assertion
 # Polling first then upgrade (the default), and websocket only. (python-engineio's client
@@ -377,24 +377,29 @@ async def test_queueing_emits_job_status_queued_to_every_tab(
 
 
 async def test_second_api_process_receives_events_through_redis(
-    api: ApiServer,
-    settings: Settings,
+    env: dict[str, str],
+    processes: list[Process],
     client: httpx.AsyncClient,
     listeners: Callable[[], Listener],
 ) -> None:
+    """A job queued through this API reaches a client of another, real `smartgen api`
+    process (the same Redis and store) through Redis."""
     user = await register(client)
-    async with ApiServer(settings) as other:
-        listener = listeners()
-        await listener.connect(other.url, auth={"token": user["token"]})
-        r = await client.post(
-            "/generate-content",
-            json={"prompt": "across processes", "contentType": "Blog Post Outline"},
-            headers=user["headers"],
-        )
-        assert r.status_code == 202, r.text
-        [event] = await listener.wait_for("job_status", r.json()["jobId"])
-        assert event["status"] == "queued"
-        await listener.close()
+    port = free_port()
+    other = Process("api", env, PORT=str(port))
+    processes.append(other)
+    await wait_http(f"http://127.0.0.1:{port}", other)
+    listener = listeners()
+    await listener.connect(f"http://127.0.0.1:{port}", auth={"token": user["token"]})
+    r = await client.post(
+        "/generate-content",
+        json={"prompt": "across processes", "contentType": "Blog Post Outline"},
+        headers=user["headers"],
+    )
+    assert r.status_code == 202, r.text
+    [event] = await listener.wait_for("job_status", r.json()["jobId"])
+    assert event["status"] == "queued"
+    await listener.close()
 
 
 # --- the worker's path: a write-only Redis manager ------------------------------------------
@@ -466,7 +471,7 @@ async def test_a_batch_of_events_is_one_published_message(
                 published.append(message)
         await alices.wait_for("job_status", jobs[-1].job_id)
         assert [d["n"] for d in alices.events("job_status")] == [0, 1, 2]
-        while (more := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)):
+        while more := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3):
             published.append(more)
         # One message for the three events; python-socketio's own relay sends one each.
         assert len(published) == (1 if settings.realtime_batched_relay else 3)

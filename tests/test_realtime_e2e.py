@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Process, free_port, register, wait_http
+from tests.conftest import Process, free_port, register, service_missing, wait_http
 from tests.test_realtime import Listener
 
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -132,7 +132,7 @@ def js_client() -> Iterator[Path]:
     """tests/js with its node_modules installed (`npm ci`, once, under a lock)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip(
+        service_missing(
             "node/npm are not installed: the socket.io-client compatibility test needs them"
         )
     marker = JS_DIR / "node_modules" / "socket.io-client" / "package.json"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -29,47 +28,10 @@ from smartgen.store import describe_store, open_store
 from smartgen.store.base import Store
 from tests.conftest import free_port
 
-PG_HOST, PG_PORT = "127.0.0.1", 5432
 # "-stockpool": the same store on the libraries' own pools (DB_FAIR_POOL=false).
 BACKENDS = ["mongodb", "postgresql", "postgresql-stockpool", "sqlite", "sqlite-stockpool"]
 DATA = Path(__file__).parent / "data"
 T0 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
-
-
-def _listening(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
-        return True
-    return False
-
-
-@pytest.fixture(scope="session")
-async def pg_database() -> AsyncIterator[str]:
-    """A database of our own on the machine's PostgreSQL, dropped at the end of the session."""
-    if not _listening(PG_HOST, PG_PORT):
-        pytest.skip(f"no PostgreSQL listening on {PG_HOST}:{PG_PORT}")
-    import asyncpg
-
-    name = f"smartgen_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = await asyncpg.connect(
-            host=PG_HOST, port=PG_PORT, user="postgres", database="postgres", timeout=5
-        )
-    except (OSError, asyncpg.PostgresError) as error:
-        pytest.skip(f"cannot connect to PostgreSQL as postgres (trust auth expected): {error}")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        admin = await asyncpg.connect(
-            host=PG_HOST, port=PG_PORT, user="postgres", database="postgres", timeout=5
-        )
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def _reset_postgres(url: str) -> None:

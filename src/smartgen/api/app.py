@@ -168,9 +168,10 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            # Every method the API serves: job control is PATCH and DELETE.
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             expose_headers=["Retry-After"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
     install_error_handlers(app)
     # Routes are matched in order: the busiest first.

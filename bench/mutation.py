@@ -1,0 +1,211 @@
+"""Mutation testing as a measure of the suite (not CI): mutmut over the modules whose
+behaviour the README promises, each with the fastest tests that cover it.
+
+    .venv/bin/pip install -e '.[mutation]'
+    .venv/bin/python bench/mutation.py                  # every target, one after another
+    .venv/bin/python bench/mutation.py tokens sqlite    # some targets
+    .venv/bin/python bench/mutation.py --report         # the last results, without running
+
+Each target runs in a work directory of its own (`bench/results/mutation/<target>/`: a
+copy of src/, tests/ and pyproject.toml with a `[tool.mutmut]` section), so the checkout
+is never touched and targets can run side by side. The tests run in mutmut's forked
+processes: code that the tests run in a subprocess (`python -m smartgen …`) imports the
+unmutated package, so the selections below are the in-process tests. The summary prints
+killed / survived per target against the target of 85 % killed, and the survivors' names
+(`mutmut show NAME` in the work directory prints a mutant's diff).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "results" / "mutation"
+TARGET_SCORE = 0.85
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    files: tuple[str, ...]  # globs under src/, as mutmut's only_mutate takes them
+    tests: tuple[str, ...]  # pytest arguments: the test selection
+
+
+# The default worker path and one store: the other parametrisations run the same code.
+IN_PROCESS = ("-k", "not stock-worker and not sqlite and not postgresql")
+
+TARGETS = [
+    Target(
+        "tokens",
+        ("src/smartgen/auth/tokens.py",),
+        ("tests/test_tokens.py", "tests/test_token_details.py"),
+    ),
+    Target(
+        "sqlite",
+        (
+            "src/smartgen/store/sql/repository.py",
+            "src/smartgen/store/sql/sqlite.py",
+            "src/smartgen/store/sql/sqlite_pool.py",
+            "src/smartgen/store/sql/schema.py",
+            "src/smartgen/store/sql/url.py",
+        ),
+        (
+            "tests/test_store_contract.py",
+            "tests/test_sql_details.py",
+            "tests/test_config.py",
+            "-k",
+            "not mongodb and not postgresql and not stockpool",
+        ),
+    ),
+    # generation/, one module a target (a run of all five takes hours on two cores: the
+    # tests that cover it start real servers); `generation` runs them one after another.
+    Target(
+        "generation-service",
+        ("src/smartgen/generation/service.py",),
+        ("tests/test_api.py", "tests/test_job_control.py", *IN_PROCESS),
+    ),
+    Target(
+        "generation-router",
+        ("src/smartgen/generation/router.py",),
+        ("tests/test_api.py", "tests/test_job_control.py", *IN_PROCESS),
+    ),
+    Target(
+        "generation-control",
+        ("src/smartgen/generation/control.py",),
+        ("tests/test_job_control.py", *IN_PROCESS),
+    ),
+    Target(
+        "generation-reconcile",
+        ("src/smartgen/generation/reconcile.py",),
+        ("tests/test_reconcile.py", "tests/test_worker.py", *IN_PROCESS),
+    ),
+    Target(
+        "generation-tasks",
+        ("src/smartgen/generation/tasks.py",),
+        ("tests/test_worker.py", "tests/test_readme_claims.py", *IN_PROCESS),
+    ),
+]
+
+
+GROUPS = {"generation": [t.name for t in TARGETS if t.name.startswith("generation-")]}
+
+
+def mutmut_config(target: Target) -> str:
+    def toml_list(items: tuple[str, ...] | list[str]) -> str:
+        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+    return (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["src"]\n'
+        f"only_mutate = {toml_list(target.files)}\n"
+        f"pytest_add_cli_args_test_selection = {toml_list(target.tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+        "use_git_change_detection = false\n"
+        'also_copy = [".env.example", "README.md", "docs"]\n'
+    )
+
+
+def prepare(target: Target) -> Path:
+    work = WORK / target.name
+    shutil.rmtree(work / "mutants", ignore_errors=True)  # a fresh run: no stale verdicts
+    for name in ("src", "tests", "docs"):
+        shutil.rmtree(work / name, ignore_errors=True)
+        shutil.copytree(
+            ROOT / name,
+            work / name,
+            ignore=shutil.ignore_patterns("__pycache__", "node_modules", "*.pyc"),
+        )
+    for name in (".env.example", "README.md"):  # read by the settings' tests
+        shutil.copy(ROOT / name, work / name)
+    (work / "pyproject.toml").write_text(
+        (ROOT / "pyproject.toml").read_text() + mutmut_config(target)
+    )
+    return work
+
+
+def mutmut(work: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    binary = Path(sys.executable).with_name("mutmut")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [str(binary), *args], cwd=work, env=env, text=True, capture_output=capture, check=False
+    )
+
+
+def results(work: Path) -> dict[str, list[str]]:
+    """Mutant names by outcome, as `mutmut results --all true` lists them."""
+    out = mutmut(work, "results", "--all", "true", capture=True).stdout
+    by_outcome: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        match = re.match(r"\s*(\S+): (.+)$", line)
+        if match:
+            by_outcome.setdefault(match.group(2).strip(), []).append(match.group(1))
+    return by_outcome
+
+
+def summary(target: Target, work: Path) -> dict[str, object]:
+    by_outcome = results(work)
+    killed = len(by_outcome.get("killed", [])) + len(by_outcome.get("timeout", []))
+    survived = by_outcome.get("survived", [])
+    tested = killed + len(survived)
+    score = killed / tested if tested else 0.0
+    return {
+        "target": target.name,
+        "killed": killed,
+        "survived": len(survived),
+        "not run": sum(len(v) for k, v in by_outcome.items() if k == "not checked"),
+        "no tests": len(by_outcome.get("no tests", [])),
+        "score": round(score, 4),
+        "meets_target": score >= TARGET_SCORE,
+        "survivors": survived,
+        "other": {k: len(v) for k, v in by_outcome.items() if k not in ("killed", "survived")},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", help=", ".join(t.name for t in TARGETS))
+    parser.add_argument("--report", action="store_true", help="print the last results only")
+    parser.add_argument("--max-children", type=int, default=2)
+    args = parser.parse_args()
+    names = [n for a in args.targets for n in GROUPS.get(a, [a])]
+    wanted = [t for t in TARGETS if not names or t.name in names]
+    unknown = set(names) - {t.name for t in TARGETS}
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    rows = []
+    for target in wanted:
+        work = WORK / target.name
+        if not args.report:
+            work = prepare(target)
+            started = time.monotonic()
+            mutmut(work, "run", "--max-children", str(args.max_children))
+            print(f"{target.name}: {time.monotonic() - started:.0f} s", flush=True)
+        if work.exists():
+            rows.append(summary(target, work))
+    header = f"{'target':<12} {'killed':>7} {'survived':>9} {'score':>7}"
+    print(f"\n{header}  (target {TARGET_SCORE:.0%})")
+    for row in rows:
+        print(
+            f"{row['target']:<12} {row['killed']:>7} {row['survived']:>9} "
+            f"{float(str(row['score'])):>7.1%}  {'ok' if row['meets_target'] else 'BELOW'}"
+        )
+        for name in row["survivors"]:  # type: ignore[attr-defined]
+            print(f"    survived: {name}")
+        if row["other"]:
+            print(f"    other outcomes: {row['other']}")
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "summary.json").write_text(json.dumps(rows, indent=2))
+    return 0 if all(row["meets_target"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -41,11 +41,22 @@ class Call:
     aborted_at: float | None = None
 
     @property
-    def prompt(self) -> str:
+    def user(self) -> str:
+        """The whole user message."""
         for message in self.body.get("messages", []):
             if message.get("role") == "user":
                 return str(message.get("content", ""))
         return ""
+
+    @property
+    def prompt(self) -> str:
+        """The caller's prompt: what the user message holds inside <request> tags (all
+        of it when there are none)."""
+        user = self.user
+        start, end = user.find("<request>\n"), user.find("\n</request>")
+        if start >= 0 and end > start:
+            return user[start + len("<request>\n") : end]
+        return user
 
     @property
     def system(self) -> str:

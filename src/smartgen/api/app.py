@@ -26,7 +26,9 @@ from smartgen.config import Settings
 from smartgen.content.router import router as content_router
 from smartgen.content.router import saving as saving_router
 from smartgen.generation.router import router as generation_router
+from smartgen.llm.pricing import ModelPrices
 from smartgen.metrics.jobs import MeteredNotifier
+from smartgen.queue.budgets import RedisBudgets
 from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.timings import RedisTimings
 from smartgen.realtime.bus import event_log
@@ -108,6 +110,8 @@ def create_app(
                 log=log,
                 timings=RedisTimings(redis, namespace),
                 listeners=realtime.manager.local,
+                prices=ModelPrices(settings),
+                budgets=RedisBudgets(redis, namespace),
             )
             if on_started is not None:
                 on_started()

@@ -17,7 +17,7 @@ from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable
 from smartgen.kit import logcontext
-from smartgen.ports import JobQueue, LiveText, Notifier, RateLimits, Timings
+from smartgen.ports import Budgets, JobQueue, LiveText, Notifier, Prices, RateLimits, Timings
 from smartgen.store.base import Store
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ class Services:
     log: EventLog
     timings: Timings
     listeners: LocalSubscribers
+    prices: Prices
+    budgets: Budgets
 
 
 def services(request: Request) -> Services:
@@ -82,6 +84,14 @@ async def get_timings(request: Request) -> Timings:
     return services(request).timings
 
 
+async def get_prices(request: Request) -> Prices:
+    return services(request).prices
+
+
+async def get_budgets(request: Request) -> Budgets:
+    return services(request).budgets
+
+
 async def get_redis(request: Request) -> Redis:
     return services(request).redis
 
@@ -114,6 +124,8 @@ LimiterDep = Annotated[RateLimits, Depends(get_limiter)]
 LiveTextDep = Annotated[LiveText, Depends(get_live)]
 TimingsDep = Annotated[Timings, Depends(get_timings)]
 RedisDep = Annotated["Redis", Depends(get_redis)]
+PricesDep = Annotated[Prices, Depends(get_prices)]
+BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]
 
 

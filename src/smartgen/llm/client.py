@@ -222,21 +222,41 @@ class ChatClient:
             )
         return self._http
 
-    def payload(self, messages: list[dict[str, str]], *, stream: bool = False) -> dict[str, Any]:
-        return {
-            "model": self.model,
+    def payload(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        stream: bool = False,
+        request: ModelRequest | None = None,
+    ) -> dict[str, Any]:
+        """The request body: the job's model, length budget and temperature where it chose
+        them, OPENROUTER_FALLBACK_MODELS as OpenRouter's `models` routing list, and usage
+        accounting (OpenRouter then reports tokens and `cost`)."""
+        model = (request.model if request else None) or self.model
+        max_tokens = request.max_tokens if request and request.max_tokens else None
+        temperature = request.temperature if request else None
+        body: dict[str, Any] = {
+            "model": model,
             "messages": messages,
-            "max_tokens": self._settings.llm_max_tokens,
-            "temperature": self._settings.llm_temperature,
+            "max_tokens": max_tokens or self._settings.llm_max_tokens,
+            "temperature": self._settings.llm_temperature if temperature is None else temperature,
             "stream": stream,
+            "usage": {"include": True},
         }
+        fallbacks = [m for m in self._settings.fallback_models if m != model]
+        if fallbacks:
+            body["models"] = [model, *fallbacks]
+        return body
 
-    async def complete(self, messages: list[dict[str, str]]) -> Completion:
+    async def complete(
+        self, messages: list[dict[str, str]], *, request: ModelRequest | None = None
+    ) -> Completion:
         session = self._session()
+        model = (request.model if request else None) or self.model
         try:
             async with session.post(
                 self._url,
-                json=self.payload(messages),
+                json=self.payload(messages, request=request),
                 headers=job_headers(),
                 allow_redirects=False,
                 proxy=self._proxy,
@@ -254,24 +274,26 @@ class ChatClient:
             body = None
         if status != 200:
             raise _status_error(status, body, parse_retry_after(retry_after), self._secret)
-        return _completion_from_body(body, self.model, self._secret)
+        return _completion_from_body(body, model, self._secret)
 
     async def generate(self, request: ModelRequest) -> Completion:
-        return await self.complete(request.messages)
+        return await self.complete(request.messages, request=request)
 
     def generate_stream(self, request: ModelRequest) -> AsyncIterator[str | Completion]:
-        return self.stream(request.messages)
+        return self.stream(request.messages, request=request)
 
-    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Completion]:
+    async def stream(
+        self, messages: list[dict[str, str]], *, request: ModelRequest | None = None
+    ) -> AsyncIterator[str | Completion]:
         """Yield text deltas as they arrive, then the assembled `Completion` last."""
         session = self._session()
         parts: list[str] = []
-        model = self.model
+        model = (request.model if request else None) or self.model
         usage: dict[str, Any] | None = None
         try:
             async with session.post(
                 self._url,
-                json=self.payload(messages, stream=True),
+                json=self.payload(messages, stream=True, request=request),
                 headers=job_headers({"Accept": "text/event-stream"}),
                 timeout=self._stream_timeout,
                 allow_redirects=False,

@@ -12,8 +12,24 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from smartgen.errors import Conflict, StoreUnavailable
 from smartgen.kit.times import as_utc
-from smartgen.models import RETRYABLE, UNFINISHED, Completion, Content, Job, JobStatus, User
-from smartgen.store.base import ContentRepository, JobRepository, UserRepository
+from smartgen.models import (
+    RETRYABLE,
+    UNFINISHED,
+    Completion,
+    Content,
+    Job,
+    JobStatus,
+    UsageRow,
+    User,
+    Voice,
+    usage_numbers,
+)
+from smartgen.store.base import (
+    ContentRepository,
+    JobRepository,
+    UserRepository,
+    VoiceRepository,
+)
 from smartgen.store.unavailable import translate_unavailable
 
 _UNFINISHED = [status.value for status in UNFINISHED]
@@ -48,7 +64,18 @@ def _job_from_doc(doc: dict[str, Any]) -> Job:
         lease_owner=doc.get("leaseOwner"),
         cancelled_at=_dt(doc.get("cancelledAt")),
         history=doc.get("history"),
+        options=doc.get("options"),
+        parent_job_id=doc.get("parentJobId"),
+        cost=None if doc.get("cost") is None else float(doc["cost"]),
     )
+
+
+# GET /usage's groups, as aggregation expressions over a job document.
+_USAGE_KEYS: dict[str, Any] = {
+    "day": {"$dateToString": {"format": "%Y-%m-%d", "date": "$createdAt"}},
+    "contentType": "$contentType",
+    "model": "$model",
+}
 
 
 def _content_from_doc(doc: dict[str, Any]) -> Content:
@@ -132,6 +159,8 @@ class MongoJobs:
                 "createdAt": job.created_at,
                 "updatedAt": job.updated_at,
                 "attempts": job.attempts,
+                "options": job.options,
+                "parentJobId": job.parent_job_id,
             }
         )
         return True
@@ -226,6 +255,7 @@ class MongoJobs:
 
     @_unavailable
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
+        prompt, completion, total, cost = usage_numbers(result.usage)
         res = await self._c.update_one(
             {"jobId": job_id, "status": JobStatus.processing.value},
             {
@@ -236,6 +266,11 @@ class MongoJobs:
                     "usage": result.usage,
                     "completedAt": at,
                     "updatedAt": at,
+                    # Flat numbers, so that GET /usage sums fields rather than parses.
+                    "cost": cost,
+                    "promptTokens": prompt,
+                    "completionTokens": completion,
+                    "totalTokens": total,
                 },
                 "$unset": {"error": ""},
             },
@@ -317,6 +352,7 @@ class MongoJobs:
         cleared = (
             "error", "failedAt", "cancelledAt", "startedAt", "completedAt",
             "generatedContent", "model", "usage", "leaseUntil", "leaseOwner",
+            "cost", "promptTokens", "completionTokens", "totalTokens",
         )  # fmt: skip
         return await self._changed(
             {"jobId": job_id, "userId": user_id, "status": {"$in": _RETRYABLE}},
@@ -353,6 +389,115 @@ class MongoJobs:
             {"jobId": job.job_id, "status": JobStatus.queued.value}, {"$set": values}
         )
         return bool(result.matched_count == 1)
+
+    @_unavailable
+    async def variation_ids(self, job_id: str, user_id: str, *, limit: int) -> list[str]:
+        cursor = self._c.find({"parentJobId": job_id, "userId": user_id}, {"jobId": 1})
+        cursor = cursor.sort([("createdAt", ASCENDING), ("_id", ASCENDING)]).limit(limit)
+        return [str(d["jobId"]) async for d in cursor]
+
+    @_unavailable
+    async def usage(
+        self, user_id: str, *, start: datetime, end: datetime, group_by: str
+    ) -> list[UsageRow]:
+        statuses = [s.value for s in JobStatus]
+        group: dict[str, Any] = {"_id": _USAGE_KEYS[group_by], "jobs": {"$sum": 1}}
+        for status in statuses:
+            group[status] = {"$sum": {"$cond": [{"$eq": ["$status", status]}, 1, 0]}}
+        for name in ("promptTokens", "completionTokens", "totalTokens", "cost"):
+            group[name] = {"$sum": {"$ifNull": [f"${name}", 0]}}
+        group["priced"] = {"$sum": {"$cond": [{"$eq": [{"$ifNull": ["$cost", None]}, None]}, 0, 1]}}
+        pipeline = [
+            {"$match": {"userId": user_id, "createdAt": {"$gte": start, "$lt": end}}},
+            {"$group": group},
+        ]
+        rows = [
+            UsageRow(
+                key=None if d["_id"] is None else str(d["_id"]),
+                jobs=int(d["jobs"]),
+                by_status={s: int(d.get(s) or 0) for s in statuses},
+                prompt_tokens=int(d.get("promptTokens") or 0),
+                completion_tokens=int(d.get("completionTokens") or 0),
+                total_tokens=int(d.get("totalTokens") or 0),
+                cost=float(d.get("cost") or 0),
+                priced_jobs=int(d.get("priced") or 0),
+            )
+            async for d in await self._c.aggregate(pipeline)
+        ]
+        return sorted(rows, key=lambda r: (r.key is None, r.key or ""))
+
+
+def _voice_from_doc(doc: dict[str, Any]) -> Voice:
+    return Voice(
+        voice_id=doc["voiceId"],
+        user_id=str(doc["userId"]),
+        name=doc["name"],
+        description=doc.get("description", ""),
+        examples=list(doc.get("examples") or []),
+        created_at=as_utc(doc["createdAt"]),
+        updated_at=as_utc(doc.get("updatedAt") or doc["createdAt"]),
+    )
+
+
+class MongoVoices:
+    def __init__(self, db: Any) -> None:
+        self._c = db["voices"]
+
+    @_unavailable
+    async def create(self, voice: Voice, *, max_per_user: int) -> bool:
+        # Two round trips, as jobs' cap: concurrent creations may overshoot slightly.
+        if await self._c.count_documents({"userId": voice.user_id}) >= max_per_user:
+            return False
+        await self._c.insert_one(
+            {
+                "voiceId": voice.voice_id,
+                "userId": voice.user_id,
+                "name": voice.name,
+                "description": voice.description,
+                "examples": voice.examples,
+                "createdAt": voice.created_at,
+                "updatedAt": voice.updated_at,
+            }
+        )
+        return True
+
+    @_unavailable
+    async def get_for_user(self, voice_id: str, user_id: str) -> Voice | None:
+        doc = await self._c.find_one({"voiceId": voice_id, "userId": user_id})
+        return _voice_from_doc(doc) if doc else None
+
+    @_unavailable
+    async def list_for_user(self, user_id: str, *, limit: int) -> list[Voice]:
+        cursor = self._c.find({"userId": user_id}).sort(
+            [("createdAt", DESCENDING), ("_id", DESCENDING)]
+        )
+        return [_voice_from_doc(d) async for d in cursor.limit(limit)]
+
+    @_unavailable
+    async def update(
+        self,
+        voice_id: str,
+        user_id: str,
+        *,
+        at: datetime,
+        name: str | None = None,
+        description: str | None = None,
+        examples: list[str] | None = None,
+    ) -> Voice | None:
+        changes: dict[str, Any] = {"updatedAt": at}
+        for key, value in (("name", name), ("description", description), ("examples", examples)):
+            if value is not None:
+                changes[key] = value
+        query = {"voiceId": voice_id, "userId": user_id}
+        if (await self._c.update_one(query, {"$set": changes})).matched_count == 0:
+            return None
+        doc = await self._c.find_one(query)
+        return _voice_from_doc(doc) if doc else None
+
+    @_unavailable
+    async def delete(self, voice_id: str, user_id: str) -> bool:
+        result = await self._c.delete_one({"voiceId": voice_id, "userId": user_id})
+        return bool(result.deleted_count == 1)
 
 
 class MongoContents:
@@ -410,6 +555,7 @@ class MongoStore:
         self.users: UserRepository = MongoUsers(db)
         self.jobs: JobRepository = MongoJobs(db)
         self.contents: ContentRepository = MongoContents(db)
+        self.voices: VoiceRepository = MongoVoices(db)
 
     @_unavailable
     async def init(self) -> None:
@@ -422,6 +568,9 @@ class MongoStore:
         await self._db["contents"].create_index("jobId", unique=True)
         await self._db["contents"].create_index("contentId", unique=True)
         await self._db["users"].create_index("email", unique=True)
+        await self._db["jobs"].create_index("parentJobId", sparse=True)
+        await self._db["voices"].create_index("voiceId", unique=True)
+        await self._db["voices"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
 
     async def ping(self) -> None:
         try:

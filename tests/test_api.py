@@ -74,6 +74,7 @@ async def test_queue_returns_seed_shape(client: httpx.AsyncClient, api: ApiServe
         "delaySeconds",
         "scheduledFor",
         "estimatedCompletionTime",
+        "estimatedCost",
     }
     assert body["message"] == "Content generation job queued successfully"
     assert body["status"] == "queued"

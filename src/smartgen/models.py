@@ -166,3 +166,5 @@ class ModelRequest:
     temperature: float | None = None
     # The options as the job holds them (the offline writer reads tone, length, …).
     options: dict[str, Any] | None = None
+    # A variation's original text, which the new take must differ from.
+    previous: str | None = None

@@ -86,6 +86,9 @@ class Budgets(Protocol):
     async def release(self, job_id: str) -> BudgetState | None:
         """Give the job's reservation back (cancelled, failed); None when there is none."""
 
+    async def used(self, user_id: str, month: str) -> tuple[int, float]:
+        """(tokens, cost) the user's `month` holds, reservations included."""
+
 
 class Notifier(Protocol):
     async def job_changed(self, job: Job, *, settled: bool = False, repeat: bool = False) -> None:

@@ -37,6 +37,8 @@ from smartgen.realtime.router import router as events_router
 from smartgen.realtime.server import RealtimeServer
 from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
+from smartgen.usage.router import router as usage_router
+from smartgen.voices.router import router as voices_router
 
 Asgi = Callable[..., Any]
 
@@ -138,6 +140,8 @@ def create_app(
             {"name": "auth", "description": "Register and log in: a JWT for everything else"},
             {"name": "generation", "description": "Queue a generation, follow it, save it"},
             {"name": "content", "description": "Saved content"},
+            {"name": "voices", "description": "Brand voices: name one in `voiceId` on a job"},
+            {"name": "usage", "description": "Tokens, cost and budgets"},
             {"name": "events", "description": "Your event log as server-sent events"},
             {"name": "health", "description": "Liveness and readiness"},
         ],
@@ -156,6 +160,8 @@ def create_app(
     app.include_router(saving_router)
     app.include_router(auth_router)
     app.include_router(content_router)
+    app.include_router(voices_router)
+    app.include_router(usage_router)
     app.include_router(events_router)
     app.include_router(health_router)
     if settings.metrics_enabled:

@@ -217,6 +217,7 @@ def model_request(
         max_tokens=length_budget(content_type, length).max_tokens if length else None,
         temperature=float(temperature) if temperature is not None else None,
         options=options or None,
+        previous=previous,
     )
 
 

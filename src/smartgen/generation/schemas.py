@@ -177,7 +177,11 @@ class QueuedResponse(BaseModel):
         description="A quote in USD from the model's price, the prompt's token estimate and "
         "the length budget; null when the model's price is unknown",
     )
-    parentJobId: str | None = Field(None, description="A variation's original")
+    parentJobId: str | None = Field(
+        None,
+        description="A variation's original (only for variations)",
+        exclude_if=lambda v: v is None,
+    )
 
 
 class JobOut(BaseModel):

@@ -64,6 +64,7 @@ def _state(reply: list[int]) -> BudgetState:
 
 class RedisBudgets:
     def __init__(self, client: aioredis.Redis, namespace: str) -> None:
+        self._client = client
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
         self._prefix = f"{namespace}:budget"
@@ -107,6 +108,10 @@ class RedisBudgets:
         ]
         reply = await self._settle(keys=[self._job_key(job_id)], args=args)
         return None if reply is None else _state(reply)
+
+    async def used(self, user_id: str, month: str) -> tuple[int, float]:
+        tokens, cost = await self._client.hmget(self.month_key(user_id, month), ["tokens", "cost"])
+        return int(tokens or 0), int(cost or 0) / NANO
 
     async def release(self, job_id: str) -> BudgetState | None:
         reply = await self._settle(keys=[self._job_key(job_id)], args=[0, 0])

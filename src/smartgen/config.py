@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     openrouter_fallback_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Prices that win over OpenRouter's GET /models, in USD per token as OpenRouter gives
     # them: {"model": {"prompt": 0.00000015, "completion": 0.0000006}} (JSON).
-    model_prices: dict[str, dict[str, float]] = Field(default_factory=dict)
+    model_prices: Annotated[dict[str, dict[str, float]], NoDecode] = Field(default_factory=dict)
     # How long the API keeps OpenRouter's price list before asking again.
     model_prices_cache_seconds: float = Field(3600.0, gt=0)
     # Per user and calendar month (UTC); 0: no budget. Each queued job reserves its quote.
@@ -180,6 +180,13 @@ class Settings(BaseSettings):
             if value.strip().startswith("["):
                 return json.loads(value)
             return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def _prices_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
         return value
 
     @field_validator("model_prices")

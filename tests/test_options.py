@@ -6,6 +6,7 @@ says it uses real `smartgen` processes."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -16,7 +17,8 @@ from smartgen.config import Settings
 from smartgen.generation.prompts import GUARD, LENGTHS_BY_TYPE, system_message
 from tests.conftest import ApiServer, register, wait_for_status
 from tests.fakellm import FakeLLM, Reply
-from tests.test_job_control import running_worker
+from tests.test_event_log import sync
+from tests.test_job_control import running_worker, until
 
 MODELS = "fake/model-1,fake/model-2"
 
@@ -427,3 +429,149 @@ async def test_model_prices_override_and_unknown_prices(
     assert r.json()["estimatedCost"] == pytest.approx(expected)
     r = await post(client, user["headers"], "Bread", delaySeconds=3600, model="fake/unlisted")
     assert r.status_code == 202 and r.json()["estimatedCost"] is None
+
+
+# --- budgets -----------------------------------------------------------------------------------
+def quote_tokens(prompt: str, **options: Any) -> int:
+    from smartgen.generation.prompts import estimate_prompt_tokens, model_request
+
+    request = model_request("Blog Post Outline", prompt, options or None)
+    return estimate_prompt_tokens(request.messages) + (request.max_tokens or 1200)
+
+
+FITS = 10  # jobs the token budget holds
+
+
+@pytest.fixture
+def budget_env(env: dict[str, str]) -> dict[str, str]:
+    env["USER_MONTHLY_TOKEN_BUDGET"] = str(FITS * quote_tokens("Budget 00") + 5)
+    env["GENERATE_RATE_LIMIT"] = "0"
+    env["MAX_UNFINISHED_JOBS"] = "0"
+    return env
+
+
+async def test_64_concurrent_submits_across_two_api_processes_never_pass_the_budget(
+    budget_env: dict[str, str], api: ApiServer, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    alice, bob = await register(client), await register(client)
+    limit = settings.user_monthly_token_budget
+    async with (
+        ApiServer(settings) as second,
+        httpx.AsyncClient(base_url=second.url, timeout=30) as other,
+    ):
+        clients = [client, other]
+        answers = await asyncio.gather(
+            *(
+                post(clients[i % 2], alice["headers"], f"Budget {i:02d}", delaySeconds=3600)
+                for i in range(64)
+            )
+        )
+    statuses = [r.status_code for r in answers]
+    assert statuses.count(202) == FITS and statuses.count(402) == 64 - FITS, statuses
+    refused = next(r.json() for r in answers if r.status_code == 402)
+    assert refused["error"] == "budget_exceeded"
+    message = refused["message"]
+    assert f"of {limit} tokens used this month" in message and "left" in message
+    assert "resets at" in message and "-01T00:00:00.000Z" in message
+    usage = (await client.get("/usage", headers=alice["headers"])).json()
+    assert usage["totals"]["jobs"] == FITS  # refused submits left no job behind
+    tokens = usage["budget"]["tokens"]
+    assert tokens["limit"] == limit and tokens["used"] == FITS * quote_tokens("Budget 00")
+    assert tokens["used"] <= limit and tokens["left"] == limit - tokens["used"]
+    # Another user's budget is untouched.
+    assert (await post(client, bob["headers"], "Budget 00", delaySeconds=3600)).status_code == 202
+
+    # Cancelling gives the reservation back: exactly one more fits.
+    accepted = [r.json()["jobId"] for r in answers if r.status_code == 202]
+    r = await client.delete(f"/generate-content/{accepted[0]}", headers=alice["headers"])
+    assert r.status_code == 200
+    assert (await post(client, alice["headers"], "Budget 01", delaySeconds=3600)).status_code == 202
+    assert (await post(client, alice["headers"], "Budget 02", delaySeconds=3600)).status_code == 402
+    # A retry of the cancelled job reserves again: refused while the budget is full.
+    r = await client.post(f"/generate-content/{accepted[0]}/retry", headers=alice["headers"])
+    assert r.status_code == 402 and r.json()["error"] == "budget_exceeded"
+
+
+async def test_completion_settles_failure_releases_and_80_percent_warns(
+    budget_env: dict[str, str],
+    api: ApiServer,
+    client: httpx.AsyncClient,
+    settings: Settings,
+    fake_llm: FakeLLM,
+) -> None:
+    user = await register(client)
+    marker = f"[settle-{uuid.uuid4().hex[:8]}]"
+    broken = f"[broken-{uuid.uuid4().hex[:8]}]"
+    fake_llm.always(broken, Reply(status=400))
+    quote = quote_tokens(f"Budget {marker}")
+
+    async def used() -> int:
+        body = (await client.get("/usage", headers=user["headers"])).json()
+        return int(body["budget"]["tokens"]["used"])
+
+    held = [
+        (await post(client, user["headers"], f"Budget {i:02d}", delaySeconds=3600)).json()["jobId"]
+        for i in range(7)
+    ]
+    assert len(held) == 7 and await used() == 7 * quote_tokens("Budget 00")
+    async with running_worker(settings):
+        ok = await post(client, user["headers"], f"Budget {marker}")
+        assert ok.status_code == 202, ok.text
+        await wait_for_status(client, ok.json()["jobId"], user["headers"], {"completed"})
+        # Settled to what the provider reported (46 tokens), not the quote.
+        settled = 7 * quote_tokens("Budget 00") + 46
+
+        async def is_settled() -> bool:
+            return await used() == settled
+
+        await until(is_settled)
+        bad = await post(client, user["headers"], f"Budget {broken}")
+        assert bad.status_code == 202
+        await wait_for_status(client, bad.json()["jobId"], user["headers"], {"failed"})
+        await until(is_settled)  # its reservation released
+    assert quote > 46
+    # The month passed 80 % when the failing job reserved its quote, and again with these
+    # two: one budget_warning a month, however often the line is crossed.
+    for i in range(2):
+        r = await post(client, user["headers"], f"Budget {i:02d}", delaySeconds=3600)
+        assert r.status_code == 202
+    events: list[dict[str, Any]] = []
+
+    async def warned() -> bool:
+        reply = await sync(api.url, user["token"], {"afterSeq": 0})
+        events[:] = [e for e in reply["events"] if e["event"] == "budget_warning"]
+        return bool(events)
+
+    await until(warned)
+    [warning] = events
+    data = warning["data"]
+    assert data["userId"] == user["userId"] and data["budget"] == "tokens"
+    assert data["limit"] == settings.user_monthly_token_budget
+    assert data["used"] >= 0.8 * data["limit"] and data["percent"] >= 80
+    assert data["resetsAt"].endswith("-01T00:00:00.000Z")
+    assert len(held) == 7
+
+
+@pytest.fixture
+def cost_budget_env(env: dict[str, str]) -> dict[str, str]:
+    # fake/model-1: 0.000001 per prompt token, 0.000002 per answer token.
+    per_job = quote_tokens("Cost 0") - 1200
+    env["USER_MONTHLY_COST_BUDGET"] = str(3 * (per_job * 0.000001 + 1200 * 0.000002) + 1e-7)
+    env["GENERATE_RATE_LIMIT"] = "0"
+    return env
+
+
+async def test_a_cost_budget_refuses_the_quote_that_does_not_fit(
+    cost_budget_env: dict[str, str], client: httpx.AsyncClient
+) -> None:
+    user = await register(client)
+    answers = await asyncio.gather(
+        *(post(client, user["headers"], f"Cost {i}", delaySeconds=3600) for i in range(8))
+    )
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [202] * 3 + [402] * 5
+    refused = next(r.json() for r in answers if r.status_code == 402)
+    assert "$" in refused["message"] and "left" in refused["message"]
+    budget = (await client.get("/usage", headers=user["headers"])).json()["budget"]
+    assert budget["tokens"] is None
+    assert budget["cost"]["used"] <= budget["cost"]["limit"]

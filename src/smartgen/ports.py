@@ -89,6 +89,10 @@ class Budgets(Protocol):
     async def used(self, user_id: str, month: str) -> tuple[int, float]:
         """(tokens, cost) the user's `month` holds, reservations included."""
 
+    async def first_warning(self, user_id: str, month: str, budget: str) -> bool:
+        """True the first time this is asked for the user's month and budget, then False
+        (so that a budget_warning goes out once a month, not at every crossing)."""
+
 
 class Notifier(Protocol):
     async def job_changed(self, job: Job, *, settled: bool = False, repeat: bool = False) -> None:

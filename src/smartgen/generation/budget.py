@@ -94,7 +94,7 @@ async def reserve(
     )
     if not state.accepted:
         raise PaymentRequired(refusal(settings, state, quoted, at))
-    await warn(settings, notifier, user_id, state, at)
+    await warn(settings, budgets, notifier, user_id, state, at)
     return True
 
 
@@ -119,16 +119,23 @@ def refusal(settings: Settings, state: BudgetState, quoted: Quote, at: datetime)
 
 
 async def warn(
-    settings: Settings, notifier: Notifier, user_id: str, state: BudgetState, at: datetime
+    settings: Settings,
+    budgets: Budgets,
+    notifier: Notifier,
+    user_id: str,
+    state: BudgetState,
+    at: datetime,
 ) -> None:
-    """A `budget_warning` when this operation took a budget past 80 % (once per crossing)."""
+    """A `budget_warning` when this operation took a budget past 80 %, once per month and
+    budget (a reservation given back and taken again does not warn twice)."""
     _, resets = month_bounds(at)
     checks = [
         ("tokens", settings.user_monthly_token_budget, state.tokens_before, state.tokens_used),
         ("cost", settings.user_monthly_cost_budget, state.cost_before, state.cost_used),
     ]
     for budget, limit, before, after in checks:
-        if limit > 0 and before < WARN_AT * limit <= after:
+        crossed = limit > 0 and before < WARN_AT * limit <= after
+        if crossed and await budgets.first_warning(user_id, month_of(at), budget):
             await notifier.user_event(
                 user_id,
                 "budget_warning",

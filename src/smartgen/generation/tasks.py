@@ -222,7 +222,9 @@ class GenerationTask:
         try:
             state = await self.budgets.settle(job.job_id, tokens=total, cost=cost)
             if state is not None:
-                await budget.warn(self.settings, self.notifier, job.user_id, state, job.created_at)
+                await budget.warn(
+                    self.settings, self.budgets, self.notifier, job.user_id, state, job.created_at
+                )
         except Exception as exc:
             log.warning("job %s: budget not settled: %s", job.job_id, type(exc).__name__)
 

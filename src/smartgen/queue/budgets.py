@@ -113,6 +113,11 @@ class RedisBudgets:
         tokens, cost = await self._client.hmget(self.month_key(user_id, month), ["tokens", "cost"])
         return int(tokens or 0), int(cost or 0) / NANO
 
+    async def first_warning(self, user_id: str, month: str, budget: str) -> bool:
+        return bool(
+            await self._client.hsetnx(self.month_key(user_id, month), f"warned:{budget}", 1)
+        )
+
     async def release(self, job_id: str) -> BudgetState | None:
         reply = await self._settle(keys=[self._job_key(job_id)], args=[0, 0])
         return None if reply is None else _state(reply)

@@ -575,3 +575,24 @@ async def test_a_cost_budget_refuses_the_quote_that_does_not_fit(
     budget = (await client.get("/usage", headers=user["headers"])).json()["budget"]
     assert budget["tokens"] is None
     assert budget["cost"]["used"] <= budget["cost"]["limit"]
+
+
+async def test_an_unreachable_budget_ledger_is_unavailable_not_a_crash() -> None:
+    import redis.asyncio as aioredis
+
+    from smartgen.errors import QueueUnavailable
+    from smartgen.queue.budgets import RedisBudgets
+    from tests.conftest import free_port
+
+    client = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    ledger = RedisBudgets(client, "nowhere")
+    try:
+        with pytest.raises(QueueUnavailable):
+            await ledger.reserve(
+                user_id="u", job_id="j", month="2026-11", tokens=1, cost=0.0,
+                token_limit=10, cost_limit=0.0,
+            )  # fmt: skip
+        with pytest.raises(QueueUnavailable):
+            await ledger.used("u", "2026-11")
+    finally:
+        await client.aclose()

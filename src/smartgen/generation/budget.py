@@ -127,7 +127,22 @@ async def warn(
     at: datetime,
 ) -> None:
     """A `budget_warning` when this operation took a budget past 80 %, once per month and
-    budget (a reservation given back and taken again does not warn twice)."""
+    budget (a reservation given back and taken again does not warn twice). Never raises:
+    the operation it follows is done."""
+    try:
+        await _warn(settings, budgets, notifier, user_id, state, at)
+    except Exception as exc:
+        log.warning("budget warning for user %s not sent: %s", user_id, type(exc).__name__)
+
+
+async def _warn(
+    settings: Settings,
+    budgets: Budgets,
+    notifier: Notifier,
+    user_id: str,
+    state: BudgetState,
+    at: datetime,
+) -> None:
     _, resets = month_bounds(at)
     checks = [
         ("tokens", settings.user_monthly_token_budget, state.tokens_before, state.tokens_used),

@@ -5,9 +5,36 @@ and a settle or release runs once however often a redelivered job asks."""
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from smartgen.errors import QueueUnavailable
 from smartgen.ports import BudgetState
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unavailable(
+    fn: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Redis not answering: 503 (the job could not be queued anyway), never a 500."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(
+                "The budget ledger (Redis) is unavailable; try again shortly"
+            ) from exc
+
+    return wrapper
+
 
 NANO = 1_000_000_000
 KEEP_MS = 70 * 24 * 3600 * 1000  # a month's counters and reservations outlive the month
@@ -75,6 +102,7 @@ class RedisBudgets:
     def _job_key(self, job_id: str) -> str:
         return f"{self._prefix}:job:{job_id}"
 
+    @_unavailable
     async def reserve(
         self,
         *,
@@ -99,6 +127,7 @@ class RedisBudgets:
         )
         return _state(reply)
 
+    @_unavailable
     async def settle(
         self, job_id: str, *, tokens: int | None, cost: float | None
     ) -> BudgetState | None:
@@ -109,15 +138,18 @@ class RedisBudgets:
         reply = await self._settle(keys=[self._job_key(job_id)], args=args)
         return None if reply is None else _state(reply)
 
+    @_unavailable
     async def used(self, user_id: str, month: str) -> tuple[int, float]:
         tokens, cost = await self._client.hmget(self.month_key(user_id, month), ["tokens", "cost"])
         return int(tokens or 0), int(cost or 0) / NANO
 
+    @_unavailable
     async def first_warning(self, user_id: str, month: str, budget: str) -> bool:
         return bool(
             await self._client.hsetnx(self.month_key(user_id, month), f"warned:{budget}", 1)
         )
 
+    @_unavailable
     async def release(self, job_id: str) -> BudgetState | None:
         reply = await self._settle(keys=[self._job_key(job_id)], args=[0, 0])
         return None if reply is None else _state(reply)

@@ -596,3 +596,24 @@ async def test_an_unreachable_budget_ledger_is_unavailable_not_a_crash() -> None
             await ledger.used("u", "2026-11")
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("value", ["0.5", "1700000000", "-3", " 12 "])
+async def test_usage_periods_are_dates_not_unix_seconds(
+    client: httpx.AsyncClient, value: str
+) -> None:
+    user = await register(client)
+    for name in ("from", "to"):
+        r = await client.get("/usage", params={name: value}, headers=user["headers"])
+        assert r.status_code == 422 and r.json()["details"][0]["field"] == name, r.text
+
+
+async def test_limits_count_the_text_as_sent(client: httpx.AsyncClient) -> None:
+    """maxLength in the schema is what is sent: trimming never lets a longer text in."""
+    user = await register(client)
+    r = await client.post("/voices", json={"name": " " + "n" * 100}, headers=user["headers"])
+    assert r.status_code == 422 and r.json()["details"][0]["field"] == "name"
+    r = await post(client, user["headers"], "Bread", audience=" " + "a" * 200)
+    assert r.status_code == 422 and r.json()["details"][0]["field"] == "audience"
+    r = await client.post("/voices", json={"name": "  Cosy  "}, headers=user["headers"])
+    assert r.status_code == 201 and r.json()["name"] == "Cosy"

@@ -73,6 +73,9 @@ class GenerationOptions(BaseModel):
     _audience = field_validator("audience")(
         lambda value: None if value is None else without_nul(value)
     )
+    _audience_sent = field_validator("audience", mode="before")(
+        lambda value: _at_most(value, AUDIENCE_MAX_CHARS)
+    )
     _temperature_is_a_number = field_validator("temperature", mode="before")(
         lambda value: _number(value, "must be a number from 0 to 2")
     )
@@ -121,6 +124,13 @@ class GenerationRequest(GenerationOptions):
     _delay_is_a_number = field_validator("delaySeconds", mode="before")(
         lambda value: _number(value)
     )
+
+
+def _at_most(value: Any, limit: int) -> Any:
+    """The limit on the text as sent, before trimming (what the schema's maxLength says)."""
+    if isinstance(value, str) and len(value) > limit:
+        raise ValueError(f"must be at most {limit} characters")
+    return value
 
 
 def _number(value: Any, message: str = "must be a number of seconds") -> Any:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import BeforeValidator
 
 from smartgen.api.deps import BudgetsDep, CurrentUser, SettingsDep, StoreDep
 from smartgen.errors import error_responses
@@ -15,8 +17,18 @@ from smartgen.usage.schemas import BudgetLine, BudgetOut, UsageOut, group_out, t
 
 router = APIRouter(prefix="/usage", tags=["usage"], responses=error_responses(401, 422, 503))
 
+
+def _not_a_number(value: Any) -> Any:
+    """A date or an ISO 8601 time, never a bare number (which pydantic would read as Unix
+    seconds)."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?(\d+\.?\d*|\.\d+)\s*", value):
+        raise ValueError("must be a date (YYYY-MM-DD) or an ISO 8601 time")
+    return value
+
+
 When = Annotated[
     datetime | date | None,
+    BeforeValidator(_not_a_number),
     Query(description="A date (YYYY-MM-DD, UTC) or an ISO 8601 time; `to` is exclusive"),
 ]
 
@@ -27,7 +39,11 @@ async def get_usage(
     store: StoreDep,
     settings: SettingsDep,
     budgets: BudgetsDep,
-    from_: Annotated[datetime | date | None, Query(alias="from")] = None,
+    from_: Annotated[
+        datetime | date | None,
+        BeforeValidator(_not_a_number),
+        Query(alias="from", description="A date (YYYY-MM-DD, UTC) or an ISO 8601 time"),
+    ] = None,
     to: When = None,
     groupBy: Literal["day", "contentType", "model"] = "day",
 ) -> UsageOut:

@@ -3,6 +3,8 @@ applies it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from smartgen.kit.text import without_nul
@@ -17,6 +19,18 @@ EXAMPLE_MAX_CHARS = 500
 
 def _clean(value: str | None) -> str | None:
     return None if value is None else without_nul(value)
+
+
+def _raw_length(limit: int) -> Any:
+    """The limit on the text as sent, before surrounding spaces are trimmed (the schema's
+    maxLength describes what is sent)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > limit:
+            raise ValueError(f"must be at most {limit} characters")
+        return value
+
+    return check
 
 
 def _examples(value: list[str] | None) -> list[str] | None:
@@ -53,6 +67,10 @@ class VoiceCreate(BaseModel):
 
     _name = field_validator("name", "description")(_clean)
     _examples = field_validator("examples")(_examples)
+    _name_sent = field_validator("name", mode="before")(_raw_length(NAME_MAX_CHARS))
+    _description_sent = field_validator("description", mode="before")(
+        _raw_length(DESCRIPTION_MAX_CHARS)
+    )
 
 
 class VoiceUpdate(BaseModel):
@@ -66,6 +84,10 @@ class VoiceUpdate(BaseModel):
 
     _name = field_validator("name", "description")(_clean)
     _examples = field_validator("examples")(_examples)
+    _name_sent = field_validator("name", mode="before")(_raw_length(NAME_MAX_CHARS))
+    _description_sent = field_validator("description", mode="before")(
+        _raw_length(DESCRIPTION_MAX_CHARS)
+    )
 
     @model_validator(mode="after")
     def _something(self) -> VoiceUpdate:

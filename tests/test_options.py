@@ -617,3 +617,22 @@ async def test_limits_count_the_text_as_sent(client: httpx.AsyncClient) -> None:
     assert r.status_code == 422 and r.json()["details"][0]["field"] == "audience"
     r = await client.post("/voices", json={"name": "  Cosy  "}, headers=user["headers"])
     assert r.status_code == 201 and r.json()["name"] == "Cosy"
+
+
+async def test_the_schema_names_the_allowed_models_and_every_option(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    request = schema["components"]["schemas"]["GenerationRequest"]["properties"]
+    for name in ("tone", "length", "language", "audience", "keywords", "temperature", "voiceId"):
+        assert name in request, name
+    [branch] = [b for b in request["model"]["anyOf"] if b.get("type") == "string"]
+    assert branch["enum"] == MODELS.split(",")
+    paths = schema["paths"]
+    assert "402" in paths["/generate-content"]["post"]["responses"]
+    assert {"402", "404", "409"} <= set(
+        paths["/generate-content/{jobId}/variations"]["post"]["responses"]
+    )
+    assert set(paths["/voices/{voiceId}"]) == {"get", "patch", "delete"}
+    params = {p["name"] for p in paths["/usage"]["get"]["parameters"]}
+    assert params == {"from", "to", "groupBy"}

@@ -196,12 +196,16 @@ def _document_prompt_limit(app: FastAPI, settings: Settings) -> None:
                 for field, (keyword, value) in limits.items():
                     if field in properties:
                         _limit(properties[field], keyword, value)
+            # The models a job may name are the deployment's ALLOWED_MODELS.
+            model = models.get("GenerationRequest", {}).get("properties", {}).get("model")
+            if model is not None:
+                _limit(model, "enum", settings.models_allowed)
         return app.openapi_schema or describe()
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _limit(prop: dict[str, Any], keyword: str, value: float) -> None:
+def _limit(prop: dict[str, Any], keyword: str, value: float | list[str]) -> None:
     """Set a limit on a property, or on each branch of its `anyOf` (an optional field)."""
     branches = prop.get("anyOf") or [prop]
     for branch in branches:

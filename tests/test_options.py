@@ -550,6 +550,12 @@ async def test_completion_settles_failure_releases_and_80_percent_warns(
     assert data["used"] >= 0.8 * data["limit"] and data["percent"] >= 80
     assert data["resetsAt"].endswith("-01T00:00:00.000Z")
     assert len(held) == 7
+    # No room left for another take either; the refused one leaves no trace.
+    parent = ok.json()["jobId"]
+    r = await client.post(f"/generate-content/{parent}/variations", headers=user["headers"])
+    assert r.status_code == 402 and r.json()["error"] == "budget_exceeded", r.text
+    shown = (await client.get(f"/generate-content/{parent}", headers=user["headers"])).json()
+    assert "variationIds" not in shown
 
 
 @pytest.fixture
@@ -636,3 +642,19 @@ async def test_the_schema_names_the_allowed_models_and_every_option(
     assert set(paths["/voices/{voiceId}"]) == {"get", "patch", "delete"}
     params = {p["name"] for p in paths["/usage"]["get"]["parameters"]}
     assert params == {"from", "to", "groupBy"}
+
+
+async def test_every_new_endpoint_needs_a_token(client: httpx.AsyncClient) -> None:
+    job_id, voice_id = uuid.uuid4(), uuid.uuid4()
+    for method, path in (
+        ("POST", f"/generate-content/{job_id}/variations"),
+        ("GET", "/usage"),
+        ("GET", "/voices"),
+        ("POST", "/voices"),
+        ("GET", f"/voices/{voice_id}"),
+        ("PATCH", f"/voices/{voice_id}"),
+        ("DELETE", f"/voices/{voice_id}"),
+    ):
+        r = await client.request(method, path, headers={"Authorization": "Bearer not.a.token"})
+        assert r.status_code == 401, (method, path, r.text)
+        assert (await client.request(method, path)).status_code == 401, (method, path)

@@ -150,3 +150,23 @@ async def test_offline_lengths_and_a_variation_differ() -> None:
         model_request("Social Media Caption", "Kettles", previous=first.content)
     )
     assert again.content != first.content
+
+
+async def test_model_metrics_are_labelled_by_the_model_the_job_chose(
+    fake_llm: FakeLLM, marker: str
+) -> None:
+    from smartgen.llm.metered import MeteredGenerator
+    from tests.test_metrics import parse_registry, value
+
+    def tokens(model: str) -> float:
+        return value(parse_registry(), "smartgen_llm_tokens_total", model=model)
+
+    before = tokens("fake/chosen")
+    metered = MeteredGenerator(ChatClient(make_settings(fake_llm.base_url)))
+    try:
+        await metered.generate(
+            model_request("Blog Post Outline", f"Bread {marker}", {"model": "fake/chosen"})
+        )
+    finally:
+        await metered.close()
+    assert tokens("fake/chosen") - before == 46  # the fake's 12 prompt + 34 completion

@@ -30,7 +30,6 @@ from smartgen.models import (
     JobStatus,
     UsageRow,
     User,
-    Voice,
     usage_numbers,
 )
 from smartgen.models import UNFINISHED as UNFINISHED_STATUSES
@@ -88,10 +87,6 @@ _TIMES = ("_at", "_for", "_until")
 _USER_TIMES = [i for i, name in enumerate(_USER_FIELDS) if name.endswith(_TIMES)]
 _JOB_TIMES = [i for i, name in enumerate(_JOB_FIELDS) if name.endswith(_TIMES)]
 _CONTENT_TIMES = [i for i, name in enumerate(_CONTENT_FIELDS) if name.endswith(_TIMES)]
-_VOICE_FIELDS = [f.name for f in fields(Voice)]
-VOICE_COLS = ", ".join(_VOICE_FIELDS)
-_VOICE_TIMES = [i for i, name in enumerate(_VOICE_FIELDS) if name.endswith(_TIMES)]
-_VOICE_EXAMPLES = _VOICE_FIELDS.index("examples")
 _STATUS = _JOB_FIELDS.index("status")
 _JSON = [_JOB_FIELDS.index("usage"), _JOB_FIELDS.index("history"), _JOB_FIELDS.index("options")]
 _COST = _JOB_FIELDS.index("cost")
@@ -221,26 +216,6 @@ STATEMENTS = {
     "usage_day": _usage_statement(DAY_MARK),
     "usage_contentType": _usage_statement("content_type"),
     "usage_model": _usage_statement("model"),
-    "voice_insert": (
-        f"INSERT INTO voices ({VOICE_COLS}) "
-        "SELECT $1::varchar, $2::varchar, $3::text, $4::text, $5::jsonb, "
-        "$6::timestamptz, $7::timestamptz "
-        "WHERE (SELECT count(*) FROM voices WHERE user_id = $2) < $8::integer"
-    ),
-    "voice_by_id_for_user": (
-        f"SELECT {VOICE_COLS} FROM voices WHERE voice_id = $1 AND user_id = $2"
-    ),
-    "voices_for_user": (
-        f"SELECT {VOICE_COLS} FROM voices WHERE user_id = $1 "
-        "ORDER BY created_at DESC, id DESC LIMIT $2"
-    ),
-    "voice_update": (
-        "UPDATE voices SET name = COALESCE($3::text, name), "
-        "description = COALESCE($4::text, description), "
-        "examples = COALESCE($5::jsonb, examples), updated_at = $6 "
-        f"WHERE voice_id = $1 AND user_id = $2 RETURNING {VOICE_COLS}"
-    ),
-    "voice_delete": "DELETE FROM voices WHERE voice_id = $1 AND user_id = $2",
     "job_fail": (
         "UPDATE jobs SET status = 'failed', error = $2, failed_at = $3, updated_at = $3 "
         f"WHERE job_id = $1 AND status IN {UNFINISHED}"
@@ -533,50 +508,6 @@ class Contents(_Repository):
         return [self._content(r) for r in await self._db.all(self._sql["contents_for_user"], args)]
 
 
-class Voices(_Repository):
-    def _voice(self, row: Row) -> Voice:
-        values = self._times(row, _VOICE_TIMES)
-        if not isinstance(values[_VOICE_EXAMPLES], list):
-            values[_VOICE_EXAMPLES] = json.loads(values[_VOICE_EXAMPLES])
-        return Voice(*values)
-
-    async def create(self, voice: Voice, *, max_per_user: int) -> bool:
-        ts = self._db.ts
-        args = (
-            voice.voice_id, voice.user_id, voice.name, voice.description,
-            json.dumps(voice.examples), ts(voice.created_at), ts(voice.updated_at), max_per_user,
-        )  # fmt: skip
-        return await self._db.changes(self._sql["voice_insert"], args) == 1
-
-    async def get_for_user(self, voice_id: str, user_id: str) -> Voice | None:
-        row = await self._db.one(self._sql["voice_by_id_for_user"], (voice_id, user_id))
-        return self._voice(row) if row else None
-
-    async def list_for_user(self, user_id: str, *, limit: int) -> list[Voice]:
-        args = (user_id, self._limit(limit))
-        return [self._voice(r) for r in await self._db.all(self._sql["voices_for_user"], args)]
-
-    async def update(
-        self,
-        voice_id: str,
-        user_id: str,
-        *,
-        at: datetime,
-        name: str | None = None,
-        description: str | None = None,
-        examples: list[str] | None = None,
-    ) -> Voice | None:
-        args = (
-            voice_id, user_id, name, description,
-            None if examples is None else json.dumps(examples), self._db.ts(at),
-        )  # fmt: skip
-        row = await self._db.one(self._sql["voice_update"], args)
-        return self._voice(row) if row else None
-
-    async def delete(self, voice_id: str, user_id: str) -> bool:
-        return await self._db.changes(self._sql["voice_delete"], (voice_id, user_id)) == 1
-
-
 class CoalescedJobs(Jobs):
     """Jobs whose concurrent `create` calls share one round trip and one commit
     (`batching.Coalescer`): at most `FLUSHES` inserts run at once, and the calls that
@@ -630,9 +561,12 @@ class SqlStore:
         self.description = url.description
 
     def _serve(self, driver: Driver) -> None:
+        from smartgen.store.sql.voices import VOICE_STATEMENTS, Voices
+
         day = DAY_EXPRESSIONS[self.dialect]
         statements = {
-            name: driver.statement(text.replace(DAY_MARK, day)) for name, text in STATEMENTS.items()
+            name: driver.statement(text.replace(DAY_MARK, day))
+            for name, text in {**STATEMENTS, **VOICE_STATEMENTS}.items()
         }
         self.users: UserRepository = Users(driver, statements)
         self.voices: VoiceRepository = Voices(driver, statements)

@@ -658,3 +658,52 @@ async def test_every_new_endpoint_needs_a_token(client: httpx.AsyncClient) -> No
         r = await client.request(method, path, headers={"Authorization": "Bearer not.a.token"})
         assert r.status_code == 401, (method, path, r.text)
         assert (await client.request(method, path)).status_code == 401, (method, path)
+
+
+async def test_a_redelivery_of_a_finished_job_settles_or_releases_its_reservation(
+    budget_env: dict[str, str], api: ApiServer, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A worker that died between finishing a job and settling its budget: the message's
+    next delivery finds the job final and settles (completed) or releases (failed)."""
+    from smartgen.generation.tasks import GenerationTask
+    from smartgen.kit.times import utcnow
+    from smartgen.llm.offline import OfflineWriter
+    from smartgen.models import Completion
+    from smartgen.ports import Delivery
+
+    user = await register(client)
+    store, budgets = api.services.store, api.services.budgets
+    task = GenerationTask(
+        store=store, llm=OfflineWriter(), notifier=api.services.notifier, settings=settings,
+        budgets=budgets,
+    )  # fmt: skip
+
+    async def used() -> int:
+        body = (await client.get("/usage", headers=user["headers"])).json()
+        return int(body["budget"]["tokens"]["used"])
+
+    async def keep(data: dict[str, Any]) -> None:
+        return None
+
+    done_id = (await post(client, user["headers"], "Budget 00", delaySeconds=3600)).json()["jobId"]
+    failed_id = (await post(client, user["headers"], "Budget 01", delaySeconds=3600)).json()[
+        "jobId"
+    ]
+    quote = quote_tokens("Budget 00")
+    assert await used() == 2 * quote
+    # Finished in the store, as a worker would, without reaching the ledger.
+    now = utcnow()
+    assert await store.jobs.mark_processing(done_id, at=now, attempt=1)
+    usage = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
+    assert await store.jobs.mark_completed(done_id, result=Completion("t", "m", usage), at=now)
+    assert await store.jobs.mark_failed(failed_id, error="gone", at=now)
+    assert await used() == 2 * quote
+
+    for job_id in (done_id, failed_id):
+        for _ in range(2):  # twice: the second changes nothing
+            delivery = Delivery(
+                message_id=str(uuid.uuid4()), data={"jobId": job_id}, attempt=1, attempts=3,
+                keep=keep,
+            )  # fmt: skip
+            assert (await task(delivery)).startswith("already")
+    assert await used() == 30

@@ -237,8 +237,16 @@ class GenerationTask:
             return "missing"
         if current.status.is_final:
             # Its delivery may have ended with a worker that crashed before announcing the
-            # final state: announce it (the event log keeps a final event once per run).
+            # final state: announce it (the event log keeps a final event once per run),
+            # and settle or release its budget reservation (a no-op when that was done).
             await self.notifier.job_changed(current, settled=True, repeat=True)
+            if current.status == JobStatus.completed:
+                kept = Completion(
+                    current.generated_content or "", current.model or "", current.usage
+                )
+                await self._settle(current, kept)
+            else:
+                await budget.release(self.budgets, job_id)
             return f"already {current.status.value}"
         if current.status == JobStatus.queued and current.scheduled_for > now + SCHEDULE_TOLERANCE:
             raise RunLater(current.scheduled_for)
@@ -268,7 +276,6 @@ class GenerationTask:
             with contextlib.suppress(Exception):
                 await self.live.clear(job_id)
         if written:
-            await self._settle(started, completion)
             if self.timings is not None and started.started_at is not None:
                 seconds = (at - started.started_at).total_seconds()
                 await self.timings.record(started.content_type, seconds)
@@ -283,8 +290,10 @@ class GenerationTask:
                 updated_at=at,
             )
             # Announced (logged) before the queue hears the job is done: a crash between
-            # the two leaves the message, whose next delivery announces it again.
+            # the two leaves the message, whose next delivery announces it again (and
+            # settles its budget, if this one did not get to).
             await self.notifier.job_changed(final, settled=True)
+            await self._settle(started, completion)
 
     async def _fail(self, job_id: str, message: str) -> None:
         try:

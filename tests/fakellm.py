@@ -37,6 +37,7 @@ class Reply:
     encoding: str | None = None
     sse: list[str] | None = None
     sse_forever: str | None = None
+    cost: float | None = None  # the `usage.cost` the answer reports (None: no cost field)
 
 
 @dataclass
@@ -49,11 +50,22 @@ class Call:
     aborted_at: float | None = None
 
     @property
-    def prompt(self) -> str:
+    def user(self) -> str:
+        """The whole user message."""
         for message in self.body.get("messages", []):
             if message.get("role") == "user":
                 return str(message.get("content", ""))
         return ""
+
+    @property
+    def prompt(self) -> str:
+        """The caller's prompt: what the user message holds inside <request> tags (all
+        of it when there are none)."""
+        user = self.user
+        start, end = user.find("<request>\n"), user.find("\n</request>")
+        if start >= 0 and end > start:
+            return user[start + len("<request>\n") : end]
+        return user
 
     @property
     def system(self) -> str:
@@ -69,7 +81,10 @@ def default_content(prompt: str) -> str:
     )
 
 
-def completion_body(content: str, model: str) -> dict[str, Any]:
+def completion_body(content: str, model: str, cost: float | None = None) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
+    if cost is not None:
+        usage["cost"] = cost
     return {
         "id": "gen-fake",
         "object": "chat.completion",
@@ -82,7 +97,7 @@ def completion_body(content: str, model: str) -> dict[str, Any]:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46},
+        "usage": usage,
     }
 
 
@@ -93,6 +108,11 @@ class FakeLLM:
         self._scripts: dict[str, list[Reply]] = {}
         self._always: dict[str, Reply] = {}
         self.default_delay = 0.0
+        # GET /models: OpenRouter's price list (USD per token, as strings).
+        self.prices: dict[str, dict[str, str]] = {
+            "fake/model-1": {"prompt": "0.000001", "completion": "0.000002"},
+            "fake/model-2": {"prompt": "0.000003", "completion": "0.000004"},
+        }
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -100,6 +120,19 @@ class FakeLLM:
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
+
+            def do_GET(self) -> None:
+                call = Call(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, {}, time.time()
+                )
+                with fake._lock:
+                    fake.calls.append(call)
+                    prices = dict(fake.prices)
+                if not self.path.endswith("/models"):
+                    self._send(404, b'{"error":{"message":"not found"}}', {})
+                    return
+                data = [{"id": model, "pricing": price} for model, price in prices.items()]
+                self._send(200, json.dumps({"data": data}).encode(), {})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -136,7 +169,7 @@ class FakeLLM:
                         reply.content if reply.content is not None else default_content(call.prompt)
                     )
                     payload = json.dumps(
-                        completion_body(content, body.get("model", "fake"))
+                        completion_body(content, body.get("model", "fake"), reply.cost)
                     ).encode()
                 else:
                     payload = json.dumps(
@@ -231,7 +264,7 @@ class FakeLLM:
                     usage = {
                         "model": call.body.get("model", "fake"),
                         "choices": [],
-                        "usage": completion_body("", "")["usage"],
+                        "usage": completion_body("", "", reply.cost)["usage"],
                     }
                     send(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n")
                     self.wfile.write(b"0\r\n\r\n")

@@ -212,6 +212,10 @@ async def test_export_holds_the_callers_data_only(
     )
     queued = r.json()["jobId"]
     bobs = await _completed_job(api, client, bob)
+    voice = {"name": "Crisp", "description": "short sentences", "examples": ["Bake it."]}
+    r = await client.post("/voices", json=voice, headers=alice["headers"])
+    assert r.status_code == 201, r.text
+    voice_id = r.json()["voiceId"]
 
     r = await client.get("/auth/me/export", headers=alice["headers"])
     assert r.status_code == 200
@@ -223,11 +227,12 @@ async def test_export_holds_the_callers_data_only(
     assert "password" not in r.text and "argon2" not in r.text
     assert sorted(j["jobId"] for j in document["jobs"]) == sorted([done, queued])
     assert [c["jobId"] for c in document["contents"]] == [done]
+    assert [v["voiceId"] for v in document["voices"]] == [voice_id]
     assert bobs not in r.text
     assert (await client.get("/auth/me/export")).status_code == 401
     r = await client.get("/auth/me/export", headers=bob["headers"])
     assert [j["jobId"] for j in r.json()["jobs"]] == [bobs]
-    assert r.json()["contents"] == []
+    assert r.json()["contents"] == [] and r.json()["voices"] == []
 
 
 async def test_export_of_many_jobs_is_streamed_whole(
@@ -268,6 +273,9 @@ async def test_delete_account_removes_everything_it_owns(
     bobs = await _completed_job(api, client, bob)
     r = await client.post(f"/generate-content/{bobs}/save", headers=bob["headers"])
     bobs_content = r.json()["contentId"]
+    voice = {"name": "Crisp", "description": "short sentences", "examples": ["Bake it."]}
+    alices_voice = (await client.post("/voices", json=voice, headers=alice["headers"])).json()
+    bobs_voice = (await client.post("/voices", json=voice, headers=bob["headers"])).json()
 
     # Each refusal first: no token, wrong password, no body, not JSON.
     assert (
@@ -291,6 +299,8 @@ async def test_delete_account_removes_everything_it_owns(
     assert await store.users.get(alice["userId"]) is None
     assert await store.jobs.get(done) is None and await store.jobs.get(queued) is None
     assert await store.contents.get_for_user(content_id, alice["userId"]) is None
+    assert await store.voices.get_for_user(alices_voice["voiceId"], alice["userId"]) is None
+    assert await store.voices.get_for_user(bobs_voice["voiceId"], bob["userId"]) is not None
     assert await api.services.queue.state(queued) in ("unknown", "removed")
     assert await api.services.log.last_seq(alice["userId"]) == 0  # its event log is gone
     assert await api.services.log.last_seq(bob["userId"]) > 0

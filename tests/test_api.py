@@ -74,6 +74,7 @@ async def test_queue_returns_seed_shape(client: httpx.AsyncClient, api: ApiServe
         "delaySeconds",
         "scheduledFor",
         "estimatedCompletionTime",
+        "estimatedCost",
     }
     assert body["message"] == "Content generation job queued successfully"
     assert body["status"] == "queued"
@@ -250,6 +251,13 @@ async def test_health_and_docs(client: httpx.AsyncClient, api: ApiServer) -> Non
         "POST /generate-content/{jobId}/run-now",
         "POST /generate-content/{jobId}/retry",
         "POST /generate-content/{jobId}/save",
+        "POST /generate-content/{jobId}/variations",
+        "POST /voices",
+        "GET /voices",
+        "GET /voices/{voiceId}",
+        "PATCH /voices/{voiceId}",
+        "DELETE /voices/{voiceId}",
+        "GET /usage",
         "GET /events",
         "GET /contents",
         "GET /contents/{contentId}",

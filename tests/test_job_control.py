@@ -17,7 +17,7 @@ import pytest
 import socketio
 
 from smartgen.config import Settings
-from smartgen.generation.prompts import SYSTEM_PROMPTS
+from smartgen.generation.prompts import system_message
 from smartgen.server.worker import run_worker
 from tests.conftest import ApiServer, all_stores, register, start_system, wait_for_status
 from tests.fakellm import FakeLLM, Reply
@@ -273,7 +273,7 @@ async def test_patch_a_queued_job_changes_store_and_queue_together(
     assert ts(final["startedAt"]) >= due  # never before its new time
     [call] = fake_llm.calls_for(marker)
     assert call.prompt == f"second {marker}"
-    assert call.system == SYSTEM_PROMPTS["Social Media Caption"]
+    assert call.system == system_message("Social Media Caption")
     r = await client.patch(path, json={"delaySeconds": 1}, headers=alice["headers"])
     assert r.status_code == 409 and r.json()["error"] == "job_not_queued"
 

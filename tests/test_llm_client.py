@@ -138,6 +138,7 @@ async def test_complete_returns_content_model_usage(
         "max_tokens": 321,
         "temperature": 0.3,
         "stream": False,
+        "usage": {"include": True},
     }
 
 

@@ -23,7 +23,7 @@ from bson import ObjectId
 from smartgen.config import ConfigError
 from smartgen.errors import Conflict, StoreUnavailable
 from smartgen.kit.times import utcnow
-from smartgen.models import Completion, Content, Job, JobStatus, User
+from smartgen.models import Completion, Content, Job, JobStatus, User, Voice
 from smartgen.store import describe_store, open_store
 from smartgen.store.base import Store
 from tests.conftest import free_port
@@ -724,15 +724,7 @@ async def insert_batch(store: Store, batch: list[tuple[Job, int]]) -> list[Any]:
     """One flush of the store's batched job inserts, (job, cap) each, as `create` sends them
     when calls arrive together."""
     jobs: Any = store.jobs
-    ts = jobs._db.ts
-    rows = [
-        (
-            (j.job_id, j.user_id, j.status.value, j.prompt, j.content_type,
-             ts(j.scheduled_for), ts(j.created_at), ts(j.updated_at), j.attempts),
-            cap,
-        )
-        for j, cap in batch
-    ]  # fmt: skip
+    rows = [(jobs.create_row(j), cap) for j, cap in batch]
     return list(await jobs._insert_batch(rows))
 
 
@@ -1615,3 +1607,145 @@ async def test_pages_and_deletion_of_a_users_jobs_and_contents(store: Store) -> 
     # Bob's are untouched.
     assert await store.jobs.get_for_user(bobs_job.job_id, bob) == bobs_job
     assert await store.contents.get_for_user(bobs_content.content_id, bob) == bobs_content
+
+
+# --- options, variations, usage and voices (issue 15) --------------------------------------
+OPTIONS = {
+    "tone": "playful",
+    "length": "short",
+    "language": "pt-BR",
+    "audience": "bakers",
+    "keywords": ["crumb", "starter"],
+    "model": "fake/model-2",
+    "temperature": 0.3,
+    "voiceId": "v1",
+    "voice": {"voiceId": "v1", "name": "Warm", "description": "kind", "examples": ["Hi!"]},
+}
+
+
+async def test_options_and_parent_come_back_as_written(store: Store) -> None:
+    user = oid()
+    parent = make_job(user, options=OPTIONS)
+    assert await store.jobs.create(parent)
+    assert await store.jobs.get(parent.job_id) == parent
+    child = make_job(user, parent_job_id=parent.job_id, at=T0 + timedelta(seconds=1))
+    other_child = make_job(user, parent_job_id=parent.job_id, at=T0 + timedelta(seconds=2))
+    stranger = make_job(oid(), parent_job_id=parent.job_id)  # another user's: never listed
+    for job in (other_child, child, stranger):
+        assert await store.jobs.create(job)
+    assert await store.jobs.get(child.job_id) == child
+    ids = await store.jobs.variation_ids(parent.job_id, user, limit=10)
+    assert ids == [child.job_id, other_child.job_id]
+    assert await store.jobs.variation_ids(parent.job_id, user, limit=1) == [child.job_id]
+    assert await store.jobs.variation_ids(child.job_id, user, limit=10) == []
+
+
+async def test_completion_records_cost_and_a_retry_clears_it(store: Store) -> None:
+    user = oid()
+    job = make_job(user)
+    await store.jobs.create(job)
+    assert await store.jobs.mark_processing(job.job_id, at=T0, attempt=1)
+    usage = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30, "cost": 0.25}
+    assert await store.jobs.mark_completed(job.job_id, result=Completion("t", "m", usage), at=T0)
+    done = await store.jobs.get(job.job_id)
+    assert done is not None and done.cost == 0.25
+    # No cost reported: None, not 0.
+    other = make_job(user)
+    await store.jobs.create(other)
+    assert await store.jobs.mark_processing(other.job_id, at=T0, attempt=1)
+    no_cost = Completion("t", "m", {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
+    assert await store.jobs.mark_completed(other.job_id, result=no_cost, at=T0)
+    found = await store.jobs.get(other.job_id)
+    assert found is not None and found.cost is None
+
+
+async def test_usage_is_summed_by_the_store_per_group(store: Store) -> None:
+    user, stranger = oid(), oid()
+    day1, day2 = T0, T0 + timedelta(days=1)
+
+    async def completed(at: datetime, content_type: str, model: str, usage: dict[str, Any]) -> None:
+        job = make_job(user, at=at, content_type=content_type)
+        await store.jobs.create(job)
+        assert await store.jobs.mark_processing(job.job_id, at=at, attempt=1)
+        assert await store.jobs.mark_completed(
+            job.job_id, result=Completion("t", model, usage), at=at
+        )
+
+    u1 = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30, "cost": 0.5}
+    u2 = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3, "cost": 0.25}
+    u3 = {"prompt_tokens": 100, "completion_tokens": 200, "total_tokens": 300}  # no cost
+    await completed(day1, "Blog Post Outline", "m1", u1)
+    await completed(day1, "Product Description", "m2", u2)
+    await completed(day2, "Blog Post Outline", "m1", u3)
+    failed = make_job(user, at=day2)
+    await store.jobs.create(failed)
+    assert await store.jobs.mark_failed(failed.job_id, error="x", at=day2)
+    await store.jobs.create(make_job(user, at=day2))  # queued
+    await store.jobs.create(make_job(user, at=T0 + timedelta(days=40)))  # outside the period
+    await store.jobs.create(make_job(stranger, at=day1))  # another user's
+
+    start, end = T0 - timedelta(hours=1), T0 + timedelta(days=30)
+    by_day = await store.jobs.usage(user, start=start, end=end, group_by="day")
+    assert [r.key for r in by_day] == ["2030-01-02", "2030-01-03"]
+    first, second = by_day
+    assert (first.jobs, first.by_status["completed"]) == (2, 2)
+    assert (first.prompt_tokens, first.completion_tokens, first.total_tokens) == (11, 22, 33)
+    assert first.cost == pytest.approx(0.75) and first.priced_jobs == 2
+    assert second.jobs == 3
+    assert {k: v for k, v in second.by_status.items() if v} == {
+        "completed": 1,
+        "failed": 1,
+        "queued": 1,
+    }
+    assert (second.total_tokens, second.cost, second.priced_jobs) == (300, 0, 0)
+
+    by_type = await store.jobs.usage(user, start=start, end=end, group_by="contentType")
+    assert [(r.key, r.jobs, r.total_tokens) for r in by_type] == [
+        ("Blog Post Outline", 4, 330),
+        ("Product Description", 1, 3),
+    ]
+    by_model = await store.jobs.usage(user, start=start, end=end, group_by="model")
+    assert [(r.key, r.jobs, r.total_tokens) for r in by_model] == [
+        ("m1", 2, 330),
+        ("m2", 1, 3),
+        (None, 2, 0),  # jobs without an answer, last
+    ]
+    assert await store.jobs.usage(stranger, start=end, end=end, group_by="day") == []
+
+
+def make_voice(user_id: str, **kw: Any) -> Voice:
+    fields: dict[str, Any] = {
+        "voice_id": uuid.uuid4().hex,
+        "user_id": user_id,
+        "name": "Warm",
+        "description": "Kind, plain words",
+        "examples": ["Hello there!", "Thanks, friend."],
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    return Voice(**{**fields, **kw})
+
+
+async def test_voices_are_owner_scoped_and_capped(store: Store) -> None:
+    user, stranger = oid(), oid()
+    first = make_voice(user)
+    second = make_voice(user, created_at=T0 + timedelta(seconds=1))
+    assert await store.voices.create(first, max_per_user=2)
+    assert await store.voices.create(second, max_per_user=2)
+    assert not await store.voices.create(make_voice(user), max_per_user=2)  # the cap
+    assert await store.voices.create(make_voice(stranger), max_per_user=2)
+    assert await store.voices.get_for_user(first.voice_id, user) == first
+    assert await store.voices.get_for_user(first.voice_id, stranger) is None
+    assert await store.voices.list_for_user(user, limit=10) == [second, first]
+
+    later = T0 + timedelta(minutes=5)
+    assert await store.voices.update(first.voice_id, stranger, at=later, name="X") is None
+    changed = await store.voices.update(first.voice_id, user, at=later, examples=["New"])
+    assert changed is not None
+    assert (changed.name, changed.examples, changed.updated_at) == ("Warm", ["New"], later)
+    assert await store.voices.get_for_user(first.voice_id, user) == changed
+
+    assert not await store.voices.delete(first.voice_id, stranger)
+    assert await store.voices.delete(first.voice_id, user)
+    assert not await store.voices.delete(first.voice_id, user)
+    assert await store.voices.get_for_user(first.voice_id, user) is None

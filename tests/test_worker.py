@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from smartgen.config import Settings
-from smartgen.generation.prompts import SYSTEM_PROMPTS
+from smartgen.generation.prompts import system_message
 from smartgen.queue.producer import JOB_NAME, GenerationQueue
 from smartgen.redis_clients import redis_client
 from smartgen.server.worker import run_worker
@@ -87,7 +87,7 @@ async def test_job_completes_after_its_delay(
     assert call.at >= scheduled.timestamp()
     assert call.headers["authorization"] == "Bearer sk-or-test-key"
     assert call.body["model"] == "fake/model-1"
-    assert call.system == SYSTEM_PROMPTS["Product Description"]
+    assert call.system == system_message("Product Description")
     assert call.prompt == f"Sourdough {marker}"
 
 

@@ -213,6 +213,47 @@ class Settings(BaseSettings):
     # processing lease), so a job is not parked for as long as the provider asks.
     llm_retry_after_max_seconds: float = Field(30.0, ge=0)
     llm_temperature: float = Field(0.7, ge=0, le=2)
+    # The models a job may ask for by name ("a,b" or JSON); empty: OPENROUTER_MODEL only.
+    allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Sent as OpenRouter's `models` routing list after the job's model: tried in order when
+    # it is down, rate limited or refuses; the job records the model that answered.
+    openrouter_fallback_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Prices that win over OpenRouter's GET /models, in USD per token as OpenRouter gives
+    # them: {"model": {"prompt": 0.00000015, "completion": 0.0000006}} (JSON).
+    model_prices: Annotated[dict[str, dict[str, float]], NoDecode] = Field(default_factory=dict)
+    # How long the API keeps OpenRouter's price list before asking again.
+    model_prices_cache_seconds: float = Field(3600.0, gt=0)
+    # Per user and calendar month (UTC); 0: no budget. Each queued job reserves its quote.
+    user_monthly_token_budget: int = Field(0, ge=0)
+    user_monthly_cost_budget: float = Field(0.0, ge=0)
+    # Brand voices one user may keep.
+    max_voices_per_user: int = Field(50, ge=1, le=10_000)
+
+    @field_validator("allowed_models", "openrouter_fallback_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def _prices_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("model_prices")
+    @classmethod
+    def _check_prices(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for model, price in value.items():
+            if set(price) - {"prompt", "completion"} or any(v < 0 for v in price.values()):
+                raise ValueError(
+                    f"{model!r}: give {{\"prompt\": USD per token, \"completion\": USD per token}}"
+                )
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -342,6 +383,15 @@ class Settings(BaseSettings):
                 "(or set ALLOW_INSECURE_SECRET=true for local development only)"
             )
         return secret
+
+    @property
+    def models_allowed(self) -> list[str]:
+        """The models a job may name: ALLOWED_MODELS, else just OPENROUTER_MODEL."""
+        return self.allowed_models or [self.openrouter_model]
+
+    @property
+    def fallback_models(self) -> list[str]:
+        return self.openrouter_fallback_models
 
     @property
     def lease_seconds(self) -> float:

@@ -28,6 +28,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "The body is not JSON",
         401: "Missing, malformed, expired or invalid token",
+        402: "A monthly budget would be exceeded (budget_exceeded)",
         404: "Not found (or not yours)",
         409: "Conflict with the current state",
         413: "Body too large",
@@ -77,6 +78,11 @@ class Unauthorized(AppError):
     def __init__(self, message: str, **kw: Any) -> None:
         kw.setdefault("headers", {"WWW-Authenticate": "Bearer"})
         super().__init__(message, **kw)
+
+
+class PaymentRequired(AppError):
+    status_code = 402
+    code = "budget_exceeded"
 
 
 class NotFound(AppError):

@@ -11,6 +11,11 @@ from typing import Any, Final, Literal, get_args
 
 ContentType = Literal["Blog Post Outline", "Product Description", "Social Media Caption"]
 CONTENT_TYPES: Final[tuple[ContentType, ...]] = get_args(ContentType)
+Tone = Literal["professional", "friendly", "playful", "persuasive", "informative", "bold"]
+TONES: Final[tuple[Tone, ...]] = get_args(Tone)
+Length = Literal["short", "medium", "long"]
+LENGTHS: Final[tuple[Length, ...]] = get_args(Length)
+UsageGroup = Literal["day", "contentType", "model"]
 
 
 class JobStatus(StrEnum):
@@ -67,6 +72,66 @@ class Job:
     # Why the model stopped ("stop", "length": cut off at the token limit, …), if it said.
     finish_reason: str | None = None
 
+    # How the caller steered it (the API's names: tone, length, language, audience,
+    # keywords, model, temperature, voiceId) plus `voice`, a copy of the brand voice
+    # applied, so that deleting the voice never changes the job.
+    options: dict[str, Any] | None = None
+    parent_job_id: str | None = None  # a variation's original
+    # What the provider says the answer cost (its credits/USD); None when it says nothing.
+    cost: float | None = None
+
+
+@dataclass(slots=True)
+class Voice:
+    """A user's brand voice: applied to the jobs that name it (they keep a copy)."""
+
+    voice_id: str
+    user_id: str
+    name: str
+    description: str
+    examples: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One group of `GET /usage`: jobs by status, tokens and cost, as the store sums them."""
+
+    key: str | None
+    jobs: int
+    by_status: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float
+    priced_jobs: int  # jobs whose cost is known
+
+
+def usage_numbers(
+    usage: dict[str, Any] | None,
+) -> tuple[int | None, int | None, int | None, float | None]:
+    """(prompt, completion, total tokens, cost) from a provider's `usage`; None where it
+    gave no number."""
+
+    def number(name: str) -> float | None:
+        value = (usage or {}).get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return value if value >= 0 else None
+
+    def integer(name: str) -> int | None:
+        value = number(name)
+        return None if value is None else int(value)
+
+    cost = number("cost")
+    return (
+        integer("prompt_tokens"),
+        integer("completion_tokens"),
+        integer("total_tokens"),
+        None if cost is None else float(cost),
+    )
+
 
 @dataclass(slots=True)
 class Content:
@@ -99,3 +164,11 @@ class ModelRequest:
     content_type: str
     prompt: str
     messages: list[dict[str, str]]
+    # The job's choices; None: the deployment's defaults.
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    # The options as the job holds them (the offline writer reads tone, length, …).
+    options: dict[str, Any] | None = None
+    # A variation's original text, which the new take must differ from.
+    previous: str | None = None

@@ -40,6 +40,64 @@ class JobQueue(Protocol):
         """delayed, waiting, active, completed, failed, unknown, …"""
 
 
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """USD per token, as OpenRouter's GET /models gives it."""
+
+    prompt: float
+    completion: float
+
+
+class Prices(Protocol):
+    async def price(self, model: str) -> ModelPrice | None:
+        """The model's price; None when unknown (never raises)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """A user's month after a budget operation: what is used (reservations included)."""
+
+    accepted: bool
+    tokens_used: int
+    cost_used: float
+    tokens_before: int = 0
+    cost_before: float = 0.0
+
+
+class Budgets(Protocol):
+    """Monthly reservations per user, atomic across processes."""
+
+    async def reserve(
+        self,
+        *,
+        user_id: str,
+        job_id: str,
+        month: str,
+        tokens: int,
+        cost: float,
+        token_limit: int,
+        cost_limit: float,
+    ) -> BudgetState:
+        """Add the job's quote to the user's `month` unless it would pass a limit (0: none);
+        `accepted` says which. Reserving the same job again changes nothing."""
+
+    async def settle(
+        self, job_id: str, *, tokens: int | None, cost: float | None
+    ) -> BudgetState | None:
+        """Replace the job's reservation by what it really used (None: keep the quote's
+        number); None when it holds no reservation (settled or released already)."""
+
+    async def release(self, job_id: str) -> BudgetState | None:
+        """Give the job's reservation back (cancelled, failed); None when there is none."""
+
+    async def used(self, user_id: str, month: str) -> tuple[int, float]:
+        """(tokens, cost) the user's `month` holds, reservations included."""
+
+    async def first_warning(self, user_id: str, month: str, budget: str) -> bool:
+        """True the first time this is asked for the user's month and budget, then False
+        (so that a budget_warning goes out once a month, not at every crossing)."""
+
+
 class Notifier(Protocol):
     async def job_changed(self, job: Job, *, settled: bool = False, repeat: bool = False) -> None:
         """Announce a job's new state to its owner. Never blocks on delivery and never
@@ -49,6 +107,10 @@ class Notifier(Protocol):
 
     async def job_progress(self, job: Job, *, delta: str, length: int, reset: bool) -> None:
         """Announce text a running job has written (`reset`: start again from nothing)."""
+
+    async def user_event(self, user_id: str, event: str, payload: dict[str, Any]) -> None:
+        """Announce an event about the user rather than one job (`budget_warning`);
+        never blocks and never raises."""
 
 
 class LiveText(Protocol):

@@ -27,6 +27,7 @@ from smartgen.errors import error_responses
 from smartgen.generation.schemas import job_out
 from smartgen.kit import jsoncodec
 from smartgen.kit.times import iso_ms, utcnow
+from smartgen.voices.schemas import voice_out
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=error_responses(401, 429, 503))
 
@@ -112,8 +113,9 @@ async def delete_account(
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "The account, its jobs and its saved contents, as one JSON document "
-            '(`{"user", "jobs": [...], "contents": [...], "exportedAt"}`), streamed',
+            "description": "The account, its jobs, saved contents and brand voices, as one "
+            'JSON document (`{"user", "jobs": [...], "contents": [...], "voices": [...], '
+            '"exportedAt"}`), streamed',
             "content": {"application/json": {}},
         },
         **error_responses(404),
@@ -136,6 +138,9 @@ async def export_account(user: CurrentUser, store: StoreDep) -> StreamingRespons
         async for content in service.export_contents(store=store, user_id=user.user_id):
             yield (b"" if first else b",") + _json(content_out(content).model_dump(mode="json"))
             first = False
+        yield b'],"voices":['
+        voices = await service.export_voices(store=store, user_id=user.user_id)
+        yield b",".join(_json(voice_out(v).model_dump(mode="json")) for v in voices)
         yield b'],"exportedAt":' + _json(iso_ms(utcnow())) + b"}"
 
     return StreamingResponse(

@@ -31,7 +31,9 @@ from smartgen.content.router import router as content_router
 from smartgen.content.router import saving as saving_router
 from smartgen.generation.router import router as generation_router
 from smartgen.kit.client_address import ClientAddresses
+from smartgen.llm.pricing import ModelPrices
 from smartgen.metrics.jobs import MeteredNotifier
+from smartgen.queue.budgets import RedisBudgets
 from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.timings import RedisTimings
 from smartgen.realtime.bus import event_log
@@ -42,6 +44,8 @@ from smartgen.realtime.server import RealtimeServer
 from smartgen.realtime.sessions import SessionGuard
 from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
+from smartgen.usage.router import router as usage_router
+from smartgen.voices.router import router as voices_router
 
 Asgi = Callable[..., Any]
 
@@ -127,6 +131,8 @@ def create_app(
                 attempts=RedisLoginAttempts(redis, settings, prefix=f"{namespace}:login"),
                 hashing=hashing,
                 addresses=ClientAddresses(settings.trusted_proxies),
+                prices=ModelPrices(settings),
+                budgets=RedisBudgets(redis, namespace),
             )
             if on_started is not None:
                 on_started()
@@ -160,6 +166,8 @@ def create_app(
             {"name": "auth", "description": "Register and log in: a JWT for everything else"},
             {"name": "generation", "description": "Queue a generation, follow it, save it"},
             {"name": "content", "description": "Saved content"},
+            {"name": "voices", "description": "Brand voices: name one in `voiceId` on a job"},
+            {"name": "usage", "description": "Tokens, cost and budgets"},
             {"name": "events", "description": "Your event log as server-sent events"},
             {"name": "health", "description": "Liveness and readiness"},
         ],
@@ -180,6 +188,8 @@ def create_app(
     app.include_router(auth_router)
     app.include_router(account_router)
     app.include_router(content_router)
+    app.include_router(voices_router)
+    app.include_router(usage_router)
     app.include_router(events_router)
     app.include_router(health_router)
     if settings.metrics_enabled:
@@ -222,12 +232,16 @@ def _document_prompt_limit(app: FastAPI, settings: Settings) -> None:
                 for field, (keyword, value) in limits.items():
                     if field in properties:
                         _limit(properties[field], keyword, value)
+            # The models a job may name are the deployment's ALLOWED_MODELS.
+            model = models.get("GenerationRequest", {}).get("properties", {}).get("model")
+            if model is not None:
+                _limit(model, "enum", settings.models_allowed)
         return app.openapi_schema or describe()
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _limit(prop: dict[str, Any], keyword: str, value: float) -> None:
+def _limit(prop: dict[str, Any], keyword: str, value: float | list[str]) -> None:
     """Set a limit on a property, or on each branch of its `anyOf` (an optional field)."""
     branches = prop.get("anyOf") or [prop]
     for branch in branches:

@@ -20,11 +20,13 @@ from smartgen.errors import ServiceUnavailable
 from smartgen.kit import logcontext
 from smartgen.kit.client_address import ClientAddresses
 from smartgen.ports import (
+    Budgets,
     EventHistory,
     JobQueue,
     LiveText,
     LoginAttempts,
     Notifier,
+    Prices,
     RateLimits,
     Timings,
 )
@@ -58,6 +60,8 @@ class Services:
     attempts: LoginAttempts
     hashing: HashingSlots
     addresses: ClientAddresses
+    prices: Prices
+    budgets: Budgets
 
 
 def services(request: Request) -> Services:
@@ -95,6 +99,14 @@ async def get_live(request: Request) -> LiveText:
 
 async def get_timings(request: Request) -> Timings:
     return services(request).timings
+
+
+async def get_prices(request: Request) -> Prices:
+    return services(request).prices
+
+
+async def get_budgets(request: Request) -> Budgets:
+    return services(request).budgets
 
 
 async def get_redis(request: Request) -> Redis:
@@ -156,6 +168,8 @@ HistoryDep = Annotated[EventHistory, Depends(get_history)]
 AttemptsDep = Annotated[LoginAttempts, Depends(get_attempts)]
 HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
 AddressDep = Annotated[str, Depends(get_address)]
+PricesDep = Annotated[Prices, Depends(get_prices)]
+BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from smartgen.config import Settings
 from smartgen.errors import AppError, Conflict, ValidationFailed
+from smartgen.generation import budget
+from smartgen.generation.prompts import model_request
 from smartgen.generation.service import (
     QueuedJob,
     check_prompt,
@@ -24,7 +26,7 @@ from smartgen.generation.service import (
 )
 from smartgen.kit.times import iso_ms, utcnow
 from smartgen.models import RETRYABLE, Job, JobStatus
-from smartgen.ports import JobQueue, LiveText, Notifier, Timings
+from smartgen.ports import Budgets, JobQueue, LiveText, Notifier, Prices, Timings
 from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -49,15 +51,23 @@ async def _final_conflict(
 
 
 async def cancel_job(
-    *, store: Store, queue: JobQueue, notifier: Notifier, user_id: str, job_id: str
+    *,
+    store: Store,
+    queue: JobQueue,
+    notifier: Notifier,
+    user_id: str,
+    job_id: str,
+    budgets: Budgets | None = None,
 ) -> Job:
     """`queued` or `processing` → `cancelled`, decided in the store (a completion racing
     the cancel finds the job cancelled, or the cancel finds it completed: 409). Then the
-    queue entry goes, and the worker running the job, if any, stops its model call."""
+    queue entry goes, and the worker running the job, if any, stops its model call; its
+    budget reservation is given back."""
     job_id = parse_job_id(job_id)
     cancelled = await store.jobs.cancel(job_id, user_id, at=utcnow())
     if cancelled is None:
         raise await _final_conflict(store, user_id, job_id, "job_final", "unfinished")
+    await budget.release(budgets, job_id)
     try:
         await queue.cancel(job_id)
     except AppError:
@@ -172,9 +182,12 @@ async def retry_job(
     user_id: str,
     job_id: str,
     timings: Timings | None = None,
+    prices: Prices | None = None,
+    budgets: Budgets | None = None,
 ) -> QueuedJob:
     """A `failed` or `cancelled` job is queued again: the same job id, a new time after
-    GENERATION_DELAY_SECONDS, its earlier run kept in `history`."""
+    GENERATION_DELAY_SECONDS, its earlier run kept in `history`; its quote is reserved in
+    the monthly budget again (402 when it no longer fits)."""
     job_id = parse_job_id(job_id)
     before = await get_job(store=store, user_id=user_id, job_id=job_id)
     if before.status not in RETRYABLE:
@@ -196,24 +209,37 @@ async def retry_job(
     now = utcnow()
     delay = settings.generation_delay_seconds
     history = [*(before.history or []), _run_record(before)]
-    queued = await store.jobs.requeue(
-        job_id, user_id, scheduled_for=now + timedelta(seconds=delay), at=now, history=history
-    )
-    if queued is None:
-        raise await _final_conflict(
-            store, user_id, job_id, "job_not_retryable", "failed or cancelled"
-        )
+    request = model_request(before.content_type, before.prompt, before.options)
+    quoted = await budget.quote(settings, prices, request)
+    reserved = await budget.reserve(
+        settings=settings, budgets=budgets, notifier=notifier, user_id=user_id,
+        job_id=job_id, quoted=quoted, at=now,
+    )  # fmt: skip
     try:
-        await queue.enqueue(job_id=job_id, data=queue_message(queued), delay_ms=round(delay * 1000))
+        queued = await store.jobs.requeue(
+            job_id, user_id, scheduled_for=now + timedelta(seconds=delay), at=now, history=history
+        )
+        if queued is None:
+            raise await _final_conflict(
+                store, user_id, job_id, "job_not_retryable", "failed or cancelled"
+            )
+        try:
+            delay_ms = round(delay * 1000)
+            await queue.enqueue(job_id=job_id, data=queue_message(queued), delay_ms=delay_ms)
+        except AppError:
+            if not await store.jobs.restore(before):
+                log.error("job %s: could not be queued again nor put back", job_id)
+            raise
     except AppError:
-        if not await store.jobs.restore(before):
-            log.error("job %s: could not be queued again nor put back", job_id)
+        if reserved:
+            await budget.release(budgets, job_id)
         raise
     await notifier.job_changed(queued)
     return QueuedJob(
         job=queued,
         delay_seconds=delay,
         estimated_completion=await estimate(settings, timings, queued),
+        estimated_cost=quoted.cost,
     )
 
 

@@ -23,10 +23,11 @@ from datetime import timedelta
 
 from smartgen.config import Settings
 from smartgen.errors import AppError
+from smartgen.generation import budget
 from smartgen.generation.service import queue_message
 from smartgen.kit.times import utcnow
 from smartgen.models import Job, JobStatus
-from smartgen.ports import JobQueue, Notifier
+from smartgen.ports import Budgets, JobQueue, Notifier
 from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,19 @@ class ReconcileReport:
 
 class Reconciler:
     def __init__(
-        self, *, store: Store, queue: JobQueue, notifier: Notifier, settings: Settings
+        self,
+        *,
+        store: Store,
+        queue: JobQueue,
+        notifier: Notifier,
+        settings: Settings,
+        budgets: Budgets | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
         self.notifier = notifier
         self.settings = settings
+        self.budgets = budgets
 
     async def run_once(self) -> ReconcileReport:
         report = ReconcileReport()
@@ -121,6 +129,7 @@ class Reconciler:
         at = utcnow()
         if await self.store.jobs.mark_failed(job.job_id, error=message, at=at):
             log.warning("job %s failed by the reconciler: %s", job.job_id, message)
+            await budget.release(self.budgets, job.job_id)
             await self.notifier.job_changed(
                 replace(job, status=JobStatus.failed, error=message, failed_at=at, updated_at=at)
             )

@@ -8,9 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, status
 
 from smartgen.api.deps import (
+    BudgetsDep,
     CurrentUser,
     LiveTextDep,
     NotifierDep,
+    PricesDep,
     QueueDep,
     SettingsDep,
     StoreDep,
@@ -35,6 +37,8 @@ router = APIRouter(
     tags=["generation"],
     responses=error_responses(400, 401, 413, 415, 422, 429, 503),
 )
+# Variations listed with a job, at most.
+MAX_VARIATION_IDS = 100
 
 # Without Redis the job could not be queued anyway: the limiter fails closed, and says so.
 generate_limit = rate_limit(
@@ -60,7 +64,7 @@ REPLAYED = {"description": "Replayed: the first answer to this Idempotency-Key"}
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[generate_limit, generate_ip_limit],
     response_model=QueuedResponse,
-    responses={200: REPLAYED, **error_responses(409)},
+    responses={200: REPLAYED, **error_responses(402, 404, 409)},
 )
 async def queue_generation(
     body: GenerationRequest,
@@ -71,11 +75,13 @@ async def queue_generation(
     notifier: NotifierDep,
     settings: SettingsDep,
     timings: TimingsDep,
+    prices: PricesDep,
+    budgets: BudgetsDep,
     idempotency: IdempotencyDep,
     idempotency_key: KeyHeader = None,
 ) -> Any:
-    """Queue a content generation; it runs after GENERATION_DELAY_SECONDS (or
-    `delaySeconds`)."""
+    """Queue a content generation, steered by the optional options; it runs after
+    GENERATION_DELAY_SECONDS (or `delaySeconds`)."""
     if body.delaySeconds is not None and body.delaySeconds > settings.max_delay_seconds:
         raise ValidationFailed(
             f"delaySeconds: must be at most {settings.max_delay_seconds:g}",
@@ -83,6 +89,9 @@ async def queue_generation(
         )
 
     async def produce() -> QueuedResponse:
+        options = await service.resolve_options(
+            store=store, settings=settings, user_id=user.user_id, options=body.options()
+        )
         queued = await service.queue_generation(
             store=store,
             queue=queue,
@@ -93,6 +102,9 @@ async def queue_generation(
             content_type=body.contentType,
             delay_seconds=body.delaySeconds,
             timings=timings,
+            options=options,
+            prices=prices,
+            budgets=budgets,
         )
         return queued_response(queued)
 
@@ -130,17 +142,30 @@ async def get_job(jobId: str, user: CurrentUser, store: StoreDep, live: LiveText
     """One of the caller's jobs: status, the text so far while processing, the content
     once completed."""
     job = await service.get_job(store=store, user_id=user.user_id, job_id=jobId)
-    return job_out(job, partial=await control.live_text(live=live, job=job))
+    variations = await store.jobs.variation_ids(job.job_id, user.user_id, limit=MAX_VARIATION_IDS)
+    return job_out(
+        job, partial=await control.live_text(live=live, job=job), variation_ids=variations
+    )
 
 
 @router.delete("/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409))
 async def cancel_job(
-    jobId: str, user: CurrentUser, store: StoreDep, queue: QueueDep, notifier: NotifierDep
+    jobId: str,
+    user: CurrentUser,
+    store: StoreDep,
+    queue: QueueDep,
+    notifier: NotifierDep,
+    budgets: BudgetsDep,
 ) -> JobOut:
     """Cancel a queued or running job (a running one's model call stops within about a
     second); 409 `job_final` when it already ended."""
     job = await control.cancel_job(
-        store=store, queue=queue, notifier=notifier, user_id=user.user_id, job_id=jobId
+        store=store,
+        queue=queue,
+        notifier=notifier,
+        user_id=user.user_id,
+        job_id=jobId,
+        budgets=budgets,
     )
     return job_out(job)
 
@@ -195,7 +220,7 @@ async def run_now(
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[generate_limit, generate_ip_limit],
     response_model=QueuedResponse,
-    responses={200: REPLAYED, **error_responses(404, 409)},
+    responses={200: REPLAYED, **error_responses(402, 404, 409)},
 )
 async def retry_job(
     jobId: str,
@@ -206,6 +231,8 @@ async def retry_job(
     notifier: NotifierDep,
     settings: SettingsDep,
     timings: TimingsDep,
+    prices: PricesDep,
+    budgets: BudgetsDep,
     idempotency: IdempotencyDep,
     idempotency_key: KeyHeader = None,
 ) -> Any:
@@ -221,6 +248,56 @@ async def retry_job(
             user_id=user.user_id,
             job_id=jobId,
             timings=timings,
+            prices=prices,
+            budgets=budgets,
+        )
+        return queued_response(queued)
+
+    return await idempotency.run(
+        user_id=user.user_id,
+        key=idempotency_key,
+        path=request.url.path,
+        print_=fingerprint(None),
+        status_code=status.HTTP_202_ACCEPTED,
+        produce=produce,
+    )
+
+
+@router.post(
+    "/{jobId}/variations",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[generate_limit],
+    response_model=QueuedResponse,
+    responses={200: REPLAYED, **error_responses(402, 404, 409)},
+)
+async def queue_variation(
+    jobId: str,
+    request: Request,
+    user: CurrentUser,
+    store: StoreDep,
+    queue: QueueDep,
+    notifier: NotifierDep,
+    settings: SettingsDep,
+    timings: TimingsDep,
+    prices: PricesDep,
+    budgets: BudgetsDep,
+    idempotency: IdempotencyDep,
+    idempotency_key: KeyHeader = None,
+) -> Any:
+    """Queue another take of a completed job: the same request and options, told to
+    differ from the original (`parentJobId`); 409 `job_not_completed` otherwise."""
+
+    async def produce() -> QueuedResponse:
+        queued = await service.queue_variation(
+            store=store,
+            queue=queue,
+            notifier=notifier,
+            settings=settings,
+            user_id=user.user_id,
+            job_id=jobId,
+            timings=timings,
+            prices=prices,
+            budgets=budgets,
         )
         return queued_response(queued)
 

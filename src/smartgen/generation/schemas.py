@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -10,13 +11,98 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from smartgen.generation.service import QueuedJob
 from smartgen.kit.text import without_nul
 from smartgen.kit.times import as_utc, iso_ms
-from smartgen.models import ContentType, Job, JobStatus
+from smartgen.models import ContentType, Job, JobStatus, Length, Tone
 
 # PROMPT_MAX_CHARS may be configured up to this; the schema documents the ceiling.
 PROMPT_HARD_LIMIT = 20_000
+AUDIENCE_MAX_CHARS = 200
+MAX_KEYWORDS = 10
+KEYWORD_MAX_CHARS = 50
+# A BCP-47 language tag: language (2-3 letters), optional script, region, variants.
+_BCP47 = re.compile(
+    r"^(?P<lang>[A-Za-z]{2,3})(?:-(?P<script>[A-Za-z]{4}))?(?:-(?P<region>[A-Za-z]{2}|\d{3}))?"
+    r"(?P<rest>(?:-(?:[A-Za-z0-9]{5,8}|\d[A-Za-z0-9]{3}))*)$"
+)
 
 
-class GenerationRequest(BaseModel):
+def language_tag(value: str) -> str:
+    """A BCP-47 tag in its usual case (`pt-BR`, `zh-Hant-TW`); ValueError otherwise."""
+    match = _BCP47.match(value) if len(value) <= 35 else None
+    if match is None:
+        raise ValueError("must be a BCP-47 language tag such as en, de, pt-BR or zh-Hant-TW")
+    tag = match["lang"].lower()
+    if match["script"]:
+        tag += "-" + match["script"].title()
+    if match["region"]:
+        tag += "-" + match["region"].upper()
+    return tag + match["rest"].lower()
+
+
+class GenerationOptions(BaseModel):
+    """How to steer a generation; every field optional."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    tone: Tone | None = Field(None, examples=["friendly"])
+    length: Length | None = Field(
+        None, description="A word target and token budget per content type", examples=["short"]
+    )
+    language: str | None = Field(
+        None, max_length=35, description="BCP-47 language tag", examples=["pt-BR"]
+    )
+    audience: str | None = Field(
+        None, min_length=1, max_length=AUDIENCE_MAX_CHARS, examples=["busy first-time parents"]
+    )
+    keywords: list[str] | None = Field(
+        None,
+        max_length=MAX_KEYWORDS,
+        description=f"At most {MAX_KEYWORDS}, each at most {KEYWORD_MAX_CHARS} characters",
+        examples=[["sourdough", "starter"]],
+    )
+    model: str | None = Field(
+        None, min_length=1, max_length=200, description="One of ALLOWED_MODELS"
+    )
+    temperature: float | None = Field(None, ge=0, le=2, examples=[0.7])
+    voiceId: str | None = Field(
+        None, min_length=1, max_length=64, description="A brand voice of yours"
+    )
+
+    _language = field_validator("language")(
+        lambda value: None if value is None else language_tag(value)
+    )
+    _audience = field_validator("audience")(
+        lambda value: None if value is None else without_nul(value)
+    )
+    _audience_sent = field_validator("audience", mode="before")(
+        lambda value: _at_most(value, AUDIENCE_MAX_CHARS)
+    )
+    _temperature_is_a_number = field_validator("temperature", mode="before")(
+        lambda value: _number(value, "must be a number from 0 to 2")
+    )
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        out: list[str] = []
+        for keyword in value:
+            keyword = without_nul(keyword).strip()
+            if not keyword:
+                raise ValueError("a keyword must not be blank")
+            if len(keyword) > KEYWORD_MAX_CHARS:
+                raise ValueError(f"each keyword must be at most {KEYWORD_MAX_CHARS} characters")
+            if keyword.lower() not in (k.lower() for k in out):
+                out.append(keyword)
+        return out
+
+    def options(self) -> dict[str, Any]:
+        """The options given, by their API names (nothing for those left out)."""
+        chosen = self.model_dump(include=set(GenerationOptions.model_fields))
+        return {name: value for name, value in chosen.items() if value is not None}
+
+
+class GenerationRequest(GenerationOptions):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     prompt: str = Field(
@@ -40,10 +126,17 @@ class GenerationRequest(BaseModel):
     )
 
 
-def _number(value: Any) -> Any:
+def _at_most(value: Any, limit: int) -> Any:
+    """The limit on the text as sent, before trimming (what the schema's maxLength says)."""
+    if isinstance(value, str) and len(value) > limit:
+        raise ValueError(f"must be at most {limit} characters")
+    return value
+
+
+def _number(value: Any, message: str = "must be a number of seconds") -> Any:
     """A JSON number only: `true` is not 1 second."""
     if isinstance(value, bool):
-        raise ValueError("must be a number of seconds")
+        raise ValueError(message)
     return value
 
 
@@ -89,6 +182,16 @@ class QueuedResponse(BaseModel):
     delaySeconds: int | float
     scheduledFor: str
     estimatedCompletionTime: str
+    estimatedCost: float | None = Field(
+        None,
+        description="A quote in USD from the model's price, the prompt's token estimate and "
+        "the length budget; null when the model's price is unknown",
+    )
+    parentJobId: str | None = Field(
+        None,
+        description="A variation's original (only for variations)",
+        exclude_if=lambda v: v is None,
+    )
 
 
 class JobOut(BaseModel):
@@ -119,6 +222,16 @@ class JobOut(BaseModel):
     history: list[dict[str, Any]] | None = Field(
         None, description="Earlier runs of a job queued again (retry), oldest first"
     )
+    options: dict[str, Any] | None = Field(
+        None,
+        description="How the job was steered (tone, length, language, audience, keywords, "
+        "model, temperature, voiceId) and `voice`, a copy of the brand voice applied",
+    )
+    cost: float | None = Field(
+        None, description="Once completed: what the provider says it cost (USD credits)"
+    )
+    parentJobId: str | None = Field(None, description="A variation's original")
+    variationIds: list[str] | None = Field(None, description="Variations of this job")
 
 
 def queued_response(queued: QueuedJob) -> QueuedResponse:
@@ -129,10 +242,14 @@ def queued_response(queued: QueuedJob) -> QueuedResponse:
         delaySeconds=int(delay) if float(delay).is_integer() else delay,
         scheduledFor=iso_ms(queued.job.scheduled_for),
         estimatedCompletionTime=iso_ms(queued.estimated_completion),
+        estimatedCost=queued.estimated_cost,
+        parentJobId=queued.job.parent_job_id,
     )
 
 
-def job_out(job: Job, *, partial: str | None = None) -> JobOut:
+def job_out(
+    job: Job, *, partial: str | None = None, variation_ids: list[str] | None = None
+) -> JobOut:
     completed = job.status == "completed"
     failed = job.status == "failed"
     cancelled = job.status == "cancelled"
@@ -156,4 +273,8 @@ def job_out(job: Job, *, partial: str | None = None) -> JobOut:
         finishReason=job.finish_reason if completed else None,
         partialContent=partial if job.status == "processing" else None,
         history=job.history or None,
+        options=job.options or None,
+        cost=job.cost if completed else None,
+        parentJobId=job.parent_job_id,
+        variationIds=variation_ids or None,
     )

@@ -9,14 +9,15 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from smartgen.config import Settings
-from smartgen.errors import AppError, NotFound, TooManyRequests, ValidationFailed
+from smartgen.errors import AppError, Conflict, NotFound, TooManyRequests, ValidationFailed
+from smartgen.generation import budget
+from smartgen.generation.prompts import model_request
 from smartgen.kit.times import utcnow
 from smartgen.models import Job, JobStatus
-from smartgen.ports import JobQueue, Notifier, Timings
+from smartgen.ports import Budgets, JobQueue, Notifier, Prices, Timings
 from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class QueuedJob:
     job: Job
     delay_seconds: float
     estimated_completion: datetime
+    estimated_cost: float | None = None
 
 
 def queue_message(job: Job) -> dict[str, Any]:
@@ -53,6 +55,35 @@ async def estimate(settings: Settings, timings: Timings | None, job: Job) -> dat
     return job.scheduled_for + timedelta(seconds=seconds)
 
 
+async def resolve_options(
+    *, store: Store, settings: Settings, user_id: str, options: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The options as the job keeps them: the model checked against ALLOWED_MODELS, and a
+    copy of the caller's brand voice (404 for a voice that is not theirs)."""
+    if not options:
+        return None
+    resolved = dict(options)
+    model = resolved.get("model")
+    if model is not None and model not in settings.models_allowed:
+        allowed = ", ".join(settings.models_allowed)
+        raise ValidationFailed(
+            f"model: {model!r} is not allowed; choose one of: {allowed}",
+            details=[{"field": "model", "message": f"one of: {allowed}"}],
+        )
+    voice_id = resolved.get("voiceId")
+    if voice_id is not None:
+        voice = await store.voices.get_for_user(str(voice_id), user_id)
+        if voice is None:
+            raise NotFound("Voice not found", code="voice_not_found")
+        resolved["voice"] = {
+            "voiceId": voice.voice_id,
+            "name": voice.name,
+            "description": voice.description,
+            "examples": list(voice.examples),
+        }
+    return resolved
+
+
 async def queue_generation(
     *,
     store: Store,
@@ -64,12 +95,19 @@ async def queue_generation(
     content_type: str,
     delay_seconds: float | None = None,
     timings: Timings | None = None,
+    options: dict[str, Any] | None = None,
+    prices: Prices | None = None,
+    budgets: Budgets | None = None,
+    parent: Job | None = None,
 ) -> QueuedJob:
-    """Store the job, then queue it with its delay (GENERATION_DELAY_SECONDS unless the
-    caller chose one), then announce it.
+    """Quote the job and reserve the quote in the user's monthly budget (402 when it
+    does not fit), store the job, then queue it with its delay (GENERATION_DELAY_SECONDS
+    unless the caller chose one), then announce it.
 
     The store write comes first so the worker always finds the record; if the queue
-    refuses the job, the record is removed again, so no job is left that would never run.
+    refuses the job, the record is removed again (and its reservation given back), so no
+    job is left that would never run. `options` are as `resolve_options` made them;
+    `parent`: the completed job this one is a variation of.
     """
     check_prompt(settings, prompt)
     now = utcnow()
@@ -83,7 +121,41 @@ async def queue_generation(
         scheduled_for=now + timedelta(seconds=delay),
         created_at=now,
         updated_at=now,
+        options=options or None,
+        parent_job_id=parent.job_id if parent is not None else None,
     )
+    previous = parent.generated_content if parent is not None else None
+    quoted = await budget.quote(
+        settings, prices, model_request(content_type, prompt, options, previous=previous)
+    )
+    reserved = await budget.reserve(
+        settings=settings,
+        budgets=budgets,
+        notifier=notifier,
+        user_id=user_id,
+        job_id=job.job_id,
+        quoted=quoted,
+        at=now,
+    )
+    try:
+        await _store_and_queue(store, queue, settings, job, delay)
+    except AppError:
+        if reserved:
+            await budget.release(budgets, job.job_id)
+        raise
+    await notifier.job_changed(job)
+    return QueuedJob(
+        job=job,
+        delay_seconds=delay,
+        estimated_completion=await estimate(settings, timings, job),
+        estimated_cost=quoted.cost,
+    )
+
+
+async def _store_and_queue(
+    store: Store, queue: JobQueue, settings: Settings, job: Job, delay: float
+) -> None:
+    user_id = job.user_id
     # The cap (0 = off) is checked by the insert itself: one statement on the SQL store.
     cap = settings.max_unfinished_jobs
     if not await store.jobs.create(job, max_unfinished=cap):
@@ -105,9 +177,45 @@ async def queue_generation(
             # The reconciler fails or re-queues it later; never leave it silently.
             log.error("job %s could not be queued nor removed", job.job_id)
         raise
-    await notifier.job_changed(job)
-    return QueuedJob(
-        job=job, delay_seconds=delay, estimated_completion=await estimate(settings, timings, job)
+
+
+async def queue_variation(
+    *,
+    store: Store,
+    queue: JobQueue,
+    notifier: Notifier,
+    settings: Settings,
+    user_id: str,
+    job_id: str,
+    timings: Timings | None = None,
+    prices: Prices | None = None,
+    budgets: Budgets | None = None,
+) -> QueuedJob:
+    """Another take of the owner's completed job: a new job with the same prompt, content
+    type and options (its brand voice as the original applied it), linked by
+    `parentJobId`, told to differ from the original's text."""
+    parent = await get_job(store=store, user_id=user_id, job_id=job_id)
+    if parent.status != JobStatus.completed:
+        raise Conflict(
+            f"Only completed jobs can have variations; this job is {parent.status.value}",
+            code="job_not_completed",
+        )
+    options = dict(parent.options) if parent.options else None
+    if options and options.get("model") not in (None, *settings.models_allowed):
+        options.pop("model")  # no longer allowed: the deployment's model instead
+    return await queue_generation(
+        store=store,
+        queue=queue,
+        notifier=notifier,
+        settings=settings,
+        user_id=user_id,
+        prompt=parent.prompt,
+        content_type=parent.content_type,
+        timings=timings,
+        options=options,
+        prices=prices,
+        budgets=budgets,
+        parent=parent,
     )
 
 

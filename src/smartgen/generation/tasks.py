@@ -15,11 +15,13 @@ from datetime import datetime, timedelta
 
 from smartgen.config import Settings
 from smartgen.errors import AppError
+from smartgen.generation import budget
 from smartgen.generation.prompts import model_request
 from smartgen.kit.times import utcnow
 from smartgen.llm.errors import LLMError
-from smartgen.models import Completion, Job, JobStatus
+from smartgen.models import Completion, Job, JobStatus, usage_numbers
 from smartgen.ports import (
+    Budgets,
     Cancellations,
     Delivery,
     Generator,
@@ -124,7 +126,9 @@ class GenerationTask:
         live: LiveText | None = None,
         cancellations: Cancellations | None = None,
         timings: Timings | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
+        self.budgets = budgets
         self.store = store
         self.llm = llm
         self.notifier = notifier
@@ -210,7 +214,9 @@ class GenerationTask:
         writer = LiveWriter(job, self.notifier, self.live, self.settings.progress_interval_seconds)
         guard = self.cancellations.guard(job.job_id) if self.cancellations else nullcontext()
         completion: Completion | None = None
-        request = model_request(job.content_type, job.prompt)
+        request = model_request(
+            job.content_type, job.prompt, job.options, previous=await self._previous(job)
+        )
         try:
             with guard:
                 async for piece in self.llm.generate_stream(request):
@@ -235,6 +241,30 @@ class GenerationTask:
             raise LLMError("the model's stream ended without an answer", retryable=True)
         return completion, writer.kept_live
 
+    async def _previous(self, job: Job) -> str | None:
+        """A variation's original text, which the new take must differ from."""
+        if job.parent_job_id is None:
+            return None
+        parent = await self.store.jobs.get(job.parent_job_id)
+        if parent is None or parent.user_id != job.user_id:
+            return None
+        return parent.generated_content
+
+    async def _settle(self, job: Job, completion: Completion) -> None:
+        """The job's budget reservation becomes what it really used; a budget_warning
+        when that took a budget past 80 %. Never fails the job."""
+        if self.budgets is None or not budget.budgets_on(self.settings):
+            return
+        _, _, total, cost = usage_numbers(completion.usage)
+        try:
+            state = await self.budgets.settle(job.job_id, tokens=total, cost=cost)
+            if state is not None:
+                await budget.warn(
+                    self.settings, self.budgets, self.notifier, job.user_id, state, job.created_at
+                )
+        except Exception as exc:
+            log.warning("job %s: budget not settled: %s", job.job_id, type(exc).__name__)
+
     async def _not_taken(self, job_id: str, now: datetime, last_attempt: bool) -> str:
         """Another delivery of the same job holds it (or it just finished), or it was
         rescheduled later than now."""
@@ -244,8 +274,16 @@ class GenerationTask:
             return "missing"
         if current.status.is_final:
             # Its delivery may have ended with a worker that crashed before announcing the
-            # final state: announce it (the event log keeps a final event once per run).
+            # final state: announce it (the event log keeps a final event once per run),
+            # and settle or release its budget reservation (a no-op when that was done).
             await self.notifier.job_changed(current, settled=True, repeat=True)
+            if current.status == JobStatus.completed:
+                kept = Completion(
+                    current.generated_content or "", current.model or "", current.usage
+                )
+                await self._settle(current, kept)
+            else:
+                await budget.release(self.budgets, job_id)
             return f"already {current.status.value}"
         if current.status == JobStatus.queued and current.scheduled_for > now + SCHEDULE_TOLERANCE:
             raise RunLater(current.scheduled_for)
@@ -287,16 +325,20 @@ class GenerationTask:
                 model=completion.model,
                 usage=completion.usage,
                 finish_reason=completion.finish_reason,
+                cost=usage_numbers(completion.usage)[3],
                 completed_at=at,
                 updated_at=at,
             )
             # Announced (logged) before the queue hears the job is done: a crash between
-            # the two leaves the message, whose next delivery announces it again.
+            # the two leaves the message, whose next delivery announces it again (and
+            # settles its budget, if this one did not get to).
             await self.notifier.job_changed(final, settled=True)
+            await self._settle(started, completion)
 
     async def _fail(self, job_id: str, message: str) -> None:
         try:
             if await self.store.jobs.mark_failed(job_id, error=message, at=utcnow()):
+                await budget.release(self.budgets, job_id)
                 final: Job | None = await self.store.jobs.get(job_id)
                 if final is not None:
                     await self.notifier.job_changed(final, settled=True)

@@ -232,21 +232,41 @@ class ChatClient:
             )
         return self._http
 
-    def payload(self, messages: list[dict[str, str]], *, stream: bool = False) -> dict[str, Any]:
-        return {
-            "model": self.model,
+    def payload(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        stream: bool = False,
+        request: ModelRequest | None = None,
+    ) -> dict[str, Any]:
+        """The request body: the job's model, length budget and temperature where it chose
+        them, OPENROUTER_FALLBACK_MODELS as OpenRouter's `models` routing list, and usage
+        accounting (OpenRouter then reports tokens and `cost`)."""
+        model = (request.model if request else None) or self.model
+        max_tokens = request.max_tokens if request and request.max_tokens else None
+        temperature = request.temperature if request else None
+        body: dict[str, Any] = {
+            "model": model,
             "messages": messages,
-            "max_tokens": self._settings.llm_max_tokens,
-            "temperature": self._settings.llm_temperature,
+            "max_tokens": max_tokens or self._settings.llm_max_tokens,
+            "temperature": self._settings.llm_temperature if temperature is None else temperature,
             "stream": stream,
+            "usage": {"include": True},
         }
+        fallbacks = [m for m in self._settings.fallback_models if m != model]
+        if fallbacks:
+            body["models"] = [model, *fallbacks]
+        return body
 
-    async def complete(self, messages: list[dict[str, str]]) -> Completion:
+    async def complete(
+        self, messages: list[dict[str, str]], *, request: ModelRequest | None = None
+    ) -> Completion:
         session = self._session()
+        model = (request.model if request else None) or self.model
         try:
             async with session.post(
                 self._url,
-                json=self.payload(messages),
+                json=self.payload(messages, request=request),
                 headers=job_headers(),
                 allow_redirects=False,
                 proxy=self._proxy,
@@ -261,18 +281,20 @@ class ChatClient:
             raise LLMError("the model provider did not answer in time", retryable=True) from None
         except aiohttp.ClientError:
             raise LLMError("could not reach the model provider", retryable=True) from None
-        return _completion_from_body(answers.loads(raw), self.model, self._redact, self._max_chars)
+        return _completion_from_body(answers.loads(raw), model, self._redact, self._max_chars)
 
     def _retry_after(self, value: str | None) -> float | None:
         return parse_retry_after(value, self._retry_after_cap)
 
     async def generate(self, request: ModelRequest) -> Completion:
-        return await self.complete(request.messages)
+        return await self.complete(request.messages, request=request)
 
     def generate_stream(self, request: ModelRequest) -> AsyncIterator[str | Completion]:
-        return self.stream(request.messages)
+        return self.stream(request.messages, request=request)
 
-    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Completion]:
+    async def stream(
+        self, messages: list[dict[str, str]], *, request: ModelRequest | None = None
+    ) -> AsyncIterator[str | Completion]:
         """Yield text deltas as they arrive, then the assembled `Completion` last."""
         session = self._session()
         loop = asyncio.get_running_loop()
@@ -283,10 +305,11 @@ class ChatClient:
         finish: str | None = None
         model_value: Any = None
         usage: Any = None
+        model = (request.model if request else None) or self.model
         try:
             async with session.post(
                 self._url,
-                json=self.payload(messages, stream=True),
+                json=self.payload(messages, stream=True, request=request),
                 headers=job_headers({"Accept": "text/event-stream"}),
                 timeout=self._stream_timeout,
                 allow_redirects=False,
@@ -307,9 +330,7 @@ class ChatClient:
                     raw = await read_capped(response, self._max_bytes)
                     body = answers.loads(raw)
                     if isinstance(body, dict):
-                        whole = _completion_from_body(
-                            body, self.model, self._redact, self._max_chars
-                        )
+                        whole = _completion_from_body(body, model, self._redact, self._max_chars)
                         yield whole.content
                         yield whole
                         return
@@ -356,7 +377,7 @@ class ChatClient:
             raise LLMError("the model returned empty content", retryable=True)
         yield Completion(
             content=text,
-            model=answers.model_name(model_value, self.model, self._redact),
+            model=answers.model_name(model_value, model, self._redact),
             usage=answers.usage(usage),
             finish_reason="length" if cut else finish,
         )

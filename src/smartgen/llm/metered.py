@@ -1,7 +1,8 @@
 """A `ports.Generator` that times and counts each model call of the one it wraps: latency
 by model, errors by kind, tokens and cost as the provider reports them (`usage`; cost is
-OpenRouter's `usage.cost`, in USD credits). Labelled by the configured model, so that
-latency, errors, tokens and cost of one deployment line up."""
+OpenRouter's `usage.cost`, in USD credits). Labelled by the model the job asked for (one of
+ALLOWED_MODELS, so the labels stay few), else the configured one, so that latency, errors,
+tokens and cost of one model line up."""
 
 from __future__ import annotations
 
@@ -56,29 +57,37 @@ class MeteredGenerator:
         self.inner = inner
         self.model = inner.model
 
+    def _label(self, request: ModelRequest) -> str:
+        # The offline writer answers whatever model a job names.
+        if request.model and not self.model.startswith("offline/"):
+            return request.model
+        return self.model
+
     async def generate(self, request: ModelRequest) -> Completion:
+        model = self._label(request)
         started = time.perf_counter()
         try:
             completion = await self.inner.generate(request)
         except LLMError as exc:
-            catalog.LLM_DURATION.labels(self.model).observe(time.perf_counter() - started)
-            catalog.LLM_ERRORS.labels(self.model, error_kind(exc)).inc()
+            catalog.LLM_DURATION.labels(model).observe(time.perf_counter() - started)
+            catalog.LLM_ERRORS.labels(model, error_kind(exc)).inc()
             raise
-        catalog.LLM_DURATION.labels(self.model).observe(time.perf_counter() - started)
-        record_usage(self.model, completion.usage)
+        catalog.LLM_DURATION.labels(model).observe(time.perf_counter() - started)
+        record_usage(model, completion.usage)
         return completion
 
     async def generate_stream(self, request: ModelRequest) -> AsyncIterator[str | Completion]:
+        model = self._label(request)
         started = time.perf_counter()
         try:
             async for piece in self.inner.generate_stream(request):
                 if isinstance(piece, Completion):
-                    catalog.LLM_DURATION.labels(self.model).observe(time.perf_counter() - started)
-                    record_usage(self.model, piece.usage)
+                    catalog.LLM_DURATION.labels(model).observe(time.perf_counter() - started)
+                    record_usage(model, piece.usage)
                 yield piece
         except LLMError as exc:
-            catalog.LLM_DURATION.labels(self.model).observe(time.perf_counter() - started)
-            catalog.LLM_ERRORS.labels(self.model, error_kind(exc)).inc()
+            catalog.LLM_DURATION.labels(model).observe(time.perf_counter() - started)
+            catalog.LLM_ERRORS.labels(model, error_kind(exc)).inc()
             raise
 
     async def close(self) -> None:

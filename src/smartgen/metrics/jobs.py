@@ -6,6 +6,7 @@ without a line in the domain code."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from smartgen.metrics import catalog
 from smartgen.models import Job, JobStatus
@@ -52,3 +53,6 @@ class MeteredNotifier:
 
     async def job_progress(self, job: Job, *, delta: str, length: int, reset: bool) -> None:
         await self.inner.job_progress(job, delta=delta, length=length, reset=reset)
+
+    async def user_event(self, user_id: str, event: str, payload: dict[str, Any]) -> None:
+        await self.inner.user_event(user_id, event, payload)

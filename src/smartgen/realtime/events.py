@@ -6,6 +6,8 @@ Events (the first one is the seed's contract, exactly):
 - `job_failed`    {userId, jobId, status: "failed", error, failedAt, seq}
 - `job_status`    {userId, jobId, status, at, seq}   for every transition
 - `job_progress`  {userId, jobId, seq, delta, length, reset?}   text as it is written
+- `budget_warning` {userId, budget, limit, used, percent, month, resetsAt, seq}   a
+  monthly budget passed 80 %
 
 Each is numbered in its user's event log (`log.py`) before it is sent: `seq` is in every
 payload but the seed's `job_completed`, which Socket.IO clients get with `seq` only when
@@ -164,6 +166,9 @@ class EventPublisher:
         payload = progress_payload(job, delta=delta, length=length, reset=reset)
         self._put(job, "job_progress", payload, None, None)
 
+    async def user_event(self, user_id: str, event: str, payload: dict[str, Any]) -> None:
+        self._put_for(user_id, event, {"userId": user_id, **payload}, None, None)
+
     def _put(
         self,
         job: Job,
@@ -172,14 +177,25 @@ class EventPublisher:
         once: str | None,
         future: asyncio.Future[None] | None,
     ) -> bool:
+        return self._put_for(job.user_id, event, payload, once, future, job.job_id)
+
+    def _put_for(
+        self,
+        user_id: str,
+        event: str,
+        payload: dict[str, Any],
+        once: str | None,
+        future: asyncio.Future[None] | None,
+        job_id: str | None = None,
+    ) -> bool:
         self.start()
         try:
-            self._pending.put_nowait((job.user_id, event, payload, once, future))
+            self._pending.put_nowait((user_id, event, payload, once, future))
             return True
         except asyncio.QueueFull:
             self.dropped += 1
             catalog.events_dropped(1)
-            log.warning("event queue full: dropped %s for job %s", event, job.job_id)
+            log.warning("event queue full: dropped %s for job %s", event, job_id)
             if future is not None:
                 future.set_exception(RuntimeError("the event queue is full"))
                 return True

@@ -16,6 +16,7 @@ from smartgen.llm.metered import MeteredGenerator
 from smartgen.llm.offline import OFFLINE_MODEL, OfflineWriter
 from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.models import JobStatus
+from smartgen.queue.budgets import RedisBudgets
 from smartgen.queue.cancellations import CancelListener
 from smartgen.queue.liveness import Heartbeat
 from smartgen.queue.producer import GenerationQueue, cancel_channel
@@ -75,6 +76,7 @@ async def run_worker(
     cancels = CancelListener(signals, cancel_channel(settings), is_cancelled=is_cancelled)
     cancels.start()
     namespace = f"{settings.queue_prefix}:smartgen"
+    budgets = RedisBudgets(redis, namespace)
     task = GenerationTask(
         store=store,
         llm=llm,
@@ -83,9 +85,12 @@ async def run_worker(
         live=RedisLiveText(redis, namespace),
         cancellations=cancels,
         timings=RedisTimings(redis, namespace),
+        budgets=budgets,
     )
     producer = GenerationQueue(settings, redis)
-    reconciler = Reconciler(store=store, queue=producer, notifier=notifier, settings=settings)
+    reconciler = Reconciler(
+        store=store, queue=producer, notifier=notifier, settings=settings, budgets=budgets
+    )
     stop_reconciler = asyncio.Event()
     reconciling: asyncio.Task[None] | None = None
     runner = QueueRunner(settings, task)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from smartgen.models import Completion, Content, Job, JobStatus, User
+from smartgen.models import Completion, Content, Job, JobStatus, UsageRow, User, Voice
 
 
 class UserRepository(Protocol):
@@ -129,6 +129,40 @@ class JobRepository(Protocol):
         """Put back this snapshot of a job that is still `queued` (a change the queue
         refused); False when it is no longer queued."""
 
+    async def variation_ids(self, job_id: str, user_id: str, *, limit: int) -> list[str]:
+        """The ids of the owner's jobs made as variations of `job_id`, oldest first."""
+
+    async def usage(
+        self, user_id: str, *, start: datetime, end: datetime, group_by: str
+    ) -> list[UsageRow]:
+        """The user's jobs created in [start, end) summed per group (`day` in UTC,
+        `contentType`, `model`), by the database itself; ordered by key, None last."""
+
+
+class VoiceRepository(Protocol):
+    async def create(self, voice: Voice, *, max_per_user: int) -> bool:
+        """Insert unless the user already has `max_per_user` voices (then False)."""
+
+    async def get_for_user(self, voice_id: str, user_id: str) -> Voice | None: ...
+
+    async def list_for_user(self, user_id: str, *, limit: int) -> list[Voice]:
+        """Newest first."""
+
+    async def update(
+        self,
+        voice_id: str,
+        user_id: str,
+        *,
+        at: datetime,
+        name: str | None = None,
+        description: str | None = None,
+        examples: list[str] | None = None,
+    ) -> Voice | None:
+        """Change the given fields of the owner's voice; None when not theirs or unknown."""
+
+    async def delete(self, voice_id: str, user_id: str) -> bool:
+        """False when not theirs or unknown."""
+
 
 class ContentRepository(Protocol):
     async def create_once(self, content: Content) -> tuple[Content, bool]:
@@ -150,6 +184,7 @@ class Store(Protocol):
     users: UserRepository
     jobs: JobRepository
     contents: ContentRepository
+    voices: VoiceRepository
 
     async def init(self) -> None:
         """Create indexes / schema (idempotent)."""

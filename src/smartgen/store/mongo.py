@@ -1,4 +1,5 @@
-"""MongoDB store on PyMongo's native async API. The only module that speaks to MongoDB."""
+"""MongoDB store on PyMongo's native async API. With `mongo_voices.py` (brand voices), the
+only code that speaks to MongoDB."""
 
 from __future__ import annotations
 
@@ -13,8 +14,24 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from smartgen.errors import Conflict, StoreUnavailable
 from smartgen.kit.times import as_utc, utcnow
-from smartgen.models import RETRYABLE, UNFINISHED, Completion, Content, Job, JobStatus, User
-from smartgen.store.base import ContentRepository, JobRepository, UserRepository
+from smartgen.models import (
+    RETRYABLE,
+    UNFINISHED,
+    Completion,
+    Content,
+    Job,
+    JobStatus,
+    UsageRow,
+    User,
+    usage_numbers,
+)
+from smartgen.store.base import (
+    ContentRepository,
+    JobRepository,
+    UserRepository,
+    VoiceRepository,
+)
+from smartgen.store.mongo_voices import MongoVoices
 from smartgen.store.unavailable import translate_unavailable
 
 _UNFINISHED = [status.value for status in UNFINISHED]
@@ -50,7 +67,18 @@ def _job_from_doc(doc: dict[str, Any]) -> Job:
         cancelled_at=_dt(doc.get("cancelledAt")),
         history=doc.get("history"),
         finish_reason=doc.get("finishReason"),
+        options=doc.get("options"),
+        parent_job_id=doc.get("parentJobId"),
+        cost=None if doc.get("cost") is None else float(doc["cost"]),
     )
+
+
+# GET /usage's groups, as aggregation expressions over a job document.
+_USAGE_KEYS: dict[str, Any] = {
+    "day": {"$dateToString": {"format": "%Y-%m-%d", "date": "$createdAt"}},
+    "contentType": "$contentType",
+    "model": "$model",
+}
 
 
 def _content_from_doc(doc: dict[str, Any]) -> Content:
@@ -153,6 +181,8 @@ class MongoJobs:
                 "createdAt": job.created_at,
                 "updatedAt": job.updated_at,
                 "attempts": job.attempts,
+                "options": job.options,
+                "parentJobId": job.parent_job_id,
             }
         )
         return True
@@ -247,6 +277,7 @@ class MongoJobs:
 
     @_unavailable
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
+        prompt, completion, total, cost = usage_numbers(result.usage)
         res = await self._c.update_one(
             {"jobId": job_id, "status": JobStatus.processing.value},
             {
@@ -258,6 +289,11 @@ class MongoJobs:
                     "finishReason": result.finish_reason,
                     "completedAt": at,
                     "updatedAt": at,
+                    # Flat numbers, so that GET /usage sums fields rather than parses.
+                    "cost": cost,
+                    "promptTokens": prompt,
+                    "completionTokens": completion,
+                    "totalTokens": total,
                 },
                 "$unset": {"error": ""},
             },
@@ -374,6 +410,7 @@ class MongoJobs:
             "error", "failedAt", "cancelledAt", "startedAt", "completedAt",
             "generatedContent", "model", "usage", "leaseUntil", "leaseOwner",
             "finishReason",
+            "cost", "promptTokens", "completionTokens", "totalTokens",
         )  # fmt: skip
         return await self._changed(
             {"jobId": job_id, "userId": user_id, "status": {"$in": _RETRYABLE}},
@@ -410,6 +447,42 @@ class MongoJobs:
             {"jobId": job.job_id, "status": JobStatus.queued.value}, {"$set": values}
         )
         return bool(result.matched_count == 1)
+
+    @_unavailable
+    async def variation_ids(self, job_id: str, user_id: str, *, limit: int) -> list[str]:
+        cursor = self._c.find({"parentJobId": job_id, "userId": user_id}, {"jobId": 1})
+        cursor = cursor.sort([("createdAt", ASCENDING), ("_id", ASCENDING)]).limit(limit)
+        return [str(d["jobId"]) async for d in cursor]
+
+    @_unavailable
+    async def usage(
+        self, user_id: str, *, start: datetime, end: datetime, group_by: str
+    ) -> list[UsageRow]:
+        statuses = [s.value for s in JobStatus]
+        group: dict[str, Any] = {"_id": _USAGE_KEYS[group_by], "jobs": {"$sum": 1}}
+        for status in statuses:
+            group[status] = {"$sum": {"$cond": [{"$eq": ["$status", status]}, 1, 0]}}
+        for name in ("promptTokens", "completionTokens", "totalTokens", "cost"):
+            group[name] = {"$sum": {"$ifNull": [f"${name}", 0]}}
+        group["priced"] = {"$sum": {"$cond": [{"$eq": [{"$ifNull": ["$cost", None]}, None]}, 0, 1]}}
+        pipeline = [
+            {"$match": {"userId": user_id, "createdAt": {"$gte": start, "$lt": end}}},
+            {"$group": group},
+        ]
+        rows = [
+            UsageRow(
+                key=None if d["_id"] is None else str(d["_id"]),
+                jobs=int(d["jobs"]),
+                by_status={s: int(d.get(s) or 0) for s in statuses},
+                prompt_tokens=int(d.get("promptTokens") or 0),
+                completion_tokens=int(d.get("completionTokens") or 0),
+                total_tokens=int(d.get("totalTokens") or 0),
+                cost=float(d.get("cost") or 0),
+                priced_jobs=int(d.get("priced") or 0),
+            )
+            async for d in await self._c.aggregate(pipeline)
+        ]
+        return sorted(rows, key=lambda r: (r.key is None, r.key or ""))
 
 
 class MongoContents:
@@ -477,6 +550,7 @@ class MongoStore:
         self.users: UserRepository = MongoUsers(db)
         self.jobs: JobRepository = MongoJobs(db)
         self.contents: ContentRepository = MongoContents(db)
+        self.voices: VoiceRepository = MongoVoices(db)
 
     @_unavailable
     async def init(self) -> None:
@@ -489,6 +563,9 @@ class MongoStore:
         await self._db["contents"].create_index("jobId", unique=True)
         await self._db["contents"].create_index("contentId", unique=True)
         await self._db["users"].create_index("email", unique=True)
+        await self._db["jobs"].create_index("parentJobId", sparse=True)
+        await self._db["voices"].create_index("voiceId", unique=True)
+        await self._db["voices"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
 
     async def ping(self) -> None:
         try:

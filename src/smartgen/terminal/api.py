@@ -37,6 +37,13 @@ def job_path(job_id: str, *rest: str) -> str:
     return "/".join(("/generate-content", quote(str(job_id), safe=""), *rest))
 
 
+def voice_path(voice_id: str) -> str:
+    """`/voices/<id>`, the id escaped (it comes from the command line)."""
+    if voice_id.strip(".") == "":
+        raise ClientError(f"voice {voice_id} not found", status=404)
+    return "/voices/" + quote(str(voice_id), safe="")
+
+
 class Api:
     """The smartgen HTTP API with a bearer token that renews itself once when refused."""
 
@@ -87,6 +94,8 @@ class Api:
         except ValueError:
             data = None
         if r.is_success:
+            if r.status_code == 204:
+                return None
             if data is None:
                 raise ClientError(
                     f"unexpected answer from {self.url} (HTTP {r.status_code}, not JSON):"

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from smartgen.models import CONTENT_TYPES
+from smartgen.models import CONTENT_TYPES, LENGTHS, TONES
 from smartgen.terminal.api import Api
 from smartgen.terminal.commands import COMMANDS
 from smartgen.terminal.credentials import CredentialStore, credentials_path
@@ -106,6 +106,21 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="SECONDS",
         help="seconds before the job may run (default: the server's GENERATION_DELAY_SECONDS)",
     )
+    steer = gen.add_argument_group("steering (all optional)")
+    steer.add_argument("--tone", choices=TONES, help="the tone of voice")
+    steer.add_argument("--length", choices=LENGTHS, help="a word target per content type")
+    steer.add_argument("--language", metavar="TAG", help="a BCP-47 tag: en, de, pt-BR, …")
+    steer.add_argument("--audience", metavar="TEXT", help="who it is for (≤ 200 characters)")
+    steer.add_argument(
+        "--keyword",
+        action="append",
+        dest="keywords",
+        metavar="WORD",
+        help="a keyword to work in (repeat for more, at most 10)",
+    )
+    steer.add_argument("--model", help="one of the server's ALLOWED_MODELS")
+    steer.add_argument("--temperature", type=_not_negative, metavar="T", help="0 to 2")
+    steer.add_argument("--voice", metavar="VOICE_ID", help="one of your brand voices")
     gen.add_argument("--save", action="store_true", help="save the result as permanent content")
     gen.add_argument("--title", help="title of the saved content (implies --save)")
     gen.add_argument("--no-wait", action="store_true", help="queue the job and return at once")
@@ -139,6 +154,47 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         control = sub.add_parser(name, parents=[common], help=text)
         control.add_argument("job_id", metavar="JOB_ID")
         control.set_defaults(client_command=name)
+
+    another = sub.add_parser(
+        "variations",
+        parents=[common],
+        help="queue another take of a completed job and print it",
+        description="Queue another take of a completed job (same request and options, told "
+        "to differ from the original), follow it and print the result.",
+    )
+    another.add_argument("job_id", metavar="JOB_ID")
+    another.add_argument("--no-wait", action="store_true", help="queue it and return at once")
+    another.add_argument(
+        "--timeout", type=_positive(float), metavar="SECONDS", help="give up waiting after this"
+    )
+    another.set_defaults(client_command="variations")
+
+    usage = sub.add_parser(
+        "usage", parents=[common], help="your tokens, cost and budgets (this month by default)"
+    )
+    usage.add_argument("--from", dest="start", metavar="DATE", help="first day (YYYY-MM-DD)")
+    usage.add_argument("--to", dest="end", metavar="DATE", help="the day after the last")
+    usage.add_argument(
+        "--by", choices=("day", "contentType", "model"), default="day", help="group by"
+    )
+    usage.set_defaults(client_command="usage")
+
+    voices = sub.add_parser(
+        "voices",
+        parents=[common],
+        help="list, add, show or delete your brand voices",
+        description="`smartgen voices` lists them; `voices add NAME --description … --example "
+        "…`, `voices show VOICE_ID`, `voices delete VOICE_ID`.",
+    )
+    voices.add_argument(
+        "action", nargs="?", choices=("list", "add", "show", "delete"), default="list"
+    )
+    voices.add_argument("target", nargs="?", metavar="NAME|VOICE_ID")
+    voices.add_argument("--description", default="", help="how the brand sounds (add)")
+    voices.add_argument(
+        "--example", action="append", dest="examples", metavar="TEXT", help="a sample (≤ 3)"
+    )
+    voices.set_defaults(client_command="voices")
 
     watch = sub.add_parser(
         "watch",

@@ -92,6 +92,21 @@ def render_job(session: Session, job: dict[str, Any]) -> None:
     out = session.out
     out.print(head)
     out.print(Text(f"Prompt: {_excerpt(job.get('prompt'), 200)}"))
+    options = {k: v for k, v in (job.get("options") or {}).items() if k != "voice"}
+    if options:
+        shown = ", ".join(
+            f"{k}={'; '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in options.items()
+        )
+        out.print(Text(f"Options: {_excerpt(shown, 200)}", style="dim"))
+    if job.get("parentJobId"):
+        out.print(Text(f"Another take of job {job['parentJobId']}", style="dim"))
+    usage = job.get("usage") or {}
+    if status == "completed" and (usage or job.get("cost") is not None):
+        cost = job.get("cost")
+        spent = f"{usage.get('total_tokens', '?')} tokens"
+        spent += f" · ${cost:.6f}" if isinstance(cost, int | float) else ""
+        out.print(Text(f"Used: {spent}", style="dim"))
     times = f"Job {job.get('jobId')} · created {_when(job.get('createdAt'))}"
     if status == "completed":
         times += f" · completed {_when(job.get('completedAt'))}"

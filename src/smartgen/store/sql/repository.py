@@ -23,9 +23,23 @@ from typing import Any, Protocol
 from smartgen.errors import Conflict
 from smartgen.kit.batching import Coalescer
 from smartgen.kit.times import utcnow
-from smartgen.models import RETRYABLE, Completion, Content, Job, JobStatus, User
+from smartgen.models import (
+    RETRYABLE,
+    Completion,
+    Content,
+    Job,
+    JobStatus,
+    UsageRow,
+    User,
+    usage_numbers,
+)
 from smartgen.models import UNFINISHED as UNFINISHED_STATUSES
-from smartgen.store.base import ContentRepository, JobRepository, UserRepository
+from smartgen.store.base import (
+    ContentRepository,
+    JobRepository,
+    UserRepository,
+    VoiceRepository,
+)
 from smartgen.store.sql.schema import Dialect
 from smartgen.store.sql.url import SqlUrl, parse_database_url
 
@@ -80,13 +94,35 @@ _USER_TIMES = [i for i, name in enumerate(_USER_FIELDS) if name.endswith(_TIMES)
 _JOB_TIMES = [i for i, name in enumerate(_JOB_FIELDS) if name.endswith(_TIMES)]
 _CONTENT_TIMES = [i for i, name in enumerate(_CONTENT_FIELDS) if name.endswith(_TIMES)]
 _STATUS = _JOB_FIELDS.index("status")
-_JSON = [_JOB_FIELDS.index("usage"), _JOB_FIELDS.index("history")]
+_JSON = [_JOB_FIELDS.index("usage"), _JOB_FIELDS.index("history"), _JOB_FIELDS.index("options")]
+_COST = _JOB_FIELDS.index("cost")
 _ATTEMPTS = _JOB_FIELDS.index("attempts")
 UNFINISHED = "(" + ", ".join(f"'{status.value}'" for status in UNFINISHED_STATUSES) + ")"
 RETRYABLE_STATUSES = "(" + ", ".join(f"'{status.value}'" for status in RETRYABLE) + ")"
 JOB_CREATE_COLUMNS = (
-    "job_id, user_id, status, prompt, content_type, scheduled_for, created_at, updated_at, attempts"
+    "job_id, user_id, status, prompt, content_type, scheduled_for, created_at, updated_at, "
+    "attempts, options, parent_job_id"
 )
+# GET /usage's groups: the day (UTC) a job was created, its content type, its model. The
+# day's expression is the dialect's (`DAY_EXPRESSIONS`), put in by the store.
+DAY_MARK = "__DAY__"
+DAY_EXPRESSIONS: dict[Dialect, str] = {
+    "postgresql": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    "sqlite": "substr(created_at, 1, 10)",
+}
+USAGE_KEYS = {"day": DAY_MARK, "contentType": "content_type", "model": "model"}
+_BY_STATUS = ", ".join(f"sum(CASE WHEN status = '{s.value}' THEN 1 ELSE 0 END)" for s in JobStatus)
+
+
+def _usage_statement(key: str) -> str:
+    return (
+        f"SELECT {key} AS k, count(*), {_BY_STATUS}, "
+        "COALESCE(sum(prompt_tokens), 0), COALESCE(sum(completion_tokens), 0), "
+        "COALESCE(sum(total_tokens), 0), COALESCE(sum(cost), 0), count(cost) "
+        "FROM jobs WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 "
+        "GROUP BY k ORDER BY k"
+    )
+
 
 STATEMENTS = {
     "user_insert": (
@@ -98,7 +134,8 @@ STATEMENTS = {
     "user_set_password": "UPDATE users SET password_hash = $2, updated_at = $3 WHERE user_id = $1",
     "user_delete": "DELETE FROM users WHERE user_id = $1",
     "job_insert": (
-        f"INSERT INTO jobs ({JOB_CREATE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        f"INSERT INTO jobs ({JOB_CREATE_COLUMNS}) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)"
     ),
     # The cap and the insert in one statement: nothing is inserted when the user already
     # has `cap` unfinished jobs (uses ix_jobs_user_status). The casts type the parameters
@@ -106,9 +143,10 @@ STATEMENTS = {
     "job_insert_under_cap": (
         f"INSERT INTO jobs ({JOB_CREATE_COLUMNS}) "
         "SELECT $1::varchar, $2::varchar, $3::varchar, $4::text, $5::varchar, "
-        "$6::timestamptz, $7::timestamptz, $8::timestamptz, $9::integer "
+        "$6::timestamptz, $7::timestamptz, $8::timestamptz, $9::integer, $10::jsonb, "
+        "$11::varchar "
         f"WHERE (SELECT count(*) FROM jobs WHERE user_id = $2 AND status IN {UNFINISHED}) "
-        "< $10::integer"
+        "< $12::integer"
     ),
     "job_by_id": f"SELECT {JOB_COLS} FROM jobs WHERE job_id = $1",
     "job_by_id_for_user": f"SELECT {JOB_COLS} FROM jobs WHERE job_id = $1 AND user_id = $2",
@@ -159,7 +197,8 @@ STATEMENTS = {
         "UPDATE jobs SET status = 'queued', scheduled_for = $3, updated_at = $4, "
         "history = $5::jsonb, error = NULL, failed_at = NULL, cancelled_at = NULL, "
         "started_at = NULL, completed_at = NULL, generated_content = NULL, model = NULL, "
-        "usage = NULL, lease_until = NULL, lease_owner = NULL, finish_reason = NULL "
+        "usage = NULL, lease_until = NULL, lease_owner = NULL, finish_reason = NULL, cost = NULL, "
+        "prompt_tokens = NULL, completion_tokens = NULL, total_tokens = NULL "
         f"WHERE job_id = $1 AND user_id = $2 AND status IN {RETRYABLE_STATUSES} "
         f"RETURNING {JOB_COLS}"
     ),
@@ -174,8 +213,17 @@ STATEMENTS = {
     "job_complete": (
         "UPDATE jobs SET status = 'completed', generated_content = $2, model = $3, "
         "usage = $4::jsonb, completed_at = $5, updated_at = $5, error = NULL, "
-        "finish_reason = $6 WHERE job_id = $1 AND status = 'processing'"
+        "finish_reason = $6, cost = $7::float8, prompt_tokens = $8::integer, "
+        "completion_tokens = $9::integer, total_tokens = $10::integer "
+        "WHERE job_id = $1 AND status = 'processing'"
     ),
+    "job_variation_ids": (
+        "SELECT job_id FROM jobs WHERE parent_job_id = $1 AND user_id = $2 "
+        "ORDER BY created_at ASC, id ASC LIMIT $3"
+    ),
+    "usage_day": _usage_statement(DAY_MARK),
+    "usage_contentType": _usage_statement("content_type"),
+    "usage_model": _usage_statement("model"),
     "job_fail": (
         "UPDATE jobs SET status = 'failed', error = $2, failed_at = $3, updated_at = $3 "
         f"WHERE job_id = $1 AND status IN {UNFINISHED}"
@@ -242,6 +290,8 @@ class _Repository:
             if values[i] is not None and not isinstance(values[i], list | dict):
                 values[i] = json.loads(values[i])
         values[_ATTEMPTS] = int(values[_ATTEMPTS] or 0)
+        if values[_COST] is not None:
+            values[_COST] = float(values[_COST])
         return Job(*values)
 
     def _content(self, row: Row) -> Content:
@@ -274,10 +324,13 @@ class Users(_Repository):
 
 class Jobs(_Repository):
     async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
-        # The same fields as the other stores write at creation; the rest come with the
-        # transitions.
+        return await self._insert(self.create_row(job), max_unfinished)
+
+    def create_row(self, job: Job) -> tuple[Any, ...]:
+        """A new job's values for `JOB_CREATE_COLUMNS`, as the driver writes them: the same
+        fields as the other stores write at creation; the rest come with the transitions."""
         ts = self._db.ts
-        values = (
+        return (
             job.job_id,
             job.user_id,
             job.status.value,
@@ -287,8 +340,9 @@ class Jobs(_Repository):
             ts(job.created_at),
             ts(job.updated_at),
             job.attempts,
+            None if job.options is None else json.dumps(job.options),
+            job.parent_job_id,
         )
-        return await self._insert(values, max_unfinished)
 
     async def _insert(self, values: tuple[Any, ...], cap: int) -> bool:
         """One job's row (`JOB_CREATE_COLUMNS`, as the driver writes them), unless `cap > 0`
@@ -408,8 +462,41 @@ class Jobs(_Repository):
 
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
         usage = None if result.usage is None else json.dumps(result.usage)
-        args = (job_id, result.content, result.model, usage, self._db.ts(at), result.finish_reason)
+        prompt, completion, total, cost = usage_numbers(result.usage)
+        args = (
+            job_id, result.content, result.model, usage, self._db.ts(at),
+            result.finish_reason, cost, prompt, completion, total,
+        )  # fmt: skip
         return await self._complete(args)
+
+    async def variation_ids(self, job_id: str, user_id: str, *, limit: int) -> list[str]:
+        args = (job_id, user_id, self._limit(limit))
+        return [str(r[0]) for r in await self._db.all(self._sql["job_variation_ids"], args)]
+
+    async def usage(
+        self, user_id: str, *, start: datetime, end: datetime, group_by: str
+    ) -> list[UsageRow]:
+        args = (user_id, self._db.ts(start), self._db.ts(end))
+        rows = await self._db.all(self._sql[f"usage_{group_by}"], args)
+        statuses = [s.value for s in JobStatus]
+        out = []
+        for row in rows:
+            n = len(statuses)
+            counts = [int(v or 0) for v in row[2 : 2 + n]]
+            rest = row[2 + n :]
+            out.append(
+                UsageRow(
+                    key=None if row[0] is None else str(row[0]),
+                    jobs=int(row[1]),
+                    by_status=dict(zip(statuses, counts, strict=True)),
+                    prompt_tokens=int(rest[0]),
+                    completion_tokens=int(rest[1]),
+                    total_tokens=int(rest[2]),
+                    cost=float(rest[3]),
+                    priced_jobs=int(rest[4]),
+                )
+            )
+        return sorted(out, key=lambda r: (r.key is None, r.key or ""))
 
     async def _complete(self, args: tuple[Any, ...]) -> bool:
         """`job_complete` with these arguments: whether it wrote."""
@@ -530,7 +617,14 @@ class SqlStore:
         self.description = url.description
 
     def _serve(self, driver: Driver) -> None:
-        statements = {name: driver.statement(text) for name, text in STATEMENTS.items()}
+        from smartgen.store.sql.voices import VOICE_STATEMENTS, Voices
+
+        day = DAY_EXPRESSIONS[self.dialect]
+        statements = {
+            name: driver.statement(text.replace(DAY_MARK, day))
+            for name, text in {**STATEMENTS, **VOICE_STATEMENTS}.items()
+        }
         self.users: UserRepository = Users(driver, statements)
+        self.voices: VoiceRepository = Voices(driver, statements)
         self.jobs: JobRepository = self.jobs_repository(driver, statements)
         self.contents: ContentRepository = Contents(driver, statements)

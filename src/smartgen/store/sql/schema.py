@@ -22,15 +22,20 @@ from smartgen.config import ConfigError
 
 Dialect = Literal["postgresql", "sqlite"]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 # pg_advisory_xact_lock key for schema changes ("smartgen" in ASCII).
 SCHEMA_LOCK: Final = 0x736D61727467656E
 
 _TYPES: Final[dict[Dialect, dict[str, str]]] = {
     # SQLite keeps datetimes as naive UTC text (`2026-01-11 19:34:18.356000`), which
     # compares correctly as a string; INTEGER PRIMARY KEY is its rowid alias.
-    "sqlite": {"rowid": "INTEGER", "ts": "DATETIME", "json": "JSON"},
-    "postgresql": {"rowid": "BIGSERIAL", "ts": "TIMESTAMP WITH TIME ZONE", "json": "JSONB"},
+    "sqlite": {"rowid": "INTEGER", "ts": "DATETIME", "json": "JSON", "float": "REAL"},
+    "postgresql": {
+        "rowid": "BIGSERIAL",
+        "ts": "TIMESTAMP WITH TIME ZONE",
+        "json": "JSONB",
+        "float": "DOUBLE PRECISION",
+    },
 }
 
 _TABLES: Final = [
@@ -71,12 +76,19 @@ _TABLES: Final = [
         cancelled_at {ts},
         history {json},
         finish_reason VARCHAR(32),
+        options {json},
+        parent_job_id VARCHAR,
+        cost {float},
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        total_tokens INTEGER,
         PRIMARY KEY (id))""",
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_jobs_job_id ON jobs (job_id)",
     "CREATE INDEX IF NOT EXISTS ix_jobs_user_created ON jobs (user_id, created_at, id)",
     "CREATE INDEX IF NOT EXISTS ix_jobs_user_updated ON jobs (user_id, updated_at)",
     "CREATE INDEX IF NOT EXISTS ix_jobs_status_scheduled ON jobs (status, scheduled_for)",
     "CREATE INDEX IF NOT EXISTS ix_jobs_user_status ON jobs (user_id, status)",
+    "CREATE INDEX IF NOT EXISTS ix_jobs_parent ON jobs (parent_job_id)",
     """CREATE TABLE IF NOT EXISTS contents (
         id {rowid} NOT NULL,
         content_id VARCHAR NOT NULL,
@@ -93,8 +105,19 @@ _TABLES: Final = [
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_contents_job_id ON contents (job_id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_contents_content_id ON contents (content_id)",
     "CREATE INDEX IF NOT EXISTS ix_contents_user_created ON contents (user_id, created_at, id)",
+    """CREATE TABLE IF NOT EXISTS voices (
+        id {rowid} NOT NULL,
+        voice_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        examples {json} NOT NULL,
+        created_at {ts} NOT NULL,
+        updated_at {ts} NOT NULL,
+        PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_voices_voice_id ON voices (voice_id)",
+    "CREATE INDEX IF NOT EXISTS ix_voices_user_created ON voices (user_id, created_at, id)",
 ]
-
 
 
 def _v2(dialect: Dialect) -> list[str]:
@@ -111,9 +134,24 @@ def _v3(dialect: Dialect) -> list[str]:
     return ["ALTER TABLE jobs ADD COLUMN finish_reason VARCHAR(32)"]
 
 
+def _v4(dialect: Dialect) -> list[str]:
+    """Steering and paying (issue 15): a job's options, a variation's original, its cost
+    and token counts (columns, so that GET /usage sums them in SQL). The voices table and
+    the parent index come with the CREATE statements."""
+    types = _TYPES[dialect]
+    return [
+        f"ALTER TABLE jobs ADD COLUMN options {types['json']}",
+        "ALTER TABLE jobs ADD COLUMN parent_job_id VARCHAR",
+        f"ALTER TABLE jobs ADD COLUMN cost {types['float']}",
+        "ALTER TABLE jobs ADD COLUMN prompt_tokens INTEGER",
+        "ALTER TABLE jobs ADD COLUMN completion_tokens INTEGER",
+        "ALTER TABLE jobs ADD COLUMN total_tokens INTEGER",
+    ]
+
+
 # Upgrade steps: UPGRADES[n] brings a database at version n - 1 to version n. They run
 # before the CREATE statements above (which add whole new tables and their indexes).
-UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {2: _v2, 3: _v3}
+UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {2: _v2, 3: _v3, 4: _v4}
 
 # Whether schema_version exists, per dialect (one row with one column, or none).
 VERSION_TABLE_EXISTS: Final[dict[Dialect, str]] = {

@@ -1,0 +1,1 @@
+"""Usage and cost: what a user's jobs used, summed by the store."""

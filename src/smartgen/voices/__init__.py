@@ -1,0 +1,1 @@
+"""Brand voices: a user's named style, applied to the jobs that name it."""

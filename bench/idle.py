@@ -136,13 +136,18 @@ async def command_stats(url: str, *, reset: bool) -> dict[str, dict[str, float]]
 
 
 async def attribute(url: str, port: int, pids: dict[int, str], seconds: float) -> dict[str, Any]:
-    """MONITOR for `seconds`: top-level commands by process (scripts' inner commands by
-    the script's caller, marked `lua:`)."""
+    """MONITOR for `seconds`: top-level commands by process, and each script's calls per
+    second with the commands one call runs (by caller and sha)."""
     from redis import asyncio as aioredis
 
     client = aioredis.Redis.from_url(url)
     by_role: dict[str, dict[str, int]] = {}
     unknown_ports: set[int] = set()
+    # MONITOR shows a script call, then the commands the script runs: each evalsha is
+    # named by its caller and its sha, and what it ran is counted under that name.
+    scripts: dict[str, dict[str, int]] = {}
+    script_calls: dict[str, int] = {}
+    current = ""
     try:
         async with client.monitor() as monitor:
             owners = tcp_owners(port, pids)
@@ -156,9 +161,12 @@ async def attribute(url: str, port: int, pids: dict[int, str], seconds: float) -
                     item = await asyncio.wait_for(listener.__anext__(), left)
                 except TimeoutError:
                     break
-                command = str(item.get("command", "")).split(" ", 1)[0].lower()
+                words = str(item.get("command", "")).split(" ", 2)
+                command = words[0].lower()
                 if item.get("client_type") == "lua":
-                    who, command = "lua (inside scripts)", "lua:" + command
+                    inner = scripts.setdefault(current, {})
+                    inner[command] = inner.get(command, 0) + 1
+                    continue
                 else:
                     client_port = int(item.get("client_port") or 0)
                     who = owners.get(client_port, "")
@@ -168,6 +176,9 @@ async def attribute(url: str, port: int, pids: dict[int, str], seconds: float) -
                     if not who:
                         unknown_ports.add(client_port)
                         who = "other"
+                if command == "evalsha" and len(words) > 1:
+                    current = f"{who} evalsha {words[1][:8]}"
+                    script_calls[current] = script_calls.get(current, 0) + 1
                 by_role.setdefault(who, {})
                 by_role[who][command] = by_role[who].get(command, 0) + 1
     finally:
@@ -177,6 +188,16 @@ async def attribute(url: str, port: int, pids: dict[int, str], seconds: float) -
         "per_second": {
             who: {c: round(n / seconds, 2) for c, n in sorted(cmds.items(), key=lambda kv: -kv[1])}
             for who, cmds in sorted(by_role.items())
+        },
+        "scripts": {
+            name: {
+                "per_second": round(calls / seconds, 2),
+                "runs": {
+                    c: round(n / calls, 2)
+                    for c, n in sorted(scripts.get(name, {}).items(), key=lambda kv: -kv[1])
+                },
+            }
+            for name, calls in sorted(script_calls.items(), key=lambda kv: -kv[1])
         },
         "unattributed_client_ports": sorted(unknown_ports),
     }
@@ -302,6 +323,9 @@ def print_report(result: dict[str, Any], path: Path) -> None:
     by = result.get("by_process") or {}
     for who, cmds in (by.get("per_second") or {}).items():
         print(f"  {who}: " + ", ".join(f"{c} {v:g}/s" for c, v in cmds.items()))
+    for name, script in (by.get("scripts") or {}).items():
+        runs = ", ".join(f"{c} {n:g}" for c, n in script["runs"].items())
+        print(f"  {name}: {script['per_second']:g}/s, each running {runs}")
     print(f"json: {path}")
 
 

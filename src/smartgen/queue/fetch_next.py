@@ -10,6 +10,13 @@ returns it, and bullmq's loop processes a task's returned job as it does one fro
 its completion call fetches. This swaps a method of bullmq's backend, so bullmq is pinned
 to the versions it was checked against (pyproject.toml), and `WORKER_FETCH_NEXT=false`
 runs bullmq's stock Worker; the worker tests run both.
+
+It also keeps an idle worker idle: bullmq's loop starts WORKER_CONCURRENCY `getNextJob`
+tasks at once; on a drained queue the first waits for a job (BZPOPMIN, 5 s at a time) and
+every other one runs `moveToActive` for nothing, again after each wait (with many slots,
+Redis's busiest work and the worker's CPU at idle: bench/idle.py). Here a task that
+finds the queue drained while another task waits returns at once; the waiting one takes
+the next job, and bullmq's loop then fills the other slots as usual.
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ class FetchNextWorker(bullmq.Worker):  # type: ignore[misc]
             return outcome
 
         self.backend.moveToCompleted = complete_and_fetch
+
+    async def getNextJob(self, token: str) -> Any:
+        if self.drained and self.waiting is not None and not self.closing:
+            return None
+        return await super().getNextJob(token)
 
     async def processJob(self, job: Any, token: str) -> Any:
         fetched: list[Any] = []

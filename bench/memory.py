@@ -19,6 +19,11 @@ refused or closed are counted.
 **worker** — bench/suite.py's memory phase as it is: a worker with
 `WORKER_CONCURRENCY=1000`, the fake model holding every call until 1,000 are in flight.
 Target: ≤ 150 MB.
+
+**trace** (not run by default: `--phases trace`) — where an idle connection's memory goes:
+the API runs inside this process under `tracemalloc`, one helper opens `--connections`
+connections, and the growth of Python's allocations is printed per connection by file
+and by line (the largest).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from harness import (
     Redis,
     Smartgen,
     Workspace,
+    free_port,
     log,
     machine,
     mint_users,
@@ -53,7 +59,8 @@ from harness import (
     wait_idle,
 )
 
-PHASES = ("api", "worker")
+PHASES = ("api", "worker", "trace")
+DEFAULT_PHASES = "api,worker"
 TARGET_API_MB = 500.0
 TARGET_WORKER_MB = 150.0
 
@@ -287,6 +294,105 @@ async def worker_phase(args: argparse.Namespace, ws: Workspace, backend: Any) ->
     return figures
 
 
+async def trace_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> dict[str, Any]:
+    """The API in this process under tracemalloc; Python's allocations per connection."""
+    import gc
+    import tracemalloc
+
+    import uvicorn
+
+    from smartgen.api.app import create_app
+    from smartgen.config import load_settings
+    from smartgen.server import heap
+    from smartgen.server.http import uvicorn_config
+
+    redis = Redis(ws)
+    await redis.start()
+    secret = secrets.token_hex(32)
+    env = smartgen_env(
+        redis_url=redis.url,
+        store_env=await backend.database("memory_trace"),
+        llm_base_url="http://127.0.0.1:9/v1",
+        jwt_secret=secret,
+        queue_prefix=f"mem{secrets.token_hex(3)}",
+        LOG_LEVEL="warning",
+    )
+    names = {name.lower() for name in env} & set(_settings_fields())
+    settings = load_settings(**{n: env[n.upper()] for n in names})
+    app = create_app(settings, init_store=True, on_started=heap.settle_heap)
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(app, settings, host="127.0.0.1", port=port))
+    serving = asyncio.create_task(server.serve())
+    helper: asyncio.subprocess.Process | None = None
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.05)
+        tokens = [u.token for u in mint_users(secret, args.connections)]
+        gc.collect()
+        tracemalloc.start(1)
+        before = tracemalloc.take_snapshot()
+        helper = await asyncio.create_subprocess_exec(
+            PYTHON, __file__, "--hold", f"http://127.0.0.1:{port}",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert helper.stdin is not None and helper.stdout is not None
+        helper.stdin.write(json.dumps(tokens).encode() + b"\n")
+        await helper.stdin.drain()
+        opened = json.loads(await asyncio.wait_for(helper.stdout.readline(), 600))
+        await asyncio.sleep(1.0)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        n = max(1, opened["held"])
+
+        def top(key: str, count: int) -> list[tuple[str, int]]:
+            stats = after.compare_to(before, key)
+            rows = []
+            for stat in stats[:count]:
+                frame = stat.traceback[0]
+                where = _short_path(frame.filename) + (
+                    f":{frame.lineno}" if key == "lineno" else ""
+                )
+                rows.append((where, round(stat.size_diff / n)))
+            return rows
+
+        total = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        figures = {
+            "connections": opened["held"],
+            "python_kb_per_connection": round(total / n / 1024, 1),
+            "bytes_per_connection_by_file": top("filename", 20),
+            "bytes_per_connection_by_line": top("lineno", 20),
+        }
+        helper.stdin.close()
+        await asyncio.wait_for(helper.stdout.readline(), 60)
+    finally:
+        if helper is not None and helper.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                helper.kill()
+            await helper.wait()
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, 30)
+        await backend.drop_database(env)
+    return figures
+
+
+def _settings_fields() -> list[str]:
+    from smartgen.config import Settings
+
+    return list(Settings.model_fields)
+
+
+def _short_path(path: str) -> str:
+    for marker in ("site-packages/", "/src/", "lib/python3."):
+        if marker in path:
+            tail = path.split(marker, 1)[1]
+            return "stdlib/" + tail.split("/", 1)[-1] if marker == "lib/python3." else tail
+    return path
+
+
 def print_report(result: dict[str, Any]) -> None:
     m = result["machine"]
     print()
@@ -321,6 +427,17 @@ def print_report(result: dict[str, Any]) -> None:
             f"{worker['worker_rss_in_flight_mb']} MB in flight, max {worker['worker_rss_max_mb']} "
             f"MB (target ≤ {TARGET_WORKER_MB:g} MB: {'met' if ok else 'MISSED'})"
         )
+    trace = result.get("trace")
+    if trace:
+        print(
+            f"Python allocations per idle connection ({trace['connections']} connections): "
+            f"{trace['python_kb_per_connection']} KB"
+        )
+        for where, size in trace["bytes_per_connection_by_file"]:
+            print(f"  {size:>7,} B  {where}")
+        print("  largest lines:")
+        for where, size in trace["bytes_per_connection_by_line"][:12]:
+            print(f"  {size:>7,} B  {where}")
     for phase, error in result["errors"].items():
         print(f"{phase}: FAILED: {error}")
     print(f"json: {result['json_path']}")
@@ -342,7 +459,8 @@ async def run(args: argparse.Namespace, cleanup: Cleanup) -> int:
     for phase in args.phases.split(","):
         log(f"phase {phase}: {await wait_idle(limit_s=10)}")
         try:
-            result[phase] = await (api_phase if phase == "api" else worker_phase)(args, ws, backend)
+            measure = {"api": api_phase, "worker": worker_phase, "trace": trace_phase}[phase]
+            result[phase] = await measure(args, ws, backend)
         except (KeyboardInterrupt, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -360,7 +478,7 @@ async def run(args: argparse.Namespace, cleanup: Cleanup) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description="smartgen memory figures (issue 19)")
     parser.add_argument("--store", choices=tuple(BACKENDS), default="sqlite")
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"subset of {PHASES}")
+    parser.add_argument("--phases", default=DEFAULT_PHASES, help=f"subset of {PHASES}")
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--client-procs", type=int, default=4, help="connection helpers")
     parser.add_argument(

@@ -80,7 +80,6 @@ class Run:
     recovery_s: float | None = None  # kill → last held job completed
     rerun_s: float | None = None  # kill → last held job started again (detection + queueing)
     processing_max_s: float | None = None  # first start → completed, longest held job
-    processing_after_kill_max_s: float | None = None
     not_completed: list[str] = field(default_factory=list)
     # filled in after the settle window
     died: int = 0  # model calls of held jobs whose caller had gone
@@ -253,7 +252,6 @@ class Recovery:
         if restarts:
             run.rerun_s = round(max(restarts) - run.killed_at, 2)
         run.recovery_s = round(max(ends.values()) - run.killed_at, 2)
-        run.processing_after_kill_max_s = run.recovery_s
         spans = [
             ends[j] - first_started[j].timestamp() for j in ends if first_started.get(j) is not None
         ]
@@ -348,8 +346,8 @@ def scenario_name(run: Run) -> str:
 
 
 # --- report ---------------------------------------------------------------------------------
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "MISSED")
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -372,14 +370,18 @@ def print_report(result: dict[str, Any]) -> None:
     )  # fmt: skip
     rows: list[tuple[str, ...]] = []
     for run in result["runs"]:
-        ok = (
-            run["recovery_s"] is not None
-            and run["recovery_s"] <= TARGET_RECOVERY_S
-            and run["processing_after_kill_max_s"] is not None
-            and run["repeated"] <= run["died"]
-            and run["repeated_others"] == 0
-            and run["generated_twice"] == 0
-            and not run["not_completed"]
+        # A victim that held none of the run's jobs (the peer took them all) proves nothing.
+        ok: bool | None = (
+            None
+            if run["held"] == 0
+            else (
+                run["recovery_s"] is not None
+                and run["recovery_s"] <= TARGET_RECOVERY_S
+                and run["repeated"] <= run["died"]
+                and run["repeated_others"] == 0
+                and run["generated_twice"] == 0
+                and not run["not_completed"]
+            )
         )
         rows.append(
             (

@@ -250,7 +250,7 @@ async def run(args: argparse.Namespace, cleanup: Cleanup) -> int:
     # the INFO call of this script itself is not the system's
     stats.pop("info", None)
     stats.pop("config|resetstat", None)
-    processes = [
+    processes: list[dict[str, Any]] = [
         {
             "process": name,
             "pid": pid,

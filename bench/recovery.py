@@ -285,7 +285,7 @@ class Recovery:
         llm = FakeLLM(self.ws, latency_ms=args.slow_ms)
         await llm.start()
         smartgen, probe, env = await self.system("slow", llm)
-        short_lock = {"LOCK_DURATION_MS": "2000", "STALLED_INTERVAL_MS": "1000"}
+        short_lock: dict[str, Any] = {"LOCK_DURATION_MS": "2000", "STALLED_INTERVAL_MS": "1000"}
         procs: list[Proc] = []
         try:
             api, url = await smartgen.api("api-slow", **short_lock)
@@ -403,7 +403,7 @@ def print_report(result: dict[str, Any]) -> None:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    by = {}
+    by: dict[str, list[float]] = {}
     for run in result["runs"]:
         if run["recovery_s"] is not None:
             by.setdefault(run["scenario"], []).append(run["recovery_s"])

@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import sys
 import time
@@ -189,6 +190,8 @@ async def api_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> di
         jwt_secret=secret,
         queue_prefix=f"mem{secrets.token_hex(3)}",
     )
+    if args.src:  # A/B runs: smartgen imported from another checkout
+        env["PYTHONPATH"] = args.src
     smartgen = Smartgen(ws, env)
     api, url = await smartgen.api("api-memory")
     await asyncio.sleep(2.0)
@@ -484,8 +487,17 @@ def main() -> int:
     parser.add_argument(
         "--hold", type=float, default=40.0, help="seconds to hold them (> the 25 s ping)"
     )
+    parser.add_argument(
+        "--src",
+        help="phase api: run the API from this src/ directory (PYTHONPATH) instead of the "
+        "installed package, for before/after comparisons of a change",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the workspace (logs)")
     args = parser.parse_args()
+    if args.src:
+        args.src = os.path.abspath(args.src)
+        if not os.path.isdir(os.path.join(args.src, "smartgen")):
+            parser.error(f"--src {args.src}: no smartgen package there")
     unknown = set(args.phases.split(",")) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")

@@ -354,6 +354,10 @@ class Probe:
         """(user_id, job_id) pairs."""
         raise NotImplementedError
 
+    async def leases(self) -> dict[str, str | None]:
+        """job_id -> lease owner (`<message>@<worker>`) of every `processing` job."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         pass
 
@@ -415,6 +419,10 @@ class SqlProbe(Probe):
         rows = await self._rows(f"SELECT user_id, job_id FROM jobs LIMIT {int(limit)}")
         return [(str(u), str(j)) for u, j in rows]
 
+    async def leases(self) -> dict[str, str | None]:
+        rows = await self._rows("SELECT job_id, lease_owner FROM jobs WHERE status = 'processing'")
+        return {str(j): (None if o is None else str(o)) for j, o in rows}
+
 
 class MongoProbe(Probe):
     def __init__(self, uri: str) -> None:
@@ -450,6 +458,10 @@ class MongoProbe(Probe):
     async def sample(self, limit: int) -> list[tuple[str, str]]:
         cursor = self.db["jobs"].find({}, {"userId": 1, "jobId": 1}).limit(limit)
         return [(str(d["userId"]), str(d["jobId"])) async for d in cursor]
+
+    async def leases(self) -> dict[str, str | None]:
+        cursor = self.db["jobs"].find({"status": "processing"}, {"jobId": 1, "leaseOwner": 1})
+        return {str(d["jobId"]): d.get("leaseOwner") async for d in cursor}
 
     async def close(self) -> None:
         await self.client.close()

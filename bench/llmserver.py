@@ -14,7 +14,8 @@ that each job was generated exactly once. Control endpoints:
 - `POST /_control` {latency_ms, latency_max_ms, fail_rate, hold}: change behaviour;
 - `POST /_release`: wake every held call (and stop holding);
 - `POST /_reset`: zero the counters;
-- `GET /_stats` (`/_stats?markers=1` adds per-marker times of successful answers).
+- `GET /_stats` (`/_stats?markers=1` adds per marker: times of successful answers, failures,
+  calls received and calls whose caller had gone when the answer was ready).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class State:
         self.max_in_flight = 0
         self.ok_by_marker: dict[str, list[float]] = {}
         self.fail_by_marker: dict[str, list[int]] = {}
+        self.calls_by_marker: dict[str, int] = {}  # calls received, answered or not
+        self.aborted_by_marker: dict[str, int] = {}
 
     def stats(self, markers: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -81,6 +84,8 @@ class State:
         if markers:
             out["ok_by_marker"] = self.ok_by_marker
             out["fail_by_marker"] = self.fail_by_marker
+            out["calls_by_marker"] = self.calls_by_marker
+            out["aborted_by_marker"] = self.aborted_by_marker
         return out
 
 
@@ -195,6 +200,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         found = MARKER.search(prompt)
         marker = found.group(1) if found else None
+        if marker is not None:
+            state.calls_by_marker[marker] = state.calls_by_marker.get(marker, 0) + 1
         status = 200
         if state.fail_rate and random.random() < state.fail_rate:
             status = 500 if random.random() < 0.5 else 400
@@ -224,11 +231,17 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             state.in_flight -= 1
 
+    def aborted(self, marker: str | None) -> None:
+        self.state.aborted += 1
+        if marker is not None:
+            counts = self.state.aborted_by_marker
+            counts[marker] = counts.get(marker, 0) + 1
+
     def answer(self, status: int, prompt: str, model: str, marker: str | None) -> None:
         state = self.state
         if status == 200:
             if not self.send(_response(200, _completion(prompt, model))):
-                state.aborted += 1
+                self.aborted(marker)
                 return
             state.ok += 1
             if marker is not None:
@@ -237,7 +250,7 @@ class HttpProtocol(asyncio.Protocol):
         message = "injected retryable failure" if status == 500 else "injected refusal"
         payload = orjson.dumps({"error": {"message": message, "code": status}})
         if not self.send(_response(status, payload)):
-            state.aborted += 1
+            self.aborted(marker)
             return
         if status == 500:
             state.failed_500 += 1

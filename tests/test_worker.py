@@ -394,6 +394,51 @@ async def test_a_completion_takes_the_next_job_in_the_same_script_call(
     )
 
 
+async def test_an_idle_worker_takes_one_moveToActive_per_wait(
+    settings: Settings, fake_llm: FakeLLM
+) -> None:
+    """bullmq's loop starts WORKER_CONCURRENCY tasks; on an empty queue one waits
+    (BZPOPMIN, 5 s at a time) and each other one runs moveToActive for nothing, after every
+    wait (bullmq's stock worker, measured by bench/idle.py). With fetch-next they return at
+    once: over two waits, after the start-up's takes, about one moveToActive per wait."""
+    if not settings.worker_fetch_next:
+        pytest.skip("bullmq's stock loop takes once per slot per wait (bench/idle.py)")
+    import redis.asyncio as aioredis
+
+    s = settings.model_copy(update={"worker_concurrency": 20})
+    queue_keys = f"{s.queue_prefix}:{s.queue_name}:"
+    watcher = aioredis.Redis.from_url(s.redis_connection_url)
+    waits = 0
+    takes = 0  # moveToActive calls (their first key is the wait list) from wait 2 to wait 4
+    fourth_wait = asyncio.Event()
+    ready = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal waits, takes
+        async with watcher.monitor() as monitor:
+            ready.set()
+            while True:
+                words = str((await monitor.next_command())["command"]).split(" ")
+                if words[0] == "BZPOPMIN" and words[1].startswith(queue_keys):
+                    waits += 1
+                    if waits == 4:
+                        fourth_wait.set()
+                elif words[0] == "EVALSHA" and len(words) > 3 and words[3] == queue_keys + "wait":
+                    takes += 2 <= waits < 4
+
+    task = asyncio.create_task(watch())
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        async with running_worker(s):
+            await asyncio.wait_for(fourth_wait.wait(), 60)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await watcher.aclose()
+    assert 1 <= takes <= 4, takes  # bullmq's stock loop: 20 or more
+
+
 @fetch_next_only
 @all_stores
 async def test_concurrent_duplicate_deliveries_generate_once(

@@ -82,8 +82,8 @@ class JobRepository(Protocol):
     async def delete(self, job_id: str) -> None: ...
 
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
-        """The user's jobs by `jobId` order, those after `after` (a job id): every job once,
-        page by page (export, account deletion)."""
+        """The user's jobs oldest first, those after the job `after` (its id): every job
+        once, page by page (export, account deletion)."""
 
     async def delete_for_user(self, user_id: str) -> int:
         """Remove every job of the user; how many there were."""
@@ -131,7 +131,7 @@ class ContentRepository(Protocol):
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]: ...
 
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
-        """The user's contents by `contentId` order, those after `after`."""
+        """The user's contents oldest first, those after the content `after` (its id)."""
 
     async def delete_for_user(self, user_id: str) -> int:
         """Remove every content of the user; how many there were."""

@@ -65,6 +65,26 @@ def _content_from_doc(doc: dict[str, Any]) -> Content:
     )
 
 
+async def _after(
+    collection: Any, query: dict[str, Any], id_field: str, after: str | None
+) -> dict[str, Any] | None:
+    """`query` narrowed to the documents after the one whose `id_field` is `after`, in
+    (createdAt, _id) order (the (userId, createdAt) index); None when that one is gone."""
+    if after is None:
+        return query
+    mark = await collection.find_one({**query, id_field: after}, {"createdAt": 1})
+    if mark is None:
+        return None
+    created = mark["createdAt"]
+    return {
+        **query,
+        "$or": [
+            {"createdAt": {"$gt": created}},
+            {"createdAt": created, "_id": {"$gt": mark["_id"]}},
+        ],
+    }
+
+
 class MongoUsers:
     def __init__(self, db: Any) -> None:
         self._c = db["users"]
@@ -282,9 +302,11 @@ class MongoJobs:
 
     @_unavailable
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
-        query = {"userId": user_id, "jobId": {"$gt": after or ""}}
-        cursor = self._c.find(query).sort("jobId", ASCENDING).limit(limit)
-        return [_job_from_doc(d) async for d in cursor]
+        query = await _after(self._c, {"userId": user_id}, "jobId", after)
+        if query is None:
+            return []
+        order = [("createdAt", ASCENDING), ("_id", ASCENDING)]
+        return [_job_from_doc(d) async for d in self._c.find(query).sort(order).limit(limit)]
 
     @_unavailable
     async def delete_for_user(self, user_id: str) -> int:
@@ -423,9 +445,11 @@ class MongoContents:
 
     @_unavailable
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
-        query = {"userId": user_id, "contentId": {"$gt": after or ""}}
-        cursor = self._c.find(query).sort("contentId", ASCENDING).limit(limit)
-        return [_content_from_doc(d) async for d in cursor]
+        query = await _after(self._c, {"userId": user_id}, "contentId", after)
+        if query is None:
+            return []
+        order = [("createdAt", ASCENDING), ("_id", ASCENDING)]
+        return [_content_from_doc(d) async for d in self._c.find(query).sort(order).limit(limit)]
 
     @_unavailable
     async def delete_for_user(self, user_id: str) -> int:

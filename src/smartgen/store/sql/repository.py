@@ -176,13 +176,23 @@ STATEMENTS = {
         f"WHERE job_id = $1 AND status IN {UNFINISHED}"
     ),
     "job_delete": "DELETE FROM jobs WHERE job_id = $1",
+    # Oldest first, page by page, along ix_jobs_user_created / ix_contents_user_created:
+    # the page after the row of the id given.
+    "jobs_first_page_for_user": (
+        f"SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 ORDER BY created_at, id LIMIT $2"
+    ),
     "jobs_page_for_user": (
-        f"SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 AND job_id > $2 ORDER BY job_id LIMIT $3"
+        f"SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 AND (created_at, id) > "
+        "(SELECT created_at, id FROM jobs WHERE job_id = $2) ORDER BY created_at, id LIMIT $3"
     ),
     "jobs_delete_for_user": "DELETE FROM jobs WHERE user_id = $1",
+    "contents_first_page_for_user": (
+        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 ORDER BY created_at, id LIMIT $2"
+    ),
     "contents_page_for_user": (
-        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 AND content_id > $2 "
-        "ORDER BY content_id LIMIT $3"
+        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 AND (created_at, id) > "
+        "(SELECT created_at, id FROM contents WHERE content_id = $2) "
+        "ORDER BY created_at, id LIMIT $3"
     ),
     "contents_delete_for_user": "DELETE FROM contents WHERE user_id = $1",
     "content_insert": (
@@ -408,8 +418,11 @@ class Jobs(_Repository):
         await self._db.changes(self._sql["job_delete"], (job_id,))
 
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
-        args = (user_id, after or "", self._limit(limit))
-        return [self._job(r) for r in await self._db.all(self._sql["jobs_page_for_user"], args)]
+        args: tuple[Any, ...] = (user_id, self._limit(limit))
+        sql = self._sql["jobs_first_page_for_user"]
+        if after is not None:
+            sql, args = self._sql["jobs_page_for_user"], (user_id, after, self._limit(limit))
+        return [self._job(r) for r in await self._db.all(sql, args)]
 
     async def delete_for_user(self, user_id: str) -> int:
         return await self._db.changes(self._sql["jobs_delete_for_user"], (user_id,))
@@ -447,9 +460,11 @@ class Contents(_Repository):
         return [self._content(r) for r in await self._db.all(self._sql["contents_for_user"], args)]
 
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
-        args = (user_id, after or "", self._limit(limit))
-        rows = await self._db.all(self._sql["contents_page_for_user"], args)
-        return [self._content(r) for r in rows]
+        args: tuple[Any, ...] = (user_id, self._limit(limit))
+        sql = self._sql["contents_first_page_for_user"]
+        if after is not None:
+            sql, args = self._sql["contents_page_for_user"], (user_id, after, self._limit(limit))
+        return [self._content(r) for r in await self._db.all(sql, args)]
 
     async def delete_for_user(self, user_id: str) -> int:
         return await self._db.changes(self._sql["contents_delete_for_user"], (user_id,))

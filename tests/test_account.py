@@ -400,3 +400,25 @@ async def test_without_redis_a_logout_is_a_clear_503_and_tokens_still_work(
             await login(client, user["email"])
     finally:
         redis.close()
+
+
+async def test_requests_of_one_session_arriving_together_share_one_check(
+    api: ApiServer, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await register(client)
+    token = await login(client, user["email"])  # a session this process has not checked yet
+    store = api.services.store
+    real_get = store.users.get
+    reads: list[str] = []
+
+    async def counted(user_id: str) -> Any:
+        reads.append(user_id)
+        return await real_get(user_id)
+
+    monkeypatch.setattr(store.users, "get", counted)
+    api.services.sessions._users.clear()  # the user's existence is read again
+    answers = await asyncio.gather(
+        *(client.get("/generate-content", headers=bearer(token)) for _ in range(20))
+    )
+    assert {r.status_code for r in answers} == {200}
+    assert reads.count(user["userId"]) == 1

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -52,6 +53,7 @@ class SessionGuard:
         self._tokens: dict[str, tuple[bool, float]] = {}
         self._users: dict[str, tuple[float, bool, float]] = {}
         self._listeners: list[Revoked] = []
+        self._pending: dict[tuple[str, str | None, bool], asyncio.Future[Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -67,8 +69,22 @@ class SessionGuard:
             token is None or now - token[1] > self._settings.revocation_refresh_seconds
         )
         if user_stale or token_stale:
-            user, token = await self._read(user_id, jti, user, token, now, user_stale)
+            # Requests of the same session arriving together share one read.
+            key = (user_id, jti, user_stale)
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(
+                    self._read(user_id, jti, user, token, now, user_stale)
+                )
+                self._pending[key] = pending
+                pending.add_done_callback(lambda done: self._settled(key, done))
+            user, token = await asyncio.shield(pending)
         self._refuse_if_revoked(principal, user, token)
+
+    def _settled(self, key: tuple[str, str | None, bool], done: asyncio.Future[Any]) -> None:
+        self._pending.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its waiters may all have gone
 
     def revoked_now(self, principal: Principal) -> bool:
         """What this process knows right now, without asking anyone."""

@@ -128,19 +128,26 @@ class SessionGuard:
             log.debug("revocations unavailable (Redis): %s", type(exc).__name__)
             answers = None
         if answers is not None and jti:
-            token = (bool(answers[1]), now)
-            _put(self._tokens, jti, token)
+            token = self._keep(self._tokens, jti, (bool(answers[1]), now))
         before, deleted = (user[0], not user[1]) if user is not None else (0.0, False)
         if answers is not None:
             before, deleted = _parse_mark(answers[0])
         if user_stale:
             exists = not deleted and await self._store.users.get(user_id) is not None
-            user = (before, exists, now)
-            _put(self._users, user_id, user)
+            user = self._keep(self._users, user_id, (before, exists, now))
         elif user is not None and answers is not None:  # the mark as just read
-            user = (before, user[1] and not deleted, user[2])
-            _put(self._users, user_id, user)
+            user = self._keep(self._users, user_id, (before, user[1] and not deleted, user[2]))
         return user, token
+
+    @staticmethod
+    def _keep(cache: dict[str, Any], key: str, value: Any) -> Any:
+        """Cache what was read, unless a revocation message arrived while it was read (its
+        entry is newer than the read's start): that one is the truth."""
+        current = cache.get(key)
+        if current is not None and current[-1] > value[-1]:
+            return current
+        _put(cache, key, value)
+        return value
 
     # --- revoking (ports.Revocations) ---------------------------------------------------
     async def revoke_token(self, user_id: str, token_id: str, *, expires_at: datetime) -> None:

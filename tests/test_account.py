@@ -16,6 +16,7 @@ import socketio
 from bson import ObjectId
 
 from smartgen.config import Settings
+from smartgen.errors import Unauthorized
 from smartgen.models import Completion
 from tests.conftest import JWT_SECRET, ApiServer, register
 
@@ -422,3 +423,32 @@ async def test_requests_of_one_session_arriving_together_share_one_check(
     )
     assert {r.status_code for r in answers} == {200}
     assert reads.count(user["userId"]) == 1
+
+
+async def test_a_revocation_during_a_check_is_not_overwritten_by_the_check(
+    api: ApiServer, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await register(client)
+    guard = api.services.sessions
+    principal = api.services.tokens.verify(user["token"])
+    store = api.services.store
+    real_get = store.users.get
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def held(user_id: str) -> Any:  # the real read, held until the revocation is in
+        reading.set()
+        await release.wait()
+        return await real_get(user_id)
+
+    monkeypatch.setattr(store.users, "get", held)
+    guard._users.clear()
+    guard._tokens.clear()
+    check = asyncio.create_task(guard.check(principal))
+    await asyncio.wait_for(reading.wait(), WAIT)
+    # Another process logs this session out now: its message arrives mid-read.
+    guard._apply(f"t {principal.user_id} {principal.token_id}".encode())
+    release.set()
+    with pytest.raises(Unauthorized):
+        await check
+    with pytest.raises(Unauthorized):  # and it stays refused
+        await guard.check(principal)

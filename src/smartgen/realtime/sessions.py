@@ -137,7 +137,8 @@ class SessionGuard:
             user = self._keep(self._users, user_id, (before, exists, now))
         elif user is not None and answers is not None:  # the mark as just read
             user = self._keep(self._users, user_id, (before, user[1] and not deleted, user[2]))
-        return user, token
+        # A revocation message that arrived during the reads is in the caches: it wins.
+        return self._users.get(user_id, user), self._tokens.get(jti, token) if jti else token
 
     @staticmethod
     def _keep(cache: dict[str, Any], key: str, value: Any) -> Any:

@@ -452,3 +452,15 @@ async def test_a_revocation_during_a_check_is_not_overwritten_by_the_check(
         await check
     with pytest.raises(Unauthorized):  # and it stays refused
         await guard.check(principal)
+
+
+async def test_exports_are_rate_limited(settings: Settings) -> None:
+    limited = settings.model_copy(update={"save_rate_limit": 2})
+    async with ApiServer(limited) as api, httpx.AsyncClient(base_url=api.url) as client:
+        user, other = await register(client), await register(client)
+        codes = [
+            (await client.get("/auth/me/export", headers=user["headers"])).status_code
+            for _ in range(3)
+        ]
+        assert codes == [200, 200, 429]
+        assert (await client.get("/auth/me/export", headers=other["headers"])).status_code == 200

@@ -676,6 +676,9 @@ async def test_contents_get_list_and_isolation(store: Store) -> None:
     assert got is not None
     assert got.prompt is None and got.model is None
     assert await store.contents.get_for_user(saved[2].content_id, bob) is None
+    assert await store.contents.get_for_job("a2", alice) == saved[2]
+    assert await store.contents.get_for_job("a2", bob) is None
+    assert await store.contents.get_for_job("no-such-job", alice) is None
     assert await store.contents.get_for_user(bobs.content_id, alice) is None
     assert await store.contents.get_for_user("no-such-content", alice) is None
 

@@ -128,6 +128,9 @@ class ContentRepository(Protocol):
 
     async def get_for_user(self, content_id: str, user_id: str) -> Content | None: ...
 
+    async def get_for_job(self, job_id: str, user_id: str) -> Content | None:
+        """The content saved from this job of this user's, if any."""
+
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]: ...
 
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:

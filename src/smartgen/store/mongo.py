@@ -439,6 +439,11 @@ class MongoContents:
         return _content_from_doc(doc) if doc else None
 
     @_unavailable
+    async def get_for_job(self, job_id: str, user_id: str) -> Content | None:
+        doc = await self._c.find_one({"jobId": job_id, "userId": user_id})
+        return _content_from_doc(doc) if doc else None
+
+    @_unavailable
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
         cursor = self._c.find({"userId": user_id}).sort("createdAt", DESCENDING).limit(limit)
         return [_content_from_doc(d) async for d in cursor]

@@ -201,6 +201,9 @@ STATEMENTS = {
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
     ),
     "content_by_job": f"SELECT {CONTENT_COLS} FROM contents WHERE job_id = $1",
+    "content_by_job_for_user": (
+        f"SELECT {CONTENT_COLS} FROM contents WHERE job_id = $1 AND user_id = $2"
+    ),
     "content_by_id_for_user": (
         f"SELECT {CONTENT_COLS} FROM contents WHERE content_id = $1 AND user_id = $2"
     ),
@@ -453,6 +456,10 @@ class Contents(_Repository):
 
     async def get_for_user(self, content_id: str, user_id: str) -> Content | None:
         row = await self._db.one(self._sql["content_by_id_for_user"], (content_id, user_id))
+        return self._content(row) if row else None
+
+    async def get_for_job(self, job_id: str, user_id: str) -> Content | None:
+        row = await self._db.one(self._sql["content_by_job_for_user"], (job_id, user_id))
         return self._content(row) if row else None
 
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:

@@ -31,7 +31,9 @@ requests per job (the wire server's serverStatus, less this script's own reads).
 
 smartgen is reached only through its processes and HTTP (`python -m smartgen api|worker`);
 this script imports none of its modules. Users: HS256 tokens minted with the shared
-JWT_SECRET (user id in both `id` and `sub`, an `exp`), the same for the three systems.
+JWT_SECRET (user id in both `id` and `sub`, an `exp`), the same for the three systems
+(smartgen, which refuses a token whose user does not exist, gets their accounts written
+into its store).
 The peers listen on loopback only: node-seed with a `--require` preload that gives
 `server.listen(port)` the host 127.0.0.1, celery-seed's API through the same
 `uvicorn.run(...)` call as its `python -m api` with host 127.0.0.1.
@@ -551,6 +553,56 @@ def mint_tokens(secret: str, n: int) -> list[str]:
     ]
 
 
+async def give_accounts(store_env: dict[str, str], tokens: list[str]) -> None:
+    """smartgen refuses a token whose user does not exist: the minted users get rows in its
+    users table (or collection), written as smartgen writes them, with a hash that matches
+    no password (this script imports nothing of smartgen)."""
+    import jwt
+
+    ids = [jwt.decode(t, options={"verify_signature": False})["sub"] for t in tokens]
+    now = datetime.now(UTC)
+    if "MONGO_URI" in store_env:
+        from bson import ObjectId
+        from pymongo import AsyncMongoClient
+
+        client: Any = AsyncMongoClient(store_env["MONGO_URI"])
+        try:
+            docs = [
+                {"_id": ObjectId(u), "email": f"{u}@minted.invalid", "passwordHash": "!minted",
+                 "createdAt": now, "updatedAt": now}
+                for u in ids
+            ]  # fmt: skip
+            await client.get_default_database()["users"].insert_many(docs)
+        finally:
+            await client.close()
+        return
+    insert = (
+        "INSERT INTO users (user_id, email, password_hash, created_at, updated_at) "
+        "VALUES ($1, $2, $3, $4, $4)"
+    )
+    url = store_env["DATABASE_URL"]
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        text = now.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")  # smartgen's form
+        rows = [(u, f"{u}@minted.invalid", "!minted", text) for u in ids]
+
+        def write() -> None:
+            path = url.removeprefix("sqlite:///")
+            with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+                conn.executemany(insert.replace("$", "?"), rows)  # ?1 … ?4: numbered
+
+        await asyncio.to_thread(write)
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.executemany(insert, [(u, f"{u}@minted.invalid", "!minted", now) for u in ids])
+    finally:
+        await conn.close()
+
+
 async def submit(url: str, tokens: list[str], count: int, concurrency: int) -> dict[str, Any]:
     first_error: list[str] = []
 
@@ -612,6 +664,8 @@ async def measure(
     result: dict[str, Any] = {"system": system, "store": store, "run": run}
     try:
         tokens = mint_tokens(shared.jwt_secret, args.users)
+        if system == "smartgen":
+            await give_accounts(store_env, tokens)
         warm = await submit(url, tokens, args.warmup, args.concurrency)
         if warm["ok"] != args.warmup:
             raise RuntimeError(

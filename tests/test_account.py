@@ -16,6 +16,7 @@ import socketio
 from bson import ObjectId
 
 from smartgen.config import Settings
+from smartgen.errors import Unauthorized
 from smartgen.models import Completion
 from tests.conftest import JWT_SECRET, ApiServer, register
 
@@ -410,3 +411,66 @@ async def test_without_redis_a_logout_is_a_clear_503_and_tokens_still_work(
             await login(client, user["email"])
     finally:
         redis.close()
+
+
+async def test_requests_of_one_session_arriving_together_share_one_check(
+    api: ApiServer, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await register(client)
+    token = await login(client, user["email"])  # a session this process has not checked yet
+    store = api.services.store
+    real_get = store.users.get
+    reads: list[str] = []
+
+    async def counted(user_id: str) -> Any:
+        reads.append(user_id)
+        return await real_get(user_id)
+
+    monkeypatch.setattr(store.users, "get", counted)
+    api.services.sessions._users.clear()  # the user's existence is read again
+    answers = await asyncio.gather(
+        *(client.get("/generate-content", headers=bearer(token)) for _ in range(20))
+    )
+    assert {r.status_code for r in answers} == {200}
+    assert reads.count(user["userId"]) == 1
+
+
+async def test_a_revocation_during_a_check_is_not_overwritten_by_the_check(
+    api: ApiServer, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await register(client)
+    guard = api.services.sessions
+    principal = api.services.tokens.verify(user["token"])
+    store = api.services.store
+    real_get = store.users.get
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def held(user_id: str) -> Any:  # the real read, held until the revocation is in
+        reading.set()
+        await release.wait()
+        return await real_get(user_id)
+
+    monkeypatch.setattr(store.users, "get", held)
+    guard._users.clear()
+    guard._tokens.clear()
+    check = asyncio.create_task(guard.check(principal))
+    await asyncio.wait_for(reading.wait(), WAIT)
+    # Another process logs this session out now: its message arrives mid-read.
+    guard._apply(f"t {principal.user_id} {principal.token_id}".encode())
+    release.set()
+    with pytest.raises(Unauthorized):
+        await check
+    with pytest.raises(Unauthorized):  # and it stays refused
+        await guard.check(principal)
+
+
+async def test_exports_are_rate_limited(settings: Settings) -> None:
+    limited = settings.model_copy(update={"save_rate_limit": 2})
+    async with ApiServer(limited) as api, httpx.AsyncClient(base_url=api.url) as client:
+        user, other = await register(client), await register(client)
+        codes = [
+            (await client.get("/auth/me/export", headers=user["headers"])).status_code
+            for _ in range(3)
+        ]
+        assert codes == [200, 200, 429]
+        assert (await client.get("/auth/me/export", headers=other["headers"])).status_code == 200

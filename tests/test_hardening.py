@@ -521,3 +521,26 @@ async def test_hostile_claims_on_the_socket_are_a_refusal_not_an_error(
                 await sio.connect(api.url, auth={"token": token}, transports=["websocket"])
             assert reasons and "exp" in reasons[0]["message"]
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_the_default_title_is_worked_out_once_per_job(
+    api: ApiServer, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smartgen.content import service
+
+    calls: list[str] = []
+    real = service.default_title
+
+    def counted(body: str, prompt: str) -> str:
+        calls.append(body)
+        return real(body, prompt)
+
+    monkeypatch.setattr(service, "default_title", counted)
+    user = await register(client)
+    job_id = await _completed_job(client, api, user, "# Once\n\ntext")
+    codes = [
+        (await client.post(f"/generate-content/{job_id}/save", headers=user["headers"])).status_code
+        for _ in range(3)
+    ]
+    assert codes == [201, 200, 200]
+    assert len(calls) == 1

@@ -664,6 +664,9 @@ async def test_contents_get_list_and_isolation(store: Store) -> None:
     assert got is not None
     assert got.prompt is None and got.model is None
     assert await store.contents.get_for_user(saved[2].content_id, bob) is None
+    assert await store.contents.get_for_job("a2", alice) == saved[2]
+    assert await store.contents.get_for_job("a2", bob) is None
+    assert await store.contents.get_for_job("no-such-job", alice) is None
     assert await store.contents.get_for_user(bobs.content_id, alice) is None
     assert await store.contents.get_for_user("no-such-content", alice) is None
 
@@ -1578,7 +1581,8 @@ async def test_set_password_and_delete_user(store: Store) -> None:
 
 async def test_pages_and_deletion_of_a_users_jobs_and_contents(store: Store) -> None:
     alice, bob = oid(), oid()
-    jobs = [make_job(alice) for _ in range(7)]
+    # Some created in the same millisecond: the insertion order breaks the tie.
+    jobs = [make_job(alice, created_at=T0 + timedelta(seconds=i // 2)) for i in range(7)]
     for job in jobs:
         await store.jobs.create(job)
     bobs_job = make_job(bob)
@@ -1593,9 +1597,9 @@ async def test_pages_and_deletion_of_a_users_jobs_and_contents(store: Store) -> 
         assert len(page) <= 3
         seen += [j.job_id for j in page]
         after = page[-1].job_id
-    assert seen == sorted(j.job_id for j in jobs)
+    assert seen == [j.job_id for j in jobs]  # oldest first, each once
     contents = await store.contents.page_for_user(alice, after=None, limit=10)
-    assert sorted(c.job_id for c in contents) == sorted(j.job_id for j in jobs[:3])
+    assert [c.job_id for c in contents] == [j.job_id for j in jobs[:3]]
     rest = await store.contents.page_for_user(alice, after=contents[0].content_id, limit=10)
     assert [c.content_id for c in rest] == [c.content_id for c in contents[1:]]
 

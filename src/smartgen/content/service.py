@@ -62,6 +62,11 @@ async def save_from_job(*, store: Store, job: Job, title: str | None) -> tuple[C
             f"Only completed jobs can be saved; this job is {job.status.value}",
             code="job_not_completed",
         )
+    if title is None:
+        # Saved before: that document, without working out a title again.
+        existing = await store.contents.get_for_job(job.job_id, job.user_id)
+        if existing is not None:
+            return existing, False
     content = Content(
         content_id=str(uuid4()),
         user_id=job.user_id,

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -52,6 +53,7 @@ class SessionGuard:
         self._tokens: dict[str, tuple[bool, float]] = {}
         self._users: dict[str, tuple[float, bool, float]] = {}
         self._listeners: list[Revoked] = []
+        self._pending: dict[tuple[str, str | None, bool], asyncio.Future[Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
 
@@ -67,8 +69,22 @@ class SessionGuard:
             token is None or now - token[1] > self._settings.revocation_refresh_seconds
         )
         if user_stale or token_stale:
-            user, token = await self._read(user_id, jti, user, token, now, user_stale)
+            # Requests of the same session arriving together share one read.
+            key = (user_id, jti, user_stale)
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(
+                    self._read(user_id, jti, user, token, now, user_stale)
+                )
+                self._pending[key] = pending
+                pending.add_done_callback(lambda done: self._settled(key, done))
+            user, token = await asyncio.shield(pending)
         self._refuse_if_revoked(principal, user, token)
+
+    def _settled(self, key: tuple[str, str | None, bool], done: asyncio.Future[Any]) -> None:
+        self._pending.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its waiters may all have gone
 
     def revoked_now(self, principal: Principal) -> bool:
         """What this process knows right now, without asking anyone."""
@@ -112,19 +128,27 @@ class SessionGuard:
             log.debug("revocations unavailable (Redis): %s", type(exc).__name__)
             answers = None
         if answers is not None and jti:
-            token = (bool(answers[1]), now)
-            _put(self._tokens, jti, token)
+            token = self._keep(self._tokens, jti, (bool(answers[1]), now))
         before, deleted = (user[0], not user[1]) if user is not None else (0.0, False)
         if answers is not None:
             before, deleted = _parse_mark(answers[0])
         if user_stale:
             exists = not deleted and await self._store.users.get(user_id) is not None
-            user = (before, exists, now)
-            _put(self._users, user_id, user)
+            user = self._keep(self._users, user_id, (before, exists, now))
         elif user is not None and answers is not None:  # the mark as just read
-            user = (before, user[1] and not deleted, user[2])
-            _put(self._users, user_id, user)
-        return user, token
+            user = self._keep(self._users, user_id, (before, user[1] and not deleted, user[2]))
+        # A revocation message that arrived during the reads is in the caches: it wins.
+        return self._users.get(user_id, user), self._tokens.get(jti, token) if jti else token
+
+    @staticmethod
+    def _keep(cache: dict[str, Any], key: str, value: Any) -> Any:
+        """Cache what was read, unless a revocation message arrived while it was read (its
+        entry is newer than the read's start): that one is the truth."""
+        current = cache.get(key)
+        if current is not None and current[-1] > value[-1]:
+            return current
+        _put(cache, key, value)
+        return value
 
     # --- revoking (ports.Revocations) ---------------------------------------------------
     async def revoke_token(self, user_id: str, token_id: str, *, expires_at: datetime) -> None:

@@ -90,8 +90,8 @@ class JobRepository(Protocol):
     async def delete(self, job_id: str) -> None: ...
 
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
-        """The user's jobs by `jobId` order, those after `after` (a job id): every job once,
-        page by page (export, account deletion)."""
+        """The user's jobs oldest first, those after the job `after` (its id): every job
+        once, page by page (export, account deletion)."""
 
     async def delete_for_user(self, user_id: str) -> int:
         """Remove every job of the user; how many there were."""
@@ -170,10 +170,13 @@ class ContentRepository(Protocol):
 
     async def get_for_user(self, content_id: str, user_id: str) -> Content | None: ...
 
+    async def get_for_job(self, job_id: str, user_id: str) -> Content | None:
+        """The content saved from this job of this user's, if any."""
+
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]: ...
 
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
-        """The user's contents by `contentId` order, those after `after`."""
+        """The user's contents oldest first, those after the content `after` (its id)."""
 
     async def delete_for_user(self, user_id: str) -> int:
         """Remove every content of the user; how many there were."""

@@ -95,6 +95,26 @@ def _content_from_doc(doc: dict[str, Any]) -> Content:
     )
 
 
+async def _after(
+    collection: Any, query: dict[str, Any], id_field: str, after: str | None
+) -> dict[str, Any] | None:
+    """`query` narrowed to the documents after the one whose `id_field` is `after`, in
+    (createdAt, _id) order (the (userId, createdAt) index); None when that one is gone."""
+    if after is None:
+        return query
+    mark = await collection.find_one({**query, id_field: after}, {"createdAt": 1})
+    if mark is None:
+        return None
+    created = mark["createdAt"]
+    return {
+        **query,
+        "$or": [
+            {"createdAt": {"$gt": created}},
+            {"createdAt": created, "_id": {"$gt": mark["_id"]}},
+        ],
+    }
+
+
 class MongoUsers:
     def __init__(self, db: Any) -> None:
         self._c = db["users"]
@@ -345,9 +365,11 @@ class MongoJobs:
 
     @_unavailable
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
-        query = {"userId": user_id, "jobId": {"$gt": after or ""}}
-        cursor = self._c.find(query).sort("jobId", ASCENDING).limit(limit)
-        return [_job_from_doc(d) async for d in cursor]
+        query = await _after(self._c, {"userId": user_id}, "jobId", after)
+        if query is None:
+            return []
+        order = [("createdAt", ASCENDING), ("_id", ASCENDING)]
+        return [_job_from_doc(d) async for d in self._c.find(query).sort(order).limit(limit)]
 
     @_unavailable
     async def delete_for_user(self, user_id: str) -> int:
@@ -518,15 +540,22 @@ class MongoContents:
         return _content_from_doc(doc) if doc else None
 
     @_unavailable
+    async def get_for_job(self, job_id: str, user_id: str) -> Content | None:
+        doc = await self._c.find_one({"jobId": job_id, "userId": user_id})
+        return _content_from_doc(doc) if doc else None
+
+    @_unavailable
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
         cursor = self._c.find({"userId": user_id}).sort("createdAt", DESCENDING).limit(limit)
         return [_content_from_doc(d) async for d in cursor]
 
     @_unavailable
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
-        query = {"userId": user_id, "contentId": {"$gt": after or ""}}
-        cursor = self._c.find(query).sort("contentId", ASCENDING).limit(limit)
-        return [_content_from_doc(d) async for d in cursor]
+        query = await _after(self._c, {"userId": user_id}, "contentId", after)
+        if query is None:
+            return []
+        order = [("createdAt", ASCENDING), ("_id", ASCENDING)]
+        return [_content_from_doc(d) async for d in self._c.find(query).sort(order).limit(limit)]
 
     @_unavailable
     async def delete_for_user(self, user_id: str) -> int:

@@ -239,13 +239,23 @@ STATEMENTS = {
         "WHERE status = 'processing' AND lease_owner LIKE $1 ESCAPE '\\' LIMIT $2) "
         f"RETURNING {JOB_COLS}"
     ),
+    # Oldest first, page by page, along ix_jobs_user_created / ix_contents_user_created:
+    # the page after the row of the id given.
+    "jobs_first_page_for_user": (
+        f"SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 ORDER BY created_at, id LIMIT $2"
+    ),
     "jobs_page_for_user": (
-        f"SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 AND job_id > $2 ORDER BY job_id LIMIT $3"
+        f"SELECT {JOB_COLS} FROM jobs WHERE user_id = $1 AND (created_at, id) > "
+        "(SELECT created_at, id FROM jobs WHERE job_id = $2) ORDER BY created_at, id LIMIT $3"
     ),
     "jobs_delete_for_user": "DELETE FROM jobs WHERE user_id = $1",
+    "contents_first_page_for_user": (
+        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 ORDER BY created_at, id LIMIT $2"
+    ),
     "contents_page_for_user": (
-        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 AND content_id > $2 "
-        "ORDER BY content_id LIMIT $3"
+        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 AND (created_at, id) > "
+        "(SELECT created_at, id FROM contents WHERE content_id = $2) "
+        "ORDER BY created_at, id LIMIT $3"
     ),
     "contents_delete_for_user": "DELETE FROM contents WHERE user_id = $1",
     "content_insert": (
@@ -254,6 +264,9 @@ STATEMENTS = {
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
     ),
     "content_by_job": f"SELECT {CONTENT_COLS} FROM contents WHERE job_id = $1",
+    "content_by_job_for_user": (
+        f"SELECT {CONTENT_COLS} FROM contents WHERE job_id = $1 AND user_id = $2"
+    ),
     "content_by_id_for_user": (
         f"SELECT {CONTENT_COLS} FROM contents WHERE content_id = $1 AND user_id = $2"
     ),
@@ -517,8 +530,11 @@ class Jobs(_Repository):
         return [self._job(r) for r in await self._db.all(self._sql["jobs_release_of_worker"], args)]
 
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
-        args = (user_id, after or "", self._limit(limit))
-        return [self._job(r) for r in await self._db.all(self._sql["jobs_page_for_user"], args)]
+        args: tuple[Any, ...] = (user_id, self._limit(limit))
+        sql = self._sql["jobs_first_page_for_user"]
+        if after is not None:
+            sql, args = self._sql["jobs_page_for_user"], (user_id, after, self._limit(limit))
+        return [self._job(r) for r in await self._db.all(sql, args)]
 
     async def delete_for_user(self, user_id: str) -> int:
         return await self._db.changes(self._sql["jobs_delete_for_user"], (user_id,))
@@ -551,14 +567,20 @@ class Contents(_Repository):
         row = await self._db.one(self._sql["content_by_id_for_user"], (content_id, user_id))
         return self._content(row) if row else None
 
+    async def get_for_job(self, job_id: str, user_id: str) -> Content | None:
+        row = await self._db.one(self._sql["content_by_job_for_user"], (job_id, user_id))
+        return self._content(row) if row else None
+
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
         args = (user_id, self._limit(limit))
         return [self._content(r) for r in await self._db.all(self._sql["contents_for_user"], args)]
 
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
-        args = (user_id, after or "", self._limit(limit))
-        rows = await self._db.all(self._sql["contents_page_for_user"], args)
-        return [self._content(r) for r in rows]
+        args: tuple[Any, ...] = (user_id, self._limit(limit))
+        sql = self._sql["contents_first_page_for_user"]
+        if after is not None:
+            sql, args = self._sql["contents_page_for_user"], (user_id, after, self._limit(limit))
+        return [self._content(r) for r in await self._db.all(sql, args)]
 
     async def delete_for_user(self, user_id: str) -> int:
         return await self._db.changes(self._sql["contents_delete_for_user"], (user_id,))

@@ -82,7 +82,7 @@ TARGETS = [
     Target(
         "generation-control",
         ("src/smartgen/generation/control.py",),
-        ("tests/test_job_control.py", *IN_PROCESS),
+        ("tests/test_control_units.py", "tests/test_job_control.py", *IN_PROCESS),
     ),
     Target(
         "generation-reconcile",

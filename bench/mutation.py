@@ -77,7 +77,12 @@ TARGETS = [
     Target(
         "generation-service",
         ("src/smartgen/generation/service.py",),
-        ("tests/test_api.py", "tests/test_job_control.py", *IN_PROCESS),
+        (
+            "tests/test_control_units.py",
+            "tests/test_api.py",
+            "tests/test_job_control.py",
+            *IN_PROCESS,
+        ),
     ),
     Target(
         "generation-control",

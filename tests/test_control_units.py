@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from smartgen.config import Settings
-from smartgen.errors import Conflict, QueueUnavailable
-from smartgen.generation import control
+from smartgen.errors import Conflict, NotFound, QueueUnavailable
+from smartgen.generation import control, service
 from smartgen.generation.service import queue_message
 from smartgen.kit.times import iso_ms, utcnow
 from smartgen.models import Job, JobStatus
@@ -210,3 +210,31 @@ async def test_run_now_moves_the_entry_to_now_or_puts_the_job_back(
     assert info.value.message == (
         "Only queued jobs can be changed this way; this job is processing"
     )
+
+
+# --- generation/service.py: what a worker reads, and the 404 of every route ---------------
+
+
+async def test_a_queue_message_carries_ids_and_what_to_generate(store: Store) -> None:
+    job = await add_job(store, due_ago=0)
+    assert queue_message(job) == {
+        "jobId": job.job_id,
+        "userId": job.user_id,
+        "contentType": "Blog Post Outline",
+        "prompt": "How to bake bread",
+    }
+
+
+async def test_a_missing_malformed_or_foreign_job_is_the_same_404(store: Store) -> None:
+    job = await add_job(store, due_ago=0)
+    for user_id, job_id in [
+        ("someone-else", job.job_id),  # another user's
+        (job.user_id, "5c0f2f4e-0000-4000-8000-000000000000"),  # no such job
+        (job.user_id, "../etc/passwd"),  # not an id at all
+        (job.user_id, job.job_id.upper() + "x"),
+    ]:
+        with pytest.raises(NotFound) as info:
+            await service.get_job(store=store, user_id=user_id, job_id=job_id)
+        assert (info.value.code, info.value.message) == ("job_not_found", "Job not found")
+    found = await service.get_job(store=store, user_id=job.user_id, job_id=job.job_id.upper())
+    assert found == job  # the canonical spelling of the same UUID

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 import httpx
 
@@ -151,10 +152,19 @@ async def test_missing_setting_stops_with_one_line(
     assert "OPENROUTER_KEY is not set" in worker.output()
 
 
+@all_stores
 async def test_unreachable_database_is_one_line_and_exit_3(
-    env: dict[str, str], processes: list[Process]
+    env: dict[str, str], processes: list[Process], store_kind: str, tmp_path: Path
 ) -> None:
-    dead = {**env, "MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/x", "PORT": str(free_port())}
+    blocker = tmp_path / "a-file-not-a-directory"
+    blocker.write_text("x")
+    dead_store = {
+        "mongodb": {"MONGO_URI": f"mongodb://127.0.0.1:{free_port()}/x"},
+        "postgresql": {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x"},
+        "sqlite": {"DATABASE_URL": f"sqlite:///{blocker}/smartgen.db"},
+    }[store_kind]
+    dead = {k: v for k, v in env.items() if k not in ("MONGO_URI", "DATABASE_URL")}
+    dead.update(dead_store, PORT=str(free_port()))
     for command in ("api", "worker"):
         proc = Process(command, dead)
         processes.append(proc)

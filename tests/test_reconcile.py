@@ -5,6 +5,7 @@ The same decisions over real processes, real Redis and a FLUSHALL are in test_fa
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -134,8 +135,9 @@ async def test_a_completed_entry_the_store_disagrees_with_is_removed_and_queued_
 
 
 async def test_a_failed_entry_fails_the_job_in_the_store_and_announces_it(
-    store: Store, settings: Settings
+    store: Store, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="smartgen.generation.reconcile")
     queue, notes = QueueStates(), Announcements()
     job = await add_job(store, due_ago=120, status=JobStatus.processing)
     queue.states[job.job_id] = "failed"
@@ -150,7 +152,10 @@ async def test_a_failed_entry_fails_the_job_in_the_store_and_announces_it(
         LOST,
     )
     assert announced.failed_at is not None and announced.updated_at == announced.failed_at
+    assert stored.failed_at is not None
+    assert abs(stored.failed_at - announced.failed_at) < timedelta(milliseconds=1)
     assert queue.enqueued == []
+    assert f"job {job.job_id} failed by the reconciler: {LOST}" in caplog.messages
 
 
 async def test_a_job_past_the_maximum_age_is_failed_whatever_the_queue_says(
@@ -219,8 +224,9 @@ async def test_one_round_checks_at_most_a_batch(store: Store, settings: Settings
 
 
 async def test_run_forever_runs_at_once_then_every_interval_and_survives_a_bad_round(
-    store: Store, settings: Settings
+    store: Store, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="smartgen.generation.reconcile")
     rounds: list[str] = []
     stop = asyncio.Event()
 
@@ -229,12 +235,22 @@ async def test_run_forever_runs_at_once_then_every_interval_and_survives_a_bad_r
             rounds.append(job_id)
             if len(rounds) == 1:
                 raise StoreUnavailable("Redis went away")  # a round that fails is skipped
-            if len(rounds) == 3:
-                stop.set()
-            return "active"
+            if len(rounds) == 2:
+                raise RuntimeError("a bug")  # so is one that breaks, with its traceback
+            stop.set()
+            return "unknown"  # the third round queues the job again, then it stops
 
     queue, notes = Flaky(), Announcements()
-    await add_job(store, due_ago=120)
+    job = await add_job(store, due_ago=120)
     r = reconciler(store, settings, queue, notes, reconcile_interval_seconds=0.05)
     await asyncio.wait_for(r.run_forever(stop), 30)
-    assert len(rounds) == 3  # the failed round, then two more, then it stopped
+    assert len(rounds) == 3
+    assert [e[0] for e in queue.enqueued] == [job.job_id]
+    messages = [(rec.levelname, rec.getMessage()) for rec in caplog.records]
+    assert messages == [
+        ("WARNING", "reconciler skipped a round: Redis went away"),
+        ("ERROR", "reconciler error"),
+        ("WARNING", f"job {job.job_id} had no queue entry (unknown): queued again"),
+        ("INFO", "reconciler: checked 1, queued again 1, failed 0"),
+    ]
+    assert caplog.records[1].exc_info is not None  # the traceback goes to the log

@@ -4,6 +4,7 @@ operator reads, DATABASE_URL's corner cases, a closed or broken SQLite store."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -68,6 +69,19 @@ async def test_a_taken_email_says_so(store: Store) -> None:
     assert info.value.message == "An account with this email already exists"
 
 
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_a_cap_of_one_holds_for_creates_batched_together(store: Store) -> None:
+    """Creates made at once share one batch insert; each still sees the cap as if alone
+    (SQLite: one writer at a time). On PostgreSQL and MongoDB two concurrent inserts can
+    each count the other's row as absent and both pass: the README says so."""
+    user = oid()
+    results = await asyncio.gather(
+        *(store.jobs.create(make_job(user), max_unfinished=1) for _ in range(5))
+    )
+    assert sorted(results) == [False, False, False, False, True]
+    assert await store.jobs.count_unfinished(user) == 1
+
+
 # --- DATABASE_URL -----------------------------------------------------------------------------
 
 
@@ -78,10 +92,19 @@ def test_sqlite_url_drops_its_query_and_keeps_slashes_inside(tmp_path: Path) -> 
     assert url.description == f"sqlite ({path}, embedded)"
     nested = parse_database_url("sqlite:///data://x/smartgen.db")  # "://" inside the path
     assert nested.target == os.path.abspath("data://x/smartgen.db")
+    queried = parse_database_url(f"sqlite:///{tmp_path}/q.db?mode=rwc?x=1")  # the first "?"
+    assert queried.target == str(tmp_path / "q.db")
 
 
 @pytest.mark.parametrize(
-    "raw", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///file:x.db?mode=memory"]
+    "raw",
+    [
+        "sqlite://",
+        "sqlite:///",
+        "sqlite://host/x.db",  # a host, no path: SQLite is a file on this machine
+        "sqlite:///:memory:",
+        "sqlite:///file:x.db?mode=memory",
+    ],
 )
 def test_sqlite_needs_a_file_that_both_processes_share(raw: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -98,6 +121,8 @@ def test_postgres_url_corner_cases() -> None:
     nested = parse_database_url("postgres://u@db:6000/app?options=-c%20x://y")
     assert nested.target == "postgresql://u@db:6000/app?options=-c%20x://y"
     assert nested.description == "postgresql (db:6000/app)"
+    named = parse_database_url("postgresql://u@db/XXapp")  # only the leading "/" goes
+    assert named.description == "postgresql (db:5432/XXapp)"
     with pytest.raises(ConfigError) as info:
         parse_database_url("postgresql://u@db:port/app")
     assert str(info.value).startswith("DATABASE_URL: the port is not a number: e.g. ")

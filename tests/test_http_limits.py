@@ -128,6 +128,22 @@ async def test_a_huge_header_is_refused(port: int) -> None:
     assert body["error"] == "headers_too_large"
 
 
+async def test_a_complete_head_past_the_limit_is_refused_even_in_one_read(port: int) -> None:
+    """The head arrives whole (it ends) in one write, and on a kept-alive connection's
+    second request: both are measured as parsed, not only while they do not end."""
+    big = b"X-Big: " + b"b" * 20_000 + b"\r\n"
+    async with raw(port) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+        status, body = answer(await until_closed(reader))
+    assert status == 431 and body["error"] == "headers_too_large"
+    async with raw(port) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + big * 2 + b"\r\n")
+        data = await until_closed(reader)
+    assert b"HTTP/1.1 431" in data and b"headers_too_large" in data
+
+
 async def test_an_idle_kept_alive_connection_is_closed(port: int) -> None:
     async with raw(port) as (reader, writer):
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -183,6 +183,15 @@ async def test_connections_past_the_limit_are_refused(
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             data = await until_closed(reader)
         assert data.startswith(b"HTTP/1.1 503"), data[:200]
+        # A WebSocket upgrade is a connection too (uvicorn's own limit lets it through).
+        async with raw(port) as (reader, writer):
+            writer.write(
+                b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            status, body = answer(await until_closed(reader))
+        assert status == 503 and body["error"] == "server_busy"
     finally:
         for _, w in held:
             w.close()

@@ -30,7 +30,11 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+REASONS = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 # A timer that fires this late found the event loop busy, not the client slow: what the
 # client sent may be waiting unread (uvloop runs due timers before it polls sockets), so
 # it is given this long again before the verdict.
@@ -118,8 +122,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_started = False
         self._cancel("_head_timer")
+        upgrade = self.parser.should_upgrade() and self._should_upgrade()
+        limit = self.limit_concurrency
+        if upgrade and limit is not None and len(self.connections) >= limit:
+            # uvicorn's limit_concurrency answers plain requests only; a WebSocket would
+            # otherwise pass it (and hold its connection for as long as it lives).
+            self._refuse(503, "server_busy", "Too many connections; try again shortly")
+            return
         super().on_headers_complete()
-        if self.parser.should_upgrade() and self._should_upgrade():
+        if upgrade:
             return  # a WebSocket: its own protocol takes the connection over
         if self._has_body():
             self._body_timer = self._arm(self.LIMITS.body_timeout, self._body_too_slow)

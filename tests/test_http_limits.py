@@ -144,6 +144,24 @@ async def test_a_complete_head_past_the_limit_is_refused_even_in_one_read(port: 
     assert b"HTTP/1.1 431" in data and b"headers_too_large" in data
 
 
+async def test_a_websocket_upgrade_with_a_huge_head_is_refused(
+    port: int, processes: list[Process]
+) -> None:
+    async with raw(port) as (reader, writer):
+        writer.write(
+            b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Big: " + b"w" * 20_000 + b"\r\n\r\n"
+        )
+        status, body = answer(await until_closed(reader))
+    assert status == 431 and body["error"] == "headers_too_large"
+    # Still serving, and nothing went wrong inside (the refused upgrade is not carried out).
+    async with raw(port) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await until_closed(reader)).startswith(b"HTTP/1.1 200")
+    assert "Traceback" not in processes[-1].output(), processes[-1].output()[-3000:]
+
+
 async def test_an_idle_kept_alive_connection_is_closed(port: int) -> None:
     async with raw(port) as (reader, writer):
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

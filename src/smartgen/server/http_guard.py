@@ -135,6 +135,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._has_body():
             self._body_timer = self._arm(self.LIMITS.body_timeout, self._body_too_slow)
 
+    def handle_websocket_upgrade(self) -> None:
+        if not self._refused:  # an upgrade whose head was refused is not carried out
+            super().handle_websocket_upgrade()
+
     def on_body(self, body: bytes) -> None:
         if not self._refused:
             super().on_body(body)

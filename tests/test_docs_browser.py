@@ -72,6 +72,11 @@ async def test_docs_render_the_operations_offline(api_url: str) -> None:
             await page.route("**/*", offline)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # A script or style the page's Content-Security-Policy blocks is a console error.
+            page.on(
+                "console",
+                lambda msg: errors.append(msg.text) if msg.type == "error" else None,
+            )
             await page.goto(api_url + "/docs")
             # Swagger UI draws one block per operation once it has read /openapi.json.
             await page.wait_for_selector(".opblock", timeout=60_000)
@@ -89,7 +94,9 @@ async def test_docs_render_the_operations_offline(api_url: str) -> None:
 
 async def test_docs_assets_come_from_the_api_itself(api_url: str) -> None:
     async with httpx.AsyncClient(base_url=api_url) as client:
-        page = (await client.get("/docs")).text
+        r = await client.get("/docs")
+        page = r.text
+        assert "script-src 'self'" in r.headers["content-security-policy"]
         assert "cdn" not in page.lower() and "http://" not in page and "https://" not in page
         assert "<script>" not in page  # no inline script: a strict CSP keeps working
         for path in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):

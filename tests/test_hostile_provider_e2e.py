@@ -109,3 +109,52 @@ def test_escape_controls_keeps_a_log_line_one_line() -> None:
 def test_printable_strips_terminal_escapes_but_keeps_lines() -> None:
     assert printable(f"one{ESCAPES}\ntwo\tthree\x07\x9b2J") == "oneclick\ntwo\tthree"
     assert printable("lone \ud800") == "lone \ufffd"
+
+
+def test_text_log_lines_escape_control_characters_in_their_message() -> None:
+    """Any message built from outside text stays one line (the traceback of a real
+    exception keeps its own lines)."""
+    import io
+    import logging
+
+    from smartgen.kit.logcontext import TextFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger(f"smartgen.test.{id(stream)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.warning("job %s: %s", "j1", "busy\nERROR smartgen.worker: forged\x1b[2J")
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "WARNING " + logger.name + ": job j1: busy\\nERROR smartgen.worker: forged\\x1b[2J"
+    ]
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("failed: %s", "a\rb")
+    text = stream.getvalue()
+    assert "failed: a\\rb" in text and "Traceback" in text and "ValueError: boom" in text
+
+
+def test_a_process_logs_outside_text_on_one_line() -> None:
+    """`setup_logging` as every smartgen process runs it (text format)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from smartgen.server.startup import setup_logging\n"
+        "setup_logging('info')\n"
+        "logging.getLogger('smartgen.worker').warning('job %s: %s', 'j1', "
+        "'busy\\n2026-01-01 00:00:00,000 ERROR   smartgen.worker: forged')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(
+        "job j1: busy\\n2026-01-01 00:00:00,000 ERROR   smartgen.worker: forged"
+    )

@@ -128,6 +128,40 @@ async def test_a_huge_header_is_refused(port: int) -> None:
     assert body["error"] == "headers_too_large"
 
 
+async def test_a_complete_head_past_the_limit_is_refused_even_in_one_read(port: int) -> None:
+    """The head arrives whole (it ends) in one write, and on a kept-alive connection's
+    second request: both are measured as parsed, not only while they do not end."""
+    big = b"X-Big: " + b"b" * 20_000 + b"\r\n"
+    async with raw(port) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+        status, body = answer(await until_closed(reader))
+    assert status == 431 and body["error"] == "headers_too_large"
+    async with raw(port) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + big * 2 + b"\r\n")
+        data = await until_closed(reader)
+    assert b"HTTP/1.1 431" in data and b"headers_too_large" in data
+
+
+async def test_a_websocket_upgrade_with_a_huge_head_is_refused(
+    port: int, processes: list[Process]
+) -> None:
+    async with raw(port) as (reader, writer):
+        writer.write(
+            b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Big: " + b"w" * 20_000 + b"\r\n\r\n"
+        )
+        status, body = answer(await until_closed(reader))
+    assert status == 431 and body["error"] == "headers_too_large"
+    # Still serving, and nothing went wrong inside (the refused upgrade is not carried out).
+    async with raw(port) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await until_closed(reader)).startswith(b"HTTP/1.1 200")
+    assert "Traceback" not in processes[-1].output(), processes[-1].output()[-3000:]
+
+
 async def test_an_idle_kept_alive_connection_is_closed(port: int) -> None:
     async with raw(port) as (reader, writer):
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -167,6 +201,15 @@ async def test_connections_past_the_limit_are_refused(
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             data = await until_closed(reader)
         assert data.startswith(b"HTTP/1.1 503"), data[:200]
+        # A WebSocket upgrade is a connection too (uvicorn's own limit lets it through).
+        async with raw(port) as (reader, writer):
+            writer.write(
+                b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            status, body = answer(await until_closed(reader))
+        assert status == 503 and body["error"] == "server_busy"
     finally:
         for _, w in held:
             w.close()

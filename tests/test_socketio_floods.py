@@ -151,3 +151,41 @@ async def test_sync_is_rate_limited_per_user(
     assert isinstance(refused["retryAfter"], int) and refused["retryAfter"] >= 1
     # The socket stays connected: only the call is refused.
     assert first.connected and second.connected
+
+
+async def test_socket_counts_are_renewed_while_held_and_lapse_with_their_process(
+    redis_server: Any, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-user count in Redis: a live process renews its sockets' entries; a dead
+    one's lapse by themselves, so its users are not locked out."""
+    from redis import asyncio as aioredis
+
+    from smartgen.realtime import quota as quota_module
+    from smartgen.realtime.quota import SocketQuota
+
+    monkeypatch.setattr(quota_module, "SOCKET_ENTRY_SECONDS", 0.6)
+    client = aioredis.Redis.from_url(redis_server.url)
+    live = SocketQuota(client, prefix=f"t{unique}", cap=1)
+    other = SocketQuota(client, prefix=f"t{unique}", cap=1)
+    try:
+        assert await live.take("u1", "s1")
+        assert await live.take("u1", "s1")  # the same socket again: still one
+        assert not await other.take("u1", "s2")
+        await asyncio.sleep(1.0)  # past the entry's life: renewed meanwhile
+        assert not await other.take("u1", "s2")
+        await live.release("s1")
+        assert await other.take("u1", "s2")
+        await other.release("s2")
+        # A process that dies holding a socket: its entry is no longer renewed.
+        assert await live.take("u2", "s3")
+        assert live._renewer is not None
+        live._renewer.cancel()
+        while True:  # once its entry lapses (correctness, not speed: no time bound)
+            if await other.take("u2", "s4"):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await live.close()
+        await other.close()
+        await client.delete(f"t{unique}:sockets:u1", f"t{unique}:sockets:u2")
+        await client.aclose()

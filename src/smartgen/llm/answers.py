@@ -183,6 +183,7 @@ def model_name(value: Any, fallback: str, redact: Redactor) -> str:
     """The answer's `model`: one short line without control characters, else `fallback`."""
     if not isinstance(value, str):
         return fallback
-    name = " ".join(_CONTROLS.sub(" ", without_surrogates(value)).split())
+    # Cut first: the work below is linear, but a provider may send megabytes.
+    name = " ".join(_CONTROLS.sub(" ", without_surrogates(value[: MAX_MODEL_CHARS * 4])).split())
     name = redact(name)[:MAX_MODEL_CHARS]
     return name or fallback

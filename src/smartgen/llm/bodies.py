@@ -25,8 +25,9 @@ def refuse_compression(response: aiohttp.ClientResponse) -> None:
     """Only identity is accepted; a compressed body is not unpacked (a gzip bomb)."""
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity"):
+        shown = "".join(c for c in encoding[:20] if c.isalnum() or c in "-_, ")
         raise LLMError(
-            f"the model provider sent a compressed answer ({encoding[:20]}) although "
+            f"the model provider sent a compressed answer ({shown}) although "
             "none was accepted",
             retryable=False,
         )

@@ -113,7 +113,10 @@ def _completion_from_body(
     if not text:
         raise LLMError("the model returned empty content", retryable=True)
     finish = answers.finish_reason(choices[0])
-    text, cut = _capped(redact(text), max_chars)
+    # Capped before redacting (a key cut in two still leaves a fragment long enough to
+    # find), so that an oversized answer costs no more than a capped one.
+    text, cut = _capped(text, max_chars)
+    text = redact(text)
     return Completion(
         content=text,
         model=answers.model_name(body.get("model"), fallback_model, redact),

@@ -206,12 +206,17 @@ class RealtimeServer:
                 "(SOCKETIO_MAX_SOCKETS_PER_USER); close another one first",
                 {"error": "too_many_sockets"},
             )
-        await self.sio.save_session(sid, {"userId": principal.user_id})
-        room = user_room(principal.user_id)
-        # `auth: {token, seq: true}`: `seq` in every payload, the seed's `job_completed`
-        # included (another room, so that the seed's clients keep its exact payload).
-        numbered = isinstance(auth, dict) and auth.get("seq") is True
-        await self.sio.enter_room(sid, seq_room(room) if numbered else room)
+        try:
+            await self.sio.save_session(sid, {"userId": principal.user_id})
+            room = user_room(principal.user_id)
+            # `auth: {token, seq: true}`: `seq` in every payload, the seed's `job_completed`
+            # included (another room, so that the seed's clients keep its exact payload).
+            numbered = isinstance(auth, dict) and auth.get("seq") is True
+            await self.sio.enter_room(sid, seq_room(room) if numbered else room)
+        except BaseException:
+            if self.quota is not None:  # never connected: no disconnect will count it out
+                await self.quota.release(sid)
+            raise
         self._connected.add(sid)
         self._principals.setdefault(principal.user_id, {})[sid] = principal
         self._sid_user[sid] = principal.user_id

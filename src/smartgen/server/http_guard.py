@@ -9,8 +9,9 @@ rest (`timeout_keep_alive` for idle kept-alive connections, `limit_concurrency` 
 number of connections and tasks; `http.py` sets both). This subclass of uvicorn's
 `HttpToolsProtocol` adds, per request:
 
-* the head (request line and headers) at most HTTP_MAX_HEADER_BYTES: past it, 431 and
-  the connection is closed, having kept at most one read (256 KiB) more in memory;
+* the head (request line and headers) at most HTTP_MAX_HEADER_BYTES, as parsed, or as read
+  while it does not end: past it, 431 and the connection is closed (at most one read,
+  256 KiB, more was held);
 * the head complete within HTTP_HEADER_TIMEOUT_SECONDS of the connection's opening or of
   the request's first byte: else 408 (or nothing, when nothing came) and closed;
 * the body complete within HTTP_BODY_TIMEOUT_SECONDS of the head: else 408 and closed.
@@ -29,7 +30,11 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+REASONS = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 # A timer that fires this late found the event loop busy, not the client slow: what the
 # client sent may be waiting unread (uvloop runs due timers before it polls sockets), so
 # it is given this long again before the verdict.
@@ -58,7 +63,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # read while a head is incomplete (what it may hold back)
+        self._head_size = 0  # the current head's request line and headers, as parsed
+        self._refused = False  # answered and closing: the parser's callbacks are ignored
+        self._head_started = False  # a byte of the current request came
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
 
@@ -72,38 +80,72 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if (
-            self._in_head
-            and self._head_bytes > self.LIMITS.max_header_bytes
-            and not self.transport.is_closing()
-        ):
-            self._refuse(
-                431,
-                "headers_too_large",
-                f"The request line and headers are larger than {self.LIMITS.max_header_bytes} "
-                "bytes",
-            )
+        # A head that does not end (one endless header value) is counted in bytes read: the
+        # parser keeps a header to itself until it is complete.
+        if self._in_head and self._head_bytes > self.LIMITS.max_header_bytes:
+            self._too_large()
 
     # --- parser callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._refused:
+            return
         super().on_message_begin()
+        self._head_size = 0
+        self._head_started = True
         if not self._in_head:  # the next request on a kept-alive connection
             self._head_bytes = 0
             self._start_head()
 
+    def on_url(self, url: bytes) -> None:
+        if self._refused:
+            return
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.LIMITS.max_header_bytes:
+            self._too_large()
+            return
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         self._in_head = False
+        self._head_started = False
         self._cancel("_head_timer")
+        upgrade = self.parser.should_upgrade() and self._should_upgrade()
+        limit = self.limit_concurrency
+        if upgrade and limit is not None and len(self.connections) >= limit:
+            # uvicorn's limit_concurrency answers plain requests only; a WebSocket would
+            # otherwise pass it (and hold its connection for as long as it lives).
+            self._refuse(503, "server_busy", "Too many connections; try again shortly")
+            return
         super().on_headers_complete()
-        if self.parser.should_upgrade() and self._should_upgrade():
+        if upgrade:
             return  # a WebSocket: its own protocol takes the connection over
         if self._has_body():
             self._body_timer = self._arm(self.LIMITS.body_timeout, self._body_too_slow)
 
+    def handle_websocket_upgrade(self) -> None:
+        if not self._refused:  # an upgrade whose head was refused is not carried out
+            super().handle_websocket_upgrade()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         self._cancel("_body_timer")
         super().on_message_complete()
 
@@ -137,7 +179,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing() or not self._in_head:
             return
-        if self._head_bytes == 0:
+        if not self._head_started:
             self.transport.close()  # nothing came: nothing to answer
             return
         seconds = f"{self.LIMITS.header_timeout:g}"
@@ -154,6 +196,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         seconds = f"{self.LIMITS.body_timeout:g}"
         self._refuse(408, "request_timeout", f"The request body took longer than {seconds} s")
 
+    def _too_large(self) -> None:
+        if not self._refused and not self.transport.is_closing():
+            limit = self.LIMITS.max_header_bytes
+            message = f"The request line and headers are larger than {limit} bytes"
+            self._refuse(431, "headers_too_large", message)
+
     def _has_body(self) -> bool:
         for name, value in self.headers:
             if name == b"content-length":
@@ -164,6 +212,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer `status` with the usual JSON error body and close the connection."""
+        self._refused = True
         self._stop_timers()
         body = json.dumps({"error": code, "message": message}).encode()
         head = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])]

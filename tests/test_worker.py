@@ -394,15 +394,15 @@ async def test_a_completion_takes_the_next_job_in_the_same_script_call(
     )
 
 
+@fetch_next_only
 async def test_an_idle_worker_takes_one_moveToActive_per_wait(
     settings: Settings, fake_llm: FakeLLM
 ) -> None:
     """bullmq's loop starts WORKER_CONCURRENCY tasks; on an empty queue one waits
     (BZPOPMIN, 5 s at a time) and each other one runs moveToActive for nothing, after every
-    wait (bullmq's stock worker, measured by bench/idle.py). With fetch-next they return at
-    once: over two waits, after the start-up's takes, about one moveToActive per wait."""
-    if not settings.worker_fetch_next:
-        pytest.skip("bullmq's stock loop takes once per slot per wait (bench/idle.py)")
+    wait (bullmq's stock worker, measured by bench/idle.py). With fetch-next they sleep
+    in-process: over two waits, after the start-up's takes, about one moveToActive per
+    wait."""
     import redis.asyncio as aioredis
 
     s = settings.model_copy(update={"worker_concurrency": 20})

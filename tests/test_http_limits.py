@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -222,3 +223,32 @@ async def test_connections_past_the_limit_are_refused(
             break
         assert data.startswith(b"HTTP/1.1 503"), data[:200]
         await asyncio.sleep(0.1)
+
+
+async def test_a_late_timer_waits_for_one_on_time_before_its_verdict() -> None:
+    """A busy event loop is not a slow client: a guard timer that fires late is armed
+    again, and the verdict comes only from a timer that fires on time."""
+    import time
+    from types import SimpleNamespace
+
+    from smartgen.server.http_guard import LATE_SECONDS, GuardedHttpToolsProtocol
+
+    verdicts: list[float] = []
+    given = asyncio.Event()
+    guard: Any = SimpleNamespace(_head_timer=None, _body_timer=None)
+
+    def verdict() -> None:
+        verdicts.append(time.monotonic())
+        given.set()
+
+    guard._head_too_slow = verdict
+    guard._rearm = lambda verdict, timer: GuardedHttpToolsProtocol._rearm(guard, verdict, timer)
+    guard._arm = lambda delay, verdict: GuardedHttpToolsProtocol._arm(guard, delay, verdict)
+    guard._head_timer = guard._arm(0.01, guard._head_too_slow)
+    time.sleep(LATE_SECONDS * 3)  # noqa: ASYNC251 - the loop busy past the timer's time
+    unblocked = time.monotonic()
+    await given.wait()
+    # The late firing armed it again: the verdict came a whole LATE_SECONDS later, from a
+    # timer that fired on time (a lower bound: a correctness check, not a speed one).
+    assert verdicts[0] - unblocked >= LATE_SECONDS * 0.9
+    assert len(verdicts) == 1

@@ -37,7 +37,7 @@ REASONS = {
 }
 # A timer that fires this late found the event loop busy, not the client slow: what the
 # client sent may be waiting unread (uvloop runs due timers before it polls sockets), so
-# it is given this long again before the verdict.
+# it is given this long again, as often as the loop stays that busy, before the verdict.
 LATE_SECONDS = 0.25
 
 
@@ -156,14 +156,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = self._arm(self.LIMITS.header_timeout, self._head_too_slow)
 
     def _arm(self, delay: float, verdict: Any) -> asyncio.TimerHandle:
-        """Call `verdict` after `delay` s, or a little later when the loop was busy."""
+        """Call `verdict` after `delay` s; a timer that fires late (the loop was busy) is
+        armed again for LATE_SECONDS, until one fires on time: only then has the loop
+        surely read what the client sent meanwhile."""
         loop = asyncio.get_running_loop()
         due = loop.time() + delay
 
         def fire() -> None:
-            late = loop.time() - due
-            if late > LATE_SECONDS:
-                self._rearm(verdict, loop.call_later(LATE_SECONDS, verdict))
+            if loop.time() - due > LATE_SECONDS:
+                self._rearm(verdict, self._arm(LATE_SECONDS, verdict))
             else:
                 verdict()
 

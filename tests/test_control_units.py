@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from smartgen.config import Settings
-from smartgen.errors import Conflict, NotFound, QueueUnavailable
+from smartgen.errors import Conflict, NotFound, QueueUnavailable, ValidationFailed
 from smartgen.generation import control, service
 from smartgen.generation.service import queue_message
 from smartgen.kit.times import iso_ms, utcnow
@@ -238,3 +238,20 @@ async def test_a_missing_malformed_or_foreign_job_is_the_same_404(store: Store) 
         assert (info.value.code, info.value.message) == ("job_not_found", "Job not found")
     found = await service.get_job(store=store, user_id=job.user_id, job_id=job.job_id.upper())
     assert found == job  # the canonical spelling of the same UUID
+
+
+def test_a_prompt_may_be_exactly_as_long_as_allowed(settings: Settings) -> None:
+    s = settings.model_copy(update={"prompt_max_chars": 10})
+    service.check_prompt(s, "x" * 10)
+    with pytest.raises(ValidationFailed) as info:
+        service.check_prompt(s, "x" * 11)
+    assert info.value.message == "prompt: must be at most 10 characters (got 11)"
+    assert info.value.details == [{"field": "prompt", "message": "too long"}]
+
+
+async def test_the_estimate_without_timings_is_the_configured_processing_time(
+    store: Store, settings: Settings
+) -> None:
+    job = await add_job(store, due_ago=0)
+    s = settings.model_copy(update={"expected_processing_seconds": 42.0})
+    assert await service.estimate(s, None, job) == job.scheduled_for + timedelta(seconds=42)

@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from smartgen.config import Settings
-from smartgen.errors import Conflict, NotFound, QueueUnavailable, ValidationFailed
+from smartgen.errors import (
+    Conflict,
+    NotFound,
+    QueueUnavailable,
+    TooManyRequests,
+    ValidationFailed,
+)
 from smartgen.generation import control, service
 from smartgen.generation.service import queue_message
 from smartgen.kit.times import iso_ms, utcnow
@@ -255,3 +261,35 @@ async def test_the_estimate_without_timings_is_the_configured_processing_time(
     job = await add_job(store, due_ago=0)
     s = settings.model_copy(update={"expected_processing_seconds": 42.0})
     assert await service.estimate(s, None, job) == job.scheduled_for + timedelta(seconds=42)
+
+
+async def test_queueing_past_the_cap_says_how_many_and_when_to_come_back(
+    store: Store, settings: Settings
+) -> None:
+    s = settings.model_copy(update={"max_unfinished_jobs": 2, "generation_delay_seconds": 90.4})
+    queue, notes = ScriptedQueue(), Announcements()
+
+    async def submit(delay: float | None = None) -> Any:
+        return await service.queue_generation(
+            store=store,
+            queue=queue,  # type: ignore[arg-type]
+            notifier=notes,
+            settings=s,
+            user_id="u-capped",
+            prompt="p",
+            content_type="Blog Post Outline",
+            delay_seconds=delay,
+        )
+
+    first = await submit()
+    assert first.delay_seconds == 90.4
+    chosen = await submit(delay=5.0)  # the caller's delay wins over the setting
+    assert chosen.delay_seconds == 5.0
+    assert queue.calls[-1] == ("enqueue", (chosen.job.job_id, queue_message(chosen.job), 5000))
+    with pytest.raises(TooManyRequests) as info:
+        await submit()
+    assert info.value.code == "too_many_unfinished_jobs"
+    assert info.value.message == ("You have 2 unfinished jobs (at most 2); wait for some to finish")
+    assert info.value.headers == {"Retry-After": "90"}
+    assert await store.jobs.count_unfinished("u-capped") == 2
+    assert len(notes.jobs) == 2

@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from smartgen.config import Settings
-from smartgen.errors import Conflict, NotFound, QueueUnavailable
+from smartgen.errors import (
+    Conflict,
+    NotFound,
+    QueueUnavailable,
+    TooManyRequests,
+    ValidationFailed,
+)
 from smartgen.generation import control, service
 from smartgen.generation.service import queue_message
 from smartgen.kit.times import iso_ms, utcnow
@@ -238,3 +244,52 @@ async def test_a_missing_malformed_or_foreign_job_is_the_same_404(store: Store) 
         assert (info.value.code, info.value.message) == ("job_not_found", "Job not found")
     found = await service.get_job(store=store, user_id=job.user_id, job_id=job.job_id.upper())
     assert found == job  # the canonical spelling of the same UUID
+
+
+def test_a_prompt_may_be_exactly_as_long_as_allowed(settings: Settings) -> None:
+    s = settings.model_copy(update={"prompt_max_chars": 10})
+    service.check_prompt(s, "x" * 10)
+    with pytest.raises(ValidationFailed) as info:
+        service.check_prompt(s, "x" * 11)
+    assert info.value.message == "prompt: must be at most 10 characters (got 11)"
+    assert info.value.details == [{"field": "prompt", "message": "too long"}]
+
+
+async def test_the_estimate_without_timings_is_the_configured_processing_time(
+    store: Store, settings: Settings
+) -> None:
+    job = await add_job(store, due_ago=0)
+    s = settings.model_copy(update={"expected_processing_seconds": 42.0})
+    assert await service.estimate(s, None, job) == job.scheduled_for + timedelta(seconds=42)
+
+
+async def test_queueing_past_the_cap_says_how_many_and_when_to_come_back(
+    store: Store, settings: Settings
+) -> None:
+    s = settings.model_copy(update={"max_unfinished_jobs": 2, "generation_delay_seconds": 90.4})
+    queue, notes = ScriptedQueue(), Announcements()
+
+    async def submit(delay: float | None = None) -> Any:
+        return await service.queue_generation(
+            store=store,
+            queue=queue,  # type: ignore[arg-type]
+            notifier=notes,
+            settings=s,
+            user_id="u-capped",
+            prompt="p",
+            content_type="Blog Post Outline",
+            delay_seconds=delay,
+        )
+
+    first = await submit()
+    assert first.delay_seconds == 90.4
+    chosen = await submit(delay=5.0)  # the caller's delay wins over the setting
+    assert chosen.delay_seconds == 5.0
+    assert queue.calls[-1] == ("enqueue", (chosen.job.job_id, queue_message(chosen.job), 5000))
+    with pytest.raises(TooManyRequests) as info:
+        await submit()
+    assert info.value.code == "too_many_unfinished_jobs"
+    assert info.value.message == ("You have 2 unfinished jobs (at most 2); wait for some to finish")
+    assert info.value.headers == {"Retry-After": "90"}
+    assert await store.jobs.count_unfinished("u-capped") == 2
+    assert len(notes.jobs) == 2

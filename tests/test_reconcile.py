@@ -254,3 +254,18 @@ async def test_run_forever_runs_at_once_then_every_interval_and_survives_a_bad_r
         ("INFO", "reconciler: checked 1, queued again 1, failed 0"),
     ]
     assert caplog.records[1].exc_info is not None  # the traceback goes to the log
+
+
+async def test_one_round_decides_for_every_job_in_turn(store: Store, settings: Settings) -> None:
+    """A live entry does not end the round; every decision is counted."""
+    queue, notes = QueueStates(), Announcements()
+    live = await add_job(store, due_ago=400)
+    lost = await add_job(store, due_ago=300)
+    failed = [await add_job(store, due_ago=200), await add_job(store, due_ago=100)]
+    queue.states[live.job_id] = "active"
+    for job in failed:
+        queue.states[job.job_id] = "failed"
+    report = await reconciler(store, settings, queue, notes).run_once()
+    assert (report.checked, report.requeued, report.failed) == (4, 1, 2)
+    assert [e[0] for e in queue.enqueued] == [lost.job_id]
+    assert {j.job_id for j in notes.jobs} == {j.job_id for j in failed}

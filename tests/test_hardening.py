@@ -404,6 +404,24 @@ def test_redaction_patterns() -> None:
     assert redact("?" + "k" * 100_000 + "=v") == "?" + "k" * 100_000 + "=v"  # linear
 
 
+def test_tracebacks_are_redacted_in_text_and_json_lines() -> None:
+    import logging
+
+    from smartgen.kit.logcontext import JsonFormatter, TextFormatter
+
+    jwt_text = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJl"
+    try:
+        raise ValueError(f"could not open http://h/x?token={jwt_text} (Bearer {jwt_text})")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    for formatter in (TextFormatter("%(message)s"), JsonFormatter()):
+        line = formatter.format(logging.makeLogRecord(record.__dict__))
+        assert "ValueError" in line and "[REDACTED]" in line
+        assert jwt_text not in line and "c2lnbmF0dXJl" not in line, line
+
+
 # --- 9. HEAD wherever GET ----------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from smartgen.kit import jsoncodec
+from smartgen.kit.redaction import redact
 from smartgen.kit.text import escape_controls
 
 request_id: ContextVar[str | None] = ContextVar("smartgen_request_id", default=None)
@@ -69,9 +70,9 @@ class JsonFormatter(logging.Formatter):
         }
         line.update(context_fields())
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:
-            line["exception"] = record.exc_text
+            line["exception"] = redact(record.exc_text)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return jsoncodec.dumps(line)
@@ -85,3 +86,7 @@ class TextFormatter(logging.Formatter):
         safe = logging.makeLogRecord(record.__dict__)
         safe.message = escape_controls(record.message)
         return super().formatMessage(safe)
+
+    def formatException(self, ei: Any) -> str:
+        # A traceback can quote a URL or a header with a credential in it.
+        return redact(super().formatException(ei))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
+from smartgen.api.ratelimit import Limit
 from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
 from smartgen.config import Settings
@@ -185,6 +186,16 @@ def client_address(request: Request) -> str:
 Rule = Callable[[Settings], tuple[int, float]]
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """One limit a route counts each request against: per authenticated user or per
+    client address."""
+
+    bucket: str
+    rule: Rule
+    per: Literal["user", "address"]
+
+
 def rate_limit(
     bucket: str,
     rule: Rule,
@@ -196,16 +207,32 @@ def rate_limit(
     """A route dependency counting one hit per request in `bucket`, per authenticated user
     or per client address; 429 with `Retry-After` over the limit. Without Redis the request
     passes (`fail_open`) or is refused with `unavailable`."""
+    return rate_limits(Counted(bucket, rule, per), fail_open=fail_open, unavailable=unavailable)
 
-    async def count(request: Request, key: str) -> None:
+
+def rate_limits(
+    *counted: Counted, fail_open: bool, unavailable: ServiceUnavailable | None = None
+) -> Any:
+    """One dependency for several limits of a route, checked in order as several
+    `rate_limit` dependencies would be (the first over its limit answers 429 and the
+    later ones are not counted), in one Redis round trip and one dependency instead of
+    one each: a measured shortcut on the busiest route (bench/HISTORY.md, issue 19)."""
+
+    async def count(request: Request, user_id: str | None) -> None:
         found = services(request)
-        limit, window = rule(found.settings)
-        await found.limiter.hit(
-            bucket, key, limit=limit, window_seconds=window, fail_open=fail_open,
-            unavailable=unavailable,
-        )  # fmt: skip
+        address: str | None = None
+        limits = []
+        for one in counted:
+            limit, window = one.rule(found.settings)
+            if one.per == "user":
+                key = user_id or ""
+            else:
+                address = address or client_address(request)
+                key = address
+            limits.append(Limit(one.bucket, key, limit, window))
+        await found.limiter.hit_all(limits, fail_open=fail_open, unavailable=unavailable)
 
-    if per == "user":
+    if any(one.per == "user" for one in counted):
 
         async def per_user(request: Request, user: CurrentUser) -> None:
             await count(request, user.user_id)
@@ -213,6 +240,6 @@ def rate_limit(
         return Depends(per_user)
 
     async def per_address(request: Request) -> None:
-        await count(request, client_address(request))
+        await count(request, None)
 
     return Depends(per_address)

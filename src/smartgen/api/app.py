@@ -18,6 +18,7 @@ from smartgen.api.docs import install_docs
 from smartgen.api.edge import HttpEdge
 from smartgen.api.handlers import install_error_handlers
 from smartgen.api.health import router as health_router
+from smartgen.api.idempotency import Idempotency
 from smartgen.api.login_attempts import RedisLoginAttempts
 from smartgen.api.metrics import open_scrape
 from smartgen.api.metrics import router as metrics_router
@@ -131,6 +132,7 @@ def create_app(
                 addresses=ClientAddresses(settings.trusted_proxies),
                 prices=ModelPrices(settings),
                 budgets=RedisBudgets(redis, namespace),
+                idempotency=Idempotency(redis, namespace, settings.idempotency_ttl_seconds),
             )
             if on_started is not None:
                 on_started()

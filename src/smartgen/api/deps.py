@@ -7,7 +7,7 @@ hop per dependency per request for work that never blocks."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, Request
@@ -36,6 +36,7 @@ from smartgen.store.base import Store
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from smartgen.api.idempotency import Idempotency
     from smartgen.api.ratelimit import RateLimiter
     from smartgen.realtime.log import EventLog
     from smartgen.realtime.sessions import SessionGuard
@@ -63,6 +64,38 @@ class Services:
     addresses: ClientAddresses
     prices: Prices
     budgets: Budgets
+    idempotency: Idempotency
+    queueing: Queueing = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queueing = Queueing(
+            settings=self.settings,
+            store=self.store,
+            queue=self.queue,
+            notifier=self.notifier,
+            timings=self.timings,
+            prices=self.prices,
+            budgets=self.budgets,
+            idempotency=self.idempotency,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Queueing:
+    """The clients queueing a job uses (POST /generate-content, retry, variations), as one
+    dependency built once per process: a shortcut kept here because it is measured. FastAPI
+    solves each dependency of each request on its own, about 10 µs of CPU per trivial
+    getter on the bench machine; eight of them were a tenth of a POST's CPU
+    (bench/HISTORY.md, issue 19). Its fields name what the routes use."""
+
+    settings: Settings
+    store: Store
+    queue: JobQueue
+    notifier: Notifier
+    timings: Timings
+    prices: Prices
+    budgets: Budgets
+    idempotency: Idempotency
 
 
 def services(request: Request) -> Services:
@@ -130,6 +163,10 @@ async def get_hashing(request: Request) -> HashingSlots:
     return services(request).hashing
 
 
+async def get_queueing(request: Request) -> Queueing:
+    return services(request).queueing
+
+
 async def get_address(request: Request) -> str:
     return client_address(request)
 
@@ -171,6 +208,7 @@ HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
 AddressDep = Annotated[str, Depends(get_address)]
 PricesDep = Annotated[Prices, Depends(get_prices)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
+QueueingDep = Annotated[Queueing, Depends(get_queueing)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]
 
 

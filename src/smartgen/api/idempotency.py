@@ -129,12 +129,7 @@ class Idempotency:
 
 
 async def get_idempotency(request: Request) -> Idempotency:
-    found = services(request)
-    return Idempotency(
-        found.redis,
-        f"{found.settings.queue_prefix}:smartgen",
-        found.settings.idempotency_ttl_seconds,
-    )
+    return services(request).idempotency
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

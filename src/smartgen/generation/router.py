@@ -13,14 +13,13 @@ from smartgen.api.deps import (
     CurrentUser,
     LiveTextDep,
     NotifierDep,
-    PricesDep,
     QueueDep,
+    QueueingDep,
     SettingsDep,
     StoreDep,
-    TimingsDep,
     rate_limits,
 )
-from smartgen.api.idempotency import IdempotencyDep, KeyHeader, fingerprint
+from smartgen.api.idempotency import KeyHeader, fingerprint
 from smartgen.errors import QueueUnavailable, ValidationFailed, error_responses
 from smartgen.generation import control, service
 from smartgen.generation.schemas import (
@@ -68,18 +67,12 @@ async def queue_generation(
     body: GenerationRequest,
     request: Request,
     user: CurrentUser,
-    store: StoreDep,
-    queue: QueueDep,
-    notifier: NotifierDep,
-    settings: SettingsDep,
-    timings: TimingsDep,
-    prices: PricesDep,
-    budgets: BudgetsDep,
-    idempotency: IdempotencyDep,
+    clients: QueueingDep,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue a content generation, steered by the optional options; it runs after
     GENERATION_DELAY_SECONDS (or `delaySeconds`)."""
+    settings, store = clients.settings, clients.store
     if body.delaySeconds is not None and body.delaySeconds > settings.max_delay_seconds:
         raise ValidationFailed(
             f"delaySeconds: must be at most {settings.max_delay_seconds:g}",
@@ -91,22 +84,22 @@ async def queue_generation(
             store=store, settings=settings, user_id=user.user_id, options=body.options()
         )
         queued = await service.queue_generation(
-            store=store,
-            queue=queue,
-            notifier=notifier,
-            settings=settings,
+            store=clients.store,
+            queue=clients.queue,
+            notifier=clients.notifier,
+            settings=clients.settings,
             user_id=user.user_id,
             prompt=body.prompt,
             content_type=body.contentType,
             delay_seconds=body.delaySeconds,
-            timings=timings,
+            timings=clients.timings,
             options=options,
-            prices=prices,
-            budgets=budgets,
+            prices=clients.prices,
+            budgets=clients.budgets,
         )
         return queued_response(queued)
 
-    return await idempotency.run(
+    return await clients.idempotency.run(
         user_id=user.user_id,
         key=idempotency_key,
         path=request.url.path,
@@ -140,7 +133,13 @@ async def get_job(jobId: str, user: CurrentUser, store: StoreDep, live: LiveText
     """One of the caller's jobs: status, the text so far while processing, the content
     once completed."""
     job = await service.get_job(store=store, user_id=user.user_id, job_id=jobId)
-    variations = await store.jobs.variation_ids(job.job_id, user.user_id, limit=MAX_VARIATION_IDS)
+    # Only a completed job can have variations, and it stays completed: the others (what
+    # a polling client reads until the end) need no second query.
+    variations = (
+        await store.jobs.variation_ids(job.job_id, user.user_id, limit=MAX_VARIATION_IDS)
+        if job.status == JobStatus.completed
+        else []
+    )
     return job_out(
         job, partial=await control.live_text(live=live, job=job), variation_ids=variations
     )
@@ -224,14 +223,7 @@ async def retry_job(
     jobId: str,
     request: Request,
     user: CurrentUser,
-    store: StoreDep,
-    queue: QueueDep,
-    notifier: NotifierDep,
-    settings: SettingsDep,
-    timings: TimingsDep,
-    prices: PricesDep,
-    budgets: BudgetsDep,
-    idempotency: IdempotencyDep,
+    clients: QueueingDep,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue a failed or cancelled job again (same jobId, new scheduledFor, its earlier
@@ -239,19 +231,19 @@ async def retry_job(
 
     async def produce() -> QueuedResponse:
         queued = await control.retry_job(
-            store=store,
-            queue=queue,
-            notifier=notifier,
-            settings=settings,
+            store=clients.store,
+            queue=clients.queue,
+            notifier=clients.notifier,
+            settings=clients.settings,
             user_id=user.user_id,
             job_id=jobId,
-            timings=timings,
-            prices=prices,
-            budgets=budgets,
+            timings=clients.timings,
+            prices=clients.prices,
+            budgets=clients.budgets,
         )
         return queued_response(queued)
 
-    return await idempotency.run(
+    return await clients.idempotency.run(
         user_id=user.user_id,
         key=idempotency_key,
         path=request.url.path,
@@ -272,14 +264,7 @@ async def queue_variation(
     jobId: str,
     request: Request,
     user: CurrentUser,
-    store: StoreDep,
-    queue: QueueDep,
-    notifier: NotifierDep,
-    settings: SettingsDep,
-    timings: TimingsDep,
-    prices: PricesDep,
-    budgets: BudgetsDep,
-    idempotency: IdempotencyDep,
+    clients: QueueingDep,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue another take of a completed job: the same request and options, told to
@@ -287,19 +272,19 @@ async def queue_variation(
 
     async def produce() -> QueuedResponse:
         queued = await service.queue_variation(
-            store=store,
-            queue=queue,
-            notifier=notifier,
-            settings=settings,
+            store=clients.store,
+            queue=clients.queue,
+            notifier=clients.notifier,
+            settings=clients.settings,
             user_id=user.user_id,
             job_id=jobId,
-            timings=timings,
-            prices=prices,
-            budgets=budgets,
+            timings=clients.timings,
+            prices=clients.prices,
+            budgets=clients.budgets,
         )
         return queued_response(queued)
 
-    return await idempotency.run(
+    return await clients.idempotency.run(
         user_id=user.user_id,
         key=idempotency_key,
         path=request.url.path,

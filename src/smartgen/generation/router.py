@@ -19,7 +19,7 @@ from smartgen.api.deps import (
     StoreDep,
     rate_limits,
 )
-from smartgen.api.idempotency import KeyHeader, fingerprint
+from smartgen.api.idempotency import KeyHeader
 from smartgen.errors import QueueUnavailable, ValidationFailed, error_responses
 from smartgen.generation import control, service
 from smartgen.generation.schemas import (
@@ -103,7 +103,7 @@ async def queue_generation(
         user_id=user.user_id,
         key=idempotency_key,
         path=request.url.path,
-        print_=fingerprint(body),
+        body=body,
         status_code=status.HTTP_202_ACCEPTED,
         produce=produce,
     )
@@ -247,7 +247,7 @@ async def retry_job(
         user_id=user.user_id,
         key=idempotency_key,
         path=request.url.path,
-        print_=fingerprint(None),
+        body=None,
         status_code=status.HTTP_202_ACCEPTED,
         produce=produce,
     )
@@ -288,7 +288,7 @@ async def queue_variation(
         user_id=user.user_id,
         key=idempotency_key,
         path=request.url.path,
-        print_=fingerprint(None),
+        body=None,
         status_code=status.HTTP_202_ACCEPTED,
         produce=produce,
     )

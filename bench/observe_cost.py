@@ -49,7 +49,7 @@ async def per_request(app: Any, n: int) -> float:
 
 
 class Nothing:
-    async def job_changed(self, job: Job) -> None:
+    async def job_changed(self, job: Job, **_: Any) -> None:
         return None
 
 

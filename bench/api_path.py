@@ -163,6 +163,7 @@ def child(args: argparse.Namespace) -> None:
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(work)],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # never the parent's pipe: it would outlive a dead child
     )  # fmt: skip
     try:
         for _ in range(200):
@@ -198,8 +199,12 @@ def main() -> int:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", "--requests", str(args.requests),
                  "--concurrency", str(args.concurrency)],
-                env=env, check=True, capture_output=True, text=True,
+                env=env, capture_output=True, text=True,
             )  # fmt: skip
+            if out.returncode != 0:  # one lost round is reported, not the whole run
+                tail = (out.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"round {r + 1} {src}: failed ({out.returncode}): {tail}", flush=True)
+                continue
             figures = json.loads(out.stdout.strip().splitlines()[-1])
             results[src].append(figures)
             load = os.getloadavg()[0]
@@ -209,6 +214,9 @@ def main() -> int:
                 flush=True,
             )
     for src, rounds in results.items():
+        if not rounds:
+            print(f"median {src}: no round completed")
+            continue
         post = statistics.median(x["post_us"] for x in rounds)
         get = statistics.median(x["get_us"] for x in rounds)
         print(f"median {src}: POST {post:.0f} us, GET {get:.0f} us CPU per request")

@@ -1,5 +1,5 @@
 """CPU cost of the operations layer per request and per job, in isolation: the outermost
-ASGI middleware (X-Request-ID, log context, HTTP metrics; `api/observe.py`) around a
+ASGI wrapper (X-Request-ID, log context, HTTP metrics, security headers; `api/edge.py`) around a
 do-nothing app, and the job metrics of one job's three announcements
 (`metrics/jobs.py`). Prints microseconds of CPU per call, best of `--repeat` runs.
 
@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from smartgen.api.observe import RequestContext
+from smartgen.api.edge import HttpEdge
 from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.models import Job, JobStatus
 
@@ -49,7 +49,7 @@ async def per_request(app: Any, n: int) -> float:
 
 
 class Nothing:
-    async def job_changed(self, job: Job) -> None:
+    async def job_changed(self, job: Job, **_: Any) -> None:
         return None
 
 
@@ -74,7 +74,7 @@ async def per_job(notifier: Any, n: int) -> float:
 async def main(n: int, repeat: int) -> None:
     rows = {
         "request, bare app": lambda: per_request(plain_app, n),
-        "request, with RequestContext": lambda: per_request(RequestContext(plain_app), n),
+        "request, with HttpEdge": lambda: per_request(HttpEdge(plain_app), n),
         "job (3 changes), bare notifier": lambda: per_job(Nothing(), n),
         "job (3 changes), MeteredNotifier": lambda: per_job(MeteredNotifier(Nothing()), n),
     }

@@ -162,6 +162,21 @@ def test_client_addresses_believe_only_trusted_proxies() -> None:
     assert proxied.key("127.0.0.1", ["[2001:db8:1::1]"]) == "2001:db8:1::/64"
     assert proxied.key("::ffff:10.0.0.1", ["198.51.100.7"]) == "198.51.100.7"
     assert proxied.key(None, ["198.51.100.7"]) == "unknown"
+    # Remembered keys (per peer, only where no header counts) give the same answers again,
+    # and a trusted peer's answer still follows each request's header.
+    for _ in range(2):
+        assert untrusted.key("203.0.113.9", ["1.2.3.4"]) == "203.0.113.9"
+        assert untrusted.key("2001:db8::7", []) == "2001:db8::/64"
+        assert proxied.key("192.0.2.1", ["198.51.100.7"]) == "192.0.2.1"
+        assert proxied.key("127.0.0.1", ["198.51.100.8"]) == "198.51.100.8"
+        assert proxied.key("127.0.0.1", ["198.51.100.9"]) == "198.51.100.9"
+        assert proxied.key("::ffff:10.0.0.1", ["198.51.100.7"]) == "198.51.100.7"
+    # A flood of distinct peers keeps the memory bounded.
+    from smartgen.kit.client_address import PEER_CACHE_SIZE
+
+    for i in range(PEER_CACHE_SIZE + 100):
+        untrusted.key(f"2001:db8:{i:x}::1", [])
+    assert len(untrusted._peer_keys) <= PEER_CACHE_SIZE
 
 
 def test_trusted_proxies_setting_is_checked() -> None:

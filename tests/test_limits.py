@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import redis.asyncio as aioredis
 
-from smartgen.api.ratelimit import RateLimiter
+from smartgen.api.ratelimit import Limit, RateLimiter
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable, TooManyRequests
 from tests.conftest import ApiServer, Process, RedisServer, free_port, register, wait_http
@@ -163,6 +163,54 @@ async def test_concurrent_hits_share_script_calls_and_count_as_one_by_one(
         )
         assert 0 < await client.pttl(f"t{unique}:rl:a:x") <= 2000
         assert 2000 < await client.pttl(f"t{unique}:rl:b:x") <= 60_000
+    finally:
+        await client.delete(*[k async for k in client.scan_iter(f"t{unique}:rl:*")])
+        await client.aclose()
+
+
+async def test_a_requests_limits_are_one_round_trip_and_stop_at_the_first_refusal(
+    redis_server: RedisServer, unique: str
+) -> None:
+    """`hit_all` counts a request's limits in order in one script call, as separate hits
+    one after another would: the first over its limit refuses, and the later ones are not
+    counted (a user over their own limit does not use up their address's)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    limiter = RateLimiter(client, prefix=f"t{unique}:rl")
+
+    def limits(user: str) -> list[Limit]:
+        return [Limit("u", user, 2, 30), Limit("ip", "addr", 3, 30)]
+
+    async def attempt(user: str) -> str:
+        try:
+            await limiter.hit_all(limits(user), fail_open=False)
+        except TooManyRequests as exc:
+            return exc.message
+        return "ok"
+
+    try:
+        flushes = limiter.hits.flushes
+        assert await attempt("alice") == "ok"
+        assert limiter.hits.flushes == flushes + 1  # both limits, one script call
+        assert await attempt("alice") == "ok"
+        refused = await attempt("alice")  # alice's third: her own limit refuses
+        assert "at most 2 per 30 s" in refused
+        counts = [await client.get(f"t{unique}:rl:{k}") for k in ("u:alice", "ip:addr")]
+        assert counts == [b"3", b"2"]  # the address was not counted for the refusal
+        assert await attempt("bob") == "ok"  # the address's third
+        assert "at most 3 per 30 s" in await attempt("carol")  # the address's fourth
+        assert await client.get(f"t{unique}:rl:u:carol") == b"1"
+        # Concurrent requests' groups share script calls, each group stopping on its own.
+        results = await asyncio.gather(*(attempt(f"d{i % 2}") for i in range(12)))
+        # Each user's first two pass their own limit and meet the address's; the rest
+        # meet their own and leave the address alone.
+        assert sum("at most 3 per 30 s" in r for r in results) == 4
+        assert sum("at most 2 per 30 s" in r for r in results) == 8
+        assert int(await client.get(f"t{unique}:rl:ip:addr")) == 4 + 4
+        # A limit of 0 is off: nothing counted, no round trip.
+        flushes = limiter.hits.flushes
+        await limiter.hit_all([Limit("off", "x", 0, 30)], fail_open=False)
+        assert limiter.hits.flushes == flushes
+        assert await client.get(f"t{unique}:rl:off:x") is None
     finally:
         await client.delete(*[k async for k in client.scan_iter(f"t{unique}:rl:*")])
         await client.aclose()

@@ -15,13 +15,14 @@ from smartgen import __version__
 from smartgen.api.account import router as account_router
 from smartgen.api.deps import Services
 from smartgen.api.docs import install_docs
+from smartgen.api.edge import HttpEdge
 from smartgen.api.handlers import install_error_handlers
 from smartgen.api.health import router as health_router
+from smartgen.api.idempotency import Idempotency
 from smartgen.api.login_attempts import RedisLoginAttempts
 from smartgen.api.metrics import open_scrape
 from smartgen.api.metrics import router as metrics_router
-from smartgen.api.middleware import CleanErrors, HeadAsGet, RequestLimits, SecurityHeaders
-from smartgen.api.observe import RequestContext
+from smartgen.api.middleware import RequestLimits
 from smartgen.api.ratelimit import RateLimiter
 from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.router import router as auth_router
@@ -110,9 +111,7 @@ def create_app(
                 await store.init()
             limiter = RateLimiter(redis, prefix=f"{namespace}:rl")
             quota = SocketQuota(redis, prefix=namespace, cap=settings.socketio_max_sockets_per_user)
-            realtime.attach(
-                store=store, log=log, quota=quota, limiter=limiter, sessions=sessions
-            )
+            realtime.attach(store=store, log=log, quota=quota, limiter=limiter, sessions=sessions)
             sessions.on_revoked(lambda user_id, *_: realtime.manager.local.wake(user_id))
             sessions.start()
             app.state.services = Services(
@@ -133,6 +132,7 @@ def create_app(
                 addresses=ClientAddresses(settings.trusted_proxies),
                 prices=ModelPrices(settings),
                 budgets=RedisBudgets(redis, namespace),
+                idempotency=Idempotency(redis, namespace, settings.idempotency_ttl_seconds),
             )
             if on_started is not None:
                 on_started()
@@ -197,16 +197,12 @@ def create_app(
     _document_prompt_limit(app, settings)
     install_docs(app)
 
-    asgi: Asgi = RequestContext(
-        SecurityHeaders(
-            CleanErrors(
-                socketio.ASGIApp(
-                    realtime.sio,
-                    other_asgi_app=RequestLimits(
-                        HeadAsGet(app), max_body_bytes=settings.max_body_bytes
-                    ),
-                )
-            )
+    # Two wrappers: `HttpEdge` around everything (request id, metrics, security headers,
+    # the last stop for errors), `RequestLimits` in front of the routes (bodies, HEAD).
+    asgi: Asgi = HttpEdge(
+        socketio.ASGIApp(
+            realtime.sio,
+            other_asgi_app=RequestLimits(app, max_body_bytes=settings.max_body_bytes),
         )
     )
     if wrap is not None:

@@ -63,13 +63,15 @@ class Idempotency:
         user_id: str,
         key: str | None,
         path: str,
-        print_: str,
+        body: BaseModel | None,
         status_code: int,
         produce: Callable[[], Awaitable[BaseModel]],
     ) -> BaseModel | JSONResponse:
-        """`produce()` once per key; its answer, or the first answer replayed."""
+        """`produce()` once per key; its answer, or the first answer replayed. The body's
+        fingerprint is taken only when there is a key (most requests have none)."""
         if key is None:
             return await produce()
+        print_ = fingerprint(body)
         redis_key = self._key(user_id, key, path)
         claim = jsoncodec.dumps({"state": IN_FLIGHT, "fp": print_})
         try:
@@ -129,12 +131,7 @@ class Idempotency:
 
 
 async def get_idempotency(request: Request) -> Idempotency:
-    found = services(request)
-    return Idempotency(
-        found.redis,
-        f"{found.settings.queue_prefix}:smartgen",
-        found.settings.idempotency_ttl_seconds,
-    )
+    return services(request).idempotency
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

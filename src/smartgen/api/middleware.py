@@ -1,6 +1,6 @@
-"""ASGI middleware of the API: body size and JSON content type, checked before any route;
-unexpected errors end as a clean 500 without a traceback; HEAD served wherever GET is;
-security headers on every answer."""
+"""ASGI middleware in front of the API's routes (inside Socket.IO's dispatch): body size and
+JSON content type, checked before any route; HEAD served wherever GET is. The headers and
+errors of every answer are `api.edge`'s."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import contextlib
 import json
 from typing import Any
 
-from smartgen.api.handlers import log_unexpected
 from smartgen.kit import logcontext
 
 
-def _error(status: int, code: str, message: str) -> tuple[dict[str, Any], bytes]:
+def error_start(status: int, code: str, message: str) -> tuple[dict[str, Any], bytes]:
     fields = {"error": code, "message": message}
     request_id = logcontext.request_id.get()
     if request_id:
@@ -32,15 +31,21 @@ def _error(status: int, code: str, message: str) -> tuple[dict[str, Any], bytes]
 
 class RequestLimits:
     """413 for bodies over `max_body_bytes` (declared or streamed), 415 for a body that is
-    not declared JSON on POST/PUT/PATCH."""
+    not declared JSON on POST/PUT/PATCH; HEAD goes through `HeadAsGet` (one middleware in
+    front of the routes instead of two, for the requests that are neither)."""
 
     def __init__(self, app: Any, *, max_body_bytes: int) -> None:
         self.app = app
+        self.head = HeadAsGet(app)
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        if method not in ("POST", "PUT", "PATCH"):
+            await (self.head if method == "HEAD" else self.app)(scope, receive, send)
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         length_text = headers.get(b"content-length", b"").decode("latin-1").strip()
@@ -92,7 +97,7 @@ class RequestLimits:
 
     @staticmethod
     async def _reject(send: Any, status: int, code: str, message: str) -> None:
-        start, body = _error(status, code, message)
+        start, body = error_start(status, code, message)
         await send(start)
         await send({"type": "http.response.body", "body": body})
 
@@ -102,38 +107,6 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
-
-
-class CleanErrors:
-    """The last stop for an exception: Starlette answers an unexpected error with the app's
-    500 handler and then raises it again for the server to log (a traceback per request).
-    Here it ends: already answered and logged, it is dropped; raised before any answer
-    (from a middleware), it is answered 500 and logged in one line."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watch(message: dict[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        except Exception as exc:
-            if started:
-                return  # the app's handler answered 500 and logged it
-            log_unexpected(scope.get("method", "?"), scope.get("path", "?"), exc)
-            start, body = _error(500, "internal_error", "Internal server error")
-            await send(start)
-            await send({"type": "http.response.body", "body": body})
 
 
 class HeadAsGet:
@@ -173,46 +146,3 @@ class HeadAsGet:
                     await serving
         if not serving.cancelled():
             serving.result()  # an error is raised as GET would raise it
-
-
-# On every answer; the framing rule only matters for HTML (the docs pages).
-SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-]
-FRAME_ANCESTORS = (b"content-security-policy", b"frame-ancestors 'none'")
-NO_STORE = (b"cache-control", b"no-store")
-
-
-class SecurityHeaders:
-    """`X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`, no framing (and
-    `frame-ancestors 'none'` on HTML without a policy of its own), and `Cache-Control:
-    no-store` on answers to authenticated requests that set no caching rule themselves:
-    a shared cache never keeps one user's data."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        authenticated = any(name == b"authorization" for name, _ in scope["headers"]) or (
-            b"token=" in scope.get("query_string", b"")
-        )
-
-        async def with_headers(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                names = {name.lower() for name, _ in headers}
-                headers += [h for h in SECURITY_HEADERS if h[0] not in names]
-                content_type = next((v for n, v in headers if n.lower() == b"content-type"), b"")
-                if content_type.startswith(b"text/html") and FRAME_ANCESTORS[0] not in names:
-                    headers.append(FRAME_ANCESTORS)
-                if authenticated and b"cache-control" not in names:
-                    headers.append(NO_STORE)
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, with_headers)

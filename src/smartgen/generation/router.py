@@ -9,17 +9,17 @@ from fastapi import APIRouter, Query, Request, status
 
 from smartgen.api.deps import (
     BudgetsDep,
+    Counted,
     CurrentUser,
     LiveTextDep,
     NotifierDep,
-    PricesDep,
     QueueDep,
+    QueueingDep,
     SettingsDep,
     StoreDep,
-    TimingsDep,
-    rate_limit,
+    rate_limits,
 )
-from smartgen.api.idempotency import IdempotencyDep, KeyHeader, fingerprint
+from smartgen.api.idempotency import KeyHeader
 from smartgen.errors import QueueUnavailable, ValidationFailed, error_responses
 from smartgen.generation import control, service
 from smartgen.generation.schemas import (
@@ -40,29 +40,26 @@ router = APIRouter(
 # Variations listed with a job, at most.
 MAX_VARIATION_IDS = 100
 
-# Without Redis the job could not be queued anyway: the limiter fails closed, and says so.
-generate_limit = rate_limit(
-    "generate",
-    lambda s: (s.generate_rate_limit, s.generate_rate_window_seconds),
-    per="user",
-    fail_open=False,
-    unavailable=QueueUnavailable(),
+PER_USER = Counted(
+    "generate", lambda s: (s.generate_rate_limit, s.generate_rate_window_seconds), "user"
 )
 # Per client address, all its users together: accounts are cheap, addresses less so.
-generate_ip_limit = rate_limit(
-    "generate-ip",
-    lambda s: (s.generate_ip_rate_limit, s.generate_rate_window_seconds),
-    per="address",
-    fail_open=False,
-    unavailable=QueueUnavailable(),
+PER_ADDRESS = Counted(
+    "generate-ip", lambda s: (s.generate_ip_rate_limit, s.generate_rate_window_seconds), "address"
 )
+# Without Redis the job could not be queued anyway: the limiter fails closed, and says so.
+# Both limits in one dependency and one round trip, the user's counted first.
+generate_limits = rate_limits(
+    PER_USER, PER_ADDRESS, fail_open=False, unavailable=QueueUnavailable()
+)
+generate_limit = rate_limits(PER_USER, fail_open=False, unavailable=QueueUnavailable())
 REPLAYED = {"description": "Replayed: the first answer to this Idempotency-Key"}
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[generate_limit, generate_ip_limit],
+    dependencies=[generate_limits],
     response_model=QueuedResponse,
     responses={200: REPLAYED, **error_responses(402, 404, 409)},
 )
@@ -70,18 +67,12 @@ async def queue_generation(
     body: GenerationRequest,
     request: Request,
     user: CurrentUser,
-    store: StoreDep,
-    queue: QueueDep,
-    notifier: NotifierDep,
-    settings: SettingsDep,
-    timings: TimingsDep,
-    prices: PricesDep,
-    budgets: BudgetsDep,
-    idempotency: IdempotencyDep,
+    clients: QueueingDep,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue a content generation, steered by the optional options; it runs after
     GENERATION_DELAY_SECONDS (or `delaySeconds`)."""
+    settings, store = clients.settings, clients.store
     if body.delaySeconds is not None and body.delaySeconds > settings.max_delay_seconds:
         raise ValidationFailed(
             f"delaySeconds: must be at most {settings.max_delay_seconds:g}",
@@ -93,26 +84,26 @@ async def queue_generation(
             store=store, settings=settings, user_id=user.user_id, options=body.options()
         )
         queued = await service.queue_generation(
-            store=store,
-            queue=queue,
-            notifier=notifier,
-            settings=settings,
+            store=clients.store,
+            queue=clients.queue,
+            notifier=clients.notifier,
+            settings=clients.settings,
             user_id=user.user_id,
             prompt=body.prompt,
             content_type=body.contentType,
             delay_seconds=body.delaySeconds,
-            timings=timings,
+            timings=clients.timings,
             options=options,
-            prices=prices,
-            budgets=budgets,
+            prices=clients.prices,
+            budgets=clients.budgets,
         )
         return queued_response(queued)
 
-    return await idempotency.run(
+    return await clients.idempotency.run(
         user_id=user.user_id,
         key=idempotency_key,
         path=request.url.path,
-        print_=fingerprint(body),
+        body=body,
         status_code=status.HTTP_202_ACCEPTED,
         produce=produce,
     )
@@ -142,7 +133,13 @@ async def get_job(jobId: str, user: CurrentUser, store: StoreDep, live: LiveText
     """One of the caller's jobs: status, the text so far while processing, the content
     once completed."""
     job = await service.get_job(store=store, user_id=user.user_id, job_id=jobId)
-    variations = await store.jobs.variation_ids(job.job_id, user.user_id, limit=MAX_VARIATION_IDS)
+    # Only a completed job can have variations, and it stays completed: the others (what
+    # a polling client reads until the end) need no second query.
+    variations = (
+        await store.jobs.variation_ids(job.job_id, user.user_id, limit=MAX_VARIATION_IDS)
+        if job.status == JobStatus.completed
+        else []
+    )
     return job_out(
         job, partial=await control.live_text(live=live, job=job), variation_ids=variations
     )
@@ -218,7 +215,7 @@ async def run_now(
 @router.post(
     "/{jobId}/retry",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[generate_limit, generate_ip_limit],
+    dependencies=[generate_limits],
     response_model=QueuedResponse,
     responses={200: REPLAYED, **error_responses(402, 404, 409)},
 )
@@ -226,14 +223,7 @@ async def retry_job(
     jobId: str,
     request: Request,
     user: CurrentUser,
-    store: StoreDep,
-    queue: QueueDep,
-    notifier: NotifierDep,
-    settings: SettingsDep,
-    timings: TimingsDep,
-    prices: PricesDep,
-    budgets: BudgetsDep,
-    idempotency: IdempotencyDep,
+    clients: QueueingDep,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue a failed or cancelled job again (same jobId, new scheduledFor, its earlier
@@ -241,23 +231,23 @@ async def retry_job(
 
     async def produce() -> QueuedResponse:
         queued = await control.retry_job(
-            store=store,
-            queue=queue,
-            notifier=notifier,
-            settings=settings,
+            store=clients.store,
+            queue=clients.queue,
+            notifier=clients.notifier,
+            settings=clients.settings,
             user_id=user.user_id,
             job_id=jobId,
-            timings=timings,
-            prices=prices,
-            budgets=budgets,
+            timings=clients.timings,
+            prices=clients.prices,
+            budgets=clients.budgets,
         )
         return queued_response(queued)
 
-    return await idempotency.run(
+    return await clients.idempotency.run(
         user_id=user.user_id,
         key=idempotency_key,
         path=request.url.path,
-        print_=fingerprint(None),
+        body=None,
         status_code=status.HTTP_202_ACCEPTED,
         produce=produce,
     )
@@ -274,14 +264,7 @@ async def queue_variation(
     jobId: str,
     request: Request,
     user: CurrentUser,
-    store: StoreDep,
-    queue: QueueDep,
-    notifier: NotifierDep,
-    settings: SettingsDep,
-    timings: TimingsDep,
-    prices: PricesDep,
-    budgets: BudgetsDep,
-    idempotency: IdempotencyDep,
+    clients: QueueingDep,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue another take of a completed job: the same request and options, told to
@@ -289,23 +272,23 @@ async def queue_variation(
 
     async def produce() -> QueuedResponse:
         queued = await service.queue_variation(
-            store=store,
-            queue=queue,
-            notifier=notifier,
-            settings=settings,
+            store=clients.store,
+            queue=clients.queue,
+            notifier=clients.notifier,
+            settings=clients.settings,
             user_id=user.user_id,
             job_id=jobId,
-            timings=timings,
-            prices=prices,
-            budgets=budgets,
+            timings=clients.timings,
+            prices=clients.prices,
+            budgets=clients.budgets,
         )
         return queued_response(queued)
 
-    return await idempotency.run(
+    return await clients.idempotency.run(
         user_id=user.user_id,
         key=idempotency_key,
         path=request.url.path,
-        print_=fingerprint(None),
+        body=None,
         status_code=status.HTTP_202_ACCEPTED,
         produce=produce,
     )

@@ -19,6 +19,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_HEADER_CHARS = 2048
 MAX_HOPS = 16
 UNKNOWN = "unknown"
+# Keys of peers whose key does not depend on a header (no trusted proxy between them and
+# us), remembered per process: a peer sends many requests, and parsing its address (an
+# IPv6 one above all) costs more than the rest of the lookup.
+PEER_CACHE_SIZE = 4096
 
 
 def parse_address(text: str) -> Address | None:
@@ -49,6 +53,7 @@ class ClientAddresses:
         self._trusted: tuple[Network, ...] = tuple(
             ipaddress.ip_network(item, strict=False) for item in trusted
         )
+        self._peer_keys: dict[str, str] = {}
 
     def _is_trusted(self, address: Address) -> bool:
         return any(address in network for network in self._trusted)
@@ -71,5 +76,18 @@ class ClientAddresses:
 
     def key(self, peer: str | None, forwarded_for: list[str]) -> str:
         """The rate-limit key of the client: its address (its /64 for IPv6)."""
-        address = self.client(peer, forwarded_for)
-        return address_key(address) if address is not None else UNKNOWN
+        if peer is None:
+            return UNKNOWN
+        known = self._peer_keys.get(peer)
+        if known is not None:
+            return known
+        current = parse_address(peer)
+        if current is not None and self._trusted and self._is_trusted(current):
+            address = self.client(peer, forwarded_for)  # from the header: not remembered
+            return address_key(address) if address is not None else UNKNOWN
+        key = address_key(current) if current is not None else UNKNOWN
+        if len(self._peer_keys) >= PEER_CACHE_SIZE:
+            # The oldest entry goes first (dicts keep insertion order).
+            self._peer_keys.pop(next(iter(self._peer_keys)))
+        self._peer_keys[peer] = key
+        return key

@@ -19,24 +19,38 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return max(0.0, (end - start).total_seconds())
 
 
+# Labelled children looked up once per label set, not through prometheus_client's locked
+# `labels()` on every announcement; the label values come from closed sets (content types,
+# statuses), so this stays small.
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def record_job_change(job: Job) -> None:
     """Count one announced state change of `job`."""
     content_type = job.content_type
     status = job.status
     if status == JobStatus.processing:
         if job.attempts > 1:
-            catalog.JOB_RETRIES.labels(content_type).inc()
+            _child(catalog.JOB_RETRIES, content_type).inc()
         else:
             waited = _seconds(job.scheduled_for, job.started_at)
             if waited is not None:
-                catalog.QUEUE_WAIT.labels(content_type).observe(waited)
+                _child(catalog.QUEUE_WAIT, content_type).observe(waited)
         return
-    catalog.JOBS.labels(content_type, status.value).inc()
+    _child(catalog.JOBS, content_type, status.value).inc()
     if status.is_final:
         ended = job.completed_at if status == JobStatus.completed else job.failed_at
         took = _seconds(job.started_at, ended or job.updated_at)
         if took is not None:
-            catalog.PROCESSING.labels(content_type, status.value).observe(took)
+            _child(catalog.PROCESSING, content_type, status.value).observe(took)
 
 
 class MeteredNotifier:

@@ -1,0 +1,227 @@
+"""CPU per request through the API's whole ASGI stack, in-process: the real app
+(`create_app`, its middleware, dependencies, rate limits, store, queue and event log) on a
+private redis-server and a SQLite file, called directly, without sockets or a load
+generator. The figure a change to the request path moves, steadier than the suite's on a
+busy shared machine: each round runs before and after one after the other, and the
+median of the rounds is printed.
+
+    .venv/bin/python bench/api_path.py --src /tmp/before/src --src src --rounds 5
+
+Default-on features stay on, their limits out of reach; no worker runs (jobs stay queued,
+as in the suite's ingest phase). CPU is the process's (its threads included: SQLite's
+statements run in a pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+USERS = 50
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Asgi:
+    """Calls an ASGI app as uvicorn would, one request at a time per call."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def call(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        raw = json.dumps(body).encode() if body is not None else b""
+        headers = [(b"host", b"127.0.0.1"), (b"user-agent", b"bench")]
+        if body is not None:
+            headers += [(b"content-type", b"application/json")]
+            headers += [(b"content-length", str(len(raw)).encode())]
+        if token:
+            headers.append((b"authorization", b"Bearer " + token.encode()))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            await asyncio.Event().wait()  # the client stays connected
+            return {"type": "http.disconnect"}
+
+        status = 0
+        chunks: list[bytes] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, send)
+        data = b"".join(chunks)
+        return status, json.loads(data) if data else None
+
+
+async def measure(port: int, work: Path, requests: int, concurrency: int) -> dict[str, float]:
+    from smartgen.api.app import create_app
+    from smartgen.config import load_settings
+
+    settings = load_settings(
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        database_url=f"sqlite:///{work / 'smartgen.db'}",
+        jwt_secret="bench-" + "x" * 40,
+        # As the suite's API: a model server named (never called here), no delay.
+        llm_provider="openai",
+        base_url="http://127.0.0.1:9/v1",
+        openrouter_model="bench/fake-model",
+        generation_delay_seconds=0,
+        generate_rate_limit=10**9,
+        generate_ip_rate_limit=10**9,
+        register_ip_rate_limit=0,
+        max_unfinished_jobs=10**6,
+    )
+    api = create_app(settings)
+    http = api.http
+    async with http.router.lifespan_context(http):
+        client = Asgi(api)
+        tokens = []
+        for i in range(USERS):
+            status, data = await client.call(
+                "POST",
+                "/auth/register",
+                {"email": f"u{i}@example.com", "password": "benchmark password"},
+            )
+            assert status == 201, (status, data)
+            tokens.append(data["token"])
+        body = {"prompt": "A short post about tea", "contentType": "Blog Post Outline"}
+        jobs: list[tuple[str, str]] = []  # (job id, its owner's token)
+
+        async def post(i: int) -> None:
+            status, data = await client.call("POST", "/generate-content", body, tokens[i % USERS])
+            assert status == 202, (status, data)
+            jobs.append((data["jobId"], tokens[i % USERS]))
+
+        async def get(i: int) -> None:
+            job_id, token = jobs[i % len(jobs)]
+            status, data = await client.call("GET", f"/generate-content/{job_id}", None, token)
+            assert status == 200, (status, data)
+
+        async def run(kind: Any, n: int) -> float:
+            semaphore = asyncio.Semaphore(concurrency)
+
+            async def one(i: int) -> None:
+                async with semaphore:
+                    await kind(i)
+
+            started = time.process_time()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            return (time.process_time() - started) / n * 1e6
+
+        await run(post, 300)  # warm-up: caches, statements, connections
+        posts = await run(post, requests)
+        await run(get, 300)
+        gets = await run(get, requests)
+        await asyncio.sleep(0.2)  # the event publisher's last batch
+    return {"post_us": posts, "get_us": gets}
+
+
+def child(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="smartgen-api-path-"))
+    port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # never the parent's pipe: it would outlive a dead child
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        result = asyncio.run(measure(port, work, args.requests, args.concurrency))
+    finally:
+        redis.terminate()
+        redis.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", action="append", help="a src/ directory (repeatable)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return 0
+    sources = [os.path.abspath(s) for s in (args.src or ["src"])]
+    results: dict[str, list[dict[str, float]]] = {s: [] for s in sources}
+    for r in range(args.rounds):
+        for src in sources:
+            env = {**os.environ, "PYTHONPATH": src}
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", "--requests", str(args.requests),
+                 "--concurrency", str(args.concurrency)],
+                env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            if out.returncode != 0:  # one lost round is reported, not the whole run
+                tail = (out.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"round {r + 1} {src}: failed ({out.returncode}): {tail}", flush=True)
+                continue
+            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            results[src].append(figures)
+            load = os.getloadavg()[0]
+            print(
+                f"round {r + 1} {src}: POST {figures['post_us']:.0f} us, "
+                f"GET {figures['get_us']:.0f} us CPU per request (load {load:.1f})",
+                flush=True,
+            )
+    for src, rounds in results.items():
+        if not rounds:
+            print(f"median {src}: no round completed")
+            continue
+        post = statistics.median(x["post_us"] for x in rounds)
+        get = statistics.median(x["get_us"] for x in rounds)
+        print(f"median {src}: POST {post:.0f} us, GET {get:.0f} us CPU per request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

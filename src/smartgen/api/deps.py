@@ -131,14 +131,6 @@ async def get_live(request: Request) -> LiveText:
     return services(request).live
 
 
-async def get_timings(request: Request) -> Timings:
-    return services(request).timings
-
-
-async def get_prices(request: Request) -> Prices:
-    return services(request).prices
-
-
 async def get_budgets(request: Request) -> Budgets:
     return services(request).budgets
 
@@ -199,14 +191,12 @@ NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 TokensDep = Annotated[TokenCodec, Depends(get_tokens)]
 LimiterDep = Annotated[RateLimits, Depends(get_limiter)]
 LiveTextDep = Annotated[LiveText, Depends(get_live)]
-TimingsDep = Annotated[Timings, Depends(get_timings)]
 RedisDep = Annotated["Redis", Depends(get_redis)]
 SessionsDep = Annotated["SessionGuard", Depends(get_sessions)]
 HistoryDep = Annotated[EventHistory, Depends(get_history)]
 AttemptsDep = Annotated[LoginAttempts, Depends(get_attempts)]
 HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
 AddressDep = Annotated[str, Depends(get_address)]
-PricesDep = Annotated[Prices, Depends(get_prices)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 QueueingDep = Annotated[Queueing, Depends(get_queueing)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]

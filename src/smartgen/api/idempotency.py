@@ -16,12 +16,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import Depends, Header, Request
+from fastapi import Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from smartgen.api.deps import services
 from smartgen.errors import Conflict, ServiceUnavailable, ValidationFailed
 from smartgen.kit import jsoncodec
 
@@ -128,10 +127,3 @@ class Idempotency:
     async def _forget(self, redis_key: str) -> None:
         with contextlib.suppress(RedisError, OSError, TimeoutError):  # it expires anyway
             await self._client.delete(redis_key)
-
-
-async def get_idempotency(request: Request) -> Idempotency:
-    return services(request).idempotency
-
-
-IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
@@ -14,6 +15,7 @@ from smartgen.api.deps import (
     LiveTextDep,
     NotifierDep,
     QueueDep,
+    Queueing,
     QueueingDep,
     SettingsDep,
     StoreDep,
@@ -79,11 +81,11 @@ async def queue_generation(
             details=[{"field": "delaySeconds", "message": "too long"}],
         )
 
-    async def produce() -> QueuedResponse:
+    async def queue_it() -> service.QueuedJob:
         options = await service.resolve_options(
             store=store, settings=settings, user_id=user.user_id, options=body.options()
         )
-        queued = await service.queue_generation(
+        return await service.queue_generation(
             store=clients.store,
             queue=clients.queue,
             notifier=clients.notifier,
@@ -97,16 +99,8 @@ async def queue_generation(
             prices=clients.prices,
             budgets=clients.budgets,
         )
-        return queued_response(queued)
 
-    return await clients.idempotency.run(
-        user_id=user.user_id,
-        key=idempotency_key,
-        path=request.url.path,
-        body=body,
-        status_code=status.HTTP_202_ACCEPTED,
-        produce=produce,
-    )
+    return await _answer_queued(clients, user.user_id, request, idempotency_key, body, queue_it)
 
 
 @router.get("", response_model_exclude_none=True)
@@ -229,8 +223,8 @@ async def retry_job(
     """Queue a failed or cancelled job again (same jobId, new scheduledFor, its earlier
     run kept in `history`); 409 `job_not_retryable` otherwise."""
 
-    async def produce() -> QueuedResponse:
-        queued = await control.retry_job(
+    async def queue_it() -> service.QueuedJob:
+        return await control.retry_job(
             store=clients.store,
             queue=clients.queue,
             notifier=clients.notifier,
@@ -241,16 +235,8 @@ async def retry_job(
             prices=clients.prices,
             budgets=clients.budgets,
         )
-        return queued_response(queued)
 
-    return await clients.idempotency.run(
-        user_id=user.user_id,
-        key=idempotency_key,
-        path=request.url.path,
-        body=None,
-        status_code=status.HTTP_202_ACCEPTED,
-        produce=produce,
-    )
+    return await _answer_queued(clients, user.user_id, request, idempotency_key, None, queue_it)
 
 
 @router.post(
@@ -270,8 +256,8 @@ async def queue_variation(
     """Queue another take of a completed job: the same request and options, told to
     differ from the original (`parentJobId`); 409 `job_not_completed` otherwise."""
 
-    async def produce() -> QueuedResponse:
-        queued = await service.queue_variation(
+    async def queue_it() -> service.QueuedJob:
+        return await service.queue_variation(
             store=clients.store,
             queue=clients.queue,
             notifier=clients.notifier,
@@ -282,13 +268,29 @@ async def queue_variation(
             prices=clients.prices,
             budgets=clients.budgets,
         )
-        return queued_response(queued)
+
+    return await _answer_queued(clients, user.user_id, request, idempotency_key, None, queue_it)
+
+
+async def _answer_queued(
+    clients: Queueing,
+    user_id: str,
+    request: Request,
+    key: str | None,
+    body: Any,
+    queue_it: Callable[[], Awaitable[service.QueuedJob]],
+) -> Any:
+    """A 202 with the job `queue_it` queues; with an `Idempotency-Key`, the first answer
+    replayed for a repeat (`api.idempotency`)."""
+
+    async def produce() -> QueuedResponse:
+        return queued_response(await queue_it())
 
     return await clients.idempotency.run(
-        user_id=user.user_id,
-        key=idempotency_key,
+        user_id=user_id,
+        key=key,
         path=request.url.path,
-        body=None,
+        body=body,
         status_code=status.HTTP_202_ACCEPTED,
         produce=produce,
     )

@@ -6,7 +6,6 @@ where a test says it uses real `smartgen` processes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,29 +17,15 @@ import socketio
 
 from smartgen.config import Settings
 from smartgen.generation.prompts import system_message
-from smartgen.server.worker import run_worker
 from tests.conftest import ApiServer, all_stores, register, start_system, wait_for_status
 from tests.fakellm import FakeLLM, Reply
+from tests.test_worker import running_worker
 
 WAIT = 20.0  # bound for any wait; never a speed assertion
 
 
 def ts(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-@contextlib.asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(settings, stop=stop))
-    await asyncio.sleep(0.3)
-    if task.done():
-        task.result()
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def queue(

@@ -16,11 +16,13 @@ from fastapi.security import HTTPBearer
 from smartgen.api.ratelimit import Limit
 from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
+from smartgen.batches.runner import BatchRunner
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable
 from smartgen.kit import logcontext
 from smartgen.kit.client_address import ClientAddresses
 from smartgen.ports import (
+    BatchTurns,
     Budgets,
     EventHistory,
     JobQueue,
@@ -66,8 +68,12 @@ class Services:
     budgets: Budgets
     idempotency: Idempotency
     queueing: Queueing = field(init=False)
+    batches: BatchRunner = field(init=False)
 
     def __post_init__(self) -> None:
+        self.batches = BatchRunner(
+            store=self.store, queue=self.queue, notifier=self.notifier, settings=self.settings
+        )
         self.queueing = Queueing(
             settings=self.settings,
             store=self.store,
@@ -77,6 +83,7 @@ class Services:
             prices=self.prices,
             budgets=self.budgets,
             idempotency=self.idempotency,
+            turns=self.batches,
         )
 
 
@@ -96,6 +103,7 @@ class Queueing:
     prices: Prices
     budgets: Budgets
     idempotency: Idempotency
+    turns: BatchRunner
 
 
 def services(request: Request) -> Services:
@@ -155,6 +163,10 @@ async def get_hashing(request: Request) -> HashingSlots:
     return services(request).hashing
 
 
+async def get_turns(request: Request) -> BatchTurns:
+    return services(request).batches
+
+
 async def get_queueing(request: Request) -> Queueing:
     return services(request).queueing
 
@@ -199,6 +211,7 @@ HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
 AddressDep = Annotated[str, Depends(get_address)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 QueueingDep = Annotated[Queueing, Depends(get_queueing)]
+TurnsDep = Annotated[BatchTurns, Depends(get_turns)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]
 
 

@@ -19,6 +19,7 @@ from smartgen.api.deps import (
     QueueingDep,
     SettingsDep,
     StoreDep,
+    TurnsDep,
     rate_limits,
 )
 from smartgen.api.idempotency import KeyHeader
@@ -147,6 +148,7 @@ async def cancel_job(
     queue: QueueDep,
     notifier: NotifierDep,
     budgets: BudgetsDep,
+    turns: TurnsDep,
 ) -> JobOut:
     """Cancel a queued or running job (a running one's model call stops within about a
     second); 409 `job_final` when it already ended."""
@@ -157,6 +159,7 @@ async def cancel_job(
         user_id=user.user_id,
         job_id=jobId,
         budgets=budgets,
+        turns=turns,
     )
     return job_out(job)
 
@@ -234,6 +237,7 @@ async def retry_job(
             timings=clients.timings,
             prices=clients.prices,
             budgets=clients.budgets,
+            turns=clients.turns,
         )
 
     return await _answer_queued(clients, user.user_id, request, idempotency_key, None, queue_it)

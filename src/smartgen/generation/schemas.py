@@ -232,6 +232,14 @@ class JobOut(BaseModel):
     )
     parentJobId: str | None = Field(None, description="A variation's original")
     variationIds: list[str] | None = Field(None, description="Variations of this job")
+    batchId: str | None = Field(None, description="The batch this job is a row of")
+    batchRow: int | None = Field(None, description="Its row in the batch's input (1: first)")
+    batchWaiting: bool | None = Field(
+        None,
+        description="A batch's queued job still waiting its turn (the batch lets at most "
+        "BATCH_CONCURRENCY of its jobs into the queue at once): it runs at scheduledFor "
+        "at the earliest",
+    )
 
 
 def queued_response(queued: QueuedJob) -> QueuedResponse:
@@ -277,4 +285,7 @@ def job_out(
         cost=job.cost if completed else None,
         parentJobId=job.parent_job_id,
         variationIds=variation_ids or None,
+        batchId=job.batch_id,
+        batchRow=job.batch_row,
+        batchWaiting=True if job.batch_held and job.status == "queued" else None,
     )

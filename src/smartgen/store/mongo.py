@@ -26,6 +26,7 @@ from smartgen.models import (
     usage_numbers,
 )
 from smartgen.store.base import (
+    BatchRepository,
     ContentRepository,
     JobRepository,
     UserRepository,
@@ -70,7 +71,30 @@ def _job_from_doc(doc: dict[str, Any]) -> Job:
         options=doc.get("options"),
         parent_job_id=doc.get("parentJobId"),
         cost=None if doc.get("cost") is None else float(doc["cost"]),
+        batch_id=doc.get("batchId"),
+        batch_row=doc.get("batchRow"),
+        batch_held=bool(doc.get("batchHeld")),
     )
+
+
+def job_doc(job: Job) -> dict[str, Any]:
+    """A new job's document: the fields every store writes at creation."""
+    doc = {
+        "jobId": job.job_id,
+        "userId": job.user_id,
+        "status": job.status.value,
+        "prompt": job.prompt,
+        "contentType": job.content_type,
+        "scheduledFor": job.scheduled_for,
+        "createdAt": job.created_at,
+        "updatedAt": job.updated_at,
+        "attempts": job.attempts,
+        "options": job.options,
+        "parentJobId": job.parent_job_id,
+    }
+    if job.batch_id is not None:
+        doc.update(batchId=job.batch_id, batchRow=job.batch_row, batchHeld=job.batch_held)
+    return doc
 
 
 # GET /usage's groups, as aggregation expressions over a job document.
@@ -190,21 +214,7 @@ class MongoJobs:
         # transaction, which a standalone server does not offer).
         if max_unfinished > 0 and await self.count_unfinished(job.user_id) >= max_unfinished:
             return False
-        await self._c.insert_one(
-            {
-                "jobId": job.job_id,
-                "userId": job.user_id,
-                "status": job.status.value,
-                "prompt": job.prompt,
-                "contentType": job.content_type,
-                "scheduledFor": job.scheduled_for,
-                "createdAt": job.created_at,
-                "updatedAt": job.updated_at,
-                "attempts": job.attempts,
-                "options": job.options,
-                "parentJobId": job.parent_job_id,
-            }
-        )
+        await self._c.insert_one(job_doc(job))
         return True
 
     @_unavailable
@@ -236,12 +246,20 @@ class MongoJobs:
     @_unavailable
     async def count_unfinished(self, user_id: str) -> int:
         return int(
-            await self._c.count_documents({"userId": user_id, "status": {"$in": _UNFINISHED}})
+            await self._c.count_documents(
+                {"userId": user_id, "status": {"$in": _UNFINISHED}, "batchHeld": {"$ne": True}}
+            )
         )
 
     @_unavailable
     async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
-        cursor = self._c.find({"status": {"$in": _UNFINISHED}, "scheduledFor": {"$lt": due_before}})
+        cursor = self._c.find(
+            {
+                "status": {"$in": _UNFINISHED},
+                "scheduledFor": {"$lt": due_before},
+                "batchHeld": {"$ne": True},
+            }
+        )
         return [_job_from_doc(d) async for d in cursor.limit(limit)]
 
     @_unavailable
@@ -407,8 +425,11 @@ class MongoJobs:
         at: datetime,
         prompt: str | None = None,
         content_type: str | None = None,
+        release: bool = False,
     ) -> Job | None:
         changes: dict[str, Any] = {"scheduledFor": scheduled_for, "updatedAt": at}
+        if release:
+            changes["batchHeld"] = False
         if prompt is not None:
             changes["prompt"] = prompt
         if content_type is not None:
@@ -427,6 +448,7 @@ class MongoJobs:
         scheduled_for: datetime,
         at: datetime,
         history: list[dict[str, Any]],
+        held: bool = False,
     ) -> Job | None:
         cleared = (
             "error", "failedAt", "cancelledAt", "startedAt", "completedAt",
@@ -442,6 +464,7 @@ class MongoJobs:
                     "scheduledFor": scheduled_for,
                     "updatedAt": at,
                     "history": history,
+                    "batchHeld": held,
                 },
                 "$unset": {name: "" for name in cleared},
             },
@@ -580,6 +603,9 @@ class MongoStore:
         self.jobs: JobRepository = MongoJobs(db)
         self.contents: ContentRepository = MongoContents(db)
         self.voices: VoiceRepository = MongoVoices(db)
+        from smartgen.store.mongo_batches import MongoBatches  # it reads jobs as this does
+
+        self.batches: BatchRepository = MongoBatches(db)
 
     @_unavailable
     async def init(self) -> None:
@@ -595,6 +621,10 @@ class MongoStore:
         await self._db["jobs"].create_index("parentJobId", sparse=True)
         await self._db["voices"].create_index("voiceId", unique=True)
         await self._db["voices"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await self._db["jobs"].create_index([("batchId", ASCENDING), ("batchRow", ASCENDING)])
+        await self._db["batches"].create_index("batchId", unique=True)
+        await self._db["batches"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await self._db["batches"].create_index([("status", ASCENDING), ("createdAt", ASCENDING)])
 
     async def ping(self) -> None:
         try:

@@ -12,12 +12,14 @@ import io
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.conftest import Process, register, start_system, wait_for_status
 from tests.fakellm import FakeLLM, Reply
+from tests.test_terminal import Client
 
 WAIT = 60.0  # bound for any wait; never a speed assertion
 CSV_HEADER = "prompt,contentType,tone,keywords\r\n"
@@ -190,7 +192,7 @@ async def test_a_200_row_csv_batch_runs_in_turns_beside_another_users_job(
 
 
 async def test_batch_controls_and_refusals(
-    env: dict[str, str], processes: list[Process], fake_llm: FakeLLM, unique: str
+    env: dict[str, str], processes: list[Process], fake_llm: FakeLLM, unique: str, tmp_path: Path
 ) -> None:
     slow, failing = f"[slow-{unique}]", f"[fails-{unique}]"
     fake_llm.always(slow, Reply(chunk_delay=0.5, content="one two three four five six"))
@@ -308,3 +310,26 @@ async def test_batch_controls_and_refusals(
         assert r.json()["accepted"] == 1 and r.json()["rejected"] == [
             {"row": 2, "error": "not valid JSON"}
         ]
+
+        # The terminal client: a file in, a progress bar, the results file out.
+        terminal = Client(tmp_path, url)
+        source = tmp_path / "rows.csv"
+        source.write_text(
+            CSV_HEADER
+            + "one,Blog Post Outline,,\r\ntwo,Poem,,\r\nthree,Social Media Caption,bold,\r\n"
+        )
+        out = tmp_path / "out.csv"
+        ran = await terminal.run("batch", str(source), "--wait", "--output", str(out))
+        assert ran.code == 0, ran.err
+        assert "2 of 3 rows queued, 1 rejected" in ran.err and "row 2: contentType" in ran.err
+        assert f"results in {out}" in " ".join(ran.out.split())  # rich wraps long lines
+        table = list(csv.DictReader(io.StringIO(out.read_text())))
+        assert [(t["row"], t["status"]) for t in table] == [
+            ("1", "completed"), ("2", "rejected"), ("3", "completed"),
+        ]  # fmt: skip
+        ran = await terminal.run("batch", str(tmp_path / "missing.csv"))
+        assert ran.code == 2 and ran.err_lines == [
+            f"smartgen: cannot read {tmp_path / 'missing.csv'}: No such file or directory"
+        ]
+        ran = await terminal.run("batch-status", "no-such-batch")
+        assert ran.code == 1 and ran.err_lines == ["smartgen: batch no-such-batch not found"]

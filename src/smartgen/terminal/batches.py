@@ -30,7 +30,7 @@ def batch_path(batch_id: str, *rest: str) -> str:
 async def cmd_batch(session: Session, args: argparse.Namespace) -> int:
     source = Path(args.file)
     try:
-        data = source.read_bytes()
+        data = await asyncio.to_thread(source.read_bytes)
     except OSError as exc:
         raise ClientError(f"cannot read {source}: {exc.strerror or exc}", exit_code=2) from None
     form = {} if args.delay is None else {"delaySeconds": f"{args.delay:g}"}
@@ -56,7 +56,7 @@ async def cmd_batch(session: Session, args: argparse.Namespace) -> int:
         else:
             session.out.print(_text(f"{batch_id}  (follow it: smartgen batch-status {batch_id})"))
         return 0
-    state = await _follow(session, batch_id, int(created["accepted"]), args.timeout)
+    state = await _follow(session, batch_id, int(created["accepted"]), wait_for=args.timeout)
     target = Path(args.output) if args.output else source.with_name(f"{source.stem}-results.csv")
     fmt = "jsonl" if target.suffix.lower() in (".jsonl", ".ndjson") else "csv"
     await session.api.download(batch_path(batch_id, "results"), target, params={"format": fmt})
@@ -75,19 +75,23 @@ async def cmd_batch(session: Session, args: argparse.Namespace) -> int:
 
 
 async def _follow(
-    session: Session, batch_id: str, accepted: int, timeout: float | None
+    session: Session, batch_id: str, accepted: int, *, wait_for: float | None
 ) -> dict[str, Any]:
-    """Poll the batch until it ends, with a progress bar on stderr (none with --json)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    """Poll the batch until it ends (at most `wait_for` seconds), with a progress bar on
+    stderr (none with --json)."""
+    deadline = None if wait_for is None else time.monotonic() + wait_for
     progress: Any = None
     task: Any = None
     if not session.json:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         progress = Progress(
-            TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-            console=session.err, transient=False,
-        )  # fmt: skip
+            TextColumn("batch"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=session.err,
+        )
         task = progress.add_task("batch", total=max(accepted, 1), note="")
         progress.start()
     try:
@@ -102,7 +106,7 @@ async def _follow(
                 return state
             if deadline is not None and time.monotonic() > deadline:
                 raise ClientError(
-                    f"batch {batch_id} still running after {timeout:g}s; it goes on on the "
+                    f"batch {batch_id} still running after {wait_for:g}s; it goes on on the "
                     f"server: smartgen batch-status {batch_id}"
                 )
             await asyncio.sleep(POLL_SECONDS)

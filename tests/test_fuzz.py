@@ -22,6 +22,7 @@ NO_LIMITS = {
     "LOGIN_EMAIL_FAILURE_LIMIT": "0",
     "GENERATE_IP_RATE_LIMIT": "0",
     "SAVE_RATE_LIMIT": "0",
+    "BATCH_RATE_LIMIT": "0",
 }
 
 

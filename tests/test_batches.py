@@ -204,6 +204,8 @@ async def test_batch_controls_and_refusals(
         "BATCH_MAX_UPLOAD_BYTES": "300000",
         "BATCH_RATE_LIMIT": "100",
         "GENERATION_DELAY_SECONDS": "0",
+        # A batch larger than the cap runs: its waiting rows are not unfinished jobs.
+        "MAX_UNFINISHED_JOBS": "6",
     }
     _, _, url = await start_system(system_env, processes)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -257,6 +259,13 @@ async def test_batch_controls_and_refusals(
         jobs = (await client.get(f"/batches/{slow_id}/jobs", headers=headers)).json()["jobs"]
         waiting = [j for j in jobs if j.get("batchWaiting")]
         assert len(waiting) >= 5
+        r = await client.patch(
+            f"/generate-content/{waiting[0]['jobId']}",
+            json={"prompt": f"changed {slow}", "delaySeconds": 1},
+            headers=headers,
+        )
+        assert r.status_code == 200 and r.json()["batchWaiting"] is True, r.text
+        assert r.json()["prompt"] == f"changed {slow}"
         r = await client.post(f"/generate-content/{waiting[-1]['jobId']}/run-now", headers=headers)
         assert r.status_code == 200 and "batchWaiting" not in r.json()
         r = await client.delete(f"/generate-content/{waiting[-2]['jobId']}", headers=headers)

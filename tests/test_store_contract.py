@@ -755,6 +755,8 @@ async def test_postgres_batch_insert_applies_each_cap_as_if_one_by_one(backend: 
     assert await store.jobs.create(make_job(a), max_unfinished=0)
     done = make_job(a, status=JobStatus.completed)
     assert await store.jobs.create(done)  # finished jobs do not count
+    waiting, waiting_jobs = make_batch(a, 5)
+    await store.batches.create(waiting, waiting_jobs)  # nor do a batch's waiting jobs
     batch = [
         (make_job(a), 3),
         (make_job(b), 0),

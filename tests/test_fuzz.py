@@ -40,7 +40,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 
 # An Idempotency-Key sent again with another body is refused (422, as Stripe does); the
 # fuzzer sends one header value with many bodies.
 [[operations]]
-include-path-regex = "^/generate-content(/[^/]+/retry)?$"
+include-path-regex = "^(/generate-content(/[^/]+/retry)?|/batches)$"
 include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 422, 429]
 

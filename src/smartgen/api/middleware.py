@@ -53,7 +53,7 @@ class RequestLimits:
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         limit = self.uploads.get(scope.get("path", ""))
-        upload = limit is not None and method == "POST"
+        upload = limit is not None
         limit = limit if upload and limit is not None else self.max_body_bytes
         length_text = headers.get(b"content-length", b"").decode("latin-1").strip()
         chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()

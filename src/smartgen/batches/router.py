@@ -51,7 +51,7 @@ UPLOAD_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}},
+            "application/json": {"schema": BatchRequest.model_json_schema()},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -65,7 +65,7 @@ UPLOAD_BODY = {
                             "Lines, UTF-8",
                         },
                         "delaySeconds": {"type": "number", "minimum": 0},
-                        "webhookUrl": {"type": "string"},
+                        "webhookUrl": {"type": "string", "pattern": "^https://"},
                     },
                 }
             },

@@ -38,6 +38,7 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rows: list[Any] = Field(
+        min_length=1,
         description="Each row as POST /generate-content's body ({prompt, contentType, "
         "…options}); at most BATCH_MAX_ROWS. A row that is not valid is reported in "
         "`rejected` and the others run",
@@ -50,7 +51,10 @@ class BatchRequest(BaseModel):
         "row's own delaySeconds wins)",
     )
     webhookUrl: str | None = Field(
-        None, description="Called with `batch.completed` when the batch ends (https)"
+        None,
+        max_length=WEBHOOK_URL_MAX_CHARS,
+        pattern=r"^https://[^\s/?#@]+(?:[/?#]\S*)?$",
+        description="Called with `batch.completed` when the batch ends (https)",
     )
 
     _delay_is_a_number = field_validator("delaySeconds", mode="before")(

@@ -213,7 +213,10 @@ async def list_batches(
     *, store: Store, user_id: str, before: str | None, limit: int
 ) -> list[tuple[Batch, BatchCounts]]:
     if before is not None:
-        before = parse_batch_id(before)
+        try:
+            before = str(UUID(before))
+        except ValueError:
+            return []  # no batch of the caller's: nothing before it
     batches = await store.batches.list_for_user(user_id, before=before, limit=limit)
     return [(b, await store.batches.counts(b.batch_id)) for b in batches]
 

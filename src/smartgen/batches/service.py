@@ -70,7 +70,6 @@ async def _row_request(
     settings: Settings,
     user_id: str,
     row: Any,
-    voices: dict[str, Any],
 ) -> tuple[GenerationRequest, dict[str, Any] | None]:
     """The row as a generation request and its resolved options; `ValidationFailed` or
     `NotFound` saying why it cannot be one."""
@@ -86,22 +85,12 @@ async def _row_request(
     check_prompt(settings, request.prompt)
     if request.delaySeconds is not None and request.delaySeconds > settings.max_delay_seconds:
         raise ValidationFailed(f"delaySeconds: must be at most {settings.max_delay_seconds:g}")
-    options = request.options()
-    key = str(options.get("voiceId"))
-    if options.get("voiceId") is not None and key in voices:
-        resolved = {**options, "voice": voices[key]} if voices[key] else None
-        if resolved is None:
-            raise NotFound("voiceId: no such voice of yours")
-        return request, resolved
     try:
         resolved = await resolve_options(
-            store=store, settings=settings, user_id=user_id, options=options
+            store=store, settings=settings, user_id=user_id, options=request.options()
         )
     except NotFound:
-        voices[key] = None
         raise NotFound("voiceId: no such voice of yours") from None
-    if resolved and "voice" in resolved:
-        voices[key] = resolved["voice"]
     return request, resolved
 
 
@@ -150,13 +139,12 @@ async def create_batch(
     default_delay = settings.generation_delay_seconds if delay_seconds is None else delay_seconds
     jobs: list[Job] = []
     rejected: list[dict[str, Any]] = []
-    voices: dict[str, Any] = {}
     reserved: list[str] = []
     try:
         for number, row in enumerate(rows, start=1):
             try:
                 request, options = await _row_request(
-                    store=store, settings=settings, user_id=user_id, row=row, voices=voices
+                    store=store, settings=settings, user_id=user_id, row=row
                 )
                 job = Job(
                     job_id=str(uuid4()),
@@ -298,42 +286,73 @@ async def retry_failed(
     now = utcnow()
     delay = settings.generation_delay_seconds
     requeued = 0
-    after = 0
-    while page := await store.batches.jobs_page(
-        batch.batch_id, after_row=after, limit=PAGE, status=JobStatus.failed
-    ):
-        for job in page:
-            if not await queue.remove(job.job_id):
-                continue  # its old queue entry is still held: left failed
-            quoted = await budget.quote(
-                settings, prices, model_request(job.content_type, job.prompt, job.options)
-            )
-            reserved = await budget.reserve(
-                settings=settings, budgets=budgets, notifier=notifier, user_id=user_id,
-                job_id=job.job_id, quoted=quoted, at=now,
-            )  # fmt: skip
-            again = await store.jobs.requeue(
-                job.job_id,
-                user_id,
-                scheduled_for=now + timedelta(seconds=delay),
-                at=now,
-                history=[*(job.history or []), control.run_record(job)],
-                held=True,
-            )
-            if again is None:
-                if reserved:
-                    await budget.release(budgets, job.job_id)
-                continue
-            requeued += 1
-        after = page[-1].batch_row or after
-    if requeued:
+    refused: PaymentRequired | None = None
+    first = await store.batches.jobs_page(
+        batch.batch_id, after_row=0, limit=1, status=JobStatus.failed
+    )
+    if first:
+        # Running again before any job waits again: the periodic pass looks at running
+        # batches only, so a job never waits in an ended one.
         await store.batches.reopen(batch.batch_id, at=now)
-        await runner.next_turns(batch.batch_id)
+    try:
+        after = 0
+        while not refused and (
+            page := await store.batches.jobs_page(
+                batch.batch_id, after_row=after, limit=PAGE, status=JobStatus.failed
+            )
+        ):
+            for job in page:
+                try:
+                    if await _retry_one(
+                        store, queue, notifier, settings, job, now, delay, prices, budgets
+                    ):
+                        requeued += 1
+                except PaymentRequired as exc:
+                    refused = exc
+                    break
+            after = page[-1].batch_row or after
+    finally:
+        if first:
+            await runner.next_turns(batch.batch_id)  # its turns, or its end again
+    if refused is not None and not requeued:
+        raise refused
     batch = (await store.batches.get(batch.batch_id)) or batch
     return batch, await store.batches.counts(batch.batch_id), requeued
 
 
-RESULT_FIELDS = ("row", "jobId", "status", "content", "error", "costUsd")
+async def _retry_one(
+    store: Store,
+    queue: JobQueue,
+    notifier: Notifier,
+    settings: Settings,
+    job: Job,
+    now: Any,
+    delay: float,
+    prices: Prices | None,
+    budgets: Budgets | None,
+) -> bool:
+    """One failed job of a batch queued again, waiting its turn; False when it cannot be
+    (its old queue entry still held, or it is no longer failed)."""
+    if not await queue.remove(job.job_id):
+        return False
+    quoted = await budget.quote(
+        settings, prices, model_request(job.content_type, job.prompt, job.options)
+    )
+    reserved = await budget.reserve(
+        settings=settings, budgets=budgets, notifier=notifier, user_id=job.user_id,
+        job_id=job.job_id, quoted=quoted, at=now,
+    )  # fmt: skip
+    again = await store.jobs.requeue(
+        job.job_id,
+        job.user_id,
+        scheduled_for=now + timedelta(seconds=delay),
+        at=now,
+        history=[*(job.history or []), control.run_record(job)],
+        held=True,
+    )
+    if again is None and reserved:
+        await budget.release(budgets, job.job_id)
+    return again is not None
 
 
 async def result_rows(

@@ -225,6 +225,10 @@ async def retry_job(
     )  # fmt: skip
     try:
         in_batch = before.batch_id is not None and turns is not None
+        if in_batch and before.batch_id is not None:
+            # Running again before the job waits again: the periodic pass fills running
+            # batches only.
+            await store.batches.reopen(before.batch_id, at=now)
         queued = await store.jobs.requeue(
             job_id,
             user_id,
@@ -238,7 +242,6 @@ async def retry_job(
                 store, user_id, job_id, "job_not_retryable", "failed or cancelled"
             )
         if in_batch and turns is not None and queued.batch_id is not None:
-            await store.batches.reopen(queued.batch_id, at=now)
             await turns.next_turns(queued.batch_id)
             await notifier.job_changed(queued)
             return QueuedJob(

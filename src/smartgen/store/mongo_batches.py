@@ -136,18 +136,22 @@ class MongoBatches:
     async def counts(self, batch_id: str) -> BatchCounts:
         by_status: dict[str, int] = {}
         waiting, cost = 0, 0.0
-        cursor = self._jobs.find(
-            {"batchId": batch_id}, {"status": 1, "batchHeld": 1, "cost": 1, "_id": 0}
-        )
-        # One pass over the batch's jobs (at most BATCH_MAX_ROWS) along the batch index:
-        # an aggregation's $group would do the same work on the server.
-        async for doc in cursor:
-            status = doc["status"]
-            by_status[status] = by_status.get(status, 0) + 1
-            if doc.get("batchHeld") and status == JobStatus.queued.value:
-                waiting += 1
-            if status == JobStatus.completed.value and doc.get("cost") is not None:
-                cost += float(doc["cost"])
+        pipeline = [
+            {"$match": {"batchId": batch_id}},
+            {
+                "$group": {
+                    "_id": {"status": "$status", "held": {"$ifNull": ["$batchHeld", False]}},
+                    "n": {"$sum": 1},
+                    "cost": {"$sum": {"$ifNull": ["$cost", 0]}},
+                }
+            },
+        ]
+        async for group in await self._jobs.aggregate(pipeline):
+            status, count = str(group["_id"]["status"]), int(group["n"])
+            by_status[status] = by_status.get(status, 0) + count
+            if group["_id"]["held"] and status == JobStatus.queued.value:
+                waiting += count
+            cost += float(group.get("cost") or 0)
         return BatchCounts(by_status=by_status, waiting=waiting, cost=cost)
 
     @_unavailable

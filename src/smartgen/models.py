@@ -158,7 +158,8 @@ class Content:
             self.updated_at = self.created_at
 
 
-FEEDBACK_RATINGS: Final = ("like", "dislike")
+Rating = Literal["like", "dislike"]
+RATINGS: Final[tuple[Rating, ...]] = get_args(Rating)
 
 
 @dataclass(slots=True)

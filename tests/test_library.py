@@ -367,3 +367,15 @@ async def test_feedback_on_the_job_in_usage_and_in_the_account(
     assert "feedback" not in (await client.get(f"/generate-content/{liked}", headers=h)).json()
     r = await client.get("/usage", params={"groupBy": "contentType"}, headers=h)
     assert r.json()["totals"]["likedShare"] == 1.0
+
+
+async def test_the_export_path_is_not_a_content_id(client: httpx.AsyncClient) -> None:
+    user = await register(client)
+    r = await client.options("/contents/export", headers=user["headers"])
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    r = await client.patch("/contents/export", json={"title": "x"}, headers=user["headers"])
+    assert r.status_code == 405
+    r = await client.options(f"/contents/{uuid.uuid4()}", headers=user["headers"])
+    assert r.headers["allow"] == "DELETE, GET, HEAD, PATCH"
+    schema = (await client.get("/openapi.json")).json()
+    assert {"/contents/export", "/contents/{contentId}"} <= set(schema["paths"])

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from starlette.convertors import Convertor, register_url_convertor
 
 from smartgen.api.deps import CurrentUser, StoreDep, rate_limit
 from smartgen.content import export, feedback, service
@@ -48,6 +49,23 @@ edit_limit = rate_limit(
     fail_open=True,
 )
 PAGE_PARAMETERS = ("limit", "cursor", "q", "contentType", "tag")
+
+
+class ContentIdConvertor(Convertor[str]):
+    """A content id in a path: anything but `export`, so `/contents/export` is only the
+    export (its `Allow` names GET and HEAD, not the PATCH and DELETE of a content)."""
+
+    regex = "(?!export$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("content_id", ContentIdConvertor())
+CONTENT = "/{contentId:content_id}"
 
 
 @saving.post(
@@ -184,7 +202,7 @@ async def export_contents(
     )
 
 
-@router.get("/{contentId}", responses=error_responses(404))
+@router.get(CONTENT, responses=error_responses(404))
 async def get_content(contentId: str, user: CurrentUser, store: StoreDep) -> ContentOut:
     """One saved content of the caller's."""
     return content_out(
@@ -193,7 +211,7 @@ async def get_content(contentId: str, user: CurrentUser, store: StoreDep) -> Con
 
 
 @router.patch(
-    "/{contentId}",
+    CONTENT,
     responses=error_responses(400, 404, 413, 415, 429),
     dependencies=[edit_limit],
 )
@@ -213,7 +231,7 @@ async def edit_content(
 
 
 @router.delete(
-    "/{contentId}",
+    CONTENT,
     status_code=status.HTTP_204_NO_CONTENT,
     responses=error_responses(404, 429),
     dependencies=[edit_limit],

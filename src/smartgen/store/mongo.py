@@ -3,6 +3,7 @@ only code that speaks to MongoDB."""
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 from typing import Any
@@ -10,9 +11,10 @@ from typing import Any
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from smartgen.errors import Conflict, StoreUnavailable
+from smartgen.kit.text import search_words
 from smartgen.kit.times import as_utc, utcnow
 from smartgen.models import (
     RETRYABLE,
@@ -38,6 +40,8 @@ _UNFINISHED = [status.value for status in UNFINISHED]
 _RETRYABLE = [status.value for status in RETRYABLE]
 
 _unavailable = translate_unavailable(lambda error: isinstance(error, ConnectionFailure))
+log = logging.getLogger(__name__)
+TEXT_INDEX = "contents_text"
 
 
 def _dt(value: Any) -> datetime | None:
@@ -70,7 +74,18 @@ def _job_from_doc(doc: dict[str, Any]) -> Job:
         options=doc.get("options"),
         parent_job_id=doc.get("parentJobId"),
         cost=None if doc.get("cost") is None else float(doc["cost"]),
+        **_feedback_fields(doc.get("feedback")),
     )
+
+
+def _feedback_fields(feedback: Any) -> dict[str, Any]:
+    if not isinstance(feedback, dict) or feedback.get("rating") is None:
+        return {}
+    return {
+        "feedback_rating": feedback["rating"],
+        "feedback_comment": feedback.get("comment"),
+        "feedback_at": _dt(feedback.get("at")),
+    }
 
 
 # GET /usage's groups, as aggregation expressions over a job document.
@@ -92,7 +107,14 @@ def _content_from_doc(doc: dict[str, Any]) -> Content:
         created_at=as_utc(doc["createdAt"]),
         prompt=doc.get("prompt"),
         model=doc.get("model"),
+        tags=list(doc.get("tags") or []),
+        updated_at=_dt(doc.get("updatedAt")),
     )
+
+
+def _word_pattern(word: str) -> str:
+    """`word` as a whole word (no letter or digit either side), for `$regex`."""
+    return r"(?<![^\W_])" + re.escape(word) + r"(?![^\W_])"
 
 
 async def _after(
@@ -487,6 +509,8 @@ class MongoJobs:
         for name in ("promptTokens", "completionTokens", "totalTokens", "cost"):
             group[name] = {"$sum": {"$ifNull": [f"${name}", 0]}}
         group["priced"] = {"$sum": {"$cond": [{"$eq": [{"$ifNull": ["$cost", None]}, None]}, 0, 1]}}
+        for name, rating in (("liked", "like"), ("disliked", "dislike")):
+            group[name] = {"$sum": {"$cond": [{"$eq": ["$feedback.rating", rating]}, 1, 0]}}
         pipeline = [
             {"$match": {"userId": user_id, "createdAt": {"$gte": start, "$lt": end}}},
             {"$group": group},
@@ -501,15 +525,37 @@ class MongoJobs:
                 total_tokens=int(d.get("totalTokens") or 0),
                 cost=float(d.get("cost") or 0),
                 priced_jobs=int(d.get("priced") or 0),
+                liked=int(d.get("liked") or 0),
+                disliked=int(d.get("disliked") or 0),
             )
             async for d in await self._c.aggregate(pipeline)
         ]
         return sorted(rows, key=lambda r: (r.key is None, r.key or ""))
 
+    @_unavailable
+    async def set_feedback(
+        self, job_id: str, user_id: str, *, rating: str, comment: str | None, at: datetime
+    ) -> Job | None:
+        return await self._changed(
+            {"jobId": job_id, "userId": user_id, "status": JobStatus.completed.value},
+            {"$set": {"feedback": {"rating": rating, "comment": comment, "at": at}}},
+        )
+
+    @_unavailable
+    async def clear_feedback(self, job_id: str, user_id: str) -> bool:
+        res = await self._c.update_one(
+            {"jobId": job_id, "userId": user_id, "feedback.rating": {"$ne": None}},
+            {"$unset": {"feedback": ""}},
+        )
+        return bool(res.matched_count == 1)
+
 
 class MongoContents:
     def __init__(self, db: Any) -> None:
         self._c = db["contents"]
+        # Whether the server has the text index (`MongoStore.init`): `$text` then; a
+        # server without text indexes gets an anchored, case-insensitive `$regex` per word.
+        self.text_index = True
 
     @_unavailable
     async def create_once(self, content: Content) -> tuple[Content, bool]:
@@ -523,7 +569,8 @@ class MongoContents:
             "prompt": content.prompt,
             "model": content.model,
             "createdAt": content.created_at,
-            "updatedAt": content.created_at,
+            "updatedAt": content.updated_at,
+            "tags": list(content.tags),
         }
         try:
             await self._c.insert_one(doc)
@@ -548,6 +595,76 @@ class MongoContents:
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
         cursor = self._c.find({"userId": user_id}).sort("createdAt", DESCENDING).limit(limit)
         return [_content_from_doc(d) async for d in cursor]
+
+    @_unavailable
+    async def search(
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        query: str | None = None,
+        content_type: str | None = None,
+        tag: str | None = None,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[Content]:
+        find: dict[str, Any] = {"userId": user_id}
+        if query is not None:
+            words = search_words(query)
+            if not words:
+                return []
+            if self.text_index:
+                # Each word a quoted phrase: MongoDB matches documents holding them all
+                # (bare words would be OR-ed). Words are letters and digits only.
+                find["$text"] = {"$search": " ".join(f'"{w}"' for w in words)}
+            else:
+                find["$and"] = [
+                    {
+                        "$or": [
+                            {field: {"$regex": _word_pattern(w), "$options": "i"}}
+                            for field in ("title", "body")
+                        ]
+                    }
+                    for w in words
+                ]
+        if content_type is not None:
+            find["contentType"] = content_type
+        if tag is not None:
+            find["tags"] = tag
+        if before is not None:
+            at, content_id = before
+            find["$or"] = [
+                {"createdAt": {"$lt": at}},
+                {"createdAt": at, "contentId": {"$lt": content_id}},
+            ]
+        order = [("createdAt", DESCENDING), ("contentId", DESCENDING)]
+        cursor = self._c.find(find).sort(order).limit(limit)
+        return [_content_from_doc(d) async for d in cursor]
+
+    @_unavailable
+    async def update(
+        self,
+        content_id: str,
+        user_id: str,
+        *,
+        at: datetime,
+        title: str | None = None,
+        body: str | None = None,
+        tags: list[str] | None = None,
+    ) -> Content | None:
+        changes: dict[str, Any] = {"updatedAt": at}
+        for name, value in (("title", title), ("body", body), ("tags", tags)):
+            if value is not None:
+                changes[name] = value
+        query = {"contentId": content_id, "userId": user_id}
+        if (await self._c.update_one(query, {"$set": changes})).matched_count == 0:
+            return None
+        doc = await self._c.find_one(query)
+        return _content_from_doc(doc) if doc else None
+
+    @_unavailable
+    async def delete(self, content_id: str, user_id: str) -> bool:
+        res = await self._c.delete_one({"contentId": content_id, "userId": user_id})
+        return bool(res.deleted_count == 1)
 
     @_unavailable
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
@@ -578,7 +695,8 @@ class MongoStore:
         self._db = db
         self.users: UserRepository = MongoUsers(db)
         self.jobs: JobRepository = MongoJobs(db)
-        self.contents: ContentRepository = MongoContents(db)
+        self._contents = MongoContents(db)
+        self.contents: ContentRepository = self._contents
         self.voices: VoiceRepository = MongoVoices(db)
 
     @_unavailable
@@ -595,6 +713,30 @@ class MongoStore:
         await self._db["jobs"].create_index("parentJobId", sparse=True)
         await self._db["voices"].create_index("voiceId", unique=True)
         await self._db["voices"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await self._db["contents"].create_index(
+            [("userId", ASCENDING), ("createdAt", DESCENDING), ("contentId", DESCENDING)]
+        )
+        await self._db["contents"].create_index([("userId", ASCENDING), ("tags", ASCENDING)])
+        await self._text_index()
+
+    async def _text_index(self) -> None:
+        """The library's search index: title and body, language "none" (lower-cased words,
+        no stemming or stop words, as the SQL stores match). Contents written before it
+        are indexed by the server as it builds it. A server without text indexes (a
+        MongoDB-compatible one) is searched by `$regex` instead."""
+        try:
+            await self._db["contents"].create_index(
+                [("title", "text"), ("body", "text")],
+                name=TEXT_INDEX,
+                default_language="none",
+            )
+        except OperationFailure as error:
+            log.warning(
+                "MongoDB refused the contents' text index (%s): library search scans with "
+                "$regex instead",
+                error,
+            )
+            self._contents.text_index = False
 
     async def ping(self) -> None:
         try:

@@ -37,6 +37,34 @@ HOSTILE_ANSWER = (
 )
 # Chromium reports every 4xx/5xx answer to fetch() as a console error; the 4xx the page
 # expects (a refresh with no session yet, a 422 it shows beside a field) are not failures.
+# Renders each input with the console's own module: [input, innerHTML, link targets,
+# every attribute name on the elements it made].
+MARKDOWN_CASES = """async () => {
+  const { renderMarkdown } = await import("./console/markdown.js");
+  const inputs = [
+    "# Title\\n\\n- **bold** and *em* and `code`",
+    "[ok](https://example.com/a?b=1)",
+    "[x](javascript:alert(1))",
+    "[x](JaVaScRiPt:alert(1))",
+    "[x](data:text/html,x)",
+    "<script>alert(1)</script>",
+    "**<img src=x onerror=alert(1)>** _<svg onload=alert(1)>_",
+    "```\\n<script>alert(1)</script>\\n```",
+    "> <iframe src=javascript:alert(1)>",
+    "[a](https://x.example/\\"onmouseover=\\"alert(1))",
+  ];
+  return inputs.map((text) => {
+    const box = document.createElement("div");
+    renderMarkdown(box, text);
+    const all = [...box.querySelectorAll("*")];
+    return [
+      text,
+      box.innerHTML,
+      [...box.querySelectorAll("a")].map((a) => a.href),
+      all.flatMap((node) => [...node.attributes].map((a) => a.name)),
+    ];
+  });
+}"""
 EXPECTED_4XX = re.compile(r"^Failed to load resource: the server responded with a status of 4\d\d")
 
 
@@ -70,6 +98,9 @@ async def library_api(url: str) -> bool:
         return r.status_code == 200 and isinstance(r.json(), dict)
 
 
+# The console depends on the API, not on the store (every store is covered by the API's
+# own tests); SQLite needs no server and searches with FTS5.
+@pytest.mark.parametrize("store_kind", ["sqlite"], indirect=True)
 async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: str) -> None:
     try:
         from playwright.async_api import async_playwright, expect
@@ -113,6 +144,26 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             )
             expect.set_options(timeout=WAIT)
             await page.goto(console_url + "/")
+
+            # --- the Markdown renderer on its own: hostile inputs stay text -----------
+            rendered = await page.evaluate(MARKDOWN_CASES)
+            for _, html, hrefs, attributes in rendered:
+                assert "<script" not in html and "<img" not in html and "<svg" not in html, html
+                assert "<iframe" not in html, html
+                assert set(attributes) <= {"href", "rel"}, (html, attributes)
+                assert all(h.startswith(("https:", "http:", "mailto:")) for h in hrefs), hrefs
+            by_text = {text: (html, hrefs) for text, html, hrefs, _ in rendered}
+            assert by_text["# Title\n\n- **bold** and *em* and `code`"][0] == (
+                "<h3>Title</h3><ul><li><strong>bold</strong> and <em>em</em> and "
+                "<code>code</code></li></ul>"
+            )
+            assert by_text["[ok](https://example.com/a?b=1)"][1] == ["https://example.com/a?b=1"]
+            for bad in ("javascript:alert(1)", "JaVaScRiPt:alert(1)", "data:text/html,x"):
+                html, hrefs = by_text[f"[x]({bad})"]
+                assert hrefs == [] and bad in html, (bad, html)
+            assert by_text["<script>alert(1)</script>"][0] == (
+                "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>"
+            )
 
             # --- sign up: the API's 422 beside the field it names ---------------------
             email = f"ada-{unique}@example.com"
@@ -234,9 +285,12 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await page.get_by_role("button", name="Sign out").click()
             await expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
             await expect(page.locator("#jobs li")).to_have_count(0)
-            await page.get_by_label("Email", exact=True).fill(email)
-            await page.get_by_label("Password", exact=True).fill("correct horse")
-            await page.get_by_role("button", name="Sign in", exact=True).click()
+            # By keyboard alone: type, Tab to the password, Enter signs in.
+            await page.get_by_label("Email", exact=True).focus()
+            await page.keyboard.type(email)
+            await page.keyboard.press("Tab")
+            await page.keyboard.type("correct horse")
+            await page.keyboard.press("Enter")
             await expect(first.locator(".badge")).to_have_text("completed")
             await page.reload()
             await expect(page.locator("#who-email")).to_have_text(email)

@@ -94,7 +94,10 @@ class Asgi:
 
 
 async def measure(port: int, work: Path, requests: int, concurrency: int) -> dict[str, float]:
-    from smartgen.api.app import create_app
+    try:
+        from smartgen.api.app import create_app
+    except ImportError:  # a checkout from before the layout of issue 13 (smartgen/app.py)
+        from smartgen.app import create_app  # type: ignore[no-redef]
     from smartgen.config import load_settings
 
     settings = load_settings(
@@ -112,7 +115,7 @@ async def measure(port: int, work: Path, requests: int, concurrency: int) -> dic
         max_unfinished_jobs=10**6,
     )
     api = create_app(settings)
-    http = api.http
+    http = api.http if hasattr(api, "http") else api.fastapi_app  # (before issue 13)
     async with http.router.lifespan_context(http):
         client = Asgi(api)
         tokens = []

@@ -221,6 +221,12 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await result.get_by_label("Title").fill(f"Sourdough guide {unique}")
             await result.get_by_role("button", name="Save", exact=True).click()
             await expect(page.locator("#result-message")).to_contain_text("Saved")
+            like = result.get_by_role("button", name="Like", exact=True)
+            await like.click()
+            if with_library:  # the API has feedback
+                await expect(like).to_have_attribute("aria-pressed", "true")
+            else:
+                await expect(page.locator("#result-message")).to_contain_text("not available")
 
             # --- hostile text: a prompt with markup, an answer with scripts -------------
             await page.get_by_label("Start after (seconds)").fill("0")
@@ -280,6 +286,14 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await page.get_by_role("button", name="Usage", exact=True).click()
             await expect(page.locator("#usage-jobs")).to_have_text("3")
             await expect(page.locator("#usage-tokens")).not_to_have_text("0")
+            types = page.locator("#usage-types tbody tr")
+            await expect(
+                types.filter(has_text="Blog Post Outline").locator("td").first
+            ).to_have_text("3")
+            if with_library:
+                await expect(types.filter(has_text="Blog Post Outline")).to_contain_text(
+                    "100 % of 1 rated"
+                )
 
             # --- sign out, in again; a reload keeps the session (refresh cookie) -------
             await page.get_by_role("button", name="Sign out").click()

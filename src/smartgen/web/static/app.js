@@ -33,6 +33,7 @@ async function enter(session) {
   $("nav").hidden = false;
   notify("");
   showView("generate");
+  $("gen-prompt").focus(); // the focus was on a button that is gone now
   loadVoices();
   try {
     await startJobs();
@@ -53,6 +54,7 @@ function leave() {
   $("generate-form").reset();
   $("auth-form").reset();
   showView("auth");
+  $("auth-email").focus();
 }
 
 async function loadVoices() {

@@ -6,6 +6,7 @@ API stays as it was for clients that do not ask for a cookie."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from http.cookies import SimpleCookie
@@ -51,6 +52,10 @@ async def post(
     response = await client.post(path, headers=headers, **kw)
     client.cookies.clear()
     return response
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def assert_security_headers(response: httpx.Response) -> None:
@@ -205,3 +210,42 @@ async def test_refresh_of_a_deleted_account_is_refused(client: httpx.AsyncClient
     assert r.status_code == 204, r.text
     r = await post(client, "/auth/refresh", cookie, headers=CSRF)
     assert r.status_code == 401, r.text
+
+
+async def test_refresh_tokens_are_stored_hashed_expire_and_race_safely(
+    client: httpx.AsyncClient, api: ApiServer
+) -> None:
+    email = f"race-{uuid.uuid4().hex[:8]}@example.com"
+    r = await post(
+        client, "/auth/register?session=cookie", json={"email": email, "password": PASSWORD}
+    )
+    cookie, _ = refresh_cookie(r)
+    family, secret = cookie.split(".")
+    redis = api.services.redis
+    keys = [text(k) async for k in redis.scan_iter(match="*:rt:*")]
+    mine = [k for k in keys if family in k or k.endswith(":rt:user:" + r.json()["user"]["id"])]
+    assert mine, keys
+    lifetime = api.settings.refresh_token_days * 86400
+    for key in keys:
+        assert secret not in key and cookie not in key  # only its SHA-256 names it
+        assert 0 < await redis.ttl(key) <= lifetime, key
+        kind = text(await redis.type(key))
+        if kind == "hash":
+            assert secret not in str(await redis.hgetall(key))
+    # Two refreshes with the same token at once: one wins, the other is a reuse and ends
+    # the family, the winner's successor included.
+    headers = {**CSRF, "Cookie": f"smartgen_refresh={cookie}"}
+    async with (
+        httpx.AsyncClient(base_url=api.url) as one,
+        httpx.AsyncClient(base_url=api.url) as two,
+    ):
+        answers = await asyncio.gather(
+            one.post("/auth/refresh", headers=headers), two.post("/auth/refresh", headers=headers)
+        )
+    assert sorted(a.status_code for a in answers) == [200, 401], [a.text for a in answers]
+    winner = next(a for a in answers if a.status_code == 200)
+    loser = next(a for a in answers if a.status_code == 401)
+    assert loser.json()["error"] == "refresh_reused"
+    successor, _ = refresh_cookie(winner)
+    r = await post(client, "/auth/refresh", successor, headers=CSRF)
+    assert r.status_code == 401

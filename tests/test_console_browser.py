@@ -65,6 +65,35 @@ MARKDOWN_CASES = """async () => {
     ];
   });
 }"""
+# WCAG 2 contrast of every visible element's own text against the background it sits on
+# (the nearest opaque one up its ancestors): [text, ratio, needed] for each shortfall.
+LOW_CONTRAST = """() => {
+  const rgb = (text) => (text.match(/[\\d.]+/g) || []).map(Number);
+  const luminance = ([r, g, b]) => {
+    const f = (c) => ((c /= 255) <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4);
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (node) => {
+    for (; node; node = node.parentElement) {
+      const c = rgb(getComputedStyle(node).backgroundColor);
+      if (c.length === 3 || c[3] > 0) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const short = [];
+  for (const node of document.querySelectorAll("body *")) {
+    const own = [...node.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !node.checkVisibility()) continue;
+    const style = getComputedStyle(node);
+    const [a, b] = [luminance(rgb(style.color)), luminance(background(node))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+    const needed = large ? 3 : 4.5;
+    if (ratio < needed) short.push([node.textContent.trim().slice(0, 40), ratio, needed]);
+  }
+  return short;
+}"""
 EXPECTED_4XX = re.compile(r"^Failed to load resource: the server responded with a status of 4\d\d")
 
 
@@ -144,6 +173,9 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             )
             expect.set_options(timeout=WAIT)
             await page.goto(console_url + "/")
+
+            await expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
+            assert await page.evaluate(LOW_CONTRAST) == []
 
             # --- the Markdown renderer on its own: hostile inputs stay text -----------
             rendered = await page.evaluate(MARKDOWN_CASES)
@@ -247,6 +279,7 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await expect(page.locator("#result-prompt")).to_have_text(
                 f"<img src=x onerror=alert(1)> {hostile}"
             )
+            assert await page.evaluate(LOW_CONTRAST) == []  # badges, buttons, text
             await result.get_by_label("Title").fill(f"<b>bold</b> {unique}")
             await result.get_by_role("button", name="Save", exact=True).click()
             await expect(page.locator("#result-message")).to_contain_text("Saved")
@@ -286,6 +319,7 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await page.get_by_role("button", name="Usage", exact=True).click()
             await expect(page.locator("#usage-jobs")).to_have_text("3")
             await expect(page.locator("#usage-tokens")).not_to_have_text("0")
+            assert await page.evaluate(LOW_CONTRAST) == []
             types = page.locator("#usage-types tbody tr")
             await expect(
                 types.filter(has_text="Blog Post Outline").locator("td").first

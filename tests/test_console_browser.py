@@ -219,7 +219,8 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await page.get_by_label("Content type", exact=True).select_option("Blog Post Outline")
             await page.get_by_label("Start after (seconds)").fill("3")
             await page.get_by_role("button", name="Generate", exact=True).click()
-            first = page.locator("#jobs li").filter(has_text="Sourdough for beginners")
+            created = page.locator("#jobs li").filter(has_text="Sourdough for beginners")
+            first = page.locator(f"#job-{await created.get_attribute('data-job-id')}")
             await expect(first.locator(".countdown")).to_have_text(re.compile(r"Starts in \d s"))
             await expect(prompt).not_to_have_attribute("aria-invalid", "true")
             # The text arrives while the job is still processing (0.2 s a word).
@@ -259,6 +260,10 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
                 await expect(like).to_have_attribute("aria-pressed", "true")
             else:
                 await expect(page.locator("#result-message")).to_contain_text("not available")
+            # Another take: a variation of it, queued and run like any job.
+            await result.get_by_role("button", name="Another take").click()
+            take = page.locator("#jobs li").filter(has_text="another take")
+            await expect(take.locator(".badge")).to_have_text("completed")
 
             # --- hostile text: a prompt with markup, an answer with scripts -------------
             await page.get_by_label("Start after (seconds)").fill("0")
@@ -317,13 +322,13 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
 
             # --- usage --------------------------------------------------------------
             await page.get_by_role("button", name="Usage", exact=True).click()
-            await expect(page.locator("#usage-jobs")).to_have_text("3")
+            await expect(page.locator("#usage-jobs")).to_have_text("4")
             await expect(page.locator("#usage-tokens")).not_to_have_text("0")
             assert await page.evaluate(LOW_CONTRAST) == []
             types = page.locator("#usage-types tbody tr")
             await expect(
                 types.filter(has_text="Blog Post Outline").locator("td").first
-            ).to_have_text("3")
+            ).to_have_text("4")
             if with_library:
                 await expect(types.filter(has_text="Blog Post Outline")).to_contain_text(
                     "100 % of 1 rated"
@@ -342,7 +347,7 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await expect(first.locator(".badge")).to_have_text("completed")
             await page.reload()
             await expect(page.locator("#who-email")).to_have_text(email)
-            await expect(page.locator("#jobs li")).to_have_count(3)
+            await expect(page.locator("#jobs li")).to_have_count(4)
 
             # --- a second user sees none of it ---------------------------------------
             await page.get_by_role("button", name="Sign out").click()

@@ -266,6 +266,9 @@ async def test_health_and_docs(client: httpx.AsyncClient, api: ApiServer) -> Non
         "POST /auth/password",
         "DELETE /auth/me",
         "GET /auth/me/export",
+        "POST /api-keys",
+        "GET /api-keys",
+        "DELETE /api-keys/{keyId}",
     }
     body = schema["paths"]["/generate-content"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/GenerationRequest")

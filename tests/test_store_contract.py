@@ -23,7 +23,7 @@ from bson import ObjectId
 from smartgen.config import ConfigError
 from smartgen.errors import Conflict, StoreUnavailable
 from smartgen.kit.times import utcnow
-from smartgen.models import Completion, Content, Job, JobStatus, User, Voice
+from smartgen.models import ApiKey, Completion, Content, Job, JobStatus, User, Voice
 from smartgen.store import describe_store, open_store
 from smartgen.store.base import Store
 from tests.conftest import free_port
@@ -1753,3 +1753,47 @@ async def test_voices_are_owner_scoped_and_capped(store: Store) -> None:
     assert await store.voices.delete(first.voice_id, user)
     assert not await store.voices.delete(first.voice_id, user)
     assert await store.voices.get_for_user(first.voice_id, user) is None
+
+
+def make_key(user_id: str, **kw: Any) -> ApiKey:
+    fields: dict[str, Any] = {
+        "key_id": str(uuid.uuid4()),
+        "user_id": user_id,
+        "name": "CMS import",
+        "prefix": "AbCdEfGh",
+        "key_hash": uuid.uuid4().hex + uuid.uuid4().hex,
+        "scopes": ["generate", "read"],
+        "created_at": T0,
+    }
+    return ApiKey(**{**fields, **kw})
+
+
+async def test_api_keys_are_found_by_hash_owner_scoped_and_capped(store: Store) -> None:
+    user, stranger = oid(), oid()
+    first = make_key(user, expires_at=T0 + timedelta(days=30))
+    second = make_key(user, created_at=T0 + timedelta(seconds=1), scopes=["webhooks"])
+    assert await store.api_keys.create(first, max_per_user=2)
+    assert await store.api_keys.create(second, max_per_user=2)
+    assert not await store.api_keys.create(make_key(user), max_per_user=2)  # the cap
+    theirs = make_key(stranger)
+    assert await store.api_keys.create(theirs, max_per_user=2)
+    with pytest.raises(Exception):  # noqa: B017 - a hash is unique, whatever the driver's error
+        await store.api_keys.create(make_key(stranger, key_hash=first.key_hash), max_per_user=9)
+
+    assert await store.api_keys.get_by_hash(first.key_hash) == first
+    assert await store.api_keys.get_by_hash("0" * 64) is None
+    assert await store.api_keys.list_for_user(user, limit=10) == [second, first]
+    assert await store.api_keys.list_for_user(user, limit=1) == [second]
+
+    used = T0 + timedelta(minutes=3)
+    await store.api_keys.touch(first.key_id, at=used)
+    touched = await store.api_keys.get_by_hash(first.key_hash)
+    assert touched is not None and touched.last_used_at == used
+
+    assert not await store.api_keys.delete(first.key_id, stranger)
+    assert await store.api_keys.delete(first.key_id, user)
+    assert not await store.api_keys.delete(first.key_id, user)
+    assert await store.api_keys.get_by_hash(first.key_hash) is None
+    assert await store.api_keys.delete_for_user(user) == 1
+    assert await store.api_keys.list_for_user(user, limit=10) == []
+    assert await store.api_keys.list_for_user(stranger, limit=10) == [theirs]

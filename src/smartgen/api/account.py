@@ -10,15 +10,16 @@ from fastapi import APIRouter, Body, Response, status
 from fastapi.responses import StreamingResponse
 
 from smartgen.api.deps import (
-    CurrentUser,
     HashingDep,
     HistoryDep,
     QueueDep,
     SessionsDep,
+    SessionUser,
     StoreDep,
     TokensDep,
     rate_limit,
 )
+from smartgen.apikeys.schemas import key_out
 from smartgen.auth import service
 from smartgen.auth.router import token_response
 from smartgen.auth.schemas import PasswordChange, PasswordConfirmation, TokenResponse, user_out
@@ -44,7 +45,7 @@ export_limit = rate_limit(
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(user: CurrentUser, sessions: SessionsDep) -> Response:
+async def logout(user: SessionUser, sessions: SessionsDep) -> Response:
     """End this token's session at once, in every API process (its sockets and event
     streams are closed); the user's other sessions go on."""
     await service.log_out(revocations=sessions, principal=user)
@@ -58,7 +59,7 @@ async def logout(user: CurrentUser, sessions: SessionsDep) -> Response:
 )
 async def change_password(
     body: PasswordChange,
-    user: CurrentUser,
+    user: SessionUser,
     store: StoreDep,
     tokens: TokensDep,
     hashing: HashingDep,
@@ -86,7 +87,7 @@ async def change_password(
 )
 async def delete_account(
     body: Annotated[PasswordConfirmation, Body()],
-    user: CurrentUser,
+    user: SessionUser,
     store: StoreDep,
     queue: QueueDep,
     hashing: HashingDep,
@@ -113,16 +114,16 @@ async def delete_account(
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "The account, its jobs, saved contents and brand voices, as one "
-            'JSON document (`{"user", "jobs": [...], "contents": [...], "voices": [...], '
-            '"exportedAt"}`), streamed',
+            "description": "The account, its jobs, saved contents, brand voices and API keys "
+            '(never the keys themselves), as one JSON document (`{"user", "jobs": [...], '
+            '"contents": [...], "voices": [...], "apiKeys": [...], "exportedAt"}`), streamed',
             "content": {"application/json": {}},
         },
         **error_responses(404),
     },
     dependencies=[export_limit],
 )
-async def export_account(user: CurrentUser, store: StoreDep) -> StreamingResponse:
+async def export_account(user: SessionUser, store: StoreDep) -> StreamingResponse:
     """Everything smartgen keeps about the caller, as JSON (streamed page by page)."""
     found = await service.get_user(store=store, user_id=user.user_id)
     account = user_out(found.user_id, found.email, found.created_at).model_dump()
@@ -141,6 +142,9 @@ async def export_account(user: CurrentUser, store: StoreDep) -> StreamingRespons
         yield b'],"voices":['
         voices = await service.export_voices(store=store, user_id=user.user_id)
         yield b",".join(_json(voice_out(v).model_dump(mode="json")) for v in voices)
+        yield b'],"apiKeys":['
+        keys = await service.export_api_keys(store=store, user_id=user.user_id)
+        yield b",".join(_json(key_out(k).model_dump(mode="json")) for k in keys)
         yield b'],"exportedAt":' + _json(iso_ms(utcnow())) + b"}"
 
     return StreamingResponse(

@@ -24,6 +24,8 @@ from smartgen.api.metrics import open_scrape
 from smartgen.api.metrics import router as metrics_router
 from smartgen.api.middleware import RequestLimits
 from smartgen.api.ratelimit import RateLimiter
+from smartgen.apikeys.router import router as api_keys_router
+from smartgen.auth.keys import Credentials
 from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.router import router as auth_router
 from smartgen.auth.tokens import TokenCodec
@@ -111,8 +113,17 @@ def create_app(
                 await store.init()
             limiter = RateLimiter(redis, prefix=f"{namespace}:rl")
             quota = SocketQuota(redis, prefix=namespace, cap=settings.socketio_max_sockets_per_user)
-            realtime.attach(store=store, log=log, quota=quota, limiter=limiter, sessions=sessions)
+            credentials = Credentials(tokens, store)
+            realtime.attach(
+                store=store,
+                log=log,
+                quota=quota,
+                limiter=limiter,
+                sessions=sessions,
+                credentials=credentials,
+            )
             sessions.on_revoked(lambda user_id, *_: realtime.manager.local.wake(user_id))
+            sessions.on_revoked(lambda _user_id, token_id, _before: credentials.forget(token_id))
             sessions.start()
             app.state.services = Services(
                 settings=settings,
@@ -133,6 +144,7 @@ def create_app(
                 prices=ModelPrices(settings),
                 budgets=RedisBudgets(redis, namespace),
                 idempotency=Idempotency(redis, namespace, settings.idempotency_ttl_seconds),
+                credentials=credentials,
             )
             if on_started is not None:
                 on_started()
@@ -168,6 +180,7 @@ def create_app(
             {"name": "content", "description": "Saved content"},
             {"name": "voices", "description": "Brand voices: name one in `voiceId` on a job"},
             {"name": "usage", "description": "Tokens, cost and budgets"},
+            {"name": "api-keys", "description": "Personal API keys with scopes, for programs"},
             {"name": "events", "description": "Your event log as server-sent events"},
             {"name": "health", "description": "Liveness and readiness"},
         ],
@@ -190,6 +203,7 @@ def create_app(
     app.include_router(content_router)
     app.include_router(voices_router)
     app.include_router(usage_router)
+    app.include_router(api_keys_router)
     app.include_router(events_router)
     app.include_router(health_router)
     if settings.metrics_enabled:

@@ -7,8 +7,8 @@ from fastapi import APIRouter, status
 from smartgen.api.deps import (
     AddressDep,
     AttemptsDep,
-    CurrentUser,
     HashingDep,
+    ReadUser,
     StoreDep,
     TokensDep,
     rate_limit,
@@ -86,7 +86,7 @@ async def login(
 
 
 @router.get("/me", responses=error_responses(401, 404))
-async def me(user: CurrentUser, store: StoreDep) -> UserOut:
+async def me(user: ReadUser, store: StoreDep) -> UserOut:
     """The account the token belongs to."""
     found = await service.get_user(store=store, user_id=user.user_id)
     return user_out(found.user_id, found.email, found.created_at)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from smartgen.api.deps import CurrentUser, StoreDep, rate_limit
+from smartgen.api.deps import LibraryUser, ReadUser, StoreDep, rate_limit
 from smartgen.content import service
 from smartgen.content.schemas import ContentOut, SaveRequest, content_out
 from smartgen.errors import error_responses
@@ -38,7 +38,7 @@ save_limit = rate_limit(
 )
 async def save_job(
     jobId: str,
-    user: CurrentUser,
+    user: LibraryUser,
     store: StoreDep,
     response: Response,
     body: Annotated[SaveRequest | None, Body()] = None,
@@ -54,7 +54,7 @@ async def save_job(
 
 @router.get("")
 async def list_contents(
-    user: CurrentUser,
+    user: ReadUser,
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> list[ContentOut]:
@@ -64,7 +64,7 @@ async def list_contents(
 
 
 @router.get("/{contentId}", responses=error_responses(404))
-async def get_content(contentId: str, user: CurrentUser, store: StoreDep) -> ContentOut:
+async def get_content(contentId: str, user: ReadUser, store: StoreDep) -> ContentOut:
     """One saved content of the caller's."""
     return content_out(
         await service.get_content(store=store, user_id=user.user_id, content_id=contentId)

@@ -11,7 +11,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from smartgen.models import Completion, Content, Job, JobStatus, UsageRow, User, Voice
+from smartgen.models import (
+    ApiKey,
+    Completion,
+    Content,
+    Job,
+    JobStatus,
+    UsageRow,
+    User,
+    Voice,
+)
 
 
 class UserRepository(Protocol):
@@ -182,12 +191,33 @@ class ContentRepository(Protocol):
         """Remove every content of the user; how many there were."""
 
 
+class ApiKeyRepository(Protocol):
+    async def create(self, key: ApiKey, *, max_per_user: int) -> bool:
+        """Insert unless the user already has `max_per_user` keys (then False)."""
+
+    async def get_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The key whose SHA-256 (hex) is `key_hash`, expired or not."""
+
+    async def list_for_user(self, user_id: str, *, limit: int) -> list[ApiKey]:
+        """Newest first."""
+
+    async def delete(self, key_id: str, user_id: str) -> bool:
+        """False when not theirs or unknown."""
+
+    async def touch(self, key_id: str, *, at: datetime) -> None:
+        """Record a use of the key (`lastUsedAt`)."""
+
+    async def delete_for_user(self, user_id: str) -> int:
+        """Remove every key of the user; how many there were."""
+
+
 class Store(Protocol):
     name: str
     users: UserRepository
     jobs: JobRepository
     contents: ContentRepository
     voices: VoiceRepository
+    api_keys: ApiKeyRepository
 
     async def init(self) -> None:
         """Create indexes / schema (idempotent)."""

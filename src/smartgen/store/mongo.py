@@ -26,11 +26,13 @@ from smartgen.models import (
     usage_numbers,
 )
 from smartgen.store.base import (
+    ApiKeyRepository,
     ContentRepository,
     JobRepository,
     UserRepository,
     VoiceRepository,
 )
+from smartgen.store.mongo_keys import MongoApiKeys
 from smartgen.store.mongo_voices import MongoVoices
 from smartgen.store.unavailable import translate_unavailable
 
@@ -580,6 +582,7 @@ class MongoStore:
         self.jobs: JobRepository = MongoJobs(db)
         self.contents: ContentRepository = MongoContents(db)
         self.voices: VoiceRepository = MongoVoices(db)
+        self.api_keys: ApiKeyRepository = MongoApiKeys(db)
 
     @_unavailable
     async def init(self) -> None:
@@ -595,6 +598,7 @@ class MongoStore:
         await self._db["jobs"].create_index("parentJobId", sparse=True)
         await self._db["voices"].create_index("voiceId", unique=True)
         await self._db["voices"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await MongoApiKeys.create_indexes(self._db)
 
     async def ping(self) -> None:
         try:

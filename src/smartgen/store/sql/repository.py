@@ -35,6 +35,7 @@ from smartgen.models import (
 )
 from smartgen.models import UNFINISHED as UNFINISHED_STATUSES
 from smartgen.store.base import (
+    ApiKeyRepository,
     ContentRepository,
     JobRepository,
     UserRepository,
@@ -639,14 +640,16 @@ class SqlStore:
         self.description = url.description
 
     def _serve(self, driver: Driver) -> None:
+        from smartgen.store.sql.keys import KEY_STATEMENTS, ApiKeys
         from smartgen.store.sql.voices import VOICE_STATEMENTS, Voices
 
         day = DAY_EXPRESSIONS[self.dialect]
         statements = {
             name: driver.statement(text.replace(DAY_MARK, day))
-            for name, text in {**STATEMENTS, **VOICE_STATEMENTS}.items()
+            for name, text in {**STATEMENTS, **VOICE_STATEMENTS, **KEY_STATEMENTS}.items()
         }
         self.users: UserRepository = Users(driver, statements)
         self.voices: VoiceRepository = Voices(driver, statements)
+        self.api_keys: ApiKeyRepository = ApiKeys(driver, statements)
         self.jobs: JobRepository = self.jobs_repository(driver, statements)
         self.contents: ContentRepository = Contents(driver, statements)

@@ -22,7 +22,7 @@ from smartgen.config import ConfigError
 
 Dialect = Literal["postgresql", "sqlite"]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 # pg_advisory_xact_lock key for schema changes ("smartgen" in ASCII).
 SCHEMA_LOCK: Final = 0x736D61727467656E
 
@@ -117,6 +117,21 @@ _TABLES: Final = [
         PRIMARY KEY (id))""",
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_voices_voice_id ON voices (voice_id)",
     "CREATE INDEX IF NOT EXISTS ix_voices_user_created ON voices (user_id, created_at, id)",
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        id {rowid} NOT NULL,
+        key_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL,
+        name TEXT NOT NULL,
+        prefix VARCHAR NOT NULL,
+        key_hash VARCHAR NOT NULL,
+        scopes {json} NOT NULL,
+        created_at {ts} NOT NULL,
+        last_used_at {ts},
+        expires_at {ts},
+        PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_api_keys_key_id ON api_keys (key_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_api_keys_hash ON api_keys (key_hash)",
+    "CREATE INDEX IF NOT EXISTS ix_api_keys_user_created ON api_keys (user_id, created_at, id)",
 ]
 
 
@@ -149,9 +164,15 @@ def _v4(dialect: Dialect) -> list[str]:
     ]
 
 
+def _v5(dialect: Dialect) -> list[str]:
+    """Integrations (issue 17): personal API keys, webhooks. New tables only: they come
+    with the CREATE statements."""
+    return []
+
+
 # Upgrade steps: UPGRADES[n] brings a database at version n - 1 to version n. They run
 # before the CREATE statements above (which add whole new tables and their indexes).
-UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {2: _v2, 3: _v3, 4: _v4}
+UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 # Whether schema_version exists, per dialect (one row with one column, or none).
 VERSION_TABLE_EXISTS: Final[dict[Dialect, str]] = {

@@ -215,8 +215,9 @@ class WebhookEndpoint:
 @dataclass(frozen=True, slots=True)
 class WebhookDelivery:
     """One event to one URL (an endpoint's, or a job's own `webhookUrl` when
-    `webhook_id` is None), and how its latest attempt went. `message_id` is the
-    `webhook-id` header: the same for every attempt of this delivery."""
+    `webhook_id` is None); its attempts are `WebhookAttempt`s. `message_id` is the
+    `webhook-id` header, the same for every attempt. Status: pending (an attempt is due
+    at `next_attempt_at`), succeeded, failed (given up)."""
 
     delivery_id: str
     user_id: str
@@ -224,15 +225,11 @@ class WebhookDelivery:
     url: str
     event: str
     payload: dict[str, Any]
-    status: str  # pending, succeeded, failed (gave up)
+    status: str
     attempts: int
     created_at: datetime
     updated_at: datetime
     message_id: str
-    response_code: int | None = None
-    response_body: str | None = None
-    duration_ms: int | None = None
-    error: str | None = None
     next_attempt_at: datetime | None = None
 
 

@@ -31,9 +31,11 @@ from smartgen.store.base import (
     JobRepository,
     UserRepository,
     VoiceRepository,
+    WebhookRepository,
 )
 from smartgen.store.mongo_keys import MongoApiKeys
 from smartgen.store.mongo_voices import MongoVoices
+from smartgen.store.mongo_webhooks import MongoWebhooks
 from smartgen.store.unavailable import translate_unavailable
 
 _UNFINISHED = [status.value for status in UNFINISHED]
@@ -583,6 +585,7 @@ class MongoStore:
         self.contents: ContentRepository = MongoContents(db)
         self.voices: VoiceRepository = MongoVoices(db)
         self.api_keys: ApiKeyRepository = MongoApiKeys(db)
+        self.webhooks: WebhookRepository = MongoWebhooks(db)
 
     @_unavailable
     async def init(self) -> None:
@@ -599,6 +602,7 @@ class MongoStore:
         await self._db["voices"].create_index("voiceId", unique=True)
         await self._db["voices"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
         await MongoApiKeys.create_indexes(self._db)
+        await MongoWebhooks.create_indexes(self._db)
 
     async def ping(self) -> None:
         try:

@@ -70,6 +70,9 @@ EXPECTED = {
     ("POST", "/api-keys"): None,
     ("GET", "/api-keys"): None,
     ("DELETE", "/api-keys/{keyId}"): None,
+    ("POST", "/webhooks"): "webhooks",
+    ("GET", "/webhooks/secret"): "webhooks",
+    ("POST", "/webhooks/{webhookId}/deliveries/{deliveryId}/redeliver"): "webhooks",
 }
 NO_SCOPE = object()
 

@@ -29,6 +29,7 @@ from smartgen.generation.schemas import job_out
 from smartgen.kit import jsoncodec
 from smartgen.kit.times import iso_ms, utcnow
 from smartgen.voices.schemas import voice_out
+from smartgen.webhooks.schemas import webhook_out
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=error_responses(401, 429, 503))
 
@@ -114,9 +115,10 @@ async def delete_account(
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "The account, its jobs, saved contents, brand voices and API keys "
-            '(never the keys themselves), as one JSON document (`{"user", "jobs": [...], '
-            '"contents": [...], "voices": [...], "apiKeys": [...], "exportedAt"}`), streamed',
+            "description": "The account, its jobs, saved contents, brand voices, API keys and "
+            "webhooks (never a key or a secret), as one JSON document (`{\"user\", \"jobs\": "
+            '[...], "contents": [...], "voices": [...], "apiKeys": [...], "webhooks": [...], '
+            '"exportedAt"}`), streamed',
             "content": {"application/json": {}},
         },
         **error_responses(404),
@@ -145,6 +147,9 @@ async def export_account(user: SessionUser, store: StoreDep) -> StreamingRespons
         yield b'],"apiKeys":['
         keys = await service.export_api_keys(store=store, user_id=user.user_id)
         yield b",".join(_json(key_out(k).model_dump(mode="json")) for k in keys)
+        yield b'],"webhooks":['
+        hooks = await service.export_webhooks(store=store, user_id=user.user_id)
+        yield b",".join(_json(webhook_out(h).model_dump(mode="json")) for h in hooks)
         yield b'],"exportedAt":' + _json(iso_ms(utcnow())) + b"}"
 
     return StreamingResponse(

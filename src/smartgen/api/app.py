@@ -39,6 +39,7 @@ from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.queue.budgets import RedisBudgets
 from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.timings import RedisTimings
+from smartgen.queue.webhooks import BullWebhookQueue
 from smartgen.realtime.bus import event_log
 from smartgen.realtime.live_text import RedisLiveText
 from smartgen.realtime.quota import SocketQuota
@@ -49,6 +50,8 @@ from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
 from smartgen.usage.router import router as usage_router
 from smartgen.voices.router import router as voices_router
+from smartgen.webhooks.notifier import WebhookNotifier
+from smartgen.webhooks.router import router as webhooks_router
 
 Asgi = Callable[..., Any]
 
@@ -104,6 +107,7 @@ def create_app(
         store = open_store(settings)
         redis = redis_client(settings, "request")
         queue = GenerationQueue(settings, redis)
+        webhook_queue = BullWebhookQueue(settings, redis_client(settings, "request"))
         log = event_log(settings, redis)
         namespace = f"{settings.queue_prefix}:smartgen"
         app.state.scrape = scrape = open_scrape(settings) if settings.metrics_enabled else None
@@ -131,7 +135,10 @@ def create_app(
                 queue=queue,
                 tokens=tokens,
                 redis=redis,
-                notifier=MeteredNotifier(realtime.publisher),
+                # Cancellations are decided here: their webhooks are announced here.
+                notifier=WebhookNotifier(
+                    MeteredNotifier(realtime.publisher), store=store, queue=webhook_queue
+                ),
                 limiter=limiter,
                 live=RedisLiveText(redis, namespace),
                 log=log,
@@ -145,6 +152,7 @@ def create_app(
                 budgets=RedisBudgets(redis, namespace),
                 idempotency=Idempotency(redis, namespace, settings.idempotency_ttl_seconds),
                 credentials=credentials,
+                webhook_queue=webhook_queue,
             )
             if on_started is not None:
                 on_started()
@@ -155,6 +163,7 @@ def create_app(
             await sessions.close()
             await realtime.close()
             await queue.close()  # and the Redis client it was given (bullmq closes it)
+            await webhook_queue.close()  # likewise
             await store.close()
 
     app = FastAPI(
@@ -181,6 +190,7 @@ def create_app(
             {"name": "voices", "description": "Brand voices: name one in `voiceId` on a job"},
             {"name": "usage", "description": "Tokens, cost and budgets"},
             {"name": "api-keys", "description": "Personal API keys with scopes, for programs"},
+            {"name": "webhooks", "description": "Signed callbacks when jobs end"},
             {"name": "events", "description": "Your event log as server-sent events"},
             {"name": "health", "description": "Liveness and readiness"},
         ],
@@ -204,6 +214,7 @@ def create_app(
     app.include_router(voices_router)
     app.include_router(usage_router)
     app.include_router(api_keys_router)
+    app.include_router(webhooks_router)
     app.include_router(events_router)
     app.include_router(health_router)
     if settings.metrics_enabled:

@@ -31,6 +31,7 @@ from smartgen.ports import (
     Prices,
     RateLimits,
     Timings,
+    WebhookQueue,
 )
 from smartgen.store.base import Store
 
@@ -67,6 +68,7 @@ class Services:
     budgets: Budgets
     idempotency: Idempotency
     credentials: Credentials
+    webhook_queue: WebhookQueue
     queueing: Queueing = field(init=False)
 
     def __post_init__(self) -> None:
@@ -161,6 +163,10 @@ async def get_queueing(request: Request) -> Queueing:
     return services(request).queueing
 
 
+async def get_webhook_queue(request: Request) -> WebhookQueue:
+    return services(request).webhook_queue
+
+
 async def get_address(request: Request) -> str:
     return client_address(request)
 
@@ -202,6 +208,7 @@ HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
 AddressDep = Annotated[str, Depends(get_address)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 QueueingDep = Annotated[Queueing, Depends(get_queueing)]
+WebhookQueueDep = Annotated[WebhookQueue, Depends(get_webhook_queue)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]
 
 

@@ -87,8 +87,13 @@ async def queue_generation(
         )
 
     async def queue_it() -> service.QueuedJob:
+        given = body.options()
+        if body.webhookUrl is not None:
+            given["webhookUrl"] = await service.checked_webhook_url(
+                store=store, settings=settings, user_id=user.user_id, url=body.webhookUrl
+            )
         options = await service.resolve_options(
-            store=store, settings=settings, user_id=user.user_id, options=body.options()
+            store=store, settings=settings, user_id=user.user_id, options=given
         )
         return await service.queue_generation(
             store=clients.store,

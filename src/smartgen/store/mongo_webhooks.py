@@ -232,9 +232,7 @@ class MongoWebhooks:
         return _delivery(doc) if doc else None
 
     @_unavailable
-    async def get_delivery_for_user(
-        self, delivery_id: str, user_id: str
-    ) -> WebhookDelivery | None:
+    async def get_delivery_for_user(self, delivery_id: str, user_id: str) -> WebhookDelivery | None:
         doc = await self._deliveries.find_one({"deliveryId": delivery_id, "userId": user_id})
         return _delivery(doc) if doc else None
 

@@ -11,28 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Final
 
 import httpx
 
-from smartgen.webhooks.addresses import CheckedUrl, Resolver, UrlRefused, check_url, system_resolver
+from smartgen.kit.outbound import CheckedUrl, Resolver, UrlRefused, check_url, system_resolver
+from smartgen.webhooks.tasks import Answer
 
 RESPONSE_BYTES: Final = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What an attempt got: the status and the start of the body, or why it got none."""
-
-    status_code: int | None
-    body: str | None
-    duration_ms: int
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
 
 
 class WebhookSender:
@@ -69,7 +56,7 @@ class WebhookSender:
                 resolve=self._resolve,
             )
         except UrlRefused as refused:
-            return Answer(None, None, took(), refused.message)
+            return Answer(None, None, took(), f"refused: {refused.reason}")
         try:
             async with asyncio.timeout(self._timeout):
                 return await self._post(checked, headers, body, took)
@@ -79,7 +66,7 @@ class WebhookSender:
             return Answer(None, None, took(), f"{type(exc).__name__}: {exc}"[:300])
 
     async def _post(
-        self, checked: CheckedUrl, headers: dict[str, str], body: bytes, took: object
+        self, checked: CheckedUrl, headers: dict[str, str], body: bytes, took: Callable[[], int]
     ) -> Answer:
         address = checked.addresses[0]
         shown = f"[{address}]" if ":" in address else address
@@ -94,7 +81,7 @@ class WebhookSender:
             "POST",
             f"{checked.scheme}://{shown}:{checked.port}{checked.target}",
             content=body,
-            headers={**headers, "host": host},
+            headers={**headers, "host": host, "accept-encoding": "identity"},
             extensions=extensions,
         )
         response = await self._client.send(request, stream=True)
@@ -107,7 +94,6 @@ class WebhookSender:
         finally:
             await response.aclose()
         text = bytes(kept[:RESPONSE_BYTES]).decode("utf-8", "replace")
-        assert callable(took)
         return Answer(response.status_code, text, took())
 
     async def close(self) -> None:

@@ -188,9 +188,7 @@ class Webhooks(_Repository):
         return await self._db.changes(self._sql["hook_secret_create"], args) == 1
 
     async def replace_secret(self, user_id: str, secret: str, *, at: datetime) -> None:
-        await self._db.changes(
-            self._sql["hook_secret_replace"], (user_id, secret, self._db.ts(at))
-        )
+        await self._db.changes(self._sql["hook_secret_replace"], (user_id, secret, self._db.ts(at)))
 
     async def create_delivery(self, delivery: WebhookDelivery) -> bool:
         ts = self._db.ts
@@ -206,9 +204,7 @@ class Webhooks(_Repository):
         row = await self._db.one(self._sql["delivery_by_id"], (delivery_id,))
         return self._delivery(row) if row else None
 
-    async def get_delivery_for_user(
-        self, delivery_id: str, user_id: str
-    ) -> WebhookDelivery | None:
+    async def get_delivery_for_user(self, delivery_id: str, user_id: str) -> WebhookDelivery | None:
         row = await self._db.one(self._sql["delivery_by_id_for_user"], (delivery_id, user_id))
         return self._delivery(row) if row else None
 

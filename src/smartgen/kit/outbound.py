@@ -1,11 +1,12 @@
-"""Which webhook URLs may be called: the server-side request forgery rules.
+"""Which URLs the server may call on a user's behalf (webhooks): the server-side request
+forgery rules.
 
 A URL must be `https` (plain `http` only when allowed), name a host, carry no credentials,
 and every address its host resolves to must be a public one. Loopback, private,
 unique-local, carrier-grade NAT, multicast, reserved and unspecified addresses are
 refused unless private networks are allowed; link-local addresses and the cloud metadata
 services are refused always. The host is resolved here, at registration and again at each
-delivery, and the delivery connects to an address this check passed (`sender.py`), so a
+delivery, and the delivery connects to an address this check passed (`webhooks/sender.py`), so a
 name that resolves elsewhere later (DNS rebinding) gains nothing. IPv4 written in decimal,
 octal or hexadecimal (`2130706433`, `0177.0.0.1`, `0x7f.1`) is read as the address it
 means, and IPv4-mapped or -embedded IPv6 as its IPv4 address."""
@@ -19,8 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
-
-from smartgen.errors import ValidationFailed
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # host, port → the addresses the host resolves to (text)
@@ -42,10 +41,12 @@ ALWAYS_REFUSED: Final = tuple(
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 
 
-class UrlRefused(ValidationFailed):
-    """A webhook URL that may not be called: 422 naming why."""
+class UrlRefused(ValueError):
+    """A URL that may not be called, and why (`reason`, one phrase)."""
 
-    code = "webhook_url_refused"
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"URL refused: {reason}")
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,25 +131,9 @@ def address_refusal(address: IPAddress, *, allow_private: bool) -> str | None:
 
 
 async def check_url(
-    url: str,
-    *,
-    allow_http: bool,
-    allow_private: bool,
-    resolve: Resolver = system_resolver,
-    field: str = "url",
+    url: str, *, allow_http: bool, allow_private: bool, resolve: Resolver = system_resolver
 ) -> CheckedUrl:
-    """`url` with the addresses it may be called at; `UrlRefused` saying why not (naming
-    the body's `field`)."""
-    try:
-        return await _check(url, allow_http, allow_private, resolve)
-    except UrlRefused as refused:
-        refused.details = [{"field": field, "message": refused.details[0]["message"]}]
-        raise
-
-
-async def _check(
-    url: str, allow_http: bool, allow_private: bool, resolve: Resolver
-) -> CheckedUrl:
+    """`url` with the addresses it may be called at; `UrlRefused` saying why not."""
     if not isinstance(url, str) or not url.strip():
         raise _refused("the URL is empty")
     url = url.strip()
@@ -166,7 +151,7 @@ async def _check(
     if scheme not in ("https", "http"):
         raise _refused("the URL must start with https://")
     if scheme == "http" and not allow_http:
-        raise _refused("the URL must use https (plain http is off: WEBHOOK_ALLOW_HTTP)")
+        raise _refused("the URL must use https (plain http is not allowed here)")
     if parts.username is not None or parts.password is not None:
         raise _refused("the URL must not carry a user name or password")
     if not host:
@@ -196,14 +181,11 @@ async def _check(
         why = address_refusal(address, allow_private=allow_private)
         if why is not None:
             suffix = "" if literal is not None else f" (the host {host!r} resolves to it)"
-            hint = "" if "metadata" in why else "; WEBHOOK_ALLOW_PRIVATE_NETWORKS allows it"
-            raise _refused(f"the URL may not be called: {why}{suffix}{hint}")
+            raise _refused(f"{why}{suffix}")
     return CheckedUrl(
         url=url, scheme=scheme, host=host, port=port, target=target, addresses=addresses
     )
 
 
-def _refused(message: str) -> UrlRefused:
-    return UrlRefused(
-        f"webhook URL refused: {message}", details=[{"field": "url", "message": message}]
-    )
+def _refused(reason: str) -> UrlRefused:
+    return UrlRefused(reason)

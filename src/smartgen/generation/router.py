@@ -12,11 +12,13 @@ from smartgen.api.deps import (
     BudgetsDep,
     Counted,
     CurrentUser,
+    GenerateUser,
     LiveTextDep,
     NotifierDep,
     QueueDep,
     Queueing,
     QueueingDep,
+    ReadUser,
     SettingsDep,
     StoreDep,
     rate_limits,
@@ -51,10 +53,13 @@ PER_ADDRESS = Counted(
 )
 # Without Redis the job could not be queued anyway: the limiter fails closed, and says so.
 # Both limits in one dependency and one round trip, the user's counted first.
+# They also check the `generate` scope of an API key (no extra dependency on this path).
 generate_limits = rate_limits(
-    PER_USER, PER_ADDRESS, fail_open=False, unavailable=QueueUnavailable()
+    PER_USER, PER_ADDRESS, fail_open=False, unavailable=QueueUnavailable(), scope="generate"
 )
-generate_limit = rate_limits(PER_USER, fail_open=False, unavailable=QueueUnavailable())
+generate_limit = rate_limits(
+    PER_USER, fail_open=False, unavailable=QueueUnavailable(), scope="generate"
+)
 REPLAYED = {"description": "Replayed: the first answer to this Idempotency-Key"}
 
 
@@ -82,8 +87,13 @@ async def queue_generation(
         )
 
     async def queue_it() -> service.QueuedJob:
+        given = body.options()
+        if body.webhookUrl is not None:
+            given["webhookUrl"] = await service.checked_webhook_url(
+                store=store, settings=settings, user_id=user.user_id, url=body.webhookUrl
+            )
         options = await service.resolve_options(
-            store=store, settings=settings, user_id=user.user_id, options=body.options()
+            store=store, settings=settings, user_id=user.user_id, options=given
         )
         return await service.queue_generation(
             store=clients.store,
@@ -105,7 +115,7 @@ async def queue_generation(
 
 @router.get("", response_model_exclude_none=True)
 async def list_jobs(
-    user: CurrentUser,
+    user: ReadUser,
     store: StoreDep,
     settings: SettingsDep,
     limit: Annotated[int | None, Query(ge=1, description="Default 50, at most 200")] = None,
@@ -123,7 +133,7 @@ async def list_jobs(
 
 
 @router.get("/{jobId}", response_model_exclude_none=True, responses=error_responses(404))
-async def get_job(jobId: str, user: CurrentUser, store: StoreDep, live: LiveTextDep) -> JobOut:
+async def get_job(jobId: str, user: ReadUser, store: StoreDep, live: LiveTextDep) -> JobOut:
     """One of the caller's jobs: status, the text so far while processing, the content
     once completed."""
     job = await service.get_job(store=store, user_id=user.user_id, job_id=jobId)
@@ -142,7 +152,7 @@ async def get_job(jobId: str, user: CurrentUser, store: StoreDep, live: LiveText
 @router.delete("/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409))
 async def cancel_job(
     jobId: str,
-    user: CurrentUser,
+    user: GenerateUser,
     store: StoreDep,
     queue: QueueDep,
     notifier: NotifierDep,
@@ -165,7 +175,7 @@ async def cancel_job(
 async def update_job(
     jobId: str,
     body: JobUpdate,
-    user: CurrentUser,
+    user: GenerateUser,
     store: StoreDep,
     queue: QueueDep,
     notifier: NotifierDep,
@@ -197,7 +207,7 @@ async def update_job(
     "/{jobId}/run-now", response_model_exclude_none=True, responses=error_responses(404, 409)
 )
 async def run_now(
-    jobId: str, user: CurrentUser, store: StoreDep, queue: QueueDep, notifier: NotifierDep
+    jobId: str, user: GenerateUser, store: StoreDep, queue: QueueDep, notifier: NotifierDep
 ) -> JobOut:
     """Start a queued job at once; 409 `job_not_queued` otherwise."""
     job = await control.run_job_now(

@@ -28,12 +28,16 @@ from smartgen.models import (
     usage_numbers,
 )
 from smartgen.store.base import (
+    ApiKeyRepository,
     ContentRepository,
     JobRepository,
     UserRepository,
     VoiceRepository,
+    WebhookRepository,
 )
+from smartgen.store.mongo_keys import MongoApiKeys
 from smartgen.store.mongo_voices import MongoVoices
+from smartgen.store.mongo_webhooks import MongoWebhooks
 from smartgen.store.unavailable import translate_unavailable
 
 _UNFINISHED = [status.value for status in UNFINISHED]
@@ -698,6 +702,8 @@ class MongoStore:
         self._contents = MongoContents(db)
         self.contents: ContentRepository = self._contents
         self.voices: VoiceRepository = MongoVoices(db)
+        self.api_keys: ApiKeyRepository = MongoApiKeys(db)
+        self.webhooks: WebhookRepository = MongoWebhooks(db)
 
     @_unavailable
     async def init(self) -> None:
@@ -718,6 +724,8 @@ class MongoStore:
         )
         await self._db["contents"].create_index([("userId", ASCENDING), ("tags", ASCENDING)])
         await self._text_index()
+        await MongoApiKeys.create_indexes(self._db)
+        await MongoWebhooks.create_indexes(self._db)
 
     async def _text_index(self) -> None:
         """The library's search index: title and body, language "none" (lower-cased words,

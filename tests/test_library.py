@@ -126,6 +126,8 @@ async def test_library_pages_search_edit_and_delete(
         await ids(q=q)  # 200, only alice's rows
     assert await ids(q='"sourdough') == [bread.content_id]
     assert await ids(q="-sourdough") == [bread.content_id]
+    assert await ids(q="  ") == newest_first  # a cleared search box
+    assert await ids(q="*!") == []  # no word to look for
 
     # Bad parameters: 422 with the API's error body, never a 500.
     bad = [
@@ -377,5 +379,8 @@ async def test_the_export_path_is_not_a_content_id(client: httpx.AsyncClient) ->
     assert r.status_code == 405
     r = await client.options(f"/contents/{uuid.uuid4()}", headers=user["headers"])
     assert r.headers["allow"] == "DELETE, GET, HEAD, PATCH"
+    r = await client.head("/contents/export?format=csv", headers=user["headers"])
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-type"].startswith("text/csv")
     schema = (await client.get("/openapi.json")).json()
     assert {"/contents/export", "/contents/{contentId}"} <= set(schema["paths"])

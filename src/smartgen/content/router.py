@@ -163,7 +163,7 @@ async def list_contents(
         user_id=user.user_id,
         limit=limit or 20,
         cursor=cursor,
-        query=q,
+        query=q if q and q.strip() else None,  # a cleared search box: no search
         content_type=contentType,
         tag=tag,
     )

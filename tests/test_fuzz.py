@@ -97,6 +97,11 @@ async def test_api_conforms_to_its_own_schema(
         # (tests/test_account.py covers logout).
         "--exclude-path",
         "/auth/logout",
+        # GET /events is a stream that does not end: every example would wait out the
+        # request timeout (five of the run's six minutes). Its status codes and parameter
+        # errors are asserted in tests/test_event_log.py.
+        "--exclude-path",
+        "/events",
         "--max-examples",
         "30",
         "--seed",

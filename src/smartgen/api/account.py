@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response, status
+from fastapi import APIRouter, Body, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from smartgen.api.deps import (
@@ -14,13 +14,14 @@ from smartgen.api.deps import (
     HashingDep,
     HistoryDep,
     QueueDep,
+    RefreshDep,
     SessionsDep,
     StoreDep,
     TokensDep,
     rate_limit,
 )
 from smartgen.auth import service
-from smartgen.auth.router import token_response
+from smartgen.auth.router import RefreshCookie, clear_refresh_cookie, token_response
 from smartgen.auth.schemas import PasswordChange, PasswordConfirmation, TokenResponse, user_out
 from smartgen.content.schemas import content_out
 from smartgen.errors import error_responses
@@ -44,11 +45,23 @@ export_limit = rate_limit(
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(user: CurrentUser, sessions: SessionsDep) -> Response:
+async def logout(
+    request: Request,
+    user: CurrentUser,
+    sessions: SessionsDep,
+    refresh: RefreshDep,
+    cookie: RefreshCookie = None,
+) -> Response:
     """End this token's session at once, in every API process (its sockets and event
-    streams are closed); the user's other sessions go on."""
-    await service.log_out(revocations=sessions, principal=user)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    streams are closed), and the web console session of its refresh cookie; the user's
+    other sessions go on."""
+    await service.log_out(
+        revocations=sessions, principal=user, refresh=refresh, refresh_token=cookie
+    )
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    if cookie is not None:
+        clear_refresh_cookie(response, request)
+    return response
 
 
 @router.post(

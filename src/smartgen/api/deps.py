@@ -29,6 +29,7 @@ from smartgen.ports import (
     Notifier,
     Prices,
     RateLimits,
+    RefreshTokens,
     Timings,
 )
 from smartgen.store.base import Store
@@ -65,6 +66,7 @@ class Services:
     prices: Prices
     budgets: Budgets
     idempotency: Idempotency
+    refresh: RefreshTokens
     queueing: Queueing = field(init=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +157,10 @@ async def get_hashing(request: Request) -> HashingSlots:
     return services(request).hashing
 
 
+async def get_refresh(request: Request) -> RefreshTokens:
+    return services(request).refresh
+
+
 async def get_queueing(request: Request) -> Queueing:
     return services(request).queueing
 
@@ -199,6 +205,7 @@ HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
 AddressDep = Annotated[str, Depends(get_address)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 QueueingDep = Annotated[Queueing, Depends(get_queueing)]
+RefreshDep = Annotated[RefreshTokens, Depends(get_refresh)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]
 
 

@@ -175,7 +175,7 @@ async def list_contents(
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "The caller's library, oldest first, as a file: CSV (columns "
+            "description": "The caller's library, newest first, as a file: CSV (columns "
             + ",".join(export.CSV_COLUMNS)
             + "; tags joined by `;`), JSON lines (one content per line) or one Markdown "
             "document (a `# title` section per content). Streamed.",

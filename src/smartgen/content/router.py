@@ -131,7 +131,6 @@ async def unrate_job(jobId: str, user: CurrentUser, store: StoreDep) -> Response
             "as a plain array (as before). With any of them: a page, "
             "`{items, nextCursor}`",
         },
-        **error_responses(429),
     },
 )
 async def list_contents(

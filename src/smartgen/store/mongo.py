@@ -553,8 +553,9 @@ class MongoJobs:
 class MongoContents:
     def __init__(self, db: Any) -> None:
         self._c = db["contents"]
-        # Whether the server has the text index (`MongoStore.init`): `$text` then; a
-        # server without text indexes gets an anchored, case-insensitive `$regex` per word.
+        # Whether the server has the text index (`MongoStore.init`): `$text` narrows a
+        # search to the indexed candidates then; without it the word patterns alone scan
+        # the user's contents.
         self.text_index = True
 
     @_unavailable
@@ -612,20 +613,21 @@ class MongoContents:
             words = search_words(query)
             if not words:
                 return []
+            # Every word, whole, in the title or the body, as the SQL stores match.
+            find["$and"] = [
+                {
+                    "$or": [
+                        {field: {"$regex": _word_pattern(w), "$options": "i"}}
+                        for field in ("title", "body")
+                    ]
+                }
+                for w in words
+            ]
             if self.text_index:
-                # Each word a quoted phrase: MongoDB matches documents holding them all
-                # (bare words would be OR-ed). Words are letters and digits only.
-                find["$text"] = {"$search": " ".join(f'"{w}"' for w in words)}
-            else:
-                find["$and"] = [
-                    {
-                        "$or": [
-                            {field: {"$regex": _word_pattern(w), "$options": "i"}}
-                            for field in ("title", "body")
-                        ]
-                    }
-                    for w in words
-                ]
+                # The text index finds the documents holding any of the words (bare words
+                # are OR-ed; the words are letters and digits, never operators); the
+                # patterns above keep those holding all of them.
+                find["$text"] = {"$search": " ".join(words)}
         if content_type is not None:
             find["contentType"] = content_type
         if tag is not None:

@@ -2008,6 +2008,36 @@ async def test_feedback_on_completed_jobs_only_and_in_usage(store: Store) -> Non
     assert [(r.key, r.liked, r.disliked) for r in rows][-1] == ("Product Description", 1, 0)
 
 
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_search_index_stays_in_step_with_its_table(backend: Backend) -> None:
+    """Every write path keeps the FTS5 table equal to the contents (FTS5's own check
+    against its external table fails otherwise)."""
+    store = backend.open()
+    await store.init()
+    alice, bob = oid(), oid()
+    kept = await save(store, alice, title="Sourdough", body="starter")
+    gone = await save(store, alice, title="Rye", body="caraway")
+    await save(store, bob, title="Spelt", body="flour")
+    assert await store.contents.update(kept.content_id, alice, at=T0, title="Pumpernickel")
+    assert await store.contents.update(kept.content_id, alice, at=T0, tags=["dark"])
+    assert await store.contents.delete(gone.content_id, alice)
+    assert await store.contents.delete_for_user(bob) == 1
+    await raw_sql(
+        backend, "INSERT INTO contents_fts (contents_fts, rank) VALUES ('integrity-check', 1)"
+    )
+    rows = await raw_sql(
+        backend, "SELECT rowid FROM contents_fts WHERE contents_fts MATCH 'pumpernickel'"
+    )
+    assert len(rows) == 1
+    for word in ("sourdough", "caraway", "spelt"):
+        assert (
+            await raw_sql(
+                backend, f"SELECT rowid FROM contents_fts WHERE contents_fts MATCH '{word}'"
+            )
+            == []
+        )
+
+
 def make_key(user_id: str, **kw: Any) -> ApiKey:
     fields: dict[str, Any] = {
         "key_id": str(uuid.uuid4()),

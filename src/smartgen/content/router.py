@@ -129,7 +129,6 @@ async def unrate_job(jobId: str, user: GenerateUser, store: StoreDep) -> Respons
             "as a plain array (as before). With any of them: a page, "
             "`{items, nextCursor}`",
         },
-        **error_responses(429),
     },
 )
 async def list_contents(
@@ -161,7 +160,7 @@ async def list_contents(
         user_id=user.user_id,
         limit=limit or 20,
         cursor=cursor,
-        query=q,
+        query=q if q and q.strip() else None,  # a cleared search box: no search
         content_type=contentType,
         tag=tag,
     )
@@ -173,7 +172,7 @@ async def list_contents(
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "The caller's library, oldest first, as a file: CSV (columns "
+            "description": "The caller's library, newest first, as a file: CSV (columns "
             + ",".join(export.CSV_COLUMNS)
             + "; tags joined by `;`), JSON lines (one content per line) or one Markdown "
             "document (a `# title` section per content). Streamed.",

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,19 @@ from bson import ObjectId
 from smartgen.config import ConfigError
 from smartgen.errors import Conflict, StoreUnavailable
 from smartgen.kit.times import utcnow
-from smartgen.models import Batch, Completion, Content, Job, JobStatus, User, Voice
+from smartgen.models import (
+    ApiKey,
+    Batch,
+    Completion,
+    Content,
+    Job,
+    JobStatus,
+    User,
+    Voice,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from smartgen.store import describe_store, open_store
 from smartgen.store.base import Store
 from tests.conftest import free_port
@@ -1202,6 +1214,10 @@ async def test_a_database_written_by_smartgen_0_1_opens_unchanged(backend: Backe
         job.job_id, user.user_id, scheduled_for=at, at=at, history=[{"status": "x"}]
     )
     assert again is None  # completed jobs are not queued again
+    # Version 5: old contents have no tags and are found by the library's search.
+    assert content.tags == [] and content.updated_at == at
+    found = await store.contents.search(user.user_id, limit=5, query="sourdough")
+    assert found == [content]
 
 
 @pytest.mark.parametrize(
@@ -1755,6 +1771,471 @@ async def test_voices_are_owner_scoped_and_capped(store: Store) -> None:
     assert await store.voices.delete(first.voice_id, user)
     assert not await store.voices.delete(first.voice_id, user)
     assert await store.voices.get_for_user(first.voice_id, user) is None
+
+
+# --- the content library (issue 16) ----------------------------------------------------------
+async def save(store: Store, user: str, **kw: Any) -> Content:
+    content, created = await store.contents.create_once(make_content(user, uuid.uuid4().hex, **kw))
+    assert created
+    return content
+
+
+async def all_pages(store: Store, user: str, limit: int, **filters: Any) -> list[Content]:
+    """Every page of a search, walking the (created_at, content_id) position."""
+    seen: list[Content] = []
+    before = None
+    while page := await store.contents.search(user, limit=limit, before=before, **filters):
+        assert len(page) <= limit
+        seen += page
+        before = (page[-1].created_at, page[-1].content_id)
+    return seen
+
+
+async def test_library_pages_newest_first_filters_and_isolation(store: Store) -> None:
+    alice, bob = oid(), oid()
+    # Pairs share a millisecond: the content id orders them, the same on every store.
+    items = [
+        await save(
+            store,
+            alice,
+            created_at=T0 + timedelta(seconds=i // 2),
+            title=f"Note {i}",
+            body="plain text",
+            content_type="Product Description" if i % 3 == 0 else "Blog Post Outline",
+            tags=["even"] if i % 2 == 0 else ["odd", "Mixed Case"],
+        )
+        for i in range(7)
+    ]
+    await save(store, bob, title="Note for bob", tags=["even"], content_type="Product Description")
+    newest_first = sorted(items, key=lambda c: (c.created_at, c.content_id), reverse=True)
+
+    for limit in (1, 3, 7, 50):
+        assert await all_pages(store, alice, limit) == newest_first
+    first = await store.contents.search(alice, limit=2)
+    assert first == newest_first[:2]
+    assert first[0].tags in (["even"], ["odd", "Mixed Case"])
+    assert first[0].updated_at == first[0].created_at
+
+    products = await all_pages(store, alice, 2, content_type="Product Description")
+    assert products == [c for c in newest_first if c.content_type == "Product Description"]
+    odd = await all_pages(store, alice, 2, tag="odd")
+    assert odd == [c for c in newest_first if "odd" in c.tags] and len(odd) == 3
+    assert await store.contents.search(alice, limit=10, tag="Mixed Case") == odd
+    assert await store.contents.search(alice, limit=10, tag="mixed case") == []  # exact
+    assert await store.contents.search(alice, limit=10, tag="od") == []
+    both = await store.contents.search(
+        alice, limit=10, tag="even", content_type="Product Description"
+    )
+    assert both == [
+        c for c in newest_first if c.content_type == "Product Description" and "even" in c.tags
+    ]
+    # A position before everything, or from another user's row, shows only alice's rows.
+    assert await store.contents.search(alice, limit=10, before=(T0, "")) == []
+    late = (T0 + timedelta(days=1), "z")
+    assert await store.contents.search(alice, limit=10, before=late) == newest_first
+    assert all(c.user_id == alice for c in await all_pages(store, alice, 3, tag="even"))
+    assert await store.contents.search(oid(), limit=10) == []
+
+
+async def test_library_full_text_search(store: Store) -> None:
+    alice, bob = oid(), oid()
+    bread = await save(
+        store, alice, title="Sourdough basics", body="Feed the starter daily.",
+        created_at=T0,
+    )  # fmt: skip
+    cake = await save(
+        store, alice, title="Carrot cake", body="A moist cake, a SOURDOUGH twist.",
+        created_at=T0 + timedelta(seconds=1), tags=["dessert"],
+    )  # fmt: skip
+    salad = await save(
+        store, alice, title="Summer salad", body="Tomatoes, basil and olive oil.",
+        created_at=T0 + timedelta(seconds=2), content_type="Social Media Caption",
+    )  # fmt: skip
+    await save(store, bob, title="Sourdough for bob", body="starter tomatoes cake")
+
+    async def ids(query: str, **kw: Any) -> list[str]:
+        found = await store.contents.search(alice, limit=10, query=query, **kw)
+        assert all(c.user_id == alice for c in found)
+        return [c.content_id for c in found]
+
+    # Title or body, any case, newest first.
+    assert await ids("sourdough") == [cake.content_id, bread.content_id]
+    assert await ids("SourDough") == [cake.content_id, bread.content_id]
+    assert await ids("starter") == [bread.content_id]
+    # Every word must be there (in either field).
+    assert await ids("sourdough cake") == [cake.content_id]
+    assert await ids("sourdough tomatoes") == []
+    assert await ids("cake sourdough twist") == [cake.content_id]
+    # Whole words: no prefixes, no stems.
+    assert await ids("sourd") == []
+    assert await ids("tomato") == []
+    # Filters and positions combine with the search.
+    assert await ids("sourdough", tag="dessert") == [cake.content_id]
+    assert await ids("sourdough", content_type="Social Media Caption") == []
+    assert await ids("basil", content_type="Social Media Caption") == [salad.content_id]
+    position = (cake.created_at, cake.content_id)
+    assert await ids("sourdough", before=position) == [bread.content_id]
+    page = await store.contents.search(alice, limit=1, query="sourdough")
+    assert [c.content_id for c in page] == [cake.content_id]
+    # Punctuation only separates words.
+    assert await ids("sourdough, starter!") == [bread.content_id]
+    assert await ids("  ") == []
+
+
+HOSTILE_QUERIES = [
+    '"', '""', '"sourdough', 'sourdough"', "sourdough*", "*", "-sourdough", "sourdough -starter",
+    "NEAR(sourdough starter)", "sourdough NEAR starter", "sourdough OR cake", "NOT sourdough",
+    "AND", "title:sourdough", "body : x", "^sourdough", "{title body}: sourdough", "(", ")",
+    "'; DROP TABLE contents; --", "\\", "%", "_", "sourdough\x00", "\x00", "$where", "{$ne: 1}",
+    ".*", "[a-z]+", "(?i)sourdough", "sourdough & starter | !x", "sourdough:*", "<->", "!!",
+    "😀 sourdough", "ß" * 500, "word " * 5000, "'", "`", "+sourdough", "@@", "::",
+]  # fmt: skip
+
+
+async def test_library_search_with_hostile_queries(store: Store) -> None:
+    alice, bob = oid(), oid()
+    bread = await save(store, alice, title="Sourdough basics", body="Feed the starter daily.")
+    await save(store, bob, title="Sourdough for bob", body="starter")
+    for query in HOSTILE_QUERIES:
+        found = await store.contents.search(alice, limit=5, query=query)
+        assert all(c.user_id == alice for c in found), query
+    # Operators are words or nothing, never syntax: these look for "sourdough" (and the
+    # words beside it), never for a prefix, a negation or an alternative.
+    for query in ['"sourdough', "sourdough*", "-sourdough", "+sourdough", "sourdough:*"]:
+        found = await store.contents.search(alice, limit=5, query=query)
+        assert [c.content_id for c in found] == [bread.content_id], query
+    assert await store.contents.search(alice, limit=5, query="sourdough -starter") == [bread]
+    assert await store.contents.search(alice, limit=5, query="sourdough OR cake") == []
+    assert await store.contents.search(alice, limit=5, query="sourdough NEAR starter") == []
+
+
+async def test_library_edit_and_delete_are_owner_scoped_and_searchable(store: Store) -> None:
+    alice, bob = oid(), oid()
+    item = await save(store, alice, title="Sourdough basics", body="Feed the starter daily.")
+    later = T0 + timedelta(hours=1)
+
+    assert await store.contents.update(item.content_id, bob, at=later, title="Mine now") is None
+    assert await store.contents.update("no-such-content", alice, at=later, title="x") is None
+    edited = await store.contents.update(
+        item.content_id, alice, at=later, title="Rye loaf", tags=["bread", "Weekend"]
+    )
+    assert edited is not None
+    assert (edited.title, edited.body, edited.tags) == (
+        "Rye loaf", "Feed the starter daily.", ["bread", "Weekend"],
+    )  # fmt: skip
+    assert (edited.created_at, edited.updated_at) == (item.created_at, later)
+    assert await store.contents.get_for_user(item.content_id, alice) == edited
+    # The search index follows the edit.
+    assert await store.contents.search(alice, limit=5, query="rye") == [edited]
+    assert await store.contents.search(alice, limit=5, query="sourdough") == []
+    assert await store.contents.search(alice, limit=5, tag="Weekend") == [edited]
+    body_only = await store.contents.update(item.content_id, alice, at=later, body="Caraway seeds")
+    assert body_only is not None and (body_only.title, body_only.tags) == ("Rye loaf", edited.tags)
+    assert await store.contents.search(alice, limit=5, query="caraway") == [body_only]
+    assert await store.contents.search(alice, limit=5, query="starter") == []
+    cleared = await store.contents.update(item.content_id, alice, at=later, tags=[])
+    assert cleared is not None and cleared.tags == []
+    pages = await store.contents.page_for_user(alice, after=None, limit=5)
+    assert pages == [cleared]
+
+    assert not await store.contents.delete(item.content_id, bob)
+    assert await store.contents.get_for_user(item.content_id, alice) == cleared
+    assert await store.contents.delete(item.content_id, alice)
+    assert not await store.contents.delete(item.content_id, alice)
+    assert await store.contents.get_for_user(item.content_id, alice) is None
+    assert await store.contents.search(alice, limit=5, query="caraway") == []
+    # The job may be saved again once its content is gone.
+    again, created = await store.contents.create_once(make_content(alice, item.job_id))
+    assert created and await store.contents.search(alice, limit=5, query="sourdough") == [again]
+
+
+async def test_feedback_on_completed_jobs_only_and_in_usage(store: Store) -> None:
+    user, stranger = oid(), oid()
+    done = make_job(user, content_type="Product Description")
+    other = make_job(user, content_type="Product Description")
+    queued = make_job(user)
+    for job in (done, other, queued):
+        await store.jobs.create(job)
+    for job in (done, other):
+        assert await store.jobs.mark_processing(job.job_id, at=T0, attempt=1)
+        assert await store.jobs.mark_completed(job.job_id, result=Completion("t", "m"), at=T0)
+    at = T0 + timedelta(minutes=5)
+
+    assert (
+        await store.jobs.set_feedback(queued.job_id, user, rating="like", comment=None, at=at)
+        is None
+    )
+    assert (
+        await store.jobs.set_feedback(done.job_id, stranger, rating="like", comment=None, at=at)
+        is None
+    )
+    assert (
+        await store.jobs.set_feedback("no-such-job", user, rating="like", comment=None, at=at)
+        is None
+    )
+    rated = await store.jobs.set_feedback(done.job_id, user, rating="like", comment="Great", at=at)
+    assert rated is not None
+    assert (rated.feedback_rating, rated.feedback_comment, rated.feedback_at) == (
+        "like",
+        "Great",
+        at,
+    )
+    assert rated.updated_at == T0  # a rating is not a change of the job's state
+    assert await store.jobs.get_for_user(done.job_id, user) == rated
+    later = at + timedelta(minutes=1)
+    changed = await store.jobs.set_feedback(
+        done.job_id, user, rating="dislike", comment=None, at=later
+    )
+    assert changed is not None
+    assert (changed.feedback_rating, changed.feedback_comment, changed.feedback_at) == (
+        "dislike", None, later,
+    )  # fmt: skip
+    assert await store.jobs.set_feedback(other.job_id, user, rating="like", comment=None, at=at)
+    listed = {j.job_id: j.feedback_rating for j in await store.jobs.list_for_user(user, limit=5)}
+    assert listed == {done.job_id: "dislike", other.job_id: "like", queued.job_id: None}
+
+    start, end = T0 - timedelta(days=1), T0 + timedelta(days=1)
+    rows = await store.jobs.usage(user, start=start, end=end, group_by="contentType")
+    assert [(r.key, r.jobs, r.liked, r.disliked) for r in rows] == [
+        ("Blog Post Outline", 1, 0, 0),
+        ("Product Description", 2, 1, 1),
+    ]
+
+    assert not await store.jobs.clear_feedback(done.job_id, stranger)
+    assert await store.jobs.clear_feedback(done.job_id, user)
+    assert not await store.jobs.clear_feedback(done.job_id, user)
+    cleared = await store.jobs.get(done.job_id)
+    assert cleared is not None
+    assert (cleared.feedback_rating, cleared.feedback_comment, cleared.feedback_at) == (None,) * 3
+    rows = await store.jobs.usage(user, start=start, end=end, group_by="contentType")
+    assert [(r.key, r.liked, r.disliked) for r in rows][-1] == ("Product Description", 1, 0)
+
+
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_search_index_stays_in_step_with_its_table(backend: Backend) -> None:
+    """Every write path keeps the FTS5 table equal to the contents (FTS5's own check
+    against its external table fails otherwise)."""
+    store = backend.open()
+    await store.init()
+    alice, bob = oid(), oid()
+    kept = await save(store, alice, title="Sourdough", body="starter")
+    gone = await save(store, alice, title="Rye", body="caraway")
+    await save(store, bob, title="Spelt", body="flour")
+    assert await store.contents.update(kept.content_id, alice, at=T0, title="Pumpernickel")
+    assert await store.contents.update(kept.content_id, alice, at=T0, tags=["dark"])
+    assert await store.contents.delete(gone.content_id, alice)
+    assert await store.contents.delete_for_user(bob) == 1
+    await raw_sql(
+        backend, "INSERT INTO contents_fts (contents_fts, rank) VALUES ('integrity-check', 1)"
+    )
+    rows = await raw_sql(
+        backend, "SELECT rowid FROM contents_fts WHERE contents_fts MATCH 'pumpernickel'"
+    )
+    assert len(rows) == 1
+    for word in ("sourdough", "caraway", "spelt"):
+        assert (
+            await raw_sql(
+                backend, f"SELECT rowid FROM contents_fts WHERE contents_fts MATCH '{word}'"
+            )
+            == []
+        )
+
+
+def make_key(user_id: str, **kw: Any) -> ApiKey:
+    fields: dict[str, Any] = {
+        "key_id": str(uuid.uuid4()),
+        "user_id": user_id,
+        "name": "CMS import",
+        "prefix": "AbCdEfGh",
+        "key_hash": uuid.uuid4().hex + uuid.uuid4().hex,
+        "scopes": ["generate", "read"],
+        "created_at": T0,
+    }
+    return ApiKey(**{**fields, **kw})
+
+
+async def test_api_keys_are_found_by_hash_owner_scoped_and_capped(store: Store) -> None:
+    user, stranger = oid(), oid()
+    first = make_key(user, expires_at=T0 + timedelta(days=30))
+    second = make_key(user, created_at=T0 + timedelta(seconds=1), scopes=["webhooks"])
+    assert await store.api_keys.create(first, max_per_user=2)
+    assert await store.api_keys.create(second, max_per_user=2)
+    assert not await store.api_keys.create(make_key(user), max_per_user=2)  # the cap
+    theirs = make_key(stranger)
+    assert await store.api_keys.create(theirs, max_per_user=2)
+    with pytest.raises(Exception):  # noqa: B017 - a hash is unique, whatever the driver's error
+        await store.api_keys.create(make_key(stranger, key_hash=first.key_hash), max_per_user=9)
+
+    assert await store.api_keys.get_by_hash(first.key_hash) == first
+    assert await store.api_keys.get_by_hash("0" * 64) is None
+    assert await store.api_keys.list_for_user(user, limit=10) == [second, first]
+    assert await store.api_keys.list_for_user(user, limit=1) == [second]
+
+    used = T0 + timedelta(minutes=3)
+    await store.api_keys.touch(first.key_id, at=used)
+    touched = await store.api_keys.get_by_hash(first.key_hash)
+    assert touched is not None and touched.last_used_at == used
+
+    assert not await store.api_keys.delete(first.key_id, stranger)
+    assert await store.api_keys.delete(first.key_id, user)
+    assert not await store.api_keys.delete(first.key_id, user)
+    assert await store.api_keys.get_by_hash(first.key_hash) is None
+    assert await store.api_keys.delete_for_user(user) == 1
+    assert await store.api_keys.list_for_user(user, limit=10) == []
+    assert await store.api_keys.list_for_user(stranger, limit=10) == [theirs]
+
+
+def make_hook(user_id: str, **kw: Any) -> WebhookEndpoint:
+    fields: dict[str, Any] = {
+        "webhook_id": str(uuid.uuid4()),
+        "user_id": user_id,
+        "url": "https://hooks.example.com/in",
+        "events": ["job.completed", "job.failed"],
+        "description": "CMS",
+        "secret": "whsec_" + uuid.uuid4().hex,
+        "enabled": True,
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    return WebhookEndpoint(**{**fields, **kw})
+
+
+async def test_webhook_endpoints_are_owner_scoped_capped_and_track_failures(
+    store: Store,
+) -> None:
+    hooks = store.webhooks
+    user, stranger = oid(), oid()
+    first = make_hook(user)
+    second = make_hook(user, created_at=T0 + timedelta(seconds=1), description="")
+    assert await hooks.create(first, max_per_user=2)
+    assert await hooks.create(second, max_per_user=2)
+    assert not await hooks.create(make_hook(user), max_per_user=2)  # the cap
+    theirs = make_hook(stranger)
+    assert await hooks.create(theirs, max_per_user=2)
+    assert await hooks.get(first.webhook_id) == first
+    assert await hooks.get_for_user(first.webhook_id, user) == first
+    assert await hooks.get_for_user(first.webhook_id, stranger) is None
+    assert await hooks.list_for_user(user, limit=10) == [second, first]
+
+    later = T0 + timedelta(minutes=1)
+    assert await hooks.update(first.webhook_id, stranger, at=later, url="https://x") is None
+    changed = await hooks.update(
+        first.webhook_id, user, at=later, events=["job.cancelled"], description="New"
+    )
+    assert changed is not None
+    assert (changed.url, changed.events, changed.description, changed.enabled) == (
+        first.url, ["job.cancelled"], "New", True,
+    )  # fmt: skip
+    assert changed.updated_at == later
+
+    # Failures: the first one marks the start of the run, a success ends it.
+    t1, t2 = T0 + timedelta(hours=1), T0 + timedelta(hours=2)
+    failing = await hooks.record_outcome(first.webhook_id, ok=False, at=t1)
+    assert failing is not None and failing.failing_since == t1
+    failing = await hooks.record_outcome(first.webhook_id, ok=False, at=t2)
+    assert failing is not None and failing.failing_since == t1
+    healthy = await hooks.record_outcome(first.webhook_id, ok=True, at=t2)
+    assert healthy is not None and healthy.failing_since is None
+    await hooks.record_outcome(first.webhook_id, ok=False, at=t2)
+    assert await hooks.disable(first.webhook_id, at=t2)
+    assert not await hooks.disable(first.webhook_id, at=t2)  # once
+    disabled = await hooks.get(first.webhook_id)
+    assert disabled is not None and not disabled.enabled and disabled.failing_since == t2
+    enabled = await hooks.update(first.webhook_id, user, at=t2, enabled=True)
+    assert enabled is not None and enabled.enabled and enabled.failing_since is None
+    assert await hooks.record_outcome("gone", ok=False, at=t2) is None
+
+    assert not await hooks.delete(first.webhook_id, stranger)
+    assert await hooks.delete(first.webhook_id, user)
+    assert not await hooks.delete(first.webhook_id, user)
+    assert await hooks.get(first.webhook_id) is None
+
+
+async def test_webhook_secret_deliveries_and_attempts(store: Store) -> None:
+    hooks = store.webhooks
+    user, stranger = oid(), oid()
+    assert await hooks.get_secret(user) is None
+    assert await hooks.create_secret(user, "whsec_one", at=T0)
+    assert not await hooks.create_secret(user, "whsec_two", at=T0)
+    assert await hooks.get_secret(user) == "whsec_one"
+    await hooks.replace_secret(user, "whsec_three", at=T0)
+    await hooks.replace_secret(stranger, "whsec_theirs", at=T0)
+    assert await hooks.get_secret(user) == "whsec_three"
+
+    endpoint = make_hook(user)
+    assert await hooks.create(endpoint, max_per_user=5)
+    delivery = WebhookDelivery(
+        delivery_id=str(uuid.uuid4()),
+        user_id=user,
+        webhook_id=endpoint.webhook_id,
+        url=endpoint.url,
+        event="job.completed",
+        payload={"jobId": "j1", "nested": {"n": 1}},
+        status="pending",
+        attempts=0,
+        created_at=T0,
+        updated_at=T0,
+        message_id="msg_1",
+        next_attempt_at=T0,
+    )
+    job_url = replace(delivery, delivery_id=str(uuid.uuid4()), webhook_id=None, url="https://j")
+    assert await hooks.create_delivery(delivery)
+    assert not await hooks.create_delivery(delivery)  # the same id: once
+    assert await hooks.create_delivery(job_url)
+    assert await hooks.get_delivery(delivery.delivery_id) == delivery
+    assert await hooks.get_delivery_for_user(job_url.delivery_id, user) == job_url
+    assert await hooks.get_delivery_for_user(delivery.delivery_id, stranger) is None
+    due = await hooks.list_due_deliveries(T0 + timedelta(seconds=1), limit=10)
+    assert {d.delivery_id for d in due} == {delivery.delivery_id, job_url.delivery_id}
+    assert await hooks.list_due_deliveries(T0, limit=10) == []
+
+    retry_at = T0 + timedelta(seconds=5)
+    await hooks.update_delivery(
+        delivery.delivery_id, status="pending", attempts=1, at=T0, next_attempt_at=retry_at
+    )
+    await hooks.update_delivery(
+        job_url.delivery_id, status="succeeded", attempts=1, at=T0, next_attempt_at=None
+    )
+    due = await hooks.list_due_deliveries(T0 + timedelta(seconds=6), limit=10)
+    assert [(d.delivery_id, d.attempts, d.next_attempt_at) for d in due] == [
+        (delivery.delivery_id, 1, retry_at)
+    ]
+
+    first = WebhookAttempt(
+        attempt_id=str(uuid.uuid4()),
+        delivery_id=delivery.delivery_id,
+        user_id=user,
+        webhook_id=endpoint.webhook_id,
+        event="job.completed",
+        attempt=1,
+        status="failed",
+        created_at=T0,
+        response_code=503,
+        response_body="busy",
+        duration_ms=12,
+        next_attempt_at=retry_at,
+    )
+    second = replace(
+        first, attempt_id=str(uuid.uuid4()), attempt=2, status="succeeded",
+        created_at=retry_at, response_code=200, response_body="", next_attempt_at=None,
+    )  # fmt: skip
+    refused = replace(
+        first, attempt_id=str(uuid.uuid4()), attempt=3, created_at=retry_at,
+        response_code=None, response_body=None, duration_ms=None, error="refused",
+    )  # fmt: skip
+    for attempt in (first, second, refused):
+        await hooks.add_attempt(attempt)
+    assert await hooks.list_attempts(endpoint.webhook_id, user, limit=10) == [
+        refused, second, first,
+    ]  # fmt: skip
+    assert await hooks.list_attempts(endpoint.webhook_id, user, limit=1) == [refused]
+    assert await hooks.list_attempts(endpoint.webhook_id, stranger, limit=10) == []
+
+    assert await hooks.delete_for_user(user) == 1
+    assert await hooks.get_secret(user) is None
+    assert await hooks.get_delivery(delivery.delivery_id) is None
+    assert await hooks.list_attempts(endpoint.webhook_id, user, limit=10) == []
+    assert await hooks.get_secret(stranger) == "whsec_theirs"
 
 
 # --- batches ------------------------------------------------------------------------------

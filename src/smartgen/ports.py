@@ -40,6 +40,15 @@ class JobQueue(Protocol):
         """delayed, waiting, active, completed, failed, unknown, …"""
 
 
+class WebhookQueue(Protocol):
+    async def enqueue_delivery(
+        self, delivery_id: str, *, attempt: int, delay_ms: int, again: bool = False
+    ) -> None:
+        """Queue attempt `attempt` of a webhook delivery after `delay_ms`; idempotent for
+        the same delivery and attempt unless `again` (a redelivery asked for by its
+        owner). `ServiceUnavailable` when the queue does not answer."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
     """USD per token, as OpenRouter's GET /models gives it."""
@@ -194,6 +203,35 @@ class Revocations(Protocol):
     async def revoke_user(self, user_id: str, *, before: float, deleted: bool = False) -> None:
         """Every token of this user issued before `before` (a Unix time) is refused from
         now on (password change; `deleted`: the account is gone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshGrant:
+    """A refresh token just issued: the opaque token, whose session family it belongs to
+    and whose user it speaks for."""
+
+    token: str
+    user_id: str
+    family: str
+
+
+class RefreshTokens(Protocol):
+    """The web console's refresh tokens: random, stored hashed, single use (rotation), in
+    families that end together (logout, reuse of a rotated token, password change)."""
+
+    async def start(self, user_id: str) -> RefreshGrant:
+        """A new family (a sign-in) and its first token."""
+
+    async def rotate(self, token: str) -> RefreshGrant:
+        """Spend `token` and return its successor in the same family. `Unauthorized` when
+        it is unknown, expired or its family ended; a token already spent ends its
+        family (someone holds a copy) and is refused with `refresh_reused`."""
+
+    async def end(self, token: str) -> None:
+        """End the family `token` belongs to (logout); nothing when it is unknown."""
+
+    async def end_user(self, user_id: str) -> None:
+        """End every family of the user (password change, account deletion)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,9 @@ from smartgen.api.metrics import open_scrape
 from smartgen.api.metrics import router as metrics_router
 from smartgen.api.middleware import RequestLimits
 from smartgen.api.ratelimit import RateLimiter
+from smartgen.api.refresh_tokens import RedisRefreshTokens
+from smartgen.apikeys.router import router as api_keys_router
+from smartgen.auth.keys import Credentials
 from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.router import router as auth_router
 from smartgen.auth.tokens import TokenCodec
@@ -38,6 +41,7 @@ from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.queue.budgets import RedisBudgets
 from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.timings import RedisTimings
+from smartgen.queue.webhooks import BullWebhookQueue
 from smartgen.realtime.bus import event_log
 from smartgen.realtime.live_text import RedisLiveText
 from smartgen.realtime.quota import SocketQuota
@@ -48,6 +52,9 @@ from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
 from smartgen.usage.router import router as usage_router
 from smartgen.voices.router import router as voices_router
+from smartgen.web import install_console
+from smartgen.webhooks.notifier import WebhookNotifier
+from smartgen.webhooks.router import router as webhooks_router
 
 Asgi = Callable[..., Any]
 
@@ -103,17 +110,31 @@ def create_app(
         store = open_store(settings)
         redis = redis_client(settings, "request")
         queue = GenerationQueue(settings, redis)
+        webhook_queue = BullWebhookQueue(settings, redis_client(settings, "request"))
         log = event_log(settings, redis)
         namespace = f"{settings.queue_prefix}:smartgen"
         app.state.scrape = scrape = open_scrape(settings) if settings.metrics_enabled else None
         sessions = SessionGuard(redis, settings, store, namespace=namespace)
+        refresh = RedisRefreshTokens(
+            redis, prefix=namespace, lifetime_seconds=settings.refresh_token_days * 86400
+        )
+        sessions.also_end_user(refresh.end_user)
         try:
             if init_store:
                 await store.init()
             limiter = RateLimiter(redis, prefix=f"{namespace}:rl")
             quota = SocketQuota(redis, prefix=namespace, cap=settings.socketio_max_sockets_per_user)
-            realtime.attach(store=store, log=log, quota=quota, limiter=limiter, sessions=sessions)
+            credentials = Credentials(tokens, store)
+            realtime.attach(
+                store=store,
+                log=log,
+                quota=quota,
+                limiter=limiter,
+                sessions=sessions,
+                credentials=credentials,
+            )
             sessions.on_revoked(lambda user_id, *_: realtime.manager.local.wake(user_id))
+            sessions.on_revoked(lambda _user_id, token_id, _before: credentials.forget(token_id))
             sessions.start()
             app.state.services = Services(
                 settings=settings,
@@ -121,7 +142,10 @@ def create_app(
                 queue=queue,
                 tokens=tokens,
                 redis=redis,
-                notifier=MeteredNotifier(realtime.publisher),
+                # Cancellations are decided here: their webhooks are announced here.
+                notifier=WebhookNotifier(
+                    MeteredNotifier(realtime.publisher), store=store, queue=webhook_queue
+                ),
                 limiter=limiter,
                 live=RedisLiveText(redis, namespace),
                 log=log,
@@ -134,6 +158,9 @@ def create_app(
                 prices=ModelPrices(settings),
                 budgets=RedisBudgets(redis, namespace),
                 idempotency=Idempotency(redis, namespace, settings.idempotency_ttl_seconds),
+                refresh=refresh,
+                credentials=credentials,
+                webhook_queue=webhook_queue,
             )
             if on_started is not None:
                 on_started()
@@ -144,6 +171,7 @@ def create_app(
             await sessions.close()
             await realtime.close()
             await queue.close()  # and the Redis client it was given (bullmq closes it)
+            await webhook_queue.close()  # likewise
             await store.close()
 
     app = FastAPI(
@@ -170,6 +198,8 @@ def create_app(
             {"name": "voices", "description": "Brand voices: name one in `voiceId` on a job"},
             {"name": "batches", "description": "Many generations at once, run on the server"},
             {"name": "usage", "description": "Tokens, cost and budgets"},
+            {"name": "api-keys", "description": "Personal API keys with scopes, for programs"},
+            {"name": "webhooks", "description": "Signed callbacks when jobs end"},
             {"name": "events", "description": "Your event log as server-sent events"},
             {"name": "health", "description": "Liveness and readiness"},
         ],
@@ -193,12 +223,15 @@ def create_app(
     app.include_router(voices_router)
     app.include_router(batches_router)
     app.include_router(usage_router)
+    app.include_router(api_keys_router)
+    app.include_router(webhooks_router)
     app.include_router(events_router)
     app.include_router(health_router)
     if settings.metrics_enabled:
         app.include_router(metrics_router)
     _document_prompt_limit(app, settings)
     install_docs(app)
+    install_console(app, settings)
 
     # Two wrappers: `HttpEdge` around everything (request id, metrics, security headers,
     # the last stop for errors), `RequestLimits` in front of the routes (bodies, HEAD).

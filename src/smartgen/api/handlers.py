@@ -63,10 +63,16 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
 
 
 def _allowed_methods(request: Request) -> set[str]:
-    """Every method the app serves at this path, from its OpenAPI description."""
+    """Every method the app serves at this path, from its OpenAPI description. A path
+    the description names literally is that path only: its routes are never a template's
+    value (`/contents/export` is not a `{contentId}`: the content routes' convertor
+    refuses it)."""
     app: FastAPI = request.app
     methods: set[str] = set()
-    for template, operations in app.openapi().get("paths", {}).items():
+    paths = app.openapi().get("paths", {})
+    literal = paths.get(request.url.path)
+    templates = {request.url.path: literal} if literal else paths
+    for template, operations in templates.items():
         pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
         if re.match(pattern, request.url.path):
             methods.update(m.upper() for m in operations)

@@ -12,8 +12,9 @@ from pydantic import ValidationError
 
 from smartgen.api.deps import (
     Counted,
-    CurrentUser,
+    GenerateUser,
     QueueingDep,
+    ReadUser,
     StoreDep,
     rate_limits,
 )
@@ -106,7 +107,7 @@ async def _parse(request: Request, max_rows: int) -> BatchRequest:
     openapi_extra=UPLOAD_BODY,
 )
 async def create_batch(
-    request: Request, user: CurrentUser, clients: QueueingDep, idempotency_key: KeyHeader = None
+    request: Request, user: GenerateUser, clients: QueueingDep, idempotency_key: KeyHeader = None
 ) -> Any:
     """Submit up to BATCH_MAX_ROWS generations at once: JSON `{rows, delaySeconds?,
     webhookUrl?}` or a CSV / JSONL `file`; they run BATCH_CONCURRENCY at a time."""
@@ -146,7 +147,7 @@ async def create_batch(
 
 @router.get("", response_model=BatchPage)
 async def list_batches(
-    user: CurrentUser,
+    user: ReadUser,
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
     before: Annotated[str | None, Query(max_length=64, description="nextBefore")] = None,
@@ -162,7 +163,7 @@ async def list_batches(
 
 
 @router.get("/{batchId}", response_model=BatchOut, responses=error_responses(404))
-async def get_batch(batchId: str, user: CurrentUser, store: StoreDep) -> Any:
+async def get_batch(batchId: str, user: ReadUser, store: StoreDep) -> Any:
     """One of the caller's batches: its jobs by status, progress, cost so far."""
     batch, counts = await service.batch_state(store=store, user_id=user.user_id, batch_id=batchId)
     return _out(batch, counts)
@@ -176,7 +177,7 @@ async def get_batch(batchId: str, user: CurrentUser, store: StoreDep) -> Any:
 )
 async def batch_jobs(
     batchId: str,
-    user: CurrentUser,
+    user: ReadUser,
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=JOBS_MAX_PAGE)] = JOBS_DEFAULT_PAGE,
     afterRow: Annotated[int, Query(ge=0, le=10_000_000, description="nextAfterRow")] = 0,
@@ -192,7 +193,7 @@ async def batch_jobs(
 
 
 @router.delete("/{batchId}", response_model=BatchCancelled, responses=error_responses(404))
-async def cancel_batch(batchId: str, user: CurrentUser, clients: QueueingDep) -> Any:
+async def cancel_batch(batchId: str, user: GenerateUser, clients: QueueingDep) -> Any:
     """Cancel what has not finished of the batch; its counts after."""
     batch, counts, cancelled = await service.cancel_batch(
         store=clients.store,
@@ -212,7 +213,7 @@ async def cancel_batch(batchId: str, user: CurrentUser, clients: QueueingDep) ->
     response_model=BatchRetried,
     responses=error_responses(402, 404, 503),
 )
-async def retry_failed(batchId: str, user: CurrentUser, clients: QueueingDep) -> Any:
+async def retry_failed(batchId: str, user: GenerateUser, clients: QueueingDep) -> Any:
     """Queue the batch's failed jobs again; they run BATCH_CONCURRENCY at a time."""
     batch, counts, requeued = await service.retry_failed(
         store=clients.store,
@@ -242,7 +243,7 @@ async def retry_failed(batchId: str, user: CurrentUser, clients: QueueingDep) ->
 )
 async def batch_results(
     batchId: str,
-    user: CurrentUser,
+    user: ReadUser,
     store: StoreDep,
     format: Annotated[Literal["csv", "jsonl"], Query()] = "csv",
 ) -> StreamingResponse:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from smartgen.generation.service import QueuedJob
 from smartgen.kit.text import without_nul
 from smartgen.kit.times import as_utc, iso_ms
-from smartgen.models import ContentType, Job, JobStatus, Length, Tone
+from smartgen.models import ContentType, Job, JobStatus, Length, Rating, Tone
 
 # PROMPT_MAX_CHARS may be configured up to this; the schema documents the ceiling.
 PROMPT_HARD_LIMIT = 20_000
@@ -120,6 +120,15 @@ class GenerationRequest(GenerationOptions):
         examples=[300],
     )
 
+    webhookUrl: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        description="An https URL told when this job ends (job.completed, job.failed, "
+        "job.cancelled), signed with your default webhook secret (GET /webhooks/secret)",
+        examples=["https://cms.example.com/hooks/job-done"],
+    )
+
     _prompt_without_nul = field_validator("prompt")(without_nul)
     _delay_is_a_number = field_validator("delaySeconds", mode="before")(
         lambda value: _number(value)
@@ -194,6 +203,11 @@ class QueuedResponse(BaseModel):
     )
 
 
+class FeedbackOut(BaseModel):
+    rating: Rating
+    comment: str | None = Field(None, description="Omitted when none was given")
+
+
 class JobOut(BaseModel):
     jobId: str
     status: JobStatus
@@ -231,7 +245,11 @@ class JobOut(BaseModel):
         None, description="Once completed: what the provider says it cost (USD credits)"
     )
     parentJobId: str | None = Field(None, description="A variation's original")
+    webhookUrl: str | None = Field(None, description="Told when the job ends")
     variationIds: list[str] | None = Field(None, description="Variations of this job")
+    feedback: FeedbackOut | None = Field(
+        None, description="The owner's rating of the completed job, when there is one"
+    )
     batchId: str | None = Field(None, description="The batch this job is a row of")
     batchRow: int | None = Field(None, description="Its row in the batch's input (1: first)")
     batchWaiting: bool | None = Field(
@@ -281,10 +299,18 @@ def job_out(
         finishReason=job.finish_reason if completed else None,
         partialContent=partial if job.status == "processing" else None,
         history=job.history or None,
-        options=job.options or None,
+        options={k: v for k, v in job.options.items() if k != "webhookUrl"} or None
+        if job.options
+        else None,
         cost=job.cost if completed else None,
         parentJobId=job.parent_job_id,
+        webhookUrl=(job.options or {}).get("webhookUrl"),
         variationIds=variation_ids or None,
+        feedback=(
+            FeedbackOut(rating=cast(Rating, job.feedback_rating), comment=job.feedback_comment)
+            if job.feedback_rating
+            else None
+        ),
         batchId=job.batch_id,
         batchRow=job.batch_row,
         batchWaiting=True if job.batch_held and job.status == "queued" else None,

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,7 @@ class SessionGuard:
         self._tokens: dict[str, tuple[bool, float]] = {}
         self._users: dict[str, tuple[float, bool, float]] = {}
         self._listeners: list[Revoked] = []
+        self._user_hooks: list[Callable[[str], Awaitable[None]]] = []
         self._pending: dict[tuple[str, str | None, bool], asyncio.Future[Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -104,7 +105,13 @@ class SessionGuard:
     ) -> None:
         if user is not None and not user[1]:
             raise Unauthorized("This token's user no longer exists", code="invalid_token")
-        if user is not None and user[0] > 0 and (principal.issued_at or 0) < user[0]:
+        # A password change ends login sessions; API keys are revoked one by one.
+        if (
+            user is not None
+            and user[0] > 0
+            and principal.key_id is None
+            and (principal.issued_at or 0) < user[0]
+        ):
             raise Unauthorized("This session has ended; log in again", code="token_revoked")
         if token is not None and token[0]:
             raise Unauthorized("This session has ended; log in again", code="token_revoked")
@@ -162,6 +169,13 @@ class SessionGuard:
         await self._write(self._user + user_id, mark, self._token_lifetime + 60)
         self._revoked_here(user_id, None, before, deleted=deleted)
         await self._publish(f"u {user_id} {mark}")
+        for hook in self._user_hooks:
+            await hook(user_id)
+
+    def also_end_user(self, hook: Callable[[str], Awaitable[None]]) -> None:
+        """Await `hook(user_id)` whenever all of a user's sessions end here (the console's
+        refresh tokens end with them)."""
+        self._user_hooks.append(hook)
 
     async def _write(self, key: str, value: str, seconds: int) -> None:
         try:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import Process, register, start_system, wait_for_status
 from tests.fakellm import FakeLLM, Reply
 from tests.test_terminal import Client
+from tests.test_webhooks import Receiver, receiver  # noqa: F401 - the receiver fixture
 
 WAIT = 60.0  # bound for any wait; never a speed assertion
 CSV_HEADER = "prompt,contentType,tone,keywords\r\n"
@@ -192,7 +194,12 @@ async def test_a_200_row_csv_batch_runs_in_turns_beside_another_users_job(
 
 
 async def test_batch_controls_and_refusals(
-    env: dict[str, str], processes: list[Process], fake_llm: FakeLLM, unique: str, tmp_path: Path
+    env: dict[str, str],
+    processes: list[Process],
+    fake_llm: FakeLLM,
+    unique: str,
+    tmp_path: Path,
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
 ) -> None:
     slow, failing = f"[slow-{unique}]", f"[fails-{unique}]"
     fake_llm.always(slow, Reply(chunk_delay=0.5, content="one two three four five six"))
@@ -206,11 +213,14 @@ async def test_batch_controls_and_refusals(
         "GENERATION_DELAY_SECONDS": "0",
         # A batch larger than the cap runs: its waiting rows are not unfinished jobs.
         "MAX_UNFINISHED_JOBS": "6",
+        "WEBHOOK_ALLOW_HTTP": "true",  # the receiver is plain http on loopback
+        "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
     }
     _, _, url = await start_system(system_env, processes)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         user, other = await register(client), await register(client)
         headers = user["headers"]
+        secret = (await client.get("/webhooks/secret", headers=headers)).json()["secret"]
 
         # Idempotent submit: the same key and body answer the first batch again.
         body = {
@@ -219,8 +229,9 @@ async def test_batch_controls_and_refusals(
                 for n in (1, 2)
             ]
             + [{"prompt": f"bad {n} {failing}", "contentType": "Blog Post Outline"} for n in (3, 4)]
-            + ["not an object", {"prompt": "x", "contentType": "Blog Post Outline", "nope": 1}],
-            "webhookUrl": "https://example.com/hooks/smartgen",
+            + ["not an object", {"prompt": "x", "contentType": "Blog Post Outline", "nope": 1}]
+            + [{"prompt": "y", "contentType": "Blog Post Outline", "webhookUrl": "https://a.b/c"}],
+            "webhookUrl": receiver.url + "/batch",
         }
         key = {**headers, "Idempotency-Key": f"k-{unique}"}
         first = await client.post("/batches", json=body, headers=key)
@@ -231,15 +242,21 @@ async def test_batch_controls_and_refusals(
         changed = await client.post("/batches", json={**body, "delaySeconds": 5}, headers=key)
         assert changed.status_code == 422 and changed.json()["error"] == "idempotency_key_reused"
         created = first.json()
-        assert (created["total"], created["accepted"]) == (6, 4)
-        assert [x["row"] for x in created["rejected"]] == [5, 6]
+        assert (created["total"], created["accepted"]) == (7, 4)
+        assert [x["row"] for x in created["rejected"]] == [5, 6, 7]
         assert "unknown field" in created["rejected"][1]["error"]
+        assert "webhookUrl: not per row" in created["rejected"][2]["error"]
         batch_id = created["batchId"]
 
         # Two rows fail; retry-failed queues them again and the batch ends completed.
         state = await ended(client, headers, batch_id)
         assert state["counts"]["completed"] == 2 and state["counts"]["failed"] == 2
-        assert state["webhookUrl"] == "https://example.com/hooks/smartgen"
+        assert state["webhookUrl"] == receiver.url + "/batch"
+        # The batch's end, as a signed `batch.completed` webhook (standardwebhooks verifies).
+        await until(lambda: receiver.at("/batch"))
+        [told] = [Webhook(secret).verify(r.body, r.headers) for r in receiver.at("/batch")]
+        assert told["type"] == "batch.completed" and told["data"]["batchId"] == batch_id
+        assert told["data"]["counts"]["failed"] == 2
         r = await client.post(f"/batches/{batch_id}/retry-failed", headers=headers)
         assert r.status_code == 202 and r.json()["requeuedJobs"] == 2, r.text
         state = await ended(client, headers, batch_id)
@@ -302,8 +319,11 @@ async def test_batch_controls_and_refusals(
         await refused(422, "batch_too_large", **upload("x.csv", many.encode()))
         await refused(422, "validation_error", json={"rows": [], "nope": 1})
         await refused(
-            422, "validation_error", json={"rows": [{}], "webhookUrl": "http://example.com"}
+            422,
+            "webhook_url_refused",
+            json={"rows": [{}], "webhookUrl": "https://169.254.169.254/"},
         )
+        await refused(422, "validation_error", json={"rows": [{}], "webhookUrl": "ftp://x.y/"})
         r = await client.post(
             "/batches", headers={**headers, "Content-Type": "text/plain"}, content=b"hi"
         )

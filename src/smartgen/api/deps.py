@@ -78,7 +78,11 @@ class Services:
 
     def __post_init__(self) -> None:
         self.batches = BatchRunner(
-            store=self.store, queue=self.queue, notifier=self.notifier, settings=self.settings
+            store=self.store,
+            queue=self.queue,
+            notifier=self.notifier,
+            settings=self.settings,
+            webhook_queue=self.webhook_queue,
         )
         self.queueing = Queueing(
             settings=self.settings,

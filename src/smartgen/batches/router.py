@@ -66,7 +66,7 @@ UPLOAD_BODY = {
                             "Lines, UTF-8",
                         },
                         "delaySeconds": {"type": "number", "minimum": 0},
-                        "webhookUrl": {"type": "string", "pattern": "^https://"},
+                        "webhookUrl": {"type": "string", "pattern": "^https?://"},
                     },
                 }
             },
@@ -201,6 +201,7 @@ async def cancel_batch(batchId: str, user: GenerateUser, clients: QueueingDep) -
         notifier=clients.notifier,
         user_id=user.user_id,
         batch_id=batchId,
+        runner=clients.turns,
         budgets=clients.budgets,
     )
     return {**_out(batch, counts), "cancelledJobs": cancelled}

@@ -38,8 +38,9 @@ from smartgen.errors import AppError
 from smartgen.generation.service import queue_message
 from smartgen.kit.times import iso_ms, utcnow
 from smartgen.models import Batch, BatchCounts
-from smartgen.ports import JobQueue, Notifier
+from smartgen.ports import JobQueue, Notifier, WebhookQueue
 from smartgen.store.base import Store
+from smartgen.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +71,56 @@ def counts_payload(batch: Batch, counts: BatchCounts) -> dict[str, Any]:
     }
 
 
-async def announce_batch_completed(notifier: Notifier, batch: Batch, counts: BatchCounts) -> None:
-    """A batch ended (completed, or cancelled by its owner): `batch_completed` to its owner.
-    The one place a batch's end is announced (webhooks join here)."""
+async def announce_batch_completed(
+    notifier: Notifier,
+    batch: Batch,
+    counts: BatchCounts,
+    *,
+    store: Store | None = None,
+    webhook_queue: WebhookQueue | None = None,
+) -> None:
+    """A batch ended (completed, or cancelled by its owner): `batch_completed` to its owner,
+    and the `batch.completed` webhook to the batch's `webhookUrl` and to the owner's
+    endpoints that subscribed to it. The one place a batch's end is announced; it runs
+    once per end (`finish` is a conditional write), and a repeat would be the same
+    delivery (its key is the batch and the moment it ended)."""
+    completed_at = iso_ms(batch.completed_at or utcnow())
     payload = {
         "userId": batch.user_id,
         **counts_payload(batch, counts),
         "status": batch.status,
-        "completedAt": iso_ms(batch.completed_at or utcnow()),
+        "completedAt": completed_at,
     }
     await notifier.user_event(batch.user_id, "batch_completed", payload)
+    if store is None or webhook_queue is None:
+        return
+    try:
+        await webhooks.announce(
+            "batch.completed",
+            batch.user_id,
+            {**payload, "webhookUrl": batch.webhook_url},
+            store=store,
+            queue=webhook_queue,
+            job_webhook_url=batch.webhook_url,
+            event_key=f"batch.completed:{batch.batch_id}:{completed_at}",
+        )
+    except Exception:  # the batch's end is recorded; its webhooks are extra
+        log.exception("batch %s: batch.completed webhooks not announced", batch.batch_id)
 
 
 class BatchRunner:
     """`ports.BatchTurns` over the store and the queue."""
 
     def __init__(
-        self, *, store: Store, queue: JobQueue, notifier: Notifier, settings: Settings
+        self,
+        *,
+        store: Store,
+        queue: JobQueue,
+        notifier: Notifier,
+        settings: Settings,
+        webhook_queue: WebhookQueue | None = None,
     ) -> None:
+        self.webhook_queue = webhook_queue
         self.store = store
         self.queue = queue
         self.notifier = notifier
@@ -149,9 +182,14 @@ class BatchRunner:
             finished = await self.store.batches.finish(batch_id, status="completed", at=utcnow())
             if finished is not None:
                 self._progress_at.pop(batch_id, None)
-                await announce_batch_completed(self.notifier, finished, counts)
+                await self.announce_completed(finished, counts)
             return
         await self._progress(batch, counts)
+
+    async def announce_completed(self, batch: Batch, counts: BatchCounts) -> None:
+        await announce_batch_completed(
+            self.notifier, batch, counts, store=self.store, webhook_queue=self.webhook_queue
+        )
 
     async def _progress(self, batch: Batch, counts: BatchCounts) -> None:
         """`batch_progress`, at most once per PROGRESS_INTERVAL_SECONDS per batch and

@@ -14,9 +14,10 @@ from smartgen.models import Batch, BatchCounts
 WEBHOOK_URL_MAX_CHARS = 2048
 
 
-def https_url(value: str | None) -> str | None:
-    """An `https://host/...` URL's shape (whether its host may be called is the webhooks'
-    question, asked when it is called)."""
+def web_url(value: str | None) -> str | None:
+    """An `https://host/...` (or `http://`) URL's shape; whether webhooks may call it (the
+    SSRF rules, WEBHOOK_ALLOW_HTTP) is `generation.service.checked_webhook_url`'s
+    question."""
     if value is None:
         return None
     if len(value) > WEBHOOK_URL_MAX_CHARS or any(c.isspace() or ord(c) < 32 for c in value):
@@ -26,7 +27,12 @@ def https_url(value: str | None) -> str | None:
         port = parts.port  # ValueError for a port that is not a number or out of range
     except ValueError:
         raise ValueError("must be an https URL") from None
-    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or parts.username
+        or (parts.password)
+    ):
         raise ValueError("must be an https URL such as https://example.com/hooks/smartgen")
     del port
     return value
@@ -53,14 +59,16 @@ class BatchRequest(BaseModel):
     webhookUrl: str | None = Field(
         None,
         max_length=WEBHOOK_URL_MAX_CHARS,
-        pattern=r"^https://[^\s/?#@]+(?:[/?#]\S*)?$",
-        description="Called with `batch.completed` when the batch ends (https)",
+        pattern=r"^https?://[^\s/?#@]+(?:[/?#]\S*)?$",
+        description="Told when the batch ends (`batch.completed`), signed with your default "
+        "webhook secret (GET /webhooks/secret); https (plain http only with "
+        "WEBHOOK_ALLOW_HTTP), refused when it points at a private address",
     )
 
     _delay_is_a_number = field_validator("delaySeconds", mode="before")(
         lambda value: _number(value)
     )
-    _url = field_validator("webhookUrl")(https_url)
+    _url = field_validator("webhookUrl")(web_url)
 
 
 class RejectedRow(BaseModel):

@@ -23,13 +23,13 @@ from uuid import UUID, uuid4
 from pydantic import ValidationError
 
 from smartgen.batches.files import unreadable
-from smartgen.batches.runner import LOCK_SECONDS, BatchRunner, announce_batch_completed
+from smartgen.batches.runner import LOCK_SECONDS, BatchRunner
 from smartgen.config import Settings
 from smartgen.errors import AppError, NotFound, PaymentRequired, TooManyRequests, ValidationFailed
 from smartgen.generation import budget, control
 from smartgen.generation.prompts import model_request
 from smartgen.generation.schemas import GenerationRequest
-from smartgen.generation.service import check_prompt, resolve_options
+from smartgen.generation.service import check_prompt, checked_webhook_url, resolve_options
 from smartgen.kit.times import utcnow
 from smartgen.models import Batch, BatchCounts, Job, JobStatus
 from smartgen.ports import Budgets, JobQueue, Notifier, Prices
@@ -83,6 +83,9 @@ async def _row_request(
     except ValidationError as exc:
         raise ValidationFailed(_errors(exc)) from None
     check_prompt(settings, request.prompt)
+    if getattr(request, "webhookUrl", None) is not None:
+        # A batch is told once, at its end (the batch's own webhookUrl).
+        raise ValidationFailed("webhookUrl: not per row; give the batch's webhookUrl")
     if request.delaySeconds is not None and request.delaySeconds > settings.max_delay_seconds:
         raise ValidationFailed(f"delaySeconds: must be at most {settings.max_delay_seconds:g}")
     try:
@@ -123,6 +126,12 @@ async def create_batch(
         raise ValidationFailed(
             f"delaySeconds: must be at most {settings.max_delay_seconds:g}",
             details=[{"field": "delaySeconds", "message": "too long"}],
+        )
+    if webhook_url is not None:
+        # Checked now as a job's own webhookUrl is (the SSRF rules; a default secret to
+        # sign with), and again at each delivery.
+        webhook_url = await checked_webhook_url(
+            store=store, settings=settings, user_id=user_id, url=webhook_url
         )
     cap = settings.max_unfinished_jobs
     if cap > 0:
@@ -223,6 +232,7 @@ async def cancel_batch(
     notifier: Notifier,
     user_id: str,
     batch_id: str,
+    runner: BatchRunner,
     budgets: Budgets | None = None,
 ) -> tuple[Batch, BatchCounts, int]:
     """Cancel what has not finished: the batch ends (`cancelled`), its waiting jobs are
@@ -263,7 +273,7 @@ async def cancel_batch(
             after = page[-1].batch_row or after
     counts = await store.batches.counts(batch.batch_id)
     if finished is not None:
-        await announce_batch_completed(notifier, finished, counts)
+        await runner.announce_completed(finished, counts)
         batch = finished
     return batch, counts, cancelled
 

@@ -85,7 +85,13 @@ async def run_worker(
     namespace = f"{settings.queue_prefix}:smartgen"
     budgets = RedisBudgets(redis, namespace)
     producer = GenerationQueue(settings, redis)
-    turns = BatchRunner(store=store, queue=producer, notifier=notifier, settings=settings)
+    turns = BatchRunner(
+        store=store,
+        queue=producer,
+        notifier=notifier,
+        settings=settings,
+        webhook_queue=webhook_queue,
+    )
     task = GenerationTask(
         store=store,
         llm=llm,

@@ -249,7 +249,7 @@ async def batch_results(
     format: Annotated[Literal["csv", "jsonl"], Query()] = "csv",
 ) -> StreamingResponse:
     """The batch's results as CSV or JSON Lines, one row per input row."""
-    rows = await service.result_rows(store=store, user_id=user.user_id, batch_id=batchId)
+    rows = await results.result_rows(store=store, user_id=user.user_id, batch_id=batchId)
     name = f"batch-{service.parse_batch_id(batchId)}.{format}"
     if format == "csv":
         chunks, media = results.csv_chunks(rows), "text/csv; charset=utf-8"

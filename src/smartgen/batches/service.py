@@ -15,7 +15,6 @@ budget's message).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -363,51 +362,3 @@ async def _retry_one(
     if again is None and reserved:
         await budget.release(budgets, job.job_id)
     return again is not None
-
-
-async def result_rows(
-    *, store: Store, user_id: str, batch_id: str
-) -> AsyncIterator[dict[str, Any]]:
-    """One result per input row, in input order: its job's outcome, or why it was
-    rejected. Read page by page."""
-    batch = await get_batch(store=store, user_id=user_id, batch_id=batch_id)
-    return _results(store, batch)
-
-
-async def _results(store: Store, batch: Batch) -> AsyncIterator[dict[str, Any]]:
-    rejected = sorted(batch.rejected, key=lambda r: int(r.get("row", 0)))
-    r = 0
-    after = 0
-    while page := await store.batches.jobs_page(batch.batch_id, after_row=after, limit=PAGE):
-        for job in page:
-            row = job.batch_row or 0
-            while r < len(rejected) and int(rejected[r]["row"]) < row:
-                yield _rejected(rejected[r])
-                r += 1
-            yield _job_result(job)
-        after = page[-1].batch_row or after
-    for rest in rejected[r:]:
-        yield _rejected(rest)
-
-
-def _rejected(entry: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "row": int(entry["row"]),
-        "jobId": None,
-        "status": "rejected",
-        "content": None,
-        "error": entry.get("error"),
-        "costUsd": None,
-    }
-
-
-def _job_result(job: Job) -> dict[str, Any]:
-    completed = job.status == JobStatus.completed
-    return {
-        "row": job.batch_row,
-        "jobId": job.job_id,
-        "status": job.status.value,
-        "content": job.generated_content if completed else None,
-        "error": job.error if job.status == JobStatus.failed else None,
-        "costUsd": job.cost if completed else None,
-    }

@@ -63,13 +63,19 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
 
 
 def _allowed_methods(request: Request) -> set[str]:
-    """Every method the app serves at this path, from its OpenAPI description."""
+    """Every method the app serves at this path, from its OpenAPI description. A path
+    written out (`/webhooks/secret`) wins over templates it also fits
+    (`/webhooks/{webhookId}`), as it does in routing."""
     app: FastAPI = request.app
     methods: set[str] = set()
-    for template, operations in app.openapi().get("paths", {}).items():
-        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
-        if re.match(pattern, request.url.path):
-            methods.update(m.upper() for m in operations)
+    paths = app.openapi().get("paths", {})
+    if request.url.path in paths:
+        methods.update(m.upper() for m in paths[request.url.path])
+    else:
+        for template, operations in paths.items():
+            pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+            if re.match(pattern, request.url.path):
+                methods.update(m.upper() for m in operations)
     if "GET" in methods:
         methods.add("HEAD")
     return methods

@@ -331,7 +331,7 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             ).to_have_text("4")
             if with_library:
                 await expect(types.filter(has_text="Blog Post Outline")).to_contain_text(
-                    "100 % of 1 rated"
+                    "100 % (1)"
                 )
 
             # --- sign out, in again; a reload keeps the session (refresh cookie) -------

@@ -217,11 +217,15 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await expect(prompt).to_have_accessible_description(re.compile("required"))
             await prompt.fill(f"Sourdough for beginners {slow}")
             await page.get_by_label("Content type", exact=True).select_option("Blog Post Outline")
-            await page.get_by_label("Start after (seconds)").fill("3")
+            await page.get_by_label("Start after (seconds)").fill("5")
             await page.get_by_role("button", name="Generate", exact=True).click()
             created = page.locator("#jobs li").filter(has_text="Sourdough for beginners")
             first = page.locator(f"#job-{await created.get_attribute('data-job-id')}")
-            await expect(first.locator(".countdown")).to_have_text(re.compile(r"Starts in \d s"))
+            countdown = first.locator(".countdown")
+            await expect(countdown).to_have_text(re.compile(r"Starts in [2-5] s"))
+            shown = await countdown.inner_text()
+            await expect(countdown).to_have_text(re.compile(r"Starts in \d s|Starting"))
+            await expect(countdown).not_to_have_text(shown)  # it counts down
             await expect(prompt).not_to_have_attribute("aria-invalid", "true")
             # The text arrives while the job is still processing (0.2 s a word).
             await expect(first.locator(".badge")).to_have_text("processing")

@@ -352,9 +352,21 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await page.reload()
             await expect(page.locator("#who-email")).to_have_text(email)
             await expect(page.locator("#jobs li")).to_have_count(4)
+            # A second tab joins the session (the tabs take turns spending the cookie, so
+            # neither looks like a stolen copy), and leaves it when the first signs out.
+            tab = await context.new_page()
+            await tab.route("**/*", offline(refused))
+            tab.on("dialog", on_dialog)
+            tab.on("pageerror", lambda exc: problems.append(f"tab error: {exc}"))
+            await tab.goto(console_url + "/")
+            await expect(tab.locator("#who-email")).to_have_text(email)
+            await page.reload()  # one more refresh with the cookie the tab rotated
+            await expect(page.locator("#who-email")).to_have_text(email)
 
             # --- a second user sees none of it ---------------------------------------
             await page.get_by_role("button", name="Sign out").click()
+            await expect(tab.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
+            await tab.close()
             await page.get_by_label("Email", exact=True).fill(f"bob-{unique}@example.com")
             await page.get_by_label("Password", exact=True).fill("another horse")
             await page.get_by_role("button", name="Sign up", exact=True).click()

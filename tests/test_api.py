@@ -271,6 +271,19 @@ async def test_health_and_docs(client: httpx.AsyncClient, api: ApiServer) -> Non
         "POST /auth/password",
         "DELETE /auth/me",
         "GET /auth/me/export",
+        "POST /api-keys",
+        "GET /api-keys",
+        "DELETE /api-keys/{keyId}",
+        "POST /webhooks",
+        "GET /webhooks",
+        "GET /webhooks/secret",
+        "POST /webhooks/secret/rotate",
+        "GET /webhooks/{webhookId}",
+        "PATCH /webhooks/{webhookId}",
+        "DELETE /webhooks/{webhookId}",
+        "POST /webhooks/{webhookId}/test",
+        "GET /webhooks/{webhookId}/deliveries",
+        "POST /webhooks/{webhookId}/deliveries/{deliveryId}/redeliver",
     }
     body = schema["paths"]["/generate-content"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/GenerationRequest")

@@ -126,6 +126,8 @@ async def test_library_pages_search_edit_and_delete(
         await ids(q=q)  # 200, only alice's rows
     assert await ids(q='"sourdough') == [bread.content_id]
     assert await ids(q="-sourdough") == [bread.content_id]
+    assert await ids(q="  ") == newest_first  # a cleared search box
+    assert await ids(q="*!") == []  # no word to look for
 
     # Bad parameters: 422 with the API's error body, never a 500.
     bad = [
@@ -214,7 +216,8 @@ async def test_export_streams_each_format_and_defuses_formulas(
         await seed(api, alice, 1, title="=HYPERLINK(\"http://x\")", body="+1+2\n\n## Keep me",
                    tags=["-x", "@y", "plain"], content_type="Product Description")
     )[0]  # fmt: skip
-    ids = [c.content_id for c in many] + [hostile.content_id]
+    ordered = sorted(many, key=lambda c: (c.created_at, c.content_id), reverse=True)
+    ids = [hostile.content_id] + [c.content_id for c in ordered]  # newest first
 
     r = await client.get("/contents/export", params={"format": "csv"}, headers=h)
     assert r.status_code == 200, r.text
@@ -231,12 +234,12 @@ async def test_export_streams_each_format_and_defuses_formulas(
         "updatedAt",
         "body",
     ]
-    assert [row[0] for row in rows[1:]] == ids  # oldest first, each once
-    last = rows[-1]
+    assert [row[0] for row in rows[1:]] == ids  # newest first, each once
+    last = rows[1]
     assert last[1] == '\'=HYPERLINK("http://x")'
     assert last[3] == "'-x;@y;plain"  # the cell is what a spreadsheet sees
     assert last[6] == "'+1+2\n\n## Keep me"
-    assert rows[1][1:4] == ["Item 0", "Blog Post Outline", ""]
+    assert rows[-1][1:4] == [ordered[-1].title, "Blog Post Outline", ""]
     assert all(
         not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row
     )
@@ -253,17 +256,17 @@ async def test_export_streams_each_format_and_defuses_formulas(
     assert chunks > 1
     lines = [json.loads(line) for line in body.decode().splitlines()]
     assert [c["contentId"] for c in lines] == ids
-    assert lines[-1]["tags"] == ["-x", "@y", "plain"]  # JSON keeps the data as it is
-    assert lines[-1]["title"] == hostile.title and set(lines[0]) >= {"updatedAt", "tags", "body"}
+    assert lines[0]["tags"] == ["-x", "@y", "plain"]  # JSON keeps the data as it is
+    assert lines[0]["title"] == hostile.title and set(lines[-1]) >= {"updatedAt", "tags", "body"}
 
     r = await client.get("/contents/export", params={"format": "markdown"}, headers=h)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/markdown")
     assert r.headers["content-disposition"].endswith('filename="smartgen-contents.md"')
     sections = r.text.split("\n# ")
-    assert len(sections) == len(ids) and sections[0].startswith("# Item 0\n")
-    assert sections[-1].startswith('=HYPERLINK("http://x")\n\n*Product Description · ')
-    assert "tags: -x, @y, plain" in sections[-1]
-    assert "\n+1+2\n\n## Keep me\n" in sections[-1]  # the body verbatim
+    assert len(sections) == len(ids) and sections[-1].startswith(ordered[-1].title + "\n")
+    assert sections[0].startswith('# =HYPERLINK("http://x")\n\n*Product Description · ')
+    assert "tags: -x, @y, plain" in sections[0]
+    assert "\n+1+2\n\n## Keep me\n" in sections[0]  # the body verbatim
 
     for fmt in ("xml", "", "CSV"):
         r = await client.get("/contents/export", params={"format": fmt}, headers=h)
@@ -377,5 +380,29 @@ async def test_the_export_path_is_not_a_content_id(client: httpx.AsyncClient) ->
     assert r.status_code == 405
     r = await client.options(f"/contents/{uuid.uuid4()}", headers=user["headers"])
     assert r.headers["allow"] == "DELETE, GET, HEAD, PATCH"
+    r = await client.head("/contents/export?format=csv", headers=user["headers"])
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-type"].startswith("text/csv")
     schema = (await client.get("/openapi.json")).json()
     assert {"/contents/export", "/contents/{contentId}"} <= set(schema["paths"])
+
+
+async def test_export_pages_survive_edits_and_deletions_between_them(
+    api: ApiServer, client: httpx.AsyncClient
+) -> None:
+    from smartgen.content.service import EXPORT_PAGE, export_contents
+
+    user = await register(client)
+    store = api.services.store
+    items = await seed(api, user, EXPORT_PAGE * 2 + 5)
+    pages = export_contents(store=store, user_id=user["userId"])
+    first = await anext(pages)
+    assert len(first) == EXPORT_PAGE
+    # The row the next page would start after is deleted, another is edited, in between.
+    assert await store.contents.delete(first[-1].content_id, user["userId"])
+    assert await store.contents.update(first[0].content_id, user["userId"], at=utcnow(), title="x")
+    rest = [c async for page in pages for c in page]
+    assert len(rest) == len(items) - EXPORT_PAGE
+    assert {c.content_id for c in first} | {c.content_id for c in rest} == {
+        c.content_id for c in items
+    }

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,18 @@ from bson import ObjectId
 from smartgen.config import ConfigError
 from smartgen.errors import Conflict, StoreUnavailable
 from smartgen.kit.times import utcnow
-from smartgen.models import Completion, Content, Job, JobStatus, User, Voice
+from smartgen.models import (
+    ApiKey,
+    Completion,
+    Content,
+    Job,
+    JobStatus,
+    User,
+    Voice,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from smartgen.store import describe_store, open_store
 from smartgen.store.base import Store
 from tests.conftest import free_port
@@ -1995,3 +2006,230 @@ async def test_feedback_on_completed_jobs_only_and_in_usage(store: Store) -> Non
     assert (cleared.feedback_rating, cleared.feedback_comment, cleared.feedback_at) == (None,) * 3
     rows = await store.jobs.usage(user, start=start, end=end, group_by="contentType")
     assert [(r.key, r.liked, r.disliked) for r in rows][-1] == ("Product Description", 1, 0)
+
+
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_search_index_stays_in_step_with_its_table(backend: Backend) -> None:
+    """Every write path keeps the FTS5 table equal to the contents (FTS5's own check
+    against its external table fails otherwise)."""
+    store = backend.open()
+    await store.init()
+    alice, bob = oid(), oid()
+    kept = await save(store, alice, title="Sourdough", body="starter")
+    gone = await save(store, alice, title="Rye", body="caraway")
+    await save(store, bob, title="Spelt", body="flour")
+    assert await store.contents.update(kept.content_id, alice, at=T0, title="Pumpernickel")
+    assert await store.contents.update(kept.content_id, alice, at=T0, tags=["dark"])
+    assert await store.contents.delete(gone.content_id, alice)
+    assert await store.contents.delete_for_user(bob) == 1
+    await raw_sql(
+        backend, "INSERT INTO contents_fts (contents_fts, rank) VALUES ('integrity-check', 1)"
+    )
+    rows = await raw_sql(
+        backend, "SELECT rowid FROM contents_fts WHERE contents_fts MATCH 'pumpernickel'"
+    )
+    assert len(rows) == 1
+    for word in ("sourdough", "caraway", "spelt"):
+        assert (
+            await raw_sql(
+                backend, f"SELECT rowid FROM contents_fts WHERE contents_fts MATCH '{word}'"
+            )
+            == []
+        )
+
+
+def make_key(user_id: str, **kw: Any) -> ApiKey:
+    fields: dict[str, Any] = {
+        "key_id": str(uuid.uuid4()),
+        "user_id": user_id,
+        "name": "CMS import",
+        "prefix": "AbCdEfGh",
+        "key_hash": uuid.uuid4().hex + uuid.uuid4().hex,
+        "scopes": ["generate", "read"],
+        "created_at": T0,
+    }
+    return ApiKey(**{**fields, **kw})
+
+
+async def test_api_keys_are_found_by_hash_owner_scoped_and_capped(store: Store) -> None:
+    user, stranger = oid(), oid()
+    first = make_key(user, expires_at=T0 + timedelta(days=30))
+    second = make_key(user, created_at=T0 + timedelta(seconds=1), scopes=["webhooks"])
+    assert await store.api_keys.create(first, max_per_user=2)
+    assert await store.api_keys.create(second, max_per_user=2)
+    assert not await store.api_keys.create(make_key(user), max_per_user=2)  # the cap
+    theirs = make_key(stranger)
+    assert await store.api_keys.create(theirs, max_per_user=2)
+    with pytest.raises(Exception):  # noqa: B017 - a hash is unique, whatever the driver's error
+        await store.api_keys.create(make_key(stranger, key_hash=first.key_hash), max_per_user=9)
+
+    assert await store.api_keys.get_by_hash(first.key_hash) == first
+    assert await store.api_keys.get_by_hash("0" * 64) is None
+    assert await store.api_keys.list_for_user(user, limit=10) == [second, first]
+    assert await store.api_keys.list_for_user(user, limit=1) == [second]
+
+    used = T0 + timedelta(minutes=3)
+    await store.api_keys.touch(first.key_id, at=used)
+    touched = await store.api_keys.get_by_hash(first.key_hash)
+    assert touched is not None and touched.last_used_at == used
+
+    assert not await store.api_keys.delete(first.key_id, stranger)
+    assert await store.api_keys.delete(first.key_id, user)
+    assert not await store.api_keys.delete(first.key_id, user)
+    assert await store.api_keys.get_by_hash(first.key_hash) is None
+    assert await store.api_keys.delete_for_user(user) == 1
+    assert await store.api_keys.list_for_user(user, limit=10) == []
+    assert await store.api_keys.list_for_user(stranger, limit=10) == [theirs]
+
+
+def make_hook(user_id: str, **kw: Any) -> WebhookEndpoint:
+    fields: dict[str, Any] = {
+        "webhook_id": str(uuid.uuid4()),
+        "user_id": user_id,
+        "url": "https://hooks.example.com/in",
+        "events": ["job.completed", "job.failed"],
+        "description": "CMS",
+        "secret": "whsec_" + uuid.uuid4().hex,
+        "enabled": True,
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    return WebhookEndpoint(**{**fields, **kw})
+
+
+async def test_webhook_endpoints_are_owner_scoped_capped_and_track_failures(
+    store: Store,
+) -> None:
+    hooks = store.webhooks
+    user, stranger = oid(), oid()
+    first = make_hook(user)
+    second = make_hook(user, created_at=T0 + timedelta(seconds=1), description="")
+    assert await hooks.create(first, max_per_user=2)
+    assert await hooks.create(second, max_per_user=2)
+    assert not await hooks.create(make_hook(user), max_per_user=2)  # the cap
+    theirs = make_hook(stranger)
+    assert await hooks.create(theirs, max_per_user=2)
+    assert await hooks.get(first.webhook_id) == first
+    assert await hooks.get_for_user(first.webhook_id, user) == first
+    assert await hooks.get_for_user(first.webhook_id, stranger) is None
+    assert await hooks.list_for_user(user, limit=10) == [second, first]
+
+    later = T0 + timedelta(minutes=1)
+    assert await hooks.update(first.webhook_id, stranger, at=later, url="https://x") is None
+    changed = await hooks.update(
+        first.webhook_id, user, at=later, events=["job.cancelled"], description="New"
+    )
+    assert changed is not None
+    assert (changed.url, changed.events, changed.description, changed.enabled) == (
+        first.url, ["job.cancelled"], "New", True,
+    )  # fmt: skip
+    assert changed.updated_at == later
+
+    # Failures: the first one marks the start of the run, a success ends it.
+    t1, t2 = T0 + timedelta(hours=1), T0 + timedelta(hours=2)
+    failing = await hooks.record_outcome(first.webhook_id, ok=False, at=t1)
+    assert failing is not None and failing.failing_since == t1
+    failing = await hooks.record_outcome(first.webhook_id, ok=False, at=t2)
+    assert failing is not None and failing.failing_since == t1
+    healthy = await hooks.record_outcome(first.webhook_id, ok=True, at=t2)
+    assert healthy is not None and healthy.failing_since is None
+    await hooks.record_outcome(first.webhook_id, ok=False, at=t2)
+    assert await hooks.disable(first.webhook_id, at=t2)
+    assert not await hooks.disable(first.webhook_id, at=t2)  # once
+    disabled = await hooks.get(first.webhook_id)
+    assert disabled is not None and not disabled.enabled and disabled.failing_since == t2
+    enabled = await hooks.update(first.webhook_id, user, at=t2, enabled=True)
+    assert enabled is not None and enabled.enabled and enabled.failing_since is None
+    assert await hooks.record_outcome("gone", ok=False, at=t2) is None
+
+    assert not await hooks.delete(first.webhook_id, stranger)
+    assert await hooks.delete(first.webhook_id, user)
+    assert not await hooks.delete(first.webhook_id, user)
+    assert await hooks.get(first.webhook_id) is None
+
+
+async def test_webhook_secret_deliveries_and_attempts(store: Store) -> None:
+    hooks = store.webhooks
+    user, stranger = oid(), oid()
+    assert await hooks.get_secret(user) is None
+    assert await hooks.create_secret(user, "whsec_one", at=T0)
+    assert not await hooks.create_secret(user, "whsec_two", at=T0)
+    assert await hooks.get_secret(user) == "whsec_one"
+    await hooks.replace_secret(user, "whsec_three", at=T0)
+    await hooks.replace_secret(stranger, "whsec_theirs", at=T0)
+    assert await hooks.get_secret(user) == "whsec_three"
+
+    endpoint = make_hook(user)
+    assert await hooks.create(endpoint, max_per_user=5)
+    delivery = WebhookDelivery(
+        delivery_id=str(uuid.uuid4()),
+        user_id=user,
+        webhook_id=endpoint.webhook_id,
+        url=endpoint.url,
+        event="job.completed",
+        payload={"jobId": "j1", "nested": {"n": 1}},
+        status="pending",
+        attempts=0,
+        created_at=T0,
+        updated_at=T0,
+        message_id="msg_1",
+        next_attempt_at=T0,
+    )
+    job_url = replace(delivery, delivery_id=str(uuid.uuid4()), webhook_id=None, url="https://j")
+    assert await hooks.create_delivery(delivery)
+    assert not await hooks.create_delivery(delivery)  # the same id: once
+    assert await hooks.create_delivery(job_url)
+    assert await hooks.get_delivery(delivery.delivery_id) == delivery
+    assert await hooks.get_delivery_for_user(job_url.delivery_id, user) == job_url
+    assert await hooks.get_delivery_for_user(delivery.delivery_id, stranger) is None
+    due = await hooks.list_due_deliveries(T0 + timedelta(seconds=1), limit=10)
+    assert {d.delivery_id for d in due} == {delivery.delivery_id, job_url.delivery_id}
+    assert await hooks.list_due_deliveries(T0, limit=10) == []
+
+    retry_at = T0 + timedelta(seconds=5)
+    await hooks.update_delivery(
+        delivery.delivery_id, status="pending", attempts=1, at=T0, next_attempt_at=retry_at
+    )
+    await hooks.update_delivery(
+        job_url.delivery_id, status="succeeded", attempts=1, at=T0, next_attempt_at=None
+    )
+    due = await hooks.list_due_deliveries(T0 + timedelta(seconds=6), limit=10)
+    assert [(d.delivery_id, d.attempts, d.next_attempt_at) for d in due] == [
+        (delivery.delivery_id, 1, retry_at)
+    ]
+
+    first = WebhookAttempt(
+        attempt_id=str(uuid.uuid4()),
+        delivery_id=delivery.delivery_id,
+        user_id=user,
+        webhook_id=endpoint.webhook_id,
+        event="job.completed",
+        attempt=1,
+        status="failed",
+        created_at=T0,
+        response_code=503,
+        response_body="busy",
+        duration_ms=12,
+        next_attempt_at=retry_at,
+    )
+    second = replace(
+        first, attempt_id=str(uuid.uuid4()), attempt=2, status="succeeded",
+        created_at=retry_at, response_code=200, response_body="", next_attempt_at=None,
+    )  # fmt: skip
+    refused = replace(
+        first, attempt_id=str(uuid.uuid4()), attempt=3, created_at=retry_at,
+        response_code=None, response_body=None, duration_ms=None, error="refused",
+    )  # fmt: skip
+    for attempt in (first, second, refused):
+        await hooks.add_attempt(attempt)
+    assert await hooks.list_attempts(endpoint.webhook_id, user, limit=10) == [
+        refused, second, first,
+    ]  # fmt: skip
+    assert await hooks.list_attempts(endpoint.webhook_id, user, limit=1) == [refused]
+    assert await hooks.list_attempts(endpoint.webhook_id, stranger, limit=10) == []
+
+    assert await hooks.delete_for_user(user) == 1
+    assert await hooks.get_secret(user) is None
+    assert await hooks.get_delivery(delivery.delivery_id) is None
+    assert await hooks.list_attempts(endpoint.webhook_id, user, limit=10) == []
+    assert await hooks.get_secret(stranger) == "whsec_theirs"

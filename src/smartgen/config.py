@@ -233,6 +233,21 @@ class Settings(BaseSettings):
     user_monthly_cost_budget: float = Field(0.0, ge=0)
     # Brand voices one user may keep.
     max_voices_per_user: int = Field(50, ge=1, le=10_000)
+    # Webhooks (webhooks/): plain http URLs, and URLs resolving to loopback or private
+    # addresses, are refused unless these are true (link-local and cloud metadata addresses
+    # always are). A delivery waits at most WEBHOOK_TIMEOUT_SECONDS for an answer; a failed
+    # one is tried again after each delay of the schedule in turn (seconds, "5,300,…"); an
+    # endpoint failing without a success for WEBHOOK_DISABLE_AFTER_DAYS is disabled.
+    webhook_allow_http: bool = False
+    webhook_allow_private_networks: bool = False
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    webhook_retry_delays_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    webhook_disable_after_days: float = Field(5.0, gt=0)
+    webhook_max_per_user: int = Field(20, ge=1, le=1000)
+    # Deliveries one worker process sends at once.
+    webhook_concurrency: int = Field(20, ge=1, le=1000)
 
     @field_validator("allowed_models", "openrouter_fallback_models", mode="before")
     @classmethod
@@ -242,6 +257,16 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
+
+    @field_validator("webhook_retry_delays_seconds", mode="before")
+    @classmethod
+    def _split_delays(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        delays = [float(item) for item in value or []]  # a ValueError names the bad entry
+        if any(not 0 <= delay <= 7 * 86400 for delay in delays) or len(delays) > 50:
+            raise ValueError("give at most 50 delays of 0 to 604800 seconds, e.g. 5,300,1800")
+        return delays
 
     @field_validator("model_prices", mode="before")
     @classmethod
@@ -256,7 +281,7 @@ class Settings(BaseSettings):
         for model, price in value.items():
             if set(price) - {"prompt", "completion"} or any(v < 0 for v in price.values()):
                 raise ValueError(
-                    f"{model!r}: give {{\"prompt\": USD per token, \"completion\": USD per token}}"
+                    f'{model!r}: give {{"prompt": USD per token, "completion": USD per token}}'
                 )
         return value
 

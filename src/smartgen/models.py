@@ -188,3 +188,82 @@ class ModelRequest:
     options: dict[str, Any] | None = None
     # A variation's original text, which the new take must differ from.
     previous: str | None = None
+
+
+API_KEY_SCOPES: Final = ("generate", "read", "library", "webhooks")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A personal API key as stored: its SHA-256 (hex), never the key itself."""
+
+    key_id: str
+    user_id: str
+    name: str
+    prefix: str
+    key_hash: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+WEBHOOK_EVENTS: Final = ("job.completed", "job.failed", "job.cancelled", "batch.completed")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """A URL a user registered for some events, with its signing secret (`whsec_…`).
+    `failing_since`: the first failed delivery of the current run of failures."""
+
+    webhook_id: str
+    user_id: str
+    url: str
+    events: list[str]
+    description: str
+    secret: str
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    failing_since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One event to one URL (an endpoint's, or a job's own `webhookUrl` when
+    `webhook_id` is None); its attempts are `WebhookAttempt`s. `message_id` is the
+    `webhook-id` header, the same for every attempt. Status: pending (an attempt is due
+    at `next_attempt_at`), succeeded, failed (given up)."""
+
+    delivery_id: str
+    user_id: str
+    webhook_id: str | None
+    url: str
+    event: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    message_id: str
+    next_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """One try of a delivery: what the receiver answered (the first 1 KB of it), or
+    why nothing was sent or received (`error`)."""
+
+    attempt_id: str
+    delivery_id: str
+    user_id: str
+    webhook_id: str | None
+    event: str
+    attempt: int
+    status: str  # succeeded, failed
+    created_at: datetime
+    response_code: int | None = None
+    response_body: str | None = None
+    duration_ms: int | None = None
+    error: str | None = None
+    next_attempt_at: datetime | None = None

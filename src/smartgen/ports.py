@@ -40,6 +40,15 @@ class JobQueue(Protocol):
         """delayed, waiting, active, completed, failed, unknown, …"""
 
 
+class WebhookQueue(Protocol):
+    async def enqueue_delivery(
+        self, delivery_id: str, *, attempt: int, delay_ms: int, again: bool = False
+    ) -> None:
+        """Queue attempt `attempt` of a webhook delivery after `delay_ms`; idempotent for
+        the same delivery and attempt unless `again` (a redelivery asked for by its
+        owner). `ServiceUnavailable` when the queue does not answer."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
     """USD per token, as OpenRouter's GET /models gives it."""

@@ -10,16 +10,17 @@ from fastapi import APIRouter, Body, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from smartgen.api.deps import (
-    CurrentUser,
     HashingDep,
     HistoryDep,
     QueueDep,
     RefreshDep,
     SessionsDep,
+    SessionUser,
     StoreDep,
     TokensDep,
     rate_limit,
 )
+from smartgen.apikeys.schemas import key_out
 from smartgen.auth import service
 from smartgen.auth.router import RefreshCookie, clear_refresh_cookie, token_response
 from smartgen.auth.schemas import PasswordChange, PasswordConfirmation, TokenResponse, user_out
@@ -29,6 +30,7 @@ from smartgen.generation.schemas import job_out
 from smartgen.kit import jsoncodec
 from smartgen.kit.times import iso_ms, utcnow
 from smartgen.voices.schemas import voice_out
+from smartgen.webhooks.schemas import webhook_out
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=error_responses(401, 429, 503))
 
@@ -47,7 +49,7 @@ export_limit = rate_limit(
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(
     request: Request,
-    user: CurrentUser,
+    user: SessionUser,
     sessions: SessionsDep,
     refresh: RefreshDep,
     cookie: RefreshCookie = None,
@@ -71,7 +73,7 @@ async def logout(
 )
 async def change_password(
     body: PasswordChange,
-    user: CurrentUser,
+    user: SessionUser,
     store: StoreDep,
     tokens: TokensDep,
     hashing: HashingDep,
@@ -99,7 +101,7 @@ async def change_password(
 )
 async def delete_account(
     body: Annotated[PasswordConfirmation, Body()],
-    user: CurrentUser,
+    user: SessionUser,
     store: StoreDep,
     queue: QueueDep,
     hashing: HashingDep,
@@ -126,8 +128,9 @@ async def delete_account(
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "The account, its jobs, saved contents and brand voices, as one "
-            'JSON document (`{"user", "jobs": [...], "contents": [...], "voices": [...], '
+            "description": "The account, its jobs, saved contents, brand voices, API keys and "
+            'webhooks (never a key or a secret), as one JSON document (`{"user", "jobs": '
+            '[...], "contents": [...], "voices": [...], "apiKeys": [...], "webhooks": [...], '
             '"exportedAt"}`), streamed',
             "content": {"application/json": {}},
         },
@@ -135,7 +138,7 @@ async def delete_account(
     },
     dependencies=[export_limit],
 )
-async def export_account(user: CurrentUser, store: StoreDep) -> StreamingResponse:
+async def export_account(user: SessionUser, store: StoreDep) -> StreamingResponse:
     """Everything smartgen keeps about the caller, as JSON (streamed page by page)."""
     found = await service.get_user(store=store, user_id=user.user_id)
     account = user_out(found.user_id, found.email, found.created_at).model_dump()
@@ -154,6 +157,12 @@ async def export_account(user: CurrentUser, store: StoreDep) -> StreamingRespons
         yield b'],"voices":['
         voices = await service.export_voices(store=store, user_id=user.user_id)
         yield b",".join(_json(voice_out(v).model_dump(mode="json")) for v in voices)
+        yield b'],"apiKeys":['
+        keys = await service.export_api_keys(store=store, user_id=user.user_id)
+        yield b",".join(_json(key_out(k).model_dump(mode="json")) for k in keys)
+        yield b'],"webhooks":['
+        hooks = await service.export_webhooks(store=store, user_id=user.user_id)
+        yield b",".join(_json(webhook_out(h).model_dump(mode="json")) for h in hooks)
         yield b'],"exportedAt":' + _json(iso_ms(utcnow())) + b"}"
 
     return StreamingResponse(

@@ -25,6 +25,8 @@ from smartgen.api.metrics import router as metrics_router
 from smartgen.api.middleware import RequestLimits
 from smartgen.api.ratelimit import RateLimiter
 from smartgen.api.refresh_tokens import RedisRefreshTokens
+from smartgen.apikeys.router import router as api_keys_router
+from smartgen.auth.keys import Credentials
 from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.router import router as auth_router
 from smartgen.auth.tokens import TokenCodec
@@ -38,6 +40,7 @@ from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.queue.budgets import RedisBudgets
 from smartgen.queue.producer import GenerationQueue
 from smartgen.queue.timings import RedisTimings
+from smartgen.queue.webhooks import BullWebhookQueue
 from smartgen.realtime.bus import event_log
 from smartgen.realtime.live_text import RedisLiveText
 from smartgen.realtime.quota import SocketQuota
@@ -49,6 +52,8 @@ from smartgen.store import open_store
 from smartgen.usage.router import router as usage_router
 from smartgen.voices.router import router as voices_router
 from smartgen.web import install_console
+from smartgen.webhooks.notifier import WebhookNotifier
+from smartgen.webhooks.router import router as webhooks_router
 
 Asgi = Callable[..., Any]
 
@@ -104,6 +109,7 @@ def create_app(
         store = open_store(settings)
         redis = redis_client(settings, "request")
         queue = GenerationQueue(settings, redis)
+        webhook_queue = BullWebhookQueue(settings, redis_client(settings, "request"))
         log = event_log(settings, redis)
         namespace = f"{settings.queue_prefix}:smartgen"
         app.state.scrape = scrape = open_scrape(settings) if settings.metrics_enabled else None
@@ -117,8 +123,17 @@ def create_app(
                 await store.init()
             limiter = RateLimiter(redis, prefix=f"{namespace}:rl")
             quota = SocketQuota(redis, prefix=namespace, cap=settings.socketio_max_sockets_per_user)
-            realtime.attach(store=store, log=log, quota=quota, limiter=limiter, sessions=sessions)
+            credentials = Credentials(tokens, store)
+            realtime.attach(
+                store=store,
+                log=log,
+                quota=quota,
+                limiter=limiter,
+                sessions=sessions,
+                credentials=credentials,
+            )
             sessions.on_revoked(lambda user_id, *_: realtime.manager.local.wake(user_id))
+            sessions.on_revoked(lambda _user_id, token_id, _before: credentials.forget(token_id))
             sessions.start()
             app.state.services = Services(
                 settings=settings,
@@ -126,7 +141,10 @@ def create_app(
                 queue=queue,
                 tokens=tokens,
                 redis=redis,
-                notifier=MeteredNotifier(realtime.publisher),
+                # Cancellations are decided here: their webhooks are announced here.
+                notifier=WebhookNotifier(
+                    MeteredNotifier(realtime.publisher), store=store, queue=webhook_queue
+                ),
                 limiter=limiter,
                 live=RedisLiveText(redis, namespace),
                 log=log,
@@ -140,6 +158,8 @@ def create_app(
                 budgets=RedisBudgets(redis, namespace),
                 idempotency=Idempotency(redis, namespace, settings.idempotency_ttl_seconds),
                 refresh=refresh,
+                credentials=credentials,
+                webhook_queue=webhook_queue,
             )
             if on_started is not None:
                 on_started()
@@ -150,6 +170,7 @@ def create_app(
             await sessions.close()
             await realtime.close()
             await queue.close()  # and the Redis client it was given (bullmq closes it)
+            await webhook_queue.close()  # likewise
             await store.close()
 
     app = FastAPI(
@@ -175,6 +196,8 @@ def create_app(
             {"name": "content", "description": "Saved content"},
             {"name": "voices", "description": "Brand voices: name one in `voiceId` on a job"},
             {"name": "usage", "description": "Tokens, cost and budgets"},
+            {"name": "api-keys", "description": "Personal API keys with scopes, for programs"},
+            {"name": "webhooks", "description": "Signed callbacks when jobs end"},
             {"name": "events", "description": "Your event log as server-sent events"},
             {"name": "health", "description": "Liveness and readiness"},
         ],
@@ -197,6 +220,8 @@ def create_app(
     app.include_router(content_router)
     app.include_router(voices_router)
     app.include_router(usage_router)
+    app.include_router(api_keys_router)
+    app.include_router(webhooks_router)
     app.include_router(events_router)
     app.include_router(health_router)
     if settings.metrics_enabled:

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
 from smartgen.api.ratelimit import Limit
+from smartgen.auth.keys import Credentials, require_scope
 from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
 from smartgen.config import Settings
@@ -31,6 +32,7 @@ from smartgen.ports import (
     RateLimits,
     RefreshTokens,
     Timings,
+    WebhookQueue,
 )
 from smartgen.store.base import Store
 
@@ -67,6 +69,8 @@ class Services:
     budgets: Budgets
     idempotency: Idempotency
     refresh: RefreshTokens
+    credentials: Credentials
+    webhook_queue: WebhookQueue
     queueing: Queueing = field(init=False)
 
     def __post_init__(self) -> None:
@@ -165,12 +169,16 @@ async def get_queueing(request: Request) -> Queueing:
     return services(request).queueing
 
 
+async def get_webhook_queue(request: Request) -> WebhookQueue:
+    return services(request).webhook_queue
+
+
 async def get_address(request: Request) -> str:
     return client_address(request)
 
 
 class BearerUser(HTTPBearer):
-    """The caller, from `Authorization: Bearer <JWT>`: one dependency that is also the
+    """The caller, from `Authorization: Bearer <JWT or API key>`: one dependency that is also the
     Bearer scheme in OpenAPI (the docs' "Authorize" button). The header is parsed by
     `bearer_token` so that every refusal says why."""
 
@@ -178,16 +186,25 @@ class BearerUser(HTTPBearer):
         super().__init__(
             scheme_name="HTTPBearer",
             auto_error=False,
-            description="The JWT from /auth/register or /auth/login",
+            description="The JWT from /auth/register or /auth/login, or an API key (sg_…)",
         )
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        # Once per request, whichever of the variants below asks first.
+        known: Principal | None = request.scope.get(_PRINCIPAL)
+        if known is not None:
+            return known
         found = services(request)
-        principal = found.tokens.verify(bearer_token(request.headers.get("authorization")))
+        header = request.headers.get("authorization")
+        principal = await found.credentials.verify(bearer_token(header))
         # Revoked (logout, password change) or its account deleted: refused.
         await found.sessions.check(principal)
         logcontext.user_id.set(principal.user_id)  # the request's log lines name the user
+        request.scope[_PRINCIPAL] = principal
         return principal
+
+
+_PRINCIPAL = "smartgen.principal"
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -206,7 +223,33 @@ AddressDep = Annotated[str, Depends(get_address)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 QueueingDep = Annotated[Queueing, Depends(get_queueing)]
 RefreshDep = Annotated[RefreshTokens, Depends(get_refresh)]
+WebhookQueueDep = Annotated[WebhookQueue, Depends(get_webhook_queue)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]
+
+
+class Scoped(BearerUser):
+    """The caller, who must hold `scope` when the credential is an API key (`None`: a
+    login token only, no key). A `BearerUser` itself, not a dependency on one: FastAPI
+    solves every dependency of a request on its own, about 10 µs of CPU each, and this
+    is on every authenticated route (`bench/api_path.py --calls`). `required_scope` lets a
+    test find every route's scope."""
+
+    def __init__(self, scope: str | None) -> None:
+        super().__init__()
+        self.required_scope = scope
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        principal = await super().__call__(request)
+        require_scope(principal, self.required_scope)
+        return principal
+
+
+# The caller, by what the route needs an API key to allow (a login token allows all).
+GenerateUser = Annotated[Principal, Depends(Scoped("generate"))]
+ReadUser = Annotated[Principal, Depends(Scoped("read"))]
+LibraryUser = Annotated[Principal, Depends(Scoped("library"))]
+WebhooksUser = Annotated[Principal, Depends(Scoped("webhooks"))]
+SessionUser = Annotated[Principal, Depends(Scoped(None))]
 
 
 def client_address(request: Request) -> str:
@@ -245,36 +288,89 @@ def rate_limit(
     return rate_limits(Counted(bucket, rule, per), fail_open=fail_open, unavailable=unavailable)
 
 
+_ANY = "*"
+
+
 def rate_limits(
-    *counted: Counted, fail_open: bool, unavailable: ServiceUnavailable | None = None
+    *counted: Counted,
+    fail_open: bool,
+    unavailable: ServiceUnavailable | None = None,
+    scope: str | None = _ANY,
 ) -> Any:
     """One dependency for several limits of a route, checked in order as several
     `rate_limit` dependencies would be (the first over its limit answers 429 and the
     later ones are not counted), in one Redis round trip and one dependency instead of
-    one each: a measured shortcut on the busiest route (bench/HISTORY.md, issue 19)."""
+    one each: a measured shortcut on the busiest route (bench/HISTORY.md, issue 19).
+    With `scope` (per-user limits only), the caller's API key scope is checked first, as
+    `Scoped(scope)` would, without another dependency (the busiest route's)."""
 
     async def count(request: Request, user_id: str | None) -> None:
-        found = services(request)
-        address: str | None = None
-        limits = []
-        for one in counted:
-            limit, window = one.rule(found.settings)
-            if one.per == "user":
-                key = user_id or ""
-            else:
-                address = address or client_address(request)
-                key = address
-            limits.append(Limit(one.bucket, key, limit, window))
-        await found.limiter.hit_all(limits, fail_open=fail_open, unavailable=unavailable)
+        await _hit(request, counted, user_id, fail_open=fail_open, unavailable=unavailable)
 
     if any(one.per == "user" for one in counted):
 
         async def per_user(request: Request, user: CurrentUser) -> None:
+            if scope != _ANY:
+                require_scope(user, scope)
             await count(request, user.user_id)
 
+        if scope != _ANY:
+            per_user.required_scope = scope  # type: ignore[attr-defined]
         return Depends(per_user)
 
     async def per_address(request: Request) -> None:
         await count(request, None)
 
     return Depends(per_address)
+
+
+async def _hit(
+    request: Request,
+    counted: tuple[Counted, ...],
+    user_id: str | None,
+    *,
+    fail_open: bool,
+    unavailable: ServiceUnavailable | None,
+) -> None:
+    """One hit on each of `counted`'s limits, in one Redis round trip."""
+    found = services(request)
+    address: str | None = None
+    limits = []
+    for one in counted:
+        limit, window = one.rule(found.settings)
+        if one.per == "user":
+            key = user_id or ""
+        else:
+            address = address or client_address(request)
+            key = address
+        limits.append(Limit(one.bucket, key, limit, window))
+    await found.limiter.hit_all(limits, fail_open=fail_open, unavailable=unavailable)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueingCall:
+    """What a route that queues a job gets: its caller and the clients queueing uses."""
+
+    user: Principal
+    clients: Queueing
+
+
+class QueueingCaller(Scoped):
+    """The routes that queue a job (POST /generate-content, retry, variations): the caller,
+    who needs the `generate` scope, its rate limits counted (in order, the first over its
+    limit answers 429; without Redis a 503 `unavailable`, since nothing could be queued),
+    and the queueing clients, as one dependency instead of three. A shortcut kept here
+    because it is measured: a third of the Python calls FastAPI spent solving these
+    routes' dependencies (`bench/api_path.py --calls`, bench/HISTORY.md)."""
+
+    def __init__(self, *counted: Counted, unavailable: ServiceUnavailable) -> None:
+        super().__init__("generate")
+        self.counted = counted
+        self.unavailable = unavailable
+
+    async def __call__(self, request: Request) -> QueueingCall:  # type: ignore[override]
+        user = await super().__call__(request)
+        await _hit(
+            request, self.counted, user.user_id, fail_open=False, unavailable=self.unavailable
+        )
+        return QueueingCall(user, services(request).queueing)

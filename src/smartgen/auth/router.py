@@ -10,8 +10,8 @@ from fastapi import APIRouter, Cookie, Header, Query, Request, Response, status
 from smartgen.api.deps import (
     AddressDep,
     AttemptsDep,
-    CurrentUser,
     HashingDep,
+    ReadUser,
     RefreshDep,
     SettingsDep,
     StoreDep,
@@ -38,7 +38,7 @@ SessionMode = Annotated[
         alias="session",
         description="`cookie`: a web console session: a short-lived access token (its "
         "lifetime CONSOLE_TOKEN_MINUTES) and a rotating refresh token in an HttpOnly "
-        "cookie for `POST /auth/refresh`"
+        "cookie for `POST /auth/refresh`",
     ),
 ]
 RefreshCookie = Annotated[str | None, Cookie(alias=REFRESH_COOKIE, include_in_schema=False)]
@@ -211,7 +211,7 @@ def _cleared_cookie(request: Request) -> str:
 
 
 @router.get("/me", responses=error_responses(401, 404))
-async def me(user: CurrentUser, store: StoreDep) -> UserOut:
+async def me(user: ReadUser, store: StoreDep) -> UserOut:
     """The account the token belongs to."""
     found = await service.get_user(store=store, user_id=user.user_id)
     return user_out(found.user_id, found.email, found.created_at)

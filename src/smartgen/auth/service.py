@@ -14,7 +14,7 @@ from smartgen.auth.passwords import HashingSlots, hash_password, verify_password
 from smartgen.auth.tokens import Principal, TokenCodec
 from smartgen.errors import NotFound, Unauthorized
 from smartgen.kit.times import utcnow
-from smartgen.models import UNFINISHED, Content, Job, User, Voice
+from smartgen.models import UNFINISHED, ApiKey, Content, Job, User, Voice, WebhookEndpoint
 from smartgen.ports import EventHistory, JobQueue, LoginAttempts, RefreshTokens, Revocations
 from smartgen.store.base import Store
 
@@ -177,8 +177,8 @@ async def delete_account(
 ) -> None:
     """Delete the account and everything it owns: its tokens stop working first, then its
     queued and running work is cancelled in the queue, then its jobs, contents, brand
-    voices and the account itself are removed from the store, and its event log from
-    Redis. Returns when all of it is done."""
+    voices, API keys, webhooks (and their deliveries) and the account itself are removed
+    from the store, and its event log from Redis. Returns when all of it is done."""
     await _confirm(store=store, slots=slots, user_id=user_id, password=password)
     await revocations.revoke_user(user_id, before=float("inf"), deleted=True)
     after: str | None = None
@@ -191,6 +191,8 @@ async def delete_account(
     while voices := await store.voices.list_for_user(user_id, limit=EXPORT_PAGE):
         for voice in voices:
             await store.voices.delete(voice.voice_id, user_id)
+    await store.api_keys.delete_for_user(user_id)
+    await store.webhooks.delete_for_user(user_id)
     await history.forget(user_id)
     await store.users.delete(user_id)
     # Last, and after the account is gone: a job queued by a request that was already past
@@ -209,6 +211,18 @@ async def export_jobs(*, store: Store, user_id: str) -> AsyncIterator[Job]:
 async def export_voices(*, store: Store, user_id: str) -> list[Voice]:
     """A user's brand voices (at most MAX_VOICES_PER_USER: one read)."""
     return await store.voices.list_for_user(user_id, limit=10_000)
+
+
+async def export_api_keys(*, store: Store, user_id: str) -> list[ApiKey]:
+    """A user's API keys (a capped number: one read); their hashes are the caller's to
+    leave out."""
+    return await store.api_keys.list_for_user(user_id, limit=10_000)
+
+
+async def export_webhooks(*, store: Store, user_id: str) -> list[WebhookEndpoint]:
+    """A user's webhooks (a capped number: one read); their secrets are the caller's to
+    leave out."""
+    return await store.webhooks.list_for_user(user_id, limit=10_000)
 
 
 async def export_contents(*, store: Store, user_id: str) -> AsyncIterator[Content]:

@@ -30,6 +30,9 @@ class Principal:
     expires_at: datetime | None = None
     token_id: str | None = None  # the `jti` claim: what logout revokes
     issued_at: float | None = None  # the `iat` claim, as a Unix time
+    # An API key's scopes and id; None for a login token, which may do everything.
+    scopes: frozenset[str] | None = None
+    key_id: str | None = None
 
 
 class TokenCodec:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.convertors import Convertor, register_url_convertor
 
-from smartgen.api.deps import CurrentUser, StoreDep, rate_limit
+from smartgen.api.deps import GenerateUser, LibraryUser, ReadUser, StoreDep, rate_limit
 from smartgen.content import export, feedback, service
 from smartgen.content.schemas import (
     ContentOut,
@@ -79,7 +79,7 @@ CONTENT = "/{contentId:content_id}"
 )
 async def save_job(
     jobId: str,
-    user: CurrentUser,
+    user: LibraryUser,
     store: StoreDep,
     response: Response,
     body: Annotated[SaveRequest | None, Body()] = None,
@@ -93,11 +93,9 @@ async def save_job(
     return content_out(content)
 
 
-@saving.post(
-    "/{jobId}/feedback", responses=error_responses(404, 409), dependencies=[edit_limit]
-)
+@saving.post("/{jobId}/feedback", responses=error_responses(404, 409), dependencies=[edit_limit])
 async def rate_job(
-    jobId: str, body: FeedbackRequest, user: CurrentUser, store: StoreDep
+    jobId: str, body: FeedbackRequest, user: GenerateUser, store: StoreDep
 ) -> FeedbackResponse:
     """Like or dislike one of your completed jobs (a second rating replaces the first)."""
     rated = await feedback.rate_job(
@@ -117,7 +115,7 @@ async def rate_job(
     responses=error_responses(404),
     dependencies=[edit_limit],
 )
-async def unrate_job(jobId: str, user: CurrentUser, store: StoreDep) -> Response:
+async def unrate_job(jobId: str, user: GenerateUser, store: StoreDep) -> Response:
     """Remove your rating of a job."""
     await feedback.unrate_job(store=store, user_id=user.user_id, job_id=jobId)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -131,12 +129,11 @@ async def unrate_job(jobId: str, user: CurrentUser, store: StoreDep) -> Response
             "as a plain array (as before). With any of them: a page, "
             "`{items, nextCursor}`",
         },
-        **error_responses(429),
     },
 )
 async def list_contents(
     request: Request,
-    user: CurrentUser,
+    user: ReadUser,
     store: StoreDep,
     limit: Annotated[int | None, Query(ge=1, le=100, description="Page size (20)")] = None,
     cursor: Annotated[
@@ -163,7 +160,7 @@ async def list_contents(
         user_id=user.user_id,
         limit=limit or 20,
         cursor=cursor,
-        query=q,
+        query=q if q and q.strip() else None,  # a cleared search box: no search
         content_type=contentType,
         tag=tag,
     )
@@ -175,7 +172,7 @@ async def list_contents(
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "The caller's library, oldest first, as a file: CSV (columns "
+            "description": "The caller's library, newest first, as a file: CSV (columns "
             + ",".join(export.CSV_COLUMNS)
             + "; tags joined by `;`), JSON lines (one content per line) or one Markdown "
             "document (a `# title` section per content). Streamed.",
@@ -186,7 +183,7 @@ async def list_contents(
     dependencies=[export_limit],
 )
 async def export_contents(
-    user: CurrentUser, store: StoreDep, format: export.ExportFormat = "jsonl"
+    user: ReadUser, store: StoreDep, format: export.ExportFormat = "jsonl"
 ) -> StreamingResponse:
     """Download the caller's library as CSV, JSON lines or Markdown (streamed)."""
     pages = service.export_contents(store=store, user_id=user.user_id)
@@ -203,7 +200,7 @@ async def export_contents(
 
 
 @router.get(CONTENT, responses=error_responses(404))
-async def get_content(contentId: str, user: CurrentUser, store: StoreDep) -> ContentOut:
+async def get_content(contentId: str, user: ReadUser, store: StoreDep) -> ContentOut:
     """One saved content of the caller's."""
     return content_out(
         await service.get_content(store=store, user_id=user.user_id, content_id=contentId)
@@ -216,7 +213,7 @@ async def get_content(contentId: str, user: CurrentUser, store: StoreDep) -> Con
     dependencies=[edit_limit],
 )
 async def edit_content(
-    contentId: str, body: ContentPatch, user: CurrentUser, store: StoreDep
+    contentId: str, body: ContentPatch, user: LibraryUser, store: StoreDep
 ) -> ContentOut:
     """Change the title, body or tags of one of the caller's saved contents."""
     content = await service.edit_content(
@@ -236,7 +233,7 @@ async def edit_content(
     responses=error_responses(404, 429),
     dependencies=[edit_limit],
 )
-async def delete_content(contentId: str, user: CurrentUser, store: StoreDep) -> Response:
+async def delete_content(contentId: str, user: LibraryUser, store: StoreDep) -> Response:
     """Delete one of the caller's saved contents."""
     await service.delete_content(store=store, user_id=user.user_id, content_id=contentId)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

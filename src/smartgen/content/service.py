@@ -220,10 +220,12 @@ EXPORT_PAGE = 100
 
 
 async def export_contents(*, store: Store, user_id: str) -> AsyncIterator[list[Content]]:
-    """The caller's library oldest first, a page at a time (never all of it at once)."""
-    after = None
-    while page := await store.contents.page_for_user(user_id, after=after, limit=EXPORT_PAGE):
+    """The caller's library newest first (the order it is listed in), a page at a time,
+    never all of it at once. Each page starts from the last one's position, not from a
+    row, so an edit or a deletion meanwhile neither repeats nor loses the rest."""
+    before = None
+    while page := await store.contents.search(user_id, limit=EXPORT_PAGE, before=before):
         yield page
         if len(page) < EXPORT_PAGE:
             return
-        after = page[-1].content_id
+        before = (page[-1].created_at, page[-1].content_id)

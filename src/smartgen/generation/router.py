@@ -6,20 +6,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 
 from smartgen.api.deps import (
     BudgetsDep,
     Counted,
-    CurrentUser,
+    GenerateUser,
     LiveTextDep,
     NotifierDep,
     QueueDep,
     Queueing,
-    QueueingDep,
+    QueueingCall,
+    QueueingCaller,
+    ReadUser,
     SettingsDep,
     StoreDep,
-    rate_limits,
 )
 from smartgen.api.idempotency import KeyHeader
 from smartgen.errors import QueueUnavailable, ValidationFailed, error_responses
@@ -50,30 +51,31 @@ PER_ADDRESS = Counted(
     "generate-ip", lambda s: (s.generate_ip_rate_limit, s.generate_rate_window_seconds), "address"
 )
 # Without Redis the job could not be queued anyway: the limiter fails closed, and says so.
-# Both limits in one dependency and one round trip, the user's counted first.
-generate_limits = rate_limits(
-    PER_USER, PER_ADDRESS, fail_open=False, unavailable=QueueUnavailable()
-)
-generate_limit = rate_limits(PER_USER, fail_open=False, unavailable=QueueUnavailable())
+# Both limits in one round trip, the user's counted first.
+QueueingFor = Annotated[
+    QueueingCall, Depends(QueueingCaller(PER_USER, PER_ADDRESS, unavailable=QueueUnavailable()))
+]
+VariationFor = Annotated[
+    QueueingCall, Depends(QueueingCaller(PER_USER, unavailable=QueueUnavailable()))
+]
 REPLAYED = {"description": "Replayed: the first answer to this Idempotency-Key"}
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[generate_limits],
     response_model=QueuedResponse,
     responses={200: REPLAYED, **error_responses(402, 404, 409)},
 )
 async def queue_generation(
     body: GenerationRequest,
     request: Request,
-    user: CurrentUser,
-    clients: QueueingDep,
+    caller: QueueingFor,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue a content generation, steered by the optional options; it runs after
     GENERATION_DELAY_SECONDS (or `delaySeconds`)."""
+    user, clients = caller.user, caller.clients
     settings, store = clients.settings, clients.store
     if body.delaySeconds is not None and body.delaySeconds > settings.max_delay_seconds:
         raise ValidationFailed(
@@ -82,8 +84,13 @@ async def queue_generation(
         )
 
     async def queue_it() -> service.QueuedJob:
+        given = body.options()
+        if body.webhookUrl is not None:
+            given["webhookUrl"] = await service.checked_webhook_url(
+                store=store, settings=settings, user_id=user.user_id, url=body.webhookUrl
+            )
         options = await service.resolve_options(
-            store=store, settings=settings, user_id=user.user_id, options=body.options()
+            store=store, settings=settings, user_id=user.user_id, options=given
         )
         return await service.queue_generation(
             store=clients.store,
@@ -105,7 +112,7 @@ async def queue_generation(
 
 @router.get("", response_model_exclude_none=True)
 async def list_jobs(
-    user: CurrentUser,
+    user: ReadUser,
     store: StoreDep,
     settings: SettingsDep,
     limit: Annotated[int | None, Query(ge=1, description="Default 50, at most 200")] = None,
@@ -123,7 +130,7 @@ async def list_jobs(
 
 
 @router.get("/{jobId}", response_model_exclude_none=True, responses=error_responses(404))
-async def get_job(jobId: str, user: CurrentUser, store: StoreDep, live: LiveTextDep) -> JobOut:
+async def get_job(jobId: str, user: ReadUser, store: StoreDep, live: LiveTextDep) -> JobOut:
     """One of the caller's jobs: status, the text so far while processing, the content
     once completed."""
     job = await service.get_job(store=store, user_id=user.user_id, job_id=jobId)
@@ -142,7 +149,7 @@ async def get_job(jobId: str, user: CurrentUser, store: StoreDep, live: LiveText
 @router.delete("/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409))
 async def cancel_job(
     jobId: str,
-    user: CurrentUser,
+    user: GenerateUser,
     store: StoreDep,
     queue: QueueDep,
     notifier: NotifierDep,
@@ -165,7 +172,7 @@ async def cancel_job(
 async def update_job(
     jobId: str,
     body: JobUpdate,
-    user: CurrentUser,
+    user: GenerateUser,
     store: StoreDep,
     queue: QueueDep,
     notifier: NotifierDep,
@@ -197,7 +204,7 @@ async def update_job(
     "/{jobId}/run-now", response_model_exclude_none=True, responses=error_responses(404, 409)
 )
 async def run_now(
-    jobId: str, user: CurrentUser, store: StoreDep, queue: QueueDep, notifier: NotifierDep
+    jobId: str, user: GenerateUser, store: StoreDep, queue: QueueDep, notifier: NotifierDep
 ) -> JobOut:
     """Start a queued job at once; 409 `job_not_queued` otherwise."""
     job = await control.run_job_now(
@@ -209,19 +216,18 @@ async def run_now(
 @router.post(
     "/{jobId}/retry",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[generate_limits],
     response_model=QueuedResponse,
     responses={200: REPLAYED, **error_responses(402, 404, 409)},
 )
 async def retry_job(
     jobId: str,
     request: Request,
-    user: CurrentUser,
-    clients: QueueingDep,
+    caller: QueueingFor,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue a failed or cancelled job again (same jobId, new scheduledFor, its earlier
     run kept in `history`); 409 `job_not_retryable` otherwise."""
+    user, clients = caller.user, caller.clients
 
     async def queue_it() -> service.QueuedJob:
         return await control.retry_job(
@@ -242,19 +248,18 @@ async def retry_job(
 @router.post(
     "/{jobId}/variations",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[generate_limit],
     response_model=QueuedResponse,
     responses={200: REPLAYED, **error_responses(402, 404, 409)},
 )
 async def queue_variation(
     jobId: str,
     request: Request,
-    user: CurrentUser,
-    clients: QueueingDep,
+    caller: VariationFor,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue another take of a completed job: the same request and options, told to
     differ from the original (`parentJobId`); 409 `job_not_completed` otherwise."""
+    user, clients = caller.user, caller.clients
 
     async def queue_it() -> service.QueuedJob:
         return await service.queue_variation(

@@ -120,6 +120,15 @@ class GenerationRequest(GenerationOptions):
         examples=[300],
     )
 
+    webhookUrl: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        description="An https URL told when this job ends (job.completed, job.failed, "
+        "job.cancelled), signed with your default webhook secret (GET /webhooks/secret)",
+        examples=["https://cms.example.com/hooks/job-done"],
+    )
+
     _prompt_without_nul = field_validator("prompt")(without_nul)
     _delay_is_a_number = field_validator("delaySeconds", mode="before")(
         lambda value: _number(value)
@@ -236,6 +245,7 @@ class JobOut(BaseModel):
         None, description="Once completed: what the provider says it cost (USD credits)"
     )
     parentJobId: str | None = Field(None, description="A variation's original")
+    webhookUrl: str | None = Field(None, description="Told when the job ends")
     variationIds: list[str] | None = Field(None, description="Variations of this job")
     feedback: FeedbackOut | None = Field(
         None, description="The owner's rating of the completed job, when there is one"
@@ -281,9 +291,12 @@ def job_out(
         finishReason=job.finish_reason if completed else None,
         partialContent=partial if job.status == "processing" else None,
         history=job.history or None,
-        options=job.options or None,
+        options={k: v for k, v in job.options.items() if k != "webhookUrl"} or None
+        if job.options
+        else None,
         cost=job.cost if completed else None,
         parentJobId=job.parent_job_id,
+        webhookUrl=(job.options or {}).get("webhookUrl"),
         variationIds=variation_ids or None,
         feedback=(
             FeedbackOut(rating=cast(Rating, job.feedback_rating), comment=job.feedback_comment)

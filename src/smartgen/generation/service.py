@@ -12,6 +12,7 @@ from smartgen.config import Settings
 from smartgen.errors import AppError, Conflict, NotFound, TooManyRequests, ValidationFailed
 from smartgen.generation import budget
 from smartgen.generation.prompts import model_request
+from smartgen.kit.outbound import UrlRefused, check_url
 from smartgen.kit.times import utcnow
 from smartgen.models import Job, JobStatus
 from smartgen.ports import Budgets, JobQueue, Notifier, Prices, Timings
@@ -82,6 +83,31 @@ async def resolve_options(
             "examples": list(voice.examples),
         }
     return resolved
+
+
+async def checked_webhook_url(*, store: Store, settings: Settings, user_id: str, url: str) -> str:
+    """A job's own `webhookUrl`, when webhooks may call it (the SSRF rules: 422
+    `webhook_url_refused` naming why) and the user has a default secret to sign with (409
+    `webhook_secret_missing` else)."""
+    try:
+        checked = await check_url(
+            url,
+            allow_http=settings.webhook_allow_http,
+            allow_private=settings.webhook_allow_private_networks,
+        )
+    except UrlRefused as refused:
+        raise ValidationFailed(
+            f"webhookUrl: {refused.reason}",
+            code="webhook_url_refused",
+            details=[{"field": "webhookUrl", "message": refused.reason}],
+        ) from None
+    if await store.webhooks.get_secret(user_id) is None:
+        raise Conflict(
+            "webhookUrl: get your default webhook secret first (GET /webhooks/secret); "
+            "this job's deliveries are signed with it",
+            code="webhook_secret_missing",
+        )
+    return checked.url
 
 
 async def queue_generation(

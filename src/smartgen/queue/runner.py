@@ -55,7 +55,16 @@ class QueueRunner:
     without using an attempt; `RetryLater` (or any other error) lets bullmq retry it with
     `queue.retry`'s backoff."""
 
-    def __init__(self, settings: Settings, task: Task) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        task: Task,
+        *,
+        queue_name: str | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        """On the generation queue, unless `queue_name` (then with bullmq's own worker and
+        `concurrency`)."""
         self.settings = settings
         self.name = worker_name(settings, socket.gethostname(), os.getpid())
 
@@ -80,13 +89,15 @@ class QueueRunner:
                 logcontext.job_id.reset(job_token)
 
         worker_class = FetchNextWorker if settings.worker_fetch_next else bullmq.Worker
+        if queue_name is not None:
+            worker_class = bullmq.Worker
         self.worker = worker_class(
-            settings.queue_name,
+            queue_name or settings.queue_name,
             process,
             {
                 "connection": redis_options(settings, "blocking"),
                 "prefix": settings.queue_prefix,
-                "concurrency": settings.worker_concurrency,
+                "concurrency": concurrency or settings.worker_concurrency,
                 "lockDuration": settings.lock_duration_ms,
                 "stalledInterval": settings.stalled_interval_ms,
                 "maxStalledCount": 2,
@@ -97,6 +108,12 @@ class QueueRunner:
         )
         self.worker.on("failed", _log_failed)
         self._running: asyncio.Future[Any] | None = None
+        self._stopped = False
+
+    @property
+    def running(self) -> bool:
+        """Started, and not stopped yet."""
+        return self._running is not None and not self._stopped
 
     async def start(self) -> None:
         # Learn the Redis version before the first wait: without it the blocking
@@ -109,6 +126,7 @@ class QueueRunner:
         """Take no new jobs; let running ones finish within `grace` seconds, after which
         they go back to the queue when their lock expires (or this worker's silence is
         noticed: `liveness`). True when every job it took has finished."""
+        self._stopped = True
         finished = True
         closing = asyncio.ensure_future(self.worker.close())
         try:

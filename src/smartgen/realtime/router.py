@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
 from smartgen.api.deps import services
+from smartgen.auth.keys import require_scope
 from smartgen.auth.tokens import Principal, bearer_token
 from smartgen.errors import ServiceUnavailable, ValidationFailed, error_responses
 from smartgen.kit import jsoncodec
@@ -56,11 +57,13 @@ def _after(last_event_id: str | None, after_seq: int | None) -> int | None:
     return number
 
 
-def _principal(request: Request, token: str | None) -> Principal:
-    tokens = services(request).tokens
+async def _principal(request: Request, token: str | None) -> Principal:
+    credentials = services(request).credentials
     header = request.headers.get("authorization")
     # EventSource cannot set headers: a `token` query parameter is accepted too.
-    return tokens.verify(bearer_token(header) if header or not token else token)
+    principal = await credentials.verify(bearer_token(header) if header or not token else token)
+    require_scope(principal, "read")
+    return principal
 
 
 async def _stream(
@@ -109,7 +112,7 @@ async def _stream(
     openapi_extra={"security": [{"HTTPBearer": []}]},
     responses={
         200: {"description": "text/event-stream", "content": {"text/event-stream": {}}},
-        **error_responses(401, 422, 503),
+        **error_responses(401, 403, 422, 503),
     },
 )
 async def events(
@@ -123,7 +126,7 @@ async def events(
 ) -> StreamingResponse:
     """The caller's events as server-sent events (`curl -N`, `EventSource`), resumable
     with `Last-Event-ID` or `afterSeq`."""
-    principal = _principal(request, token)
+    principal = await _principal(request, token)
     found = services(request)
     await found.sessions.check(principal)
     after = _after(last_event_id, after_seq)

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 import socketio
 from redis.exceptions import RedisError
 
+from smartgen.auth.keys import Credentials, require_scope
 from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
 from smartgen.config import Settings
 from smartgen.errors import AppError, TooManyRequests, Unauthorized
@@ -105,6 +106,7 @@ class RealtimeServer:
         self._watch_engineio_sessions()
         self._connected: set[str] = set()  # counted in smartgen_socketio_connections
         self.sessions: SessionGuard | None = None
+        self.credentials: Credentials | None = None
         # user id -> sid -> the token it connected with (to end revoked sessions)
         self._principals: dict[str, dict[str, Principal]] = {}
         self._sid_user: dict[str, str] = {}
@@ -122,11 +124,14 @@ class RealtimeServer:
         quota: SocketQuota | None = None,
         limiter: RateLimits | None = None,
         sessions: SessionGuard | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         """The process's store and event log, once the lifespan opened them; the per-user
         socket count and the rate limiter for `sync`, when there are; `sessions` refuses
-        revoked tokens at the handshake and ends their sockets later."""
+        revoked tokens at the handshake and ends their sockets later; `credentials`
+        accepts API keys (with the `read` scope) as well as tokens."""
         self.store = store
+        self.credentials = credentials
         self.log = log
         self.quota = quota
         self.limiter = limiter
@@ -189,8 +194,13 @@ class RealtimeServer:
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         try:
-            principal = self.tokens.verify(_handshake_token(environ, auth))
-        except Unauthorized as exc:
+            credential = _handshake_token(environ, auth)
+            if self.credentials is not None:
+                principal = await self.credentials.verify(credential)
+            else:
+                principal = self.tokens.verify(credential)
+            require_scope(principal, "read")
+        except AppError as exc:  # 401, 403 (a key without `read`), 503 (the store)
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
         delay: float | None = None
         if principal.expires_at is not None:

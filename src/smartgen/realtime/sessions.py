@@ -105,7 +105,13 @@ class SessionGuard:
     ) -> None:
         if user is not None and not user[1]:
             raise Unauthorized("This token's user no longer exists", code="invalid_token")
-        if user is not None and user[0] > 0 and (principal.issued_at or 0) < user[0]:
+        # A password change ends login sessions; API keys are revoked one by one.
+        if (
+            user is not None
+            and user[0] > 0
+            and principal.key_id is None
+            and (principal.issued_at or 0) < user[0]
+        ):
             raise Unauthorized("This session has ended; log in again", code="token_revoked")
         if token is not None and token[0]:
             raise Unauthorized("This session has ended; log in again", code="token_revoked")

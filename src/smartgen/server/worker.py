@@ -22,12 +22,16 @@ from smartgen.queue.liveness import Heartbeat
 from smartgen.queue.producer import GenerationQueue, cancel_channel
 from smartgen.queue.runner import QueueRunner
 from smartgen.queue.timings import RedisTimings
+from smartgen.queue.webhooks import BullWebhookQueue, webhook_queue_name
 from smartgen.realtime.bus import close_manager, event_log, worker_publisher
 from smartgen.realtime.live_text import RedisLiveText
 from smartgen.redis_clients import redis_client
 from smartgen.server import heap
 from smartgen.server.worker_metrics import MetricsServer, serve_worker_metrics
 from smartgen.store import open_store
+from smartgen.webhooks.notifier import WebhookNotifier
+from smartgen.webhooks.sender import WebhookSender
+from smartgen.webhooks.tasks import WebhookTask
 
 log = logging.getLogger("smartgen.worker")
 
@@ -66,7 +70,9 @@ async def run_worker(
     redis = redis_client(settings, "request")
     publisher, manager = worker_publisher(settings, event_log(settings, redis))
     publisher.start()
-    notifier = MeteredNotifier(publisher)  # job metrics from the job's own announcements
+    webhook_queue = BullWebhookQueue(settings, redis_client(settings, "request"))
+    # Job metrics from the job's own announcements; its end announced to its webhooks.
+    notifier = WebhookNotifier(MeteredNotifier(publisher), store=store, queue=webhook_queue)
     signals = redis_client(settings, "pubsub")
 
     async def is_cancelled(job_id: str) -> bool:
@@ -94,13 +100,30 @@ async def run_worker(
     stop_reconciler = asyncio.Event()
     reconciling: asyncio.Task[None] | None = None
     runner = QueueRunner(settings, task)
+    sender = WebhookSender(
+        timeout=settings.webhook_timeout_seconds,
+        allow_http=settings.webhook_allow_http,
+        allow_private=settings.webhook_allow_private_networks,
+    )
+    webhook_task = WebhookTask(
+        store=store, sender=sender, queue=webhook_queue, notifier=notifier, settings=settings
+    )
+    webhook_runner = QueueRunner(
+        settings,
+        webhook_task,
+        queue_name=webhook_queue_name(settings),
+        concurrency=settings.webhook_concurrency,
+    )
+    sweeping: asyncio.Task[None] | None = None
     heartbeat = Heartbeat(settings, runner.name, reconciler.take_over)
     metrics: MetricsServer | None = None
     try:
         metrics = await serve_worker_metrics(settings)
         await runner.start()
+        await webhook_runner.start()
         heartbeat.start()
         reconciling = asyncio.create_task(reconciler.run_forever(stop_reconciler))
+        sweeping = asyncio.create_task(webhook_task.sweep_forever(stop_reconciler))
         if settle_heap:
             heap.settle_heap()
         log.info(
@@ -113,10 +136,13 @@ async def run_worker(
         await stop.wait()
         stop_reconciler.set()
         await reconciling
+        await sweeping
         log.info(
             "worker stopping: finishing running jobs (grace %.0fs)", settings.shutdown_grace_seconds
         )
         finished = await runner.stop(settings.shutdown_grace_seconds)
+        # A delivery cut short is sent again (at least once, the same webhook-id).
+        await webhook_runner.stop(settings.webhook_timeout_seconds)
         # Jobs left running are another worker's to take over once this one is silent.
         await heartbeat.stop(leave=finished)
     finally:
@@ -124,6 +150,12 @@ async def run_worker(
         stop_reconciler.set()
         if reconciling is not None and not reconciling.done():
             reconciling.cancel()
+        if sweeping is not None and not sweeping.done():
+            sweeping.cancel()
+        if webhook_runner.running:
+            await webhook_runner.stop(0.1)
+        await sender.close()
+        await webhook_queue.close()  # and its Redis client
         if metrics is not None:
             await metrics.close()
         await cancels.close()

@@ -11,7 +11,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from smartgen.models import Completion, Content, Job, JobStatus, UsageRow, User, Voice
+from smartgen.models import (
+    ApiKey,
+    Completion,
+    Content,
+    Job,
+    JobStatus,
+    UsageRow,
+    User,
+    Voice,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 
 class UserRepository(Protocol):
@@ -224,12 +236,117 @@ class ContentRepository(Protocol):
         """Remove every content of the user; how many there were."""
 
 
+class ApiKeyRepository(Protocol):
+    async def create(self, key: ApiKey, *, max_per_user: int) -> bool:
+        """Insert unless the user already has `max_per_user` keys (then False)."""
+
+    async def get_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The key whose SHA-256 (hex) is `key_hash`, expired or not."""
+
+    async def list_for_user(self, user_id: str, *, limit: int) -> list[ApiKey]:
+        """Newest first."""
+
+    async def delete(self, key_id: str, user_id: str) -> bool:
+        """False when not theirs or unknown."""
+
+    async def touch(self, key_id: str, *, at: datetime) -> None:
+        """Record a use of the key (`lastUsedAt`)."""
+
+    async def delete_for_user(self, user_id: str) -> int:
+        """Remove every key of the user; how many there were."""
+
+
+class WebhookRepository(Protocol):
+    """Endpoints, the user's default signing secret, deliveries and their attempts."""
+
+    async def create(self, endpoint: WebhookEndpoint, *, max_per_user: int) -> bool:
+        """Insert unless the user already has `max_per_user` endpoints (then False)."""
+
+    async def get(self, webhook_id: str) -> WebhookEndpoint | None: ...
+
+    async def get_for_user(self, webhook_id: str, user_id: str) -> WebhookEndpoint | None: ...
+
+    async def list_for_user(self, user_id: str, *, limit: int) -> list[WebhookEndpoint]:
+        """Newest first."""
+
+    async def update(
+        self,
+        webhook_id: str,
+        user_id: str,
+        *,
+        at: datetime,
+        url: str | None = None,
+        events: list[str] | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+    ) -> WebhookEndpoint | None:
+        """Change the given fields of the owner's endpoint (enabling it also forgets its
+        failures); None when not theirs or unknown."""
+
+    async def delete(self, webhook_id: str, user_id: str) -> bool:
+        """False when not theirs or unknown."""
+
+    async def record_outcome(
+        self, webhook_id: str, *, ok: bool, at: datetime
+    ) -> WebhookEndpoint | None:
+        """A delivery succeeded (`failingSince` cleared) or failed (`failingSince` set
+        to `at` unless already set); the endpoint as written, None when it is gone."""
+
+    async def disable(self, webhook_id: str, *, at: datetime) -> bool:
+        """Enabled → disabled; False when it was not enabled (or is gone)."""
+
+    async def get_secret(self, user_id: str) -> str | None:
+        """The user's default signing secret (for jobs' own `webhookUrl`)."""
+
+    async def create_secret(self, user_id: str, secret: str, *, at: datetime) -> bool:
+        """Set the user's default secret unless one exists; whether it was set."""
+
+    async def replace_secret(self, user_id: str, secret: str, *, at: datetime) -> None:
+        """Set the user's default secret, replacing any."""
+
+    async def create_delivery(self, delivery: WebhookDelivery) -> bool:
+        """Insert unless a delivery with the same id exists; whether it was inserted."""
+
+    async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None: ...
+
+    async def get_delivery_for_user(
+        self, delivery_id: str, user_id: str
+    ) -> WebhookDelivery | None: ...
+
+    async def update_delivery(
+        self,
+        delivery_id: str,
+        *,
+        status: str,
+        attempts: int,
+        at: datetime,
+        next_attempt_at: datetime | None,
+    ) -> None: ...
+
+    async def list_due_deliveries(self, before: datetime, *, limit: int) -> list[WebhookDelivery]:
+        """`pending` deliveries whose next attempt was due before `before`, earliest
+        first."""
+
+    async def add_attempt(self, attempt: WebhookAttempt) -> None: ...
+
+    async def list_attempts(
+        self, webhook_id: str, user_id: str, *, limit: int
+    ) -> list[WebhookAttempt]:
+        """The attempts of the owner's endpoint's deliveries, newest first."""
+
+    async def delete_for_user(self, user_id: str) -> int:
+        """Remove the user's endpoints, secret, deliveries and attempts; how many
+        endpoints there were."""
+
+
 class Store(Protocol):
     name: str
     users: UserRepository
     jobs: JobRepository
     contents: ContentRepository
     voices: VoiceRepository
+    api_keys: ApiKeyRepository
+    webhooks: WebhookRepository
 
     async def init(self) -> None:
         """Create indexes / schema (idempotent)."""

@@ -14,13 +14,11 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from smartgen.errors import Conflict, StoreUnavailable
-from smartgen.kit.text import search_words
 from smartgen.kit.times import as_utc, utcnow
 from smartgen.models import (
     RETRYABLE,
     UNFINISHED,
     Completion,
-    Content,
     Job,
     JobStatus,
     UsageRow,
@@ -28,12 +26,17 @@ from smartgen.models import (
     usage_numbers,
 )
 from smartgen.store.base import (
+    ApiKeyRepository,
     ContentRepository,
     JobRepository,
     UserRepository,
     VoiceRepository,
+    WebhookRepository,
 )
+from smartgen.store.mongo_contents import MongoContents, page_after
+from smartgen.store.mongo_keys import MongoApiKeys
 from smartgen.store.mongo_voices import MongoVoices
+from smartgen.store.mongo_webhooks import MongoWebhooks
 from smartgen.store.unavailable import translate_unavailable
 
 _UNFINISHED = [status.value for status in UNFINISHED]
@@ -41,7 +44,6 @@ _RETRYABLE = [status.value for status in RETRYABLE]
 
 _unavailable = translate_unavailable(lambda error: isinstance(error, ConnectionFailure))
 log = logging.getLogger(__name__)
-TEXT_INDEX = "contents_text"
 
 
 def _dt(value: Any) -> datetime | None:
@@ -94,47 +96,6 @@ _USAGE_KEYS: dict[str, Any] = {
     "contentType": "$contentType",
     "model": "$model",
 }
-
-
-def _content_from_doc(doc: dict[str, Any]) -> Content:
-    return Content(
-        content_id=doc["contentId"],
-        user_id=str(doc["userId"]),
-        job_id=doc["jobId"],
-        title=doc["title"],
-        body=doc["body"],
-        content_type=doc["contentType"],
-        created_at=as_utc(doc["createdAt"]),
-        prompt=doc.get("prompt"),
-        model=doc.get("model"),
-        tags=list(doc.get("tags") or []),
-        updated_at=_dt(doc.get("updatedAt")),
-    )
-
-
-def _word_pattern(word: str) -> str:
-    """`word` as a whole word (no letter or digit either side), for `$regex`."""
-    return r"(?<![^\W_])" + re.escape(word) + r"(?![^\W_])"
-
-
-async def _after(
-    collection: Any, query: dict[str, Any], id_field: str, after: str | None
-) -> dict[str, Any] | None:
-    """`query` narrowed to the documents after the one whose `id_field` is `after`, in
-    (createdAt, _id) order (the (userId, createdAt) index); None when that one is gone."""
-    if after is None:
-        return query
-    mark = await collection.find_one({**query, id_field: after}, {"createdAt": 1})
-    if mark is None:
-        return None
-    created = mark["createdAt"]
-    return {
-        **query,
-        "$or": [
-            {"createdAt": {"$gt": created}},
-            {"createdAt": created, "_id": {"$gt": mark["_id"]}},
-        ],
-    }
 
 
 class MongoUsers:
@@ -387,7 +348,7 @@ class MongoJobs:
 
     @_unavailable
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
-        query = await _after(self._c, {"userId": user_id}, "jobId", after)
+        query = await page_after(self._c, {"userId": user_id}, "jobId", after)
         if query is None:
             return []
         order = [("createdAt", ASCENDING), ("_id", ASCENDING)]
@@ -550,135 +511,6 @@ class MongoJobs:
         return bool(res.matched_count == 1)
 
 
-class MongoContents:
-    def __init__(self, db: Any) -> None:
-        self._c = db["contents"]
-        # Whether the server has the text index (`MongoStore.init`): `$text` then; a
-        # server without text indexes gets an anchored, case-insensitive `$regex` per word.
-        self.text_index = True
-
-    @_unavailable
-    async def create_once(self, content: Content) -> tuple[Content, bool]:
-        doc = {
-            "contentId": content.content_id,
-            "userId": content.user_id,
-            "jobId": content.job_id,
-            "title": content.title,
-            "body": content.body,
-            "contentType": content.content_type,
-            "prompt": content.prompt,
-            "model": content.model,
-            "createdAt": content.created_at,
-            "updatedAt": content.updated_at,
-            "tags": list(content.tags),
-        }
-        try:
-            await self._c.insert_one(doc)
-            return content, True
-        except DuplicateKeyError:
-            existing = await self._c.find_one({"jobId": content.job_id})
-            if existing is None:  # pragma: no cover - a concurrent delete
-                raise
-            return _content_from_doc(existing), False
-
-    @_unavailable
-    async def get_for_user(self, content_id: str, user_id: str) -> Content | None:
-        doc = await self._c.find_one({"contentId": content_id, "userId": user_id})
-        return _content_from_doc(doc) if doc else None
-
-    @_unavailable
-    async def get_for_job(self, job_id: str, user_id: str) -> Content | None:
-        doc = await self._c.find_one({"jobId": job_id, "userId": user_id})
-        return _content_from_doc(doc) if doc else None
-
-    @_unavailable
-    async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
-        cursor = self._c.find({"userId": user_id}).sort("createdAt", DESCENDING).limit(limit)
-        return [_content_from_doc(d) async for d in cursor]
-
-    @_unavailable
-    async def search(
-        self,
-        user_id: str,
-        *,
-        limit: int,
-        query: str | None = None,
-        content_type: str | None = None,
-        tag: str | None = None,
-        before: tuple[datetime, str] | None = None,
-    ) -> list[Content]:
-        find: dict[str, Any] = {"userId": user_id}
-        if query is not None:
-            words = search_words(query)
-            if not words:
-                return []
-            if self.text_index:
-                # Each word a quoted phrase: MongoDB matches documents holding them all
-                # (bare words would be OR-ed). Words are letters and digits only.
-                find["$text"] = {"$search": " ".join(f'"{w}"' for w in words)}
-            else:
-                find["$and"] = [
-                    {
-                        "$or": [
-                            {field: {"$regex": _word_pattern(w), "$options": "i"}}
-                            for field in ("title", "body")
-                        ]
-                    }
-                    for w in words
-                ]
-        if content_type is not None:
-            find["contentType"] = content_type
-        if tag is not None:
-            find["tags"] = tag
-        if before is not None:
-            at, content_id = before
-            find["$or"] = [
-                {"createdAt": {"$lt": at}},
-                {"createdAt": at, "contentId": {"$lt": content_id}},
-            ]
-        order = [("createdAt", DESCENDING), ("contentId", DESCENDING)]
-        cursor = self._c.find(find).sort(order).limit(limit)
-        return [_content_from_doc(d) async for d in cursor]
-
-    @_unavailable
-    async def update(
-        self,
-        content_id: str,
-        user_id: str,
-        *,
-        at: datetime,
-        title: str | None = None,
-        body: str | None = None,
-        tags: list[str] | None = None,
-    ) -> Content | None:
-        changes: dict[str, Any] = {"updatedAt": at}
-        for name, value in (("title", title), ("body", body), ("tags", tags)):
-            if value is not None:
-                changes[name] = value
-        query = {"contentId": content_id, "userId": user_id}
-        if (await self._c.update_one(query, {"$set": changes})).matched_count == 0:
-            return None
-        doc = await self._c.find_one(query)
-        return _content_from_doc(doc) if doc else None
-
-    @_unavailable
-    async def delete(self, content_id: str, user_id: str) -> bool:
-        res = await self._c.delete_one({"contentId": content_id, "userId": user_id})
-        return bool(res.deleted_count == 1)
-
-    @_unavailable
-    async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
-        query = await _after(self._c, {"userId": user_id}, "contentId", after)
-        if query is None:
-            return []
-        order = [("createdAt", ASCENDING), ("_id", ASCENDING)]
-        return [_content_from_doc(d) async for d in self._c.find(query).sort(order).limit(limit)]
-
-    @_unavailable
-    async def delete_for_user(self, user_id: str) -> int:
-        return int((await self._c.delete_many({"userId": user_id})).deleted_count)
-
-
 class MongoStore:
     name = "mongodb"
 
@@ -698,6 +530,8 @@ class MongoStore:
         self._contents = MongoContents(db)
         self.contents: ContentRepository = self._contents
         self.voices: VoiceRepository = MongoVoices(db)
+        self.api_keys: ApiKeyRepository = MongoApiKeys(db)
+        self.webhooks: WebhookRepository = MongoWebhooks(db)
 
     @_unavailable
     async def init(self) -> None:
@@ -718,6 +552,8 @@ class MongoStore:
         )
         await self._db["contents"].create_index([("userId", ASCENDING), ("tags", ASCENDING)])
         await self._text_index()
+        await MongoApiKeys.create_indexes(self._db)
+        await MongoWebhooks.create_indexes(self._db)
 
     async def _text_index(self) -> None:
         """The library's search index: title and body, language "none" (lower-cased words,
@@ -727,7 +563,7 @@ class MongoStore:
         try:
             await self._db["contents"].create_index(
                 [("title", "text"), ("body", "text")],
-                name=TEXT_INDEX,
+                name="contents_text",
                 default_language="none",
             )
         except OperationFailure as error:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BeforeValidator
 
-from smartgen.api.deps import BudgetsDep, CurrentUser, SettingsDep, StoreDep
+from smartgen.api.deps import BudgetsDep, ReadUser, SettingsDep, StoreDep
 from smartgen.errors import error_responses
 from smartgen.kit.times import iso_ms
 from smartgen.usage import service
@@ -35,7 +35,7 @@ When = Annotated[
 
 @router.get("", response_model_by_alias=True)
 async def get_usage(
-    user: CurrentUser,
+    user: ReadUser,
     store: StoreDep,
     settings: SettingsDep,
     budgets: BudgetsDep,

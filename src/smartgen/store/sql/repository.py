@@ -35,10 +35,12 @@ from smartgen.models import (
 )
 from smartgen.models import UNFINISHED as UNFINISHED_STATUSES
 from smartgen.store.base import (
+    ApiKeyRepository,
     ContentRepository,
     JobRepository,
     UserRepository,
     VoiceRepository,
+    WebhookRepository,
 )
 from smartgen.store.sql.schema import Dialect
 from smartgen.store.sql.url import SqlUrl, parse_database_url
@@ -596,14 +598,24 @@ class SqlStore:
 
     def _serve(self, driver: Driver) -> None:
         from smartgen.store.sql.contents import CONTENT_STATEMENTS, Contents
+        from smartgen.store.sql.keys import KEY_STATEMENTS, ApiKeys
         from smartgen.store.sql.voices import VOICE_STATEMENTS, Voices
+        from smartgen.store.sql.webhooks import WEBHOOK_STATEMENTS, Webhooks
 
         day = DAY_EXPRESSIONS[self.dialect]
         statements = {
             name: driver.statement(text.replace(DAY_MARK, day))
-            for name, text in {**STATEMENTS, **VOICE_STATEMENTS, **CONTENT_STATEMENTS}.items()
+            for name, text in {
+                **STATEMENTS,
+                **VOICE_STATEMENTS,
+                **CONTENT_STATEMENTS,
+                **KEY_STATEMENTS,
+                **WEBHOOK_STATEMENTS,
+            }.items()
         }
         self.users: UserRepository = Users(driver, statements)
         self.voices: VoiceRepository = Voices(driver, statements)
+        self.api_keys: ApiKeyRepository = ApiKeys(driver, statements)
+        self.webhooks: WebhookRepository = Webhooks(driver, statements)
         self.jobs: JobRepository = self.jobs_repository(driver, statements)
         self.contents: ContentRepository = Contents(driver, statements, self.dialect)

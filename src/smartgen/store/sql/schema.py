@@ -22,19 +22,26 @@ from smartgen.config import ConfigError
 
 Dialect = Literal["postgresql", "sqlite"]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 # pg_advisory_xact_lock key for schema changes ("smartgen" in ASCII).
 SCHEMA_LOCK: Final = 0x736D61727467656E
 
 _TYPES: Final[dict[Dialect, dict[str, str]]] = {
     # SQLite keeps datetimes as naive UTC text (`2026-01-11 19:34:18.356000`), which
     # compares correctly as a string; INTEGER PRIMARY KEY is its rowid alias.
-    "sqlite": {"rowid": "INTEGER", "ts": "DATETIME", "json": "JSON", "float": "REAL"},
+    "sqlite": {
+        "rowid": "INTEGER",
+        "ts": "DATETIME",
+        "json": "JSON",
+        "float": "REAL",
+        "bool": "BOOLEAN",
+    },
     "postgresql": {
         "rowid": "BIGSERIAL",
         "ts": "TIMESTAMP WITH TIME ZONE",
         "json": "JSONB",
         "float": "DOUBLE PRECISION",
+        "bool": "BOOLEAN",
     },
 }
 
@@ -121,6 +128,80 @@ _TABLES: Final = [
         PRIMARY KEY (id))""",
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_voices_voice_id ON voices (voice_id)",
     "CREATE INDEX IF NOT EXISTS ix_voices_user_created ON voices (user_id, created_at, id)",
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        id {rowid} NOT NULL,
+        key_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL,
+        name TEXT NOT NULL,
+        prefix VARCHAR NOT NULL,
+        key_hash VARCHAR NOT NULL,
+        scopes {json} NOT NULL,
+        created_at {ts} NOT NULL,
+        last_used_at {ts},
+        expires_at {ts},
+        PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_api_keys_key_id ON api_keys (key_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_api_keys_hash ON api_keys (key_hash)",
+    "CREATE INDEX IF NOT EXISTS ix_api_keys_user_created ON api_keys (user_id, created_at, id)",
+    """CREATE TABLE IF NOT EXISTS webhooks (
+        id {rowid} NOT NULL,
+        webhook_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL,
+        url TEXT NOT NULL,
+        events {json} NOT NULL,
+        description TEXT NOT NULL,
+        secret VARCHAR NOT NULL,
+        enabled {bool} NOT NULL,
+        created_at {ts} NOT NULL,
+        updated_at {ts} NOT NULL,
+        failing_since {ts},
+        PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_webhooks_webhook_id ON webhooks (webhook_id)",
+    "CREATE INDEX IF NOT EXISTS ix_webhooks_user_created ON webhooks (user_id, created_at, id)",
+    """CREATE TABLE IF NOT EXISTS webhook_secrets (
+        user_id VARCHAR NOT NULL,
+        secret VARCHAR NOT NULL,
+        created_at {ts} NOT NULL,
+        PRIMARY KEY (user_id))""",
+    """CREATE TABLE IF NOT EXISTS webhook_deliveries (
+        id {rowid} NOT NULL,
+        delivery_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL,
+        webhook_id VARCHAR,
+        url TEXT NOT NULL,
+        event VARCHAR NOT NULL,
+        payload {json} NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        attempts INTEGER NOT NULL,
+        created_at {ts} NOT NULL,
+        updated_at {ts} NOT NULL,
+        message_id VARCHAR NOT NULL,
+        next_attempt_at {ts},
+        PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_webhook_deliveries_id "
+    "ON webhook_deliveries (delivery_id)",
+    "CREATE INDEX IF NOT EXISTS ix_webhook_deliveries_due "
+    "ON webhook_deliveries (status, next_attempt_at)",
+    "CREATE INDEX IF NOT EXISTS ix_webhook_deliveries_user ON webhook_deliveries (user_id)",
+    """CREATE TABLE IF NOT EXISTS webhook_attempts (
+        id {rowid} NOT NULL,
+        attempt_id VARCHAR NOT NULL,
+        delivery_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL,
+        webhook_id VARCHAR,
+        event VARCHAR NOT NULL,
+        attempt INTEGER NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        created_at {ts} NOT NULL,
+        response_code INTEGER,
+        response_body TEXT,
+        duration_ms INTEGER,
+        error TEXT,
+        next_attempt_at {ts},
+        PRIMARY KEY (id))""",
+    "CREATE INDEX IF NOT EXISTS ix_webhook_attempts_hook "
+    "ON webhook_attempts (webhook_id, created_at, id)",
+    "CREATE INDEX IF NOT EXISTS ix_webhook_attempts_user ON webhook_attempts (user_id)",
 ]
 
 
@@ -205,6 +286,12 @@ def _v5(dialect: Dialect) -> list[str]:
     return steps
 
 
+def _v6(dialect: Dialect) -> list[str]:
+    """Integrations (issue 17): personal API keys, webhooks. New tables only: they come
+    with the CREATE statements."""
+    return []
+
+
 # Upgrade steps: UPGRADES[n] brings a database at version n - 1 to version n. They run
 # before the CREATE statements above (which add whole new tables and their indexes).
 UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {
@@ -212,6 +299,7 @@ UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {
     3: _v3,
     4: _v4,
     5: _v5,
+    6: _v6,
 }
 
 # Whether schema_version exists, per dialect (one row with one column, or none).

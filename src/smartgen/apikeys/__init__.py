@@ -1,0 +1,1 @@
+"""Personal API keys: create, list, revoke (`/api-keys`)."""

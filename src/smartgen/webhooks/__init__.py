@@ -1,0 +1,1 @@
+"""Signed webhooks: endpoints, the default secret, deliveries through their own queue."""

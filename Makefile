@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy src
 	cd src && ../$(BIN)/lint-imports ../pyproject.toml
+
+# The console's screenshots in docs/ (Chromium + Playwright; not part of `make test`).
+screenshots: $(VENV)/.installed-test
+	scripts/ensure-redis-server $(VENV)
+	$(BIN)/python bench/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,6 +6,11 @@ busy shared machine: each round runs before and after one after the other, and t
 median of the rounds is printed.
 
     .venv/bin/python bench/api_path.py --src /tmp/before/src --src src --rounds 5
+    .venv/bin/python bench/api_path.py --calls --src /tmp/before/src --src src --rounds 1
+
+`--calls` counts the Python function calls of a request instead (cProfile, the event
+loop's thread): a figure that does not move with the machine's load, and the functions
+called most, to find where two checkouts differ.
 
 Default-on features stay on, their limits out of reach; no worker runs (jobs stay queued,
 as in the suite's ingest phase). CPU is the process's (its threads included: SQLite's
@@ -93,8 +98,13 @@ class Asgi:
         return status, json.loads(data) if data else None
 
 
-async def measure(port: int, work: Path, requests: int, concurrency: int) -> dict[str, float]:
-    from smartgen.api.app import create_app
+async def measure(
+    port: int, work: Path, requests: int, concurrency: int, calls: bool = False
+) -> dict[str, Any]:
+    try:
+        from smartgen.api.app import create_app
+    except ImportError:  # a checkout from before the layout of issue 13 (smartgen/app.py)
+        from smartgen.app import create_app  # type: ignore[no-redef]
     from smartgen.config import load_settings
 
     settings = load_settings(
@@ -112,7 +122,7 @@ async def measure(port: int, work: Path, requests: int, concurrency: int) -> dic
         max_unfinished_jobs=10**6,
     )
     api = create_app(settings)
-    http = api.http
+    http = api.http if hasattr(api, "http") else api.fastapi_app  # (before issue 13)
     async with http.router.lifespan_context(http):
         client = Asgi(api)
         tokens = []
@@ -148,12 +158,38 @@ async def measure(port: int, work: Path, requests: int, concurrency: int) -> dic
             await asyncio.gather(*(one(i) for i in range(n)))
             return (time.process_time() - started) / n * 1e6
 
+        if calls:  # Python function calls per request instead of CPU time
+            await run(post, 300)
+            post_calls = await counted(run, post, requests)
+            await run(get, 300)
+            get_calls = await counted(run, get, requests)
+            await asyncio.sleep(0.2)
+            return {"post_calls": post_calls, "get_calls": get_calls}
         await run(post, 300)  # warm-up: caches, statements, connections
         posts = await run(post, requests)
         await run(get, 300)
         gets = await run(get, requests)
         await asyncio.sleep(0.2)  # the event publisher's last batch
     return {"post_us": posts, "get_us": gets}
+
+
+async def counted(run: Any, kind: Any, n: int) -> dict[str, Any]:
+    """Python function calls per request in the event loop's thread (cProfile's count,
+    the same on a busy machine as on a quiet one), and the functions called most."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    await run(kind, n)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    rows = sorted(
+        ((calls / n, f"{Path(file).parent.name}/{Path(file).name}:{line}({name})")
+         for (file, line, name), (_, calls, *_rest) in stats.stats.items()),  # type: ignore[attr-defined]
+        reverse=True,
+    )  # fmt: skip
+    return {"per_request": stats.total_calls / n, "top": rows[:40]}  # type: ignore[attr-defined]
 
 
 def child(args: argparse.Namespace) -> None:
@@ -172,7 +208,7 @@ def child(args: argparse.Namespace) -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        result = asyncio.run(measure(port, work, args.requests, args.concurrency))
+        result = asyncio.run(measure(port, work, args.requests, args.concurrency, calls=args.calls))
     finally:
         redis.terminate()
         redis.wait()
@@ -186,6 +222,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--calls",
+        action="store_true",
+        help="count Python function calls per request (steady on a busy machine) and "
+        "print the functions called most, instead of CPU time",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -198,7 +240,7 @@ def main() -> int:
             env = {**os.environ, "PYTHONPATH": src}
             out = subprocess.run(
                 [sys.executable, __file__, "--child", "--requests", str(args.requests),
-                 "--concurrency", str(args.concurrency)],
+                 "--concurrency", str(args.concurrency), *(["--calls"] if args.calls else [])],
                 env=env, capture_output=True, text=True,
             )  # fmt: skip
             if out.returncode != 0:  # one lost round is reported, not the whole run
@@ -206,6 +248,13 @@ def main() -> int:
                 print(f"round {r + 1} {src}: failed ({out.returncode}): {tail}", flush=True)
                 continue
             figures = json.loads(out.stdout.strip().splitlines()[-1])
+            if args.calls:
+                for kind in ("post", "get"):
+                    found = figures[f"{kind}_calls"]
+                    print(f"{src}: {kind.upper()} {found['per_request']:.0f} calls per request")
+                    for per, where in found["top"]:
+                        print(f"    {per:8.2f}  {where}")
+                continue
             results[src].append(figures)
             load = os.getloadavg()[0]
             print(
@@ -214,6 +263,8 @@ def main() -> int:
                 flush=True,
             )
     for src, rounds in results.items():
+        if args.calls:
+            continue
         if not rounds:
             print(f"median {src}: no round completed")
             continue

@@ -50,6 +50,7 @@ from harness import (
     Redis,
     Smartgen,
     Workspace,
+    create_accounts,
     free_port,
     log,
     machine,
@@ -197,7 +198,9 @@ async def api_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> di
     await asyncio.sleep(2.0)
     idle_mb = api.rss_mb()
     log(f"  API idle: {idle_mb:.0f} MB; minting {args.connections} users' tokens")
-    tokens = [u.token for u in mint_users(secret, args.connections)]
+    users = mint_users(secret, args.connections)
+    await create_accounts(env, users)  # the API refuses a token whose user does not exist
+    tokens = [u.token for u in users]
     chunks = [tokens[i :: args.client_procs] for i in range(args.client_procs)]
     helpers: list[asyncio.subprocess.Process] = []
     began = time.monotonic()
@@ -332,7 +335,9 @@ async def trace_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> 
             if serving.done():
                 serving.result()
             await asyncio.sleep(0.05)
-        tokens = [u.token for u in mint_users(secret, args.connections)]
+        users = mint_users(secret, args.connections)
+        await create_accounts(env, users)
+        tokens = [u.token for u in users]
         gc.collect()
         tracemalloc.start(1)
         before = tracemalloc.take_snapshot()

@@ -386,7 +386,7 @@ class Process:
         self.proc.wait(5)
 
 
-async def wait_http(url: str, proc: Process, timeout: float = 20) -> None:
+async def wait_http(url: str, proc: Process, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=1) as c:
         while time.monotonic() < deadline:

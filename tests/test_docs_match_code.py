@@ -1,11 +1,13 @@
 """The docs say what the code has: every setting in `Settings` is in the README (and in
 `.env.example`: tests/test_config.py::test_every_setting_is_in_env_example), and every
-test the README names as the check of a claim exists."""
+test the README or a page of `docs/` names as the check of a claim exists, and every
+relative link between them leads to a file that exists."""
 
 from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import pytest
 
@@ -30,8 +32,15 @@ def test_setting_is_in_the_readme(variable: str) -> None:
     )
 
 
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def test_every_test_the_readme_names_exists() -> None:
-    cited = set(re.findall(r"`(tests/\w+\.py)::(\w+)`", README.read_text()))
+    cited = {
+        found
+        for page in DOCS
+        for found in re.findall(r"`(tests/\w+\.py)::(\w+)`", page.read_text())
+    }
     assert len(cited) >= 40  # the Reliability and Security tables
     missing = []
     for path, name in sorted(cited):
@@ -43,4 +52,16 @@ def test_every_test_the_readme_names_exists() -> None:
         }
         if name not in functions:
             missing.append(f"{path}::{name}")
-    assert not missing, f"the README names tests that do not exist: {missing}"
+    assert not missing, f"the docs name tests that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda page: page.name)
+def test_relative_links_lead_to_files(page: Path) -> None:
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue  # another site, or a heading of the same page
+        path = target.split("#", 1)[0]
+        if not (page.parent / path).exists():
+            broken.append(target)
+    assert not broken, f"{page.name} links to files that do not exist: {broken}"

@@ -479,9 +479,10 @@ async def test_an_answer_whole_within_one_interval_is_announced_by_its_final_sta
         await until(lambda: events.of("job_completed", queued["jobId"]))
     assert done["generatedContent"] == f"quick {marker}"
     assert events.of("job_progress", queued["jobId"]) == []
-    assert events.of("job_completed", queued["jobId"])[0]["generatedContent"] == done[
-        "generatedContent"
-    ]
+    assert (
+        events.of("job_completed", queued["jobId"])[0]["generatedContent"]
+        == done["generatedContent"]
+    )
 
 
 async def test_a_stream_that_breaks_is_retried_from_scratch(

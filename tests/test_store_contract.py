@@ -1211,6 +1211,10 @@ async def test_a_database_written_by_smartgen_0_1_opens_unchanged(backend: Backe
         job.job_id, user.user_id, scheduled_for=at, at=at, history=[{"status": "x"}]
     )
     assert again is None  # completed jobs are not queued again
+    # Version 5: old contents have no tags and are found by the library's search.
+    assert content.tags == [] and content.updated_at == at
+    found = await store.contents.search(user.user_id, limit=5, query="sourdough")
+    assert found == [content]
 
 
 @pytest.mark.parametrize(
@@ -1764,6 +1768,290 @@ async def test_voices_are_owner_scoped_and_capped(store: Store) -> None:
     assert await store.voices.delete(first.voice_id, user)
     assert not await store.voices.delete(first.voice_id, user)
     assert await store.voices.get_for_user(first.voice_id, user) is None
+
+
+# --- the content library (issue 16) ----------------------------------------------------------
+async def save(store: Store, user: str, **kw: Any) -> Content:
+    content, created = await store.contents.create_once(make_content(user, uuid.uuid4().hex, **kw))
+    assert created
+    return content
+
+
+async def all_pages(store: Store, user: str, limit: int, **filters: Any) -> list[Content]:
+    """Every page of a search, walking the (created_at, content_id) position."""
+    seen: list[Content] = []
+    before = None
+    while page := await store.contents.search(user, limit=limit, before=before, **filters):
+        assert len(page) <= limit
+        seen += page
+        before = (page[-1].created_at, page[-1].content_id)
+    return seen
+
+
+async def test_library_pages_newest_first_filters_and_isolation(store: Store) -> None:
+    alice, bob = oid(), oid()
+    # Pairs share a millisecond: the content id orders them, the same on every store.
+    items = [
+        await save(
+            store,
+            alice,
+            created_at=T0 + timedelta(seconds=i // 2),
+            title=f"Note {i}",
+            body="plain text",
+            content_type="Product Description" if i % 3 == 0 else "Blog Post Outline",
+            tags=["even"] if i % 2 == 0 else ["odd", "Mixed Case"],
+        )
+        for i in range(7)
+    ]
+    await save(store, bob, title="Note for bob", tags=["even"], content_type="Product Description")
+    newest_first = sorted(items, key=lambda c: (c.created_at, c.content_id), reverse=True)
+
+    for limit in (1, 3, 7, 50):
+        assert await all_pages(store, alice, limit) == newest_first
+    first = await store.contents.search(alice, limit=2)
+    assert first == newest_first[:2]
+    assert first[0].tags in (["even"], ["odd", "Mixed Case"])
+    assert first[0].updated_at == first[0].created_at
+
+    products = await all_pages(store, alice, 2, content_type="Product Description")
+    assert products == [c for c in newest_first if c.content_type == "Product Description"]
+    odd = await all_pages(store, alice, 2, tag="odd")
+    assert odd == [c for c in newest_first if "odd" in c.tags] and len(odd) == 3
+    assert await store.contents.search(alice, limit=10, tag="Mixed Case") == odd
+    assert await store.contents.search(alice, limit=10, tag="mixed case") == []  # exact
+    assert await store.contents.search(alice, limit=10, tag="od") == []
+    both = await store.contents.search(
+        alice, limit=10, tag="even", content_type="Product Description"
+    )
+    assert both == [
+        c for c in newest_first if c.content_type == "Product Description" and "even" in c.tags
+    ]
+    # A position before everything, or from another user's row, shows only alice's rows.
+    assert await store.contents.search(alice, limit=10, before=(T0, "")) == []
+    late = (T0 + timedelta(days=1), "z")
+    assert await store.contents.search(alice, limit=10, before=late) == newest_first
+    assert all(c.user_id == alice for c in await all_pages(store, alice, 3, tag="even"))
+    assert await store.contents.search(oid(), limit=10) == []
+
+
+async def test_library_full_text_search(store: Store) -> None:
+    alice, bob = oid(), oid()
+    bread = await save(
+        store, alice, title="Sourdough basics", body="Feed the starter daily.",
+        created_at=T0,
+    )  # fmt: skip
+    cake = await save(
+        store, alice, title="Carrot cake", body="A moist cake, a SOURDOUGH twist.",
+        created_at=T0 + timedelta(seconds=1), tags=["dessert"],
+    )  # fmt: skip
+    salad = await save(
+        store, alice, title="Summer salad", body="Tomatoes, basil and olive oil.",
+        created_at=T0 + timedelta(seconds=2), content_type="Social Media Caption",
+    )  # fmt: skip
+    await save(store, bob, title="Sourdough for bob", body="starter tomatoes cake")
+
+    async def ids(query: str, **kw: Any) -> list[str]:
+        found = await store.contents.search(alice, limit=10, query=query, **kw)
+        assert all(c.user_id == alice for c in found)
+        return [c.content_id for c in found]
+
+    # Title or body, any case, newest first.
+    assert await ids("sourdough") == [cake.content_id, bread.content_id]
+    assert await ids("SourDough") == [cake.content_id, bread.content_id]
+    assert await ids("starter") == [bread.content_id]
+    # Every word must be there (in either field).
+    assert await ids("sourdough cake") == [cake.content_id]
+    assert await ids("sourdough tomatoes") == []
+    assert await ids("cake sourdough twist") == [cake.content_id]
+    # Whole words: no prefixes, no stems.
+    assert await ids("sourd") == []
+    assert await ids("tomato") == []
+    # Filters and positions combine with the search.
+    assert await ids("sourdough", tag="dessert") == [cake.content_id]
+    assert await ids("sourdough", content_type="Social Media Caption") == []
+    assert await ids("basil", content_type="Social Media Caption") == [salad.content_id]
+    position = (cake.created_at, cake.content_id)
+    assert await ids("sourdough", before=position) == [bread.content_id]
+    page = await store.contents.search(alice, limit=1, query="sourdough")
+    assert [c.content_id for c in page] == [cake.content_id]
+    # Punctuation only separates words.
+    assert await ids("sourdough, starter!") == [bread.content_id]
+    assert await ids("  ") == []
+
+
+async def test_library_search_from_a_store_that_did_not_make_the_schema(
+    backend: Backend,
+) -> None:
+    """`smartgen api` processes open their store without `init` (the schema is made once,
+    before they start): their searches work as the initialising store's do, on a server
+    with text indexes or without (MongoDB-compatible ones fall back to patterns)."""
+    first = backend.open()
+    await first.init()
+    alice = oid()
+    bread = await save(first, alice, title="Sourdough basics", body="Feed the starter.")
+    later = backend.open()  # no init: as an API process
+    found = await later.contents.search(alice, limit=5, query="sourdough starter")
+    assert [c.content_id for c in found] == [bread.content_id]
+    assert await later.contents.search(alice, limit=5, query="rye") == []
+
+
+HOSTILE_QUERIES = [
+    '"', '""', '"sourdough', 'sourdough"', "sourdough*", "*", "-sourdough", "sourdough -starter",
+    "NEAR(sourdough starter)", "sourdough NEAR starter", "sourdough OR cake", "NOT sourdough",
+    "AND", "title:sourdough", "body : x", "^sourdough", "{title body}: sourdough", "(", ")",
+    "'; DROP TABLE contents; --", "\\", "%", "_", "sourdough\x00", "\x00", "$where", "{$ne: 1}",
+    ".*", "[a-z]+", "(?i)sourdough", "sourdough & starter | !x", "sourdough:*", "<->", "!!",
+    "😀 sourdough", "ß" * 500, "word " * 5000, "'", "`", "+sourdough", "@@", "::",
+]  # fmt: skip
+
+
+async def test_library_search_with_hostile_queries(store: Store) -> None:
+    alice, bob = oid(), oid()
+    bread = await save(store, alice, title="Sourdough basics", body="Feed the starter daily.")
+    await save(store, bob, title="Sourdough for bob", body="starter")
+    for query in HOSTILE_QUERIES:
+        found = await store.contents.search(alice, limit=5, query=query)
+        assert all(c.user_id == alice for c in found), query
+    # Operators are words or nothing, never syntax: these look for "sourdough" (and the
+    # words beside it), never for a prefix, a negation or an alternative.
+    for query in ['"sourdough', "sourdough*", "-sourdough", "+sourdough", "sourdough:*"]:
+        found = await store.contents.search(alice, limit=5, query=query)
+        assert [c.content_id for c in found] == [bread.content_id], query
+    assert await store.contents.search(alice, limit=5, query="sourdough -starter") == [bread]
+    assert await store.contents.search(alice, limit=5, query="sourdough OR cake") == []
+    assert await store.contents.search(alice, limit=5, query="sourdough NEAR starter") == []
+
+
+async def test_library_edit_and_delete_are_owner_scoped_and_searchable(store: Store) -> None:
+    alice, bob = oid(), oid()
+    item = await save(store, alice, title="Sourdough basics", body="Feed the starter daily.")
+    later = T0 + timedelta(hours=1)
+
+    assert await store.contents.update(item.content_id, bob, at=later, title="Mine now") is None
+    assert await store.contents.update("no-such-content", alice, at=later, title="x") is None
+    edited = await store.contents.update(
+        item.content_id, alice, at=later, title="Rye loaf", tags=["bread", "Weekend"]
+    )
+    assert edited is not None
+    assert (edited.title, edited.body, edited.tags) == (
+        "Rye loaf", "Feed the starter daily.", ["bread", "Weekend"],
+    )  # fmt: skip
+    assert (edited.created_at, edited.updated_at) == (item.created_at, later)
+    assert await store.contents.get_for_user(item.content_id, alice) == edited
+    # The search index follows the edit.
+    assert await store.contents.search(alice, limit=5, query="rye") == [edited]
+    assert await store.contents.search(alice, limit=5, query="sourdough") == []
+    assert await store.contents.search(alice, limit=5, tag="Weekend") == [edited]
+    body_only = await store.contents.update(item.content_id, alice, at=later, body="Caraway seeds")
+    assert body_only is not None and (body_only.title, body_only.tags) == ("Rye loaf", edited.tags)
+    assert await store.contents.search(alice, limit=5, query="caraway") == [body_only]
+    assert await store.contents.search(alice, limit=5, query="starter") == []
+    cleared = await store.contents.update(item.content_id, alice, at=later, tags=[])
+    assert cleared is not None and cleared.tags == []
+    pages = await store.contents.page_for_user(alice, after=None, limit=5)
+    assert pages == [cleared]
+
+    assert not await store.contents.delete(item.content_id, bob)
+    assert await store.contents.get_for_user(item.content_id, alice) == cleared
+    assert await store.contents.delete(item.content_id, alice)
+    assert not await store.contents.delete(item.content_id, alice)
+    assert await store.contents.get_for_user(item.content_id, alice) is None
+    assert await store.contents.search(alice, limit=5, query="caraway") == []
+    # The job may be saved again once its content is gone.
+    again, created = await store.contents.create_once(make_content(alice, item.job_id))
+    assert created and await store.contents.search(alice, limit=5, query="sourdough") == [again]
+
+
+async def test_feedback_on_completed_jobs_only_and_in_usage(store: Store) -> None:
+    user, stranger = oid(), oid()
+    done = make_job(user, content_type="Product Description")
+    other = make_job(user, content_type="Product Description")
+    queued = make_job(user)
+    for job in (done, other, queued):
+        await store.jobs.create(job)
+    for job in (done, other):
+        assert await store.jobs.mark_processing(job.job_id, at=T0, attempt=1)
+        assert await store.jobs.mark_completed(job.job_id, result=Completion("t", "m"), at=T0)
+    at = T0 + timedelta(minutes=5)
+
+    assert (
+        await store.jobs.set_feedback(queued.job_id, user, rating="like", comment=None, at=at)
+        is None
+    )
+    assert (
+        await store.jobs.set_feedback(done.job_id, stranger, rating="like", comment=None, at=at)
+        is None
+    )
+    assert (
+        await store.jobs.set_feedback("no-such-job", user, rating="like", comment=None, at=at)
+        is None
+    )
+    rated = await store.jobs.set_feedback(done.job_id, user, rating="like", comment="Great", at=at)
+    assert rated is not None
+    assert (rated.feedback_rating, rated.feedback_comment, rated.feedback_at) == (
+        "like",
+        "Great",
+        at,
+    )
+    assert rated.updated_at == T0  # a rating is not a change of the job's state
+    assert await store.jobs.get_for_user(done.job_id, user) == rated
+    later = at + timedelta(minutes=1)
+    changed = await store.jobs.set_feedback(
+        done.job_id, user, rating="dislike", comment=None, at=later
+    )
+    assert changed is not None
+    assert (changed.feedback_rating, changed.feedback_comment, changed.feedback_at) == (
+        "dislike", None, later,
+    )  # fmt: skip
+    assert await store.jobs.set_feedback(other.job_id, user, rating="like", comment=None, at=at)
+    listed = {j.job_id: j.feedback_rating for j in await store.jobs.list_for_user(user, limit=5)}
+    assert listed == {done.job_id: "dislike", other.job_id: "like", queued.job_id: None}
+
+    start, end = T0 - timedelta(days=1), T0 + timedelta(days=1)
+    rows = await store.jobs.usage(user, start=start, end=end, group_by="contentType")
+    assert [(r.key, r.jobs, r.liked, r.disliked) for r in rows] == [
+        ("Blog Post Outline", 1, 0, 0),
+        ("Product Description", 2, 1, 1),
+    ]
+
+    assert not await store.jobs.clear_feedback(done.job_id, stranger)
+    assert await store.jobs.clear_feedback(done.job_id, user)
+    assert not await store.jobs.clear_feedback(done.job_id, user)
+    cleared = await store.jobs.get(done.job_id)
+    assert cleared is not None
+    assert (cleared.feedback_rating, cleared.feedback_comment, cleared.feedback_at) == (None,) * 3
+    rows = await store.jobs.usage(user, start=start, end=end, group_by="contentType")
+    assert [(r.key, r.liked, r.disliked) for r in rows][-1] == ("Product Description", 1, 0)
+
+
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_search_index_stays_in_step_with_its_table(backend: Backend) -> None:
+    """Every write path keeps the FTS5 table equal to the contents (FTS5's own check
+    against its external table fails otherwise)."""
+    store = backend.open()
+    await store.init()
+    alice, bob = oid(), oid()
+    kept = await save(store, alice, title="Sourdough", body="starter")
+    gone = await save(store, alice, title="Rye", body="caraway")
+    await save(store, bob, title="Spelt", body="flour")
+    assert await store.contents.update(kept.content_id, alice, at=T0, title="Pumpernickel")
+    assert await store.contents.update(kept.content_id, alice, at=T0, tags=["dark"])
+    assert await store.contents.delete(gone.content_id, alice)
+    assert await store.contents.delete_for_user(bob) == 1
+    await raw_sql(
+        backend, "INSERT INTO contents_fts (contents_fts, rank) VALUES ('integrity-check', 1)"
+    )
+    rows = await raw_sql(
+        backend, "SELECT rowid FROM contents_fts WHERE contents_fts MATCH 'pumpernickel'"
+    )
+    assert len(rows) == 1
+    for word in ("sourdough", "caraway", "spelt"):
+        assert (
+            await raw_sql(
+                backend, f"SELECT rowid FROM contents_fts WHERE contents_fts MATCH '{word}'"
+            )
+            == []
+        )
 
 
 def make_key(user_id: str, **kw: Any) -> ApiKey:

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     jwt_expires_minutes: int = Field(60 * 24, ge=1)
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    # The web console's sessions (README: Design, "The console's session"): access tokens
+    # of this lifetime kept in the page's memory, renewed with a rotating refresh token in
+    # an HttpOnly cookie that lives this many days from its last use.
+    console_token_minutes: int = Field(15, ge=1, le=24 * 60)
+    refresh_token_days: float = Field(14.0, gt=0, le=365)
     # Development only: accept a short/weak JWT_SECRET.
     allow_insecure_secret: bool = False
 
@@ -276,7 +281,7 @@ class Settings(BaseSettings):
         for model, price in value.items():
             if set(price) - {"prompt", "completion"} or any(v < 0 for v in price.values()):
                 raise ValueError(
-                    f"{model!r}: give {{\"prompt\": USD per token, \"completion\": USD per token}}"
+                    f'{model!r}: give {{"prompt": USD per token, "completion": USD per token}}'
                 )
         return value
 

@@ -29,7 +29,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "The body is not JSON",
         401: "Missing, malformed, expired or invalid token",
         402: "A monthly budget would be exceeded (budget_exceeded)",
-        403: "The API key lacks the scope this route needs (insufficient_scope)",
+        403: "Refused: an API key without the scope (insufficient_scope), or a browser check",
         404: "Not found (or not yours)",
         409: "Conflict with the current state",
         413: "Body too large",

@@ -79,6 +79,10 @@ class Job:
     parent_job_id: str | None = None  # a variation's original
     # What the provider says the answer cost (its credits/USD); None when it says nothing.
     cost: float | None = None
+    # The owner's rating of a completed job ("like" / "dislike"), one per job, changeable.
+    feedback_rating: str | None = None
+    feedback_comment: str | None = None
+    feedback_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -106,6 +110,8 @@ class UsageRow:
     total_tokens: int
     cost: float
     priced_jobs: int  # jobs whose cost is known
+    liked: int = 0  # jobs rated "like" by their owner
+    disliked: int = 0
 
 
 def usage_numbers(
@@ -144,6 +150,16 @@ class Content:
     created_at: datetime
     prompt: str | None = None
     model: str | None = None
+    tags: list[str] = field(default_factory=list)
+    updated_at: datetime | None = None  # the last edit; `created_at` until there is one
+
+    def __post_init__(self) -> None:
+        if self.updated_at is None:
+            self.updated_at = self.created_at
+
+
+Rating = Literal["like", "dislike"]
+RATINGS: Final[tuple[Rating, ...]] = get_args(Rating)
 
 
 @dataclass(slots=True)

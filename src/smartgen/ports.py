@@ -197,6 +197,35 @@ class Revocations(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class RefreshGrant:
+    """A refresh token just issued: the opaque token, whose session family it belongs to
+    and whose user it speaks for."""
+
+    token: str
+    user_id: str
+    family: str
+
+
+class RefreshTokens(Protocol):
+    """The web console's refresh tokens: random, stored hashed, single use (rotation), in
+    families that end together (logout, reuse of a rotated token, password change)."""
+
+    async def start(self, user_id: str) -> RefreshGrant:
+        """A new family (a sign-in) and its first token."""
+
+    async def rotate(self, token: str) -> RefreshGrant:
+        """Spend `token` and return its successor in the same family. `Unauthorized` when
+        it is unknown, expired or its family ended; a token already spent ends its
+        family (someone holds a copy) and is refused with `refresh_reused`."""
+
+    async def end(self, token: str) -> None:
+        """End the family `token` belongs to (logout); nothing when it is unknown."""
+
+    async def end_user(self, user_id: str) -> None:
+        """End every family of the user (password change, account deletion)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One delivery of a queue message, as the queue hands it to a task."""
 

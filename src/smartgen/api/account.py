@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response, status
+from fastapi import APIRouter, Body, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from smartgen.api.deps import (
     HashingDep,
     HistoryDep,
     QueueDep,
+    RefreshDep,
     SessionsDep,
     SessionUser,
     StoreDep,
@@ -21,7 +22,7 @@ from smartgen.api.deps import (
 )
 from smartgen.apikeys.schemas import key_out
 from smartgen.auth import service
-from smartgen.auth.router import token_response
+from smartgen.auth.router import RefreshCookie, clear_refresh_cookie, token_response
 from smartgen.auth.schemas import PasswordChange, PasswordConfirmation, TokenResponse, user_out
 from smartgen.content.schemas import content_out
 from smartgen.errors import error_responses
@@ -46,11 +47,23 @@ export_limit = rate_limit(
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(user: SessionUser, sessions: SessionsDep) -> Response:
+async def logout(
+    request: Request,
+    user: SessionUser,
+    sessions: SessionsDep,
+    refresh: RefreshDep,
+    cookie: RefreshCookie = None,
+) -> Response:
     """End this token's session at once, in every API process (its sockets and event
-    streams are closed); the user's other sessions go on."""
-    await service.log_out(revocations=sessions, principal=user)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    streams are closed), and the web console session of its refresh cookie; the user's
+    other sessions go on."""
+    await service.log_out(
+        revocations=sessions, principal=user, refresh=refresh, refresh_token=cookie
+    )
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    if cookie is not None:
+        clear_refresh_cookie(response, request)
+    return response
 
 
 @router.post(
@@ -116,7 +129,7 @@ async def delete_account(
     responses={
         200: {
             "description": "The account, its jobs, saved contents, brand voices, API keys and "
-            "webhooks (never a key or a secret), as one JSON document (`{\"user\", \"jobs\": "
+            'webhooks (never a key or a secret), as one JSON document (`{"user", "jobs": '
             '[...], "contents": [...], "voices": [...], "apiKeys": [...], "webhooks": [...], '
             '"exportedAt"}`), streamed',
             "content": {"application/json": {}},

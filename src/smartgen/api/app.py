@@ -24,6 +24,7 @@ from smartgen.api.metrics import open_scrape
 from smartgen.api.metrics import router as metrics_router
 from smartgen.api.middleware import RequestLimits
 from smartgen.api.ratelimit import RateLimiter
+from smartgen.api.refresh_tokens import RedisRefreshTokens
 from smartgen.apikeys.router import router as api_keys_router
 from smartgen.auth.keys import Credentials
 from smartgen.auth.passwords import HashingSlots
@@ -50,6 +51,7 @@ from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
 from smartgen.usage.router import router as usage_router
 from smartgen.voices.router import router as voices_router
+from smartgen.web import install_console
 from smartgen.webhooks.notifier import WebhookNotifier
 from smartgen.webhooks.router import router as webhooks_router
 
@@ -112,6 +114,10 @@ def create_app(
         namespace = f"{settings.queue_prefix}:smartgen"
         app.state.scrape = scrape = open_scrape(settings) if settings.metrics_enabled else None
         sessions = SessionGuard(redis, settings, store, namespace=namespace)
+        refresh = RedisRefreshTokens(
+            redis, prefix=namespace, lifetime_seconds=settings.refresh_token_days * 86400
+        )
+        sessions.also_end_user(refresh.end_user)
         try:
             if init_store:
                 await store.init()
@@ -151,6 +157,7 @@ def create_app(
                 prices=ModelPrices(settings),
                 budgets=RedisBudgets(redis, namespace),
                 idempotency=Idempotency(redis, namespace, settings.idempotency_ttl_seconds),
+                refresh=refresh,
                 credentials=credentials,
                 webhook_queue=webhook_queue,
             )
@@ -221,6 +228,7 @@ def create_app(
         app.include_router(metrics_router)
     _document_prompt_limit(app, settings)
     install_docs(app)
+    install_console(app, settings)
 
     # Two wrappers: `HttpEdge` around everything (request id, metrics, security headers,
     # the last stop for errors), `RequestLimits` in front of the routes (bodies, HEAD).

@@ -30,6 +30,7 @@ from smartgen.ports import (
     Notifier,
     Prices,
     RateLimits,
+    RefreshTokens,
     Timings,
     WebhookQueue,
 )
@@ -67,6 +68,7 @@ class Services:
     prices: Prices
     budgets: Budgets
     idempotency: Idempotency
+    refresh: RefreshTokens
     credentials: Credentials
     webhook_queue: WebhookQueue
     queueing: Queueing = field(init=False)
@@ -159,6 +161,10 @@ async def get_hashing(request: Request) -> HashingSlots:
     return services(request).hashing
 
 
+async def get_refresh(request: Request) -> RefreshTokens:
+    return services(request).refresh
+
+
 async def get_queueing(request: Request) -> Queueing:
     return services(request).queueing
 
@@ -184,13 +190,21 @@ class BearerUser(HTTPBearer):
         )
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        # Once per request, whichever of the variants below asks first.
+        known: Principal | None = request.scope.get(_PRINCIPAL)
+        if known is not None:
+            return known
         found = services(request)
         header = request.headers.get("authorization")
         principal = await found.credentials.verify(bearer_token(header))
         # Revoked (logout, password change) or its account deleted: refused.
         await found.sessions.check(principal)
         logcontext.user_id.set(principal.user_id)  # the request's log lines name the user
+        request.scope[_PRINCIPAL] = principal
         return principal
+
+
+_PRINCIPAL = "smartgen.principal"
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -208,21 +222,26 @@ HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
 AddressDep = Annotated[str, Depends(get_address)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 QueueingDep = Annotated[Queueing, Depends(get_queueing)]
+RefreshDep = Annotated[RefreshTokens, Depends(get_refresh)]
 WebhookQueueDep = Annotated[WebhookQueue, Depends(get_webhook_queue)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]
 
 
-class Scoped:
+class Scoped(BearerUser):
     """The caller, who must hold `scope` when the credential is an API key (`None`: a
-    login token only, no key). One dependency over `CurrentUser` (solved once per
-    request). `required_scope` lets a test find every route's scope."""
+    login token only, no key). A `BearerUser` itself, not a dependency on one: FastAPI
+    solves every dependency of a request on its own, about 10 µs of CPU each, and this
+    is on every authenticated route (`bench/api_path.py --calls`). `required_scope` lets a
+    test find every route's scope."""
 
     def __init__(self, scope: str | None) -> None:
+        super().__init__()
         self.required_scope = scope
 
-    async def __call__(self, user: CurrentUser) -> Principal:
-        require_scope(user, self.required_scope)
-        return user
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        principal = await super().__call__(request)
+        require_scope(principal, self.required_scope)
+        return principal
 
 
 # The caller, by what the route needs an API key to allow (a login token allows all).
@@ -286,18 +305,7 @@ def rate_limits(
     `Scoped(scope)` would, without another dependency (the busiest route's)."""
 
     async def count(request: Request, user_id: str | None) -> None:
-        found = services(request)
-        address: str | None = None
-        limits = []
-        for one in counted:
-            limit, window = one.rule(found.settings)
-            if one.per == "user":
-                key = user_id or ""
-            else:
-                address = address or client_address(request)
-                key = address
-            limits.append(Limit(one.bucket, key, limit, window))
-        await found.limiter.hit_all(limits, fail_open=fail_open, unavailable=unavailable)
+        await _hit(request, counted, user_id, fail_open=fail_open, unavailable=unavailable)
 
     if any(one.per == "user" for one in counted):
 
@@ -314,3 +322,55 @@ def rate_limits(
         await count(request, None)
 
     return Depends(per_address)
+
+
+async def _hit(
+    request: Request,
+    counted: tuple[Counted, ...],
+    user_id: str | None,
+    *,
+    fail_open: bool,
+    unavailable: ServiceUnavailable | None,
+) -> None:
+    """One hit on each of `counted`'s limits, in one Redis round trip."""
+    found = services(request)
+    address: str | None = None
+    limits = []
+    for one in counted:
+        limit, window = one.rule(found.settings)
+        if one.per == "user":
+            key = user_id or ""
+        else:
+            address = address or client_address(request)
+            key = address
+        limits.append(Limit(one.bucket, key, limit, window))
+    await found.limiter.hit_all(limits, fail_open=fail_open, unavailable=unavailable)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueingCall:
+    """What a route that queues a job gets: its caller and the clients queueing uses."""
+
+    user: Principal
+    clients: Queueing
+
+
+class QueueingCaller(Scoped):
+    """The routes that queue a job (POST /generate-content, retry, variations): the caller,
+    who needs the `generate` scope, its rate limits counted (in order, the first over its
+    limit answers 429; without Redis a 503 `unavailable`, since nothing could be queued),
+    and the queueing clients, as one dependency instead of three. A shortcut kept here
+    because it is measured: a third of the Python calls FastAPI spent solving these
+    routes' dependencies (`bench/api_path.py --calls`, bench/HISTORY.md)."""
+
+    def __init__(self, *counted: Counted, unavailable: ServiceUnavailable) -> None:
+        super().__init__("generate")
+        self.counted = counted
+        self.unavailable = unavailable
+
+    async def __call__(self, request: Request) -> QueueingCall:  # type: ignore[override]
+        user = await super().__call__(request)
+        await _hit(
+            request, self.counted, user.user_id, fail_open=False, unavailable=self.unavailable
+        )
+        return QueueingCall(user, services(request).queueing)

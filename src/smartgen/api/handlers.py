@@ -64,18 +64,18 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
 
 def _allowed_methods(request: Request) -> set[str]:
     """Every method the app serves at this path, from its OpenAPI description. A path
-    written out (`/webhooks/secret`) wins over templates it also fits
-    (`/webhooks/{webhookId}`), as it does in routing."""
+    the description names literally is that path only: its routes are never a template's
+    value (`/contents/export` is not a `{contentId}`: the content routes' convertor
+    refuses it)."""
     app: FastAPI = request.app
     methods: set[str] = set()
     paths = app.openapi().get("paths", {})
-    if request.url.path in paths:
-        methods.update(m.upper() for m in paths[request.url.path])
-    else:
-        for template, operations in paths.items():
-            pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
-            if re.match(pattern, request.url.path):
-                methods.update(m.upper() for m in operations)
+    literal = paths.get(request.url.path)
+    templates = {request.url.path: literal} if literal else paths
+    for template, operations in templates.items():
+        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, request.url.path):
+            methods.update(m.upper() for m in operations)
     if "GET" in methods:
         methods.add("HEAD")
     return methods

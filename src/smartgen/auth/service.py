@@ -15,7 +15,7 @@ from smartgen.auth.tokens import Principal, TokenCodec
 from smartgen.errors import NotFound, Unauthorized
 from smartgen.kit.times import utcnow
 from smartgen.models import UNFINISHED, ApiKey, Content, Job, User, Voice, WebhookEndpoint
-from smartgen.ports import EventHistory, JobQueue, LoginAttempts, Revocations
+from smartgen.ports import EventHistory, JobQueue, LoginAttempts, RefreshTokens, Revocations
 from smartgen.store.base import Store
 
 EXPORT_PAGE = 200
@@ -26,12 +26,29 @@ class Session:
     user: User
     token: str
     expires_at: datetime
+    refresh_token: str | None = None  # a console session's (its cookie)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSessions:
+    """How the web console's sessions are made: access tokens of `minutes`, renewed with
+    `refresh` tokens (README: Design, "The console's session")."""
+
+    refresh: RefreshTokens
+    minutes: int
 
 
 async def register(
-    *, store: Store, tokens: TokenCodec, slots: HashingSlots, email: str, password: str
+    *,
+    store: Store,
+    tokens: TokenCodec,
+    slots: HashingSlots,
+    email: str,
+    password: str,
+    console: ConsoleSessions | None = None,
 ) -> Session:
-    """Create an account and a token; `Conflict` when the email is taken."""
+    """Create an account and a token (and a refresh token for a `console` session);
+    `Conflict` when the email is taken."""
     # ObjectId-shaped ids: the same shape as the Node original's user ids.
     user = User(
         user_id=str(ObjectId()),
@@ -40,7 +57,7 @@ async def register(
         created_at=utcnow(),
     )
     await store.users.create(user)
-    return _session(tokens, user)
+    return await _session(tokens, user, console)
 
 
 async def log_in(
@@ -52,6 +69,7 @@ async def log_in(
     email: str,
     password: str,
     address: str,
+    console: ConsoleSessions | None = None,
 ) -> Session:
     """A token for matching email and password; `Unauthorized` otherwise, and
     `TooManyRequests` for an address that failed too often (only failures count)."""
@@ -62,7 +80,22 @@ async def log_in(
         await attempts.failed(email, address)
         raise
     await attempts.succeeded(email, address)
-    return _session(tokens, user)
+    return await _session(tokens, user, console)
+
+
+async def refresh_session(
+    *, store: Store, tokens: TokenCodec, console: ConsoleSessions, refresh_token: str
+) -> Session:
+    """Spend a console session's refresh token: a new access token and the refresh
+    token's successor; `Unauthorized` when it is unknown, spent (its family ends) or its
+    session ended, or the account is gone."""
+    grant = await console.refresh.rotate(refresh_token)
+    user = await store.users.get(grant.user_id)
+    if user is None:
+        await console.refresh.end(grant.token)
+        raise Unauthorized("This session's user no longer exists", code="refresh_invalid")
+    token, expires = tokens.issue(user.user_id, email=user.email, minutes=console.minutes)
+    return Session(user=user, token=token, expires_at=expires, refresh_token=grant.token)
 
 
 async def authenticate(*, store: Store, slots: HashingSlots, email: str, password: str) -> User:
@@ -91,8 +124,17 @@ async def _confirm(*, store: Store, slots: HashingSlots, user_id: str, password:
     return user
 
 
-async def log_out(*, revocations: Revocations, principal: Principal) -> None:
-    """End this token's session (other sessions of the user go on)."""
+async def log_out(
+    *,
+    revocations: Revocations,
+    principal: Principal,
+    refresh: RefreshTokens | None = None,
+    refresh_token: str | None = None,
+) -> None:
+    """End this token's session (other sessions of the user go on), and the console
+    session of `refresh_token` when one is given."""
+    if refresh is not None and refresh_token:
+        await refresh.end(refresh_token)
     if principal.token_id is not None and principal.expires_at is not None:
         await revocations.revoke_token(
             principal.user_id, principal.token_id, expires_at=principal.expires_at
@@ -120,7 +162,7 @@ async def change_password(
     await revocations.revoke_user(user_id, before=time.time())
     if not await store.users.set_password(user_id, new_hash):
         raise NotFound("This token's user does not exist here", code="user_not_found")
-    return _session(tokens, user)  # issued after the cut
+    return await _session(tokens, user, None)  # issued after the cut
 
 
 async def delete_account(
@@ -191,6 +233,10 @@ async def export_contents(*, store: Store, user_id: str) -> AsyncIterator[Conten
         after = page[-1].content_id
 
 
-def _session(tokens: TokenCodec, user: User) -> Session:
-    token, expires = tokens.issue(user.user_id, email=user.email)
-    return Session(user=user, token=token, expires_at=expires)
+async def _session(tokens: TokenCodec, user: User, console: ConsoleSessions | None) -> Session:
+    if console is None:
+        token, expires = tokens.issue(user.user_id, email=user.email)
+        return Session(user=user, token=token, expires_at=expires)
+    grant = await console.refresh.start(user.user_id)
+    token, expires = tokens.issue(user.user_id, email=user.email, minutes=console.minutes)
+    return Session(user=user, token=token, expires_at=expires, refresh_token=grant.token)

@@ -52,9 +52,12 @@ class TokenCodec:
         # check get here, and the expiry is checked again on every use.
         self._verified: dict[str, tuple[Principal, float]] = {}
 
-    def issue(self, user_id: str, *, email: str | None = None) -> tuple[str, datetime]:
+    def issue(
+        self, user_id: str, *, email: str | None = None, minutes: int | None = None
+    ) -> tuple[str, datetime]:
+        """A token for `user_id`, valid JWT_EXPIRES_MINUTES (or `minutes`)."""
         now = datetime.now(UTC)
-        expires = now + self._ttl
+        expires = now + (self._ttl if minutes is None else timedelta(minutes=minutes))
         claims: dict[str, Any] = {
             "sub": user_id,
             # With its fraction (RFC 7519 allows it): a token issued in the same second as

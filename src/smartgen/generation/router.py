@@ -6,22 +6,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 
 from smartgen.api.deps import (
     BudgetsDep,
     Counted,
-    CurrentUser,
     GenerateUser,
     LiveTextDep,
     NotifierDep,
     QueueDep,
     Queueing,
-    QueueingDep,
+    QueueingCall,
+    QueueingCaller,
     ReadUser,
     SettingsDep,
     StoreDep,
-    rate_limits,
 )
 from smartgen.api.idempotency import KeyHeader
 from smartgen.errors import QueueUnavailable, ValidationFailed, error_responses
@@ -52,33 +51,31 @@ PER_ADDRESS = Counted(
     "generate-ip", lambda s: (s.generate_ip_rate_limit, s.generate_rate_window_seconds), "address"
 )
 # Without Redis the job could not be queued anyway: the limiter fails closed, and says so.
-# Both limits in one dependency and one round trip, the user's counted first.
-# They also check the `generate` scope of an API key (no extra dependency on this path).
-generate_limits = rate_limits(
-    PER_USER, PER_ADDRESS, fail_open=False, unavailable=QueueUnavailable(), scope="generate"
-)
-generate_limit = rate_limits(
-    PER_USER, fail_open=False, unavailable=QueueUnavailable(), scope="generate"
-)
+# Both limits in one round trip, the user's counted first.
+QueueingFor = Annotated[
+    QueueingCall, Depends(QueueingCaller(PER_USER, PER_ADDRESS, unavailable=QueueUnavailable()))
+]
+VariationFor = Annotated[
+    QueueingCall, Depends(QueueingCaller(PER_USER, unavailable=QueueUnavailable()))
+]
 REPLAYED = {"description": "Replayed: the first answer to this Idempotency-Key"}
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[generate_limits],
     response_model=QueuedResponse,
     responses={200: REPLAYED, **error_responses(402, 404, 409)},
 )
 async def queue_generation(
     body: GenerationRequest,
     request: Request,
-    user: CurrentUser,
-    clients: QueueingDep,
+    caller: QueueingFor,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue a content generation, steered by the optional options; it runs after
     GENERATION_DELAY_SECONDS (or `delaySeconds`)."""
+    user, clients = caller.user, caller.clients
     settings, store = clients.settings, clients.store
     if body.delaySeconds is not None and body.delaySeconds > settings.max_delay_seconds:
         raise ValidationFailed(
@@ -219,19 +216,18 @@ async def run_now(
 @router.post(
     "/{jobId}/retry",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[generate_limits],
     response_model=QueuedResponse,
     responses={200: REPLAYED, **error_responses(402, 404, 409)},
 )
 async def retry_job(
     jobId: str,
     request: Request,
-    user: CurrentUser,
-    clients: QueueingDep,
+    caller: QueueingFor,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue a failed or cancelled job again (same jobId, new scheduledFor, its earlier
     run kept in `history`); 409 `job_not_retryable` otherwise."""
+    user, clients = caller.user, caller.clients
 
     async def queue_it() -> service.QueuedJob:
         return await control.retry_job(
@@ -252,19 +248,18 @@ async def retry_job(
 @router.post(
     "/{jobId}/variations",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[generate_limit],
     response_model=QueuedResponse,
     responses={200: REPLAYED, **error_responses(402, 404, 409)},
 )
 async def queue_variation(
     jobId: str,
     request: Request,
-    user: CurrentUser,
-    clients: QueueingDep,
+    caller: VariationFor,
     idempotency_key: KeyHeader = None,
 ) -> Any:
     """Queue another take of a completed job: the same request and options, told to
     differ from the original (`parentJobId`); 409 `job_not_completed` otherwise."""
+    user, clients = caller.user, caller.clients
 
     async def queue_it() -> service.QueuedJob:
         return await service.queue_variation(

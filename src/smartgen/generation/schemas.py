@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from smartgen.generation.service import QueuedJob
 from smartgen.kit.text import without_nul
 from smartgen.kit.times import as_utc, iso_ms
-from smartgen.models import ContentType, Job, JobStatus, Length, Tone
+from smartgen.models import ContentType, Job, JobStatus, Length, Rating, Tone
 
 # PROMPT_MAX_CHARS may be configured up to this; the schema documents the ceiling.
 PROMPT_HARD_LIMIT = 20_000
@@ -203,6 +203,11 @@ class QueuedResponse(BaseModel):
     )
 
 
+class FeedbackOut(BaseModel):
+    rating: Rating
+    comment: str | None = Field(None, description="Omitted when none was given")
+
+
 class JobOut(BaseModel):
     jobId: str
     status: JobStatus
@@ -242,6 +247,9 @@ class JobOut(BaseModel):
     parentJobId: str | None = Field(None, description="A variation's original")
     webhookUrl: str | None = Field(None, description="Told when the job ends")
     variationIds: list[str] | None = Field(None, description="Variations of this job")
+    feedback: FeedbackOut | None = Field(
+        None, description="The owner's rating of the completed job, when there is one"
+    )
 
 
 def queued_response(queued: QueuedJob) -> QueuedResponse:
@@ -290,4 +298,9 @@ def job_out(
         parentJobId=job.parent_job_id,
         webhookUrl=(job.options or {}).get("webhookUrl"),
         variationIds=variation_ids or None,
+        feedback=(
+            FeedbackOut(rating=cast(Rating, job.feedback_rating), comment=job.feedback_comment)
+            if job.feedback_rating
+            else None
+        ),
     )

@@ -85,9 +85,7 @@ async def resolve_options(
     return resolved
 
 
-async def checked_webhook_url(
-    *, store: Store, settings: Settings, user_id: str, url: str
-) -> str:
+async def checked_webhook_url(*, store: Store, settings: Settings, user_id: str, url: str) -> str:
     """A job's own `webhookUrl`, when webhooks may call it (the SSRF rules: 422
     `webhook_url_refused` naming why) and the user has a default secret to sign with (409
     `webhook_secret_missing` else)."""

@@ -42,3 +42,27 @@ def printable(text: str) -> str:
     text = _ESCAPES.sub("", text)
     text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", text)
     return re.sub(r"[\ud800-\udfff]", "\ufffd", text)
+
+
+# Search words: runs of letters and digits (what SQLite's unicode61 tokenizer and
+# PostgreSQL's parser take as words); everything else only separates them.
+_WORD = re.compile(r"[^\W_]+")
+SEARCH_WORDS_MAX = 16
+SEARCH_WORD_CHARS = 100
+
+
+def search_words(query: str) -> list[str]:
+    """The words a full-text query looks for, in order, each once (case-insensitively):
+    quotes, operators (`NEAR`, `OR`, `-`, `*`) and other punctuation are not syntax here,
+    so no query text can change how a store's search parses. At most `SEARCH_WORDS_MAX`
+    words, each cut to `SEARCH_WORD_CHARS` characters."""
+    words: list[str] = []
+    seen: set[str] = set()
+    for match in _WORD.finditer(query):
+        word = match.group()[:SEARCH_WORD_CHARS]
+        if word.casefold() not in seen:
+            seen.add(word.casefold())
+            words.append(word)
+            if len(words) == SEARCH_WORDS_MAX:
+                break
+    return words

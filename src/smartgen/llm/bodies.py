@@ -27,8 +27,7 @@ def refuse_compression(response: aiohttp.ClientResponse) -> None:
     if encoding not in ("", "identity"):
         shown = "".join(c for c in encoding[:20] if c.isalnum() or c in "-_, ")
         raise LLMError(
-            f"the model provider sent a compressed answer ({shown}) although "
-            "none was accepted",
+            f"the model provider sent a compressed answer ({shown}) although none was accepted",
             retryable=False,
         )
 

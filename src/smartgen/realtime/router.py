@@ -130,6 +130,8 @@ async def events(
     found = services(request)
     await found.sessions.check(principal)
     after = _after(last_event_id, after_seq)
+    if not await found.listeners.ready():
+        log.warning("events: the bus subscription is not ready; this stream may lag")
     try:
         last = await found.log.last_seq(principal.user_id)
     except (RedisError, OSError, TimeoutError) as exc:

@@ -97,6 +97,7 @@ class RealtimeServer:
             engineio_logger=False,
         )
         self._expiry: dict[str, asyncio.Task[None]] = {}
+        self.manager.local.when_ready(self._listen_for_streams)
         self.log: EventLog | None = None
         self.quota: SocketQuota | None = None
         self.limiter: RateLimits | None = None
@@ -139,6 +140,15 @@ class RealtimeServer:
             sessions.on_revoked(self._revoked)
         self.publisher.number_with(log)
         self.publisher.start()
+
+    async def _listen_for_streams(self) -> bool:
+        """`GET /events` needs the bus as much as a socket does, but python-socketio
+        subscribes only when its first Engine.IO client connects: without a socket in this
+        process, a stream's wake-ups never came and it saw events only at its heartbeats."""
+        if not self.sio.manager_initialized:
+            self.sio.manager_initialized = True
+            self.sio.manager.initialize()
+        return await self.manager.wait_subscribed(SUBSCRIBE_WAIT_SECONDS)
 
     def _watch_engineio_sessions(self) -> None:
         """An Engine.IO session must send its Socket.IO CONNECT within

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,7 @@ class SessionGuard:
         self._tokens: dict[str, tuple[bool, float]] = {}
         self._users: dict[str, tuple[float, bool, float]] = {}
         self._listeners: list[Revoked] = []
+        self._user_hooks: list[Callable[[str], Awaitable[None]]] = []
         self._pending: dict[tuple[str, str | None, bool], asyncio.Future[Any]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -168,6 +169,13 @@ class SessionGuard:
         await self._write(self._user + user_id, mark, self._token_lifetime + 60)
         self._revoked_here(user_id, None, before, deleted=deleted)
         await self._publish(f"u {user_id} {mark}")
+        for hook in self._user_hooks:
+            await hook(user_id)
+
+    def also_end_user(self, hook: Callable[[str], Awaitable[None]]) -> None:
+        """Await `hook(user_id)` whenever all of a user's sessions end here (the console's
+        refresh tokens end with them)."""
+        self._user_hooks.append(hook)
 
     async def _write(self, key: str, value: str, seconds: int) -> None:
         try:

@@ -6,7 +6,7 @@ order or the completeness of pub/sub delivery."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +14,16 @@ from typing import Any
 class LocalSubscribers:
     def __init__(self) -> None:
         self._by_user: dict[str, set[asyncio.Event]] = {}
+        self._ready: Callable[[], Awaitable[bool]] | None = None
+
+    def when_ready(self, ready: Callable[[], Awaitable[bool]]) -> None:
+        """`ready()` makes this process listen to the bus and says when it does."""
+        self._ready = ready
+
+    async def ready(self) -> bool:
+        """Wait until wake-ups can arrive here (False: not within the wait; the stream
+        still reads the log at every heartbeat)."""
+        return True if self._ready is None else await self._ready()
 
     @contextmanager
     def subscribe(self, user_id: str) -> Iterator[asyncio.Event]:

@@ -31,6 +31,7 @@ def banner(settings: Settings, *, store: str, redis: str, llm: str, secret: str)
     lines = [
         "",
         f"  smartgen {__version__} is starting",
+        f"  Console    {url}/   (in a browser: sign up, generate, watch it stream)",
         f"  API        {url}   (docs: {url}/docs, Socket.IO: {url}/socket.io/)",
         f"  Store      {store}",
         f"  Redis      {redis}",

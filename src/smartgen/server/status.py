@@ -87,9 +87,7 @@ async def _redis_part(settings: Settings) -> dict[str, Any]:
 async def collect_status(settings: Settings, *, max_wait_seconds: float) -> dict[str, Any]:
     """Everything `smartgen status` reports, and what needs attention."""
     now = utcnow()
-    (store, stuck), redis = await asyncio.gather(
-        _store_part(settings, now), _redis_part(settings)
-    )
+    (store, stuck), redis = await asyncio.gather(_store_part(settings, now), _redis_part(settings))
     attention: list[str] = []
     if redis["status"] != "ok":
         attention.append(f"Redis does not answer: {redis.get('error')}")

@@ -150,6 +150,15 @@ class JobRepository(Protocol):
         """The user's jobs created in [start, end) summed per group (`day` in UTC,
         `contentType`, `model`), by the database itself; ordered by key, None last."""
 
+    async def set_feedback(
+        self, job_id: str, user_id: str, *, rating: str, comment: str | None, at: datetime
+    ) -> Job | None:
+        """The owner's rating of their `completed` job (replacing any earlier one); the job
+        as written, or None when it is not completed, another user's, or unknown."""
+
+    async def clear_feedback(self, job_id: str, user_id: str) -> bool:
+        """Remove the owner's rating of the job; False when it had none (or is not theirs)."""
+
 
 class VoiceRepository(Protocol):
     async def create(self, voice: Voice, *, max_per_user: int) -> bool:
@@ -186,6 +195,39 @@ class ContentRepository(Protocol):
         """The content saved from this job of this user's, if any."""
 
     async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]: ...
+
+    async def search(
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        query: str | None = None,
+        content_type: str | None = None,
+        tag: str | None = None,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[Content]:
+        """The user's contents newest first (`created_at`, then `content_id`, descending),
+        those strictly before the position `before` (a `(created_at, content_id)` pair), of
+        this content type, carrying this tag (exact), and, with `query`, containing every
+        word of it (`kit.text.search_words`: letters and digits, whole words, any case) in
+        the title or the body, found by the database's own full-text index. A query
+        without words matches nothing; no query text is ever syntax to the database."""
+
+    async def update(
+        self,
+        content_id: str,
+        user_id: str,
+        *,
+        at: datetime,
+        title: str | None = None,
+        body: str | None = None,
+        tags: list[str] | None = None,
+    ) -> Content | None:
+        """Change the given fields of the owner's content (the search index follows);
+        None when not theirs or unknown."""
+
+    async def delete(self, content_id: str, user_id: str) -> bool:
+        """False when not theirs or unknown."""
 
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
         """The user's contents oldest first, those after the content `after` (its id)."""

@@ -3,6 +3,7 @@ only code that speaks to MongoDB."""
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from smartgen.errors import Conflict, StoreUnavailable
 from smartgen.kit.times import as_utc, utcnow
@@ -18,7 +19,6 @@ from smartgen.models import (
     RETRYABLE,
     UNFINISHED,
     Completion,
-    Content,
     Job,
     JobStatus,
     UsageRow,
@@ -33,6 +33,7 @@ from smartgen.store.base import (
     VoiceRepository,
     WebhookRepository,
 )
+from smartgen.store.mongo_contents import MongoContents, page_after
 from smartgen.store.mongo_keys import MongoApiKeys
 from smartgen.store.mongo_voices import MongoVoices
 from smartgen.store.mongo_webhooks import MongoWebhooks
@@ -42,6 +43,7 @@ _UNFINISHED = [status.value for status in UNFINISHED]
 _RETRYABLE = [status.value for status in RETRYABLE]
 
 _unavailable = translate_unavailable(lambda error: isinstance(error, ConnectionFailure))
+log = logging.getLogger(__name__)
 
 
 def _dt(value: Any) -> datetime | None:
@@ -74,7 +76,18 @@ def _job_from_doc(doc: dict[str, Any]) -> Job:
         options=doc.get("options"),
         parent_job_id=doc.get("parentJobId"),
         cost=None if doc.get("cost") is None else float(doc["cost"]),
+        **_feedback_fields(doc.get("feedback")),
     )
+
+
+def _feedback_fields(feedback: Any) -> dict[str, Any]:
+    if not isinstance(feedback, dict) or feedback.get("rating") is None:
+        return {}
+    return {
+        "feedback_rating": feedback["rating"],
+        "feedback_comment": feedback.get("comment"),
+        "feedback_at": _dt(feedback.get("at")),
+    }
 
 
 # GET /usage's groups, as aggregation expressions over a job document.
@@ -83,40 +96,6 @@ _USAGE_KEYS: dict[str, Any] = {
     "contentType": "$contentType",
     "model": "$model",
 }
-
-
-def _content_from_doc(doc: dict[str, Any]) -> Content:
-    return Content(
-        content_id=doc["contentId"],
-        user_id=str(doc["userId"]),
-        job_id=doc["jobId"],
-        title=doc["title"],
-        body=doc["body"],
-        content_type=doc["contentType"],
-        created_at=as_utc(doc["createdAt"]),
-        prompt=doc.get("prompt"),
-        model=doc.get("model"),
-    )
-
-
-async def _after(
-    collection: Any, query: dict[str, Any], id_field: str, after: str | None
-) -> dict[str, Any] | None:
-    """`query` narrowed to the documents after the one whose `id_field` is `after`, in
-    (createdAt, _id) order (the (userId, createdAt) index); None when that one is gone."""
-    if after is None:
-        return query
-    mark = await collection.find_one({**query, id_field: after}, {"createdAt": 1})
-    if mark is None:
-        return None
-    created = mark["createdAt"]
-    return {
-        **query,
-        "$or": [
-            {"createdAt": {"$gt": created}},
-            {"createdAt": created, "_id": {"$gt": mark["_id"]}},
-        ],
-    }
 
 
 class MongoUsers:
@@ -369,7 +348,7 @@ class MongoJobs:
 
     @_unavailable
     async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Job]:
-        query = await _after(self._c, {"userId": user_id}, "jobId", after)
+        query = await page_after(self._c, {"userId": user_id}, "jobId", after)
         if query is None:
             return []
         order = [("createdAt", ASCENDING), ("_id", ASCENDING)]
@@ -491,6 +470,8 @@ class MongoJobs:
         for name in ("promptTokens", "completionTokens", "totalTokens", "cost"):
             group[name] = {"$sum": {"$ifNull": [f"${name}", 0]}}
         group["priced"] = {"$sum": {"$cond": [{"$eq": [{"$ifNull": ["$cost", None]}, None]}, 0, 1]}}
+        for name, rating in (("liked", "like"), ("disliked", "dislike")):
+            group[name] = {"$sum": {"$cond": [{"$eq": ["$feedback.rating", rating]}, 1, 0]}}
         pipeline = [
             {"$match": {"userId": user_id, "createdAt": {"$gte": start, "$lt": end}}},
             {"$group": group},
@@ -505,65 +486,29 @@ class MongoJobs:
                 total_tokens=int(d.get("totalTokens") or 0),
                 cost=float(d.get("cost") or 0),
                 priced_jobs=int(d.get("priced") or 0),
+                liked=int(d.get("liked") or 0),
+                disliked=int(d.get("disliked") or 0),
             )
             async for d in await self._c.aggregate(pipeline)
         ]
         return sorted(rows, key=lambda r: (r.key is None, r.key or ""))
 
-
-class MongoContents:
-    def __init__(self, db: Any) -> None:
-        self._c = db["contents"]
+    @_unavailable
+    async def set_feedback(
+        self, job_id: str, user_id: str, *, rating: str, comment: str | None, at: datetime
+    ) -> Job | None:
+        return await self._changed(
+            {"jobId": job_id, "userId": user_id, "status": JobStatus.completed.value},
+            {"$set": {"feedback": {"rating": rating, "comment": comment, "at": at}}},
+        )
 
     @_unavailable
-    async def create_once(self, content: Content) -> tuple[Content, bool]:
-        doc = {
-            "contentId": content.content_id,
-            "userId": content.user_id,
-            "jobId": content.job_id,
-            "title": content.title,
-            "body": content.body,
-            "contentType": content.content_type,
-            "prompt": content.prompt,
-            "model": content.model,
-            "createdAt": content.created_at,
-            "updatedAt": content.created_at,
-        }
-        try:
-            await self._c.insert_one(doc)
-            return content, True
-        except DuplicateKeyError:
-            existing = await self._c.find_one({"jobId": content.job_id})
-            if existing is None:  # pragma: no cover - a concurrent delete
-                raise
-            return _content_from_doc(existing), False
-
-    @_unavailable
-    async def get_for_user(self, content_id: str, user_id: str) -> Content | None:
-        doc = await self._c.find_one({"contentId": content_id, "userId": user_id})
-        return _content_from_doc(doc) if doc else None
-
-    @_unavailable
-    async def get_for_job(self, job_id: str, user_id: str) -> Content | None:
-        doc = await self._c.find_one({"jobId": job_id, "userId": user_id})
-        return _content_from_doc(doc) if doc else None
-
-    @_unavailable
-    async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
-        cursor = self._c.find({"userId": user_id}).sort("createdAt", DESCENDING).limit(limit)
-        return [_content_from_doc(d) async for d in cursor]
-
-    @_unavailable
-    async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
-        query = await _after(self._c, {"userId": user_id}, "contentId", after)
-        if query is None:
-            return []
-        order = [("createdAt", ASCENDING), ("_id", ASCENDING)]
-        return [_content_from_doc(d) async for d in self._c.find(query).sort(order).limit(limit)]
-
-    @_unavailable
-    async def delete_for_user(self, user_id: str) -> int:
-        return int((await self._c.delete_many({"userId": user_id})).deleted_count)
+    async def clear_feedback(self, job_id: str, user_id: str) -> bool:
+        res = await self._c.update_one(
+            {"jobId": job_id, "userId": user_id, "feedback.rating": {"$ne": None}},
+            {"$unset": {"feedback": ""}},
+        )
+        return bool(res.matched_count == 1)
 
 
 class MongoStore:
@@ -582,7 +527,8 @@ class MongoStore:
         self._db = db
         self.users: UserRepository = MongoUsers(db)
         self.jobs: JobRepository = MongoJobs(db)
-        self.contents: ContentRepository = MongoContents(db)
+        self._contents = MongoContents(db)
+        self.contents: ContentRepository = self._contents
         self.voices: VoiceRepository = MongoVoices(db)
         self.api_keys: ApiKeyRepository = MongoApiKeys(db)
         self.webhooks: WebhookRepository = MongoWebhooks(db)
@@ -601,8 +547,34 @@ class MongoStore:
         await self._db["jobs"].create_index("parentJobId", sparse=True)
         await self._db["voices"].create_index("voiceId", unique=True)
         await self._db["voices"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await self._db["contents"].create_index(
+            [("userId", ASCENDING), ("createdAt", DESCENDING), ("contentId", DESCENDING)]
+        )
+        await self._db["contents"].create_index([("userId", ASCENDING), ("tags", ASCENDING)])
+        await self._text_index()
         await MongoApiKeys.create_indexes(self._db)
         await MongoWebhooks.create_indexes(self._db)
+
+    async def _text_index(self) -> None:
+        """The library's search index: title and body, language "none" (lower-cased words,
+        no stemming or stop words, as the SQL stores match). Contents written before it
+        are indexed by the server as it builds it. A server without text indexes (a
+        MongoDB-compatible one) is searched by `$regex` instead."""
+        try:
+            await self._db["contents"].create_index(
+                [("title", "text"), ("body", "text")],
+                name="contents_text",
+                default_language="none",
+            )
+        except OperationFailure as error:
+            log.warning(
+                "MongoDB refused the contents' text index (%s): library search scans with "
+                "$regex instead",
+                error,
+            )
+            self._contents.text_index = False
+        else:
+            self._contents.text_index = True
 
     async def ping(self) -> None:
         try:

@@ -15,6 +15,11 @@ class UsageTotals(BaseModel):
     totalTokens: int
     cost: float = Field(description="USD credits, as the provider reported them")
     pricedJobs: int = Field(description="Jobs whose cost the provider reported")
+    liked: int = Field(0, description="Jobs their owner rated like")
+    disliked: int = Field(0, description="Jobs their owner rated dislike")
+    likedShare: float | None = Field(
+        None, description="liked / (liked + disliked); null when none was rated"
+    )
 
 
 class UsageGroup(UsageTotals):
@@ -50,6 +55,11 @@ class UsageOut(BaseModel):
     model_config = {"populate_by_name": True}
 
 
+def liked_share(liked: int, disliked: int) -> float | None:
+    rated = liked + disliked
+    return round(liked / rated, 4) if rated else None
+
+
 def totals(rows: list[UsageRow]) -> UsageTotals:
     by_status: dict[str, int] = {}
     for row in rows:
@@ -63,6 +73,9 @@ def totals(rows: list[UsageRow]) -> UsageTotals:
         totalTokens=sum(r.total_tokens for r in rows),
         cost=round(sum(r.cost for r in rows), 9),
         pricedJobs=sum(r.priced_jobs for r in rows),
+        liked=(liked := sum(r.liked for r in rows)),
+        disliked=(disliked := sum(r.disliked for r in rows)),
+        likedShare=liked_share(liked, disliked),
     )
 
 
@@ -76,4 +89,7 @@ def group_out(row: UsageRow) -> UsageGroup:
         totalTokens=row.total_tokens,
         cost=round(row.cost, 9),
         pricedJobs=row.priced_jobs,
+        liked=row.liked,
+        disliked=row.disliked,
+        likedShare=liked_share(row.liked, row.disliked),
     )

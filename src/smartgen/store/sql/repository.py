@@ -95,6 +95,7 @@ _TIMES = ("_at", "_for", "_until")
 _USER_TIMES = [i for i, name in enumerate(_USER_FIELDS) if name.endswith(_TIMES)]
 _JOB_TIMES = [i for i, name in enumerate(_JOB_FIELDS) if name.endswith(_TIMES)]
 _CONTENT_TIMES = [i for i, name in enumerate(_CONTENT_FIELDS) if name.endswith(_TIMES)]
+_CONTENT_TAGS = _CONTENT_FIELDS.index("tags")
 _STATUS = _JOB_FIELDS.index("status")
 _JSON = [_JOB_FIELDS.index("usage"), _JOB_FIELDS.index("history"), _JOB_FIELDS.index("options")]
 _COST = _JOB_FIELDS.index("cost")
@@ -120,7 +121,9 @@ def _usage_statement(key: str) -> str:
     return (
         f"SELECT {key} AS k, count(*), {_BY_STATUS}, "
         "COALESCE(sum(prompt_tokens), 0), COALESCE(sum(completion_tokens), 0), "
-        "COALESCE(sum(total_tokens), 0), COALESCE(sum(cost), 0), count(cost) "
+        "COALESCE(sum(total_tokens), 0), COALESCE(sum(cost), 0), count(cost), "
+        "sum(CASE WHEN feedback_rating = 'like' THEN 1 ELSE 0 END), "
+        "sum(CASE WHEN feedback_rating = 'dislike' THEN 1 ELSE 0 END) "
         "FROM jobs WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 "
         "GROUP BY k ORDER BY k"
     )
@@ -226,6 +229,15 @@ STATEMENTS = {
     "usage_day": _usage_statement(DAY_MARK),
     "usage_contentType": _usage_statement("content_type"),
     "usage_model": _usage_statement("model"),
+    # The owner's rating of a completed job; the job's `updated_at` (its state) stays.
+    "job_feedback_set": (
+        "UPDATE jobs SET feedback_rating = $3, feedback_comment = $4, feedback_at = $5 "
+        f"WHERE job_id = $1 AND user_id = $2 AND status = 'completed' RETURNING {JOB_COLS}"
+    ),
+    "job_feedback_clear": (
+        "UPDATE jobs SET feedback_rating = NULL, feedback_comment = NULL, feedback_at = NULL "
+        "WHERE job_id = $1 AND user_id = $2 AND feedback_rating IS NOT NULL"
+    ),
     "job_fail": (
         "UPDATE jobs SET status = 'failed', error = $2, failed_at = $3, updated_at = $3 "
         f"WHERE job_id = $1 AND status IN {UNFINISHED}"
@@ -251,31 +263,6 @@ STATEMENTS = {
         "(SELECT created_at, id FROM jobs WHERE job_id = $2) ORDER BY created_at, id LIMIT $3"
     ),
     "jobs_delete_for_user": "DELETE FROM jobs WHERE user_id = $1",
-    "contents_first_page_for_user": (
-        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 ORDER BY created_at, id LIMIT $2"
-    ),
-    "contents_page_for_user": (
-        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 AND (created_at, id) > "
-        "(SELECT created_at, id FROM contents WHERE content_id = $2) "
-        "ORDER BY created_at, id LIMIT $3"
-    ),
-    "contents_delete_for_user": "DELETE FROM contents WHERE user_id = $1",
-    "content_insert": (
-        "INSERT INTO contents (content_id, user_id, job_id, title, body, content_type, "
-        "prompt, model, created_at, updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)"
-    ),
-    "content_by_job": f"SELECT {CONTENT_COLS} FROM contents WHERE job_id = $1",
-    "content_by_job_for_user": (
-        f"SELECT {CONTENT_COLS} FROM contents WHERE job_id = $1 AND user_id = $2"
-    ),
-    "content_by_id_for_user": (
-        f"SELECT {CONTENT_COLS} FROM contents WHERE content_id = $1 AND user_id = $2"
-    ),
-    "contents_for_user": (
-        f"SELECT {CONTENT_COLS} FROM contents WHERE user_id = $1 "
-        "ORDER BY created_at DESC, id DESC LIMIT $2"
-    ),
 }
 
 
@@ -310,7 +297,10 @@ class _Repository:
         return Job(*values)
 
     def _content(self, row: Row) -> Content:
-        return Content(*self._times(row, _CONTENT_TIMES))
+        values = self._times(row, _CONTENT_TIMES)
+        if not isinstance(values[_CONTENT_TAGS], list):  # JSON text (SQLite, asyncpg)
+            values[_CONTENT_TAGS] = json.loads(values[_CONTENT_TAGS])
+        return Content(*values)
 
 
 class Users(_Repository):
@@ -509,9 +499,21 @@ class Jobs(_Repository):
                     total_tokens=int(rest[2]),
                     cost=float(rest[3]),
                     priced_jobs=int(rest[4]),
+                    liked=int(rest[5] or 0),
+                    disliked=int(rest[6] or 0),
                 )
             )
         return sorted(out, key=lambda r: (r.key is None, r.key or ""))
+
+    async def set_feedback(
+        self, job_id: str, user_id: str, *, rating: str, comment: str | None, at: datetime
+    ) -> Job | None:
+        args = (job_id, user_id, rating, comment, self._db.ts(at))
+        row = await self._db.one(self._sql["job_feedback_set"], args)
+        return self._job(row) if row else None
+
+    async def clear_feedback(self, job_id: str, user_id: str) -> bool:
+        return await self._db.changes(self._sql["job_feedback_clear"], (job_id, user_id)) == 1
 
     async def _complete(self, args: tuple[Any, ...]) -> bool:
         """`job_complete` with these arguments: whether it wrote."""
@@ -540,52 +542,6 @@ class Jobs(_Repository):
 
     async def delete_for_user(self, user_id: str) -> int:
         return await self._db.changes(self._sql["jobs_delete_for_user"], (user_id,))
-
-
-class Contents(_Repository):
-    async def create_once(self, content: Content) -> tuple[Content, bool]:
-        args = (
-            content.content_id,
-            content.user_id,
-            content.job_id,
-            content.title,
-            content.body,
-            content.content_type,
-            content.prompt,
-            content.model,
-            self._db.ts(content.created_at),
-        )
-        try:
-            await self._db.changes(self._sql["content_insert"], args)
-            return content, True
-        except self._db.unique_violation:
-            # The unique index on job_id decided the race; hand back the winner.
-            row = await self._db.one(self._sql["content_by_job"], (content.job_id,))
-            if row is None:  # pragma: no cover - a concurrent delete, or a content_id clash
-                raise
-            return self._content(row), False
-
-    async def get_for_user(self, content_id: str, user_id: str) -> Content | None:
-        row = await self._db.one(self._sql["content_by_id_for_user"], (content_id, user_id))
-        return self._content(row) if row else None
-
-    async def get_for_job(self, job_id: str, user_id: str) -> Content | None:
-        row = await self._db.one(self._sql["content_by_job_for_user"], (job_id, user_id))
-        return self._content(row) if row else None
-
-    async def list_for_user(self, user_id: str, *, limit: int) -> list[Content]:
-        args = (user_id, self._limit(limit))
-        return [self._content(r) for r in await self._db.all(self._sql["contents_for_user"], args)]
-
-    async def page_for_user(self, user_id: str, *, after: str | None, limit: int) -> list[Content]:
-        args: tuple[Any, ...] = (user_id, self._limit(limit))
-        sql = self._sql["contents_first_page_for_user"]
-        if after is not None:
-            sql, args = self._sql["contents_page_for_user"], (user_id, after, self._limit(limit))
-        return [self._content(r) for r in await self._db.all(sql, args)]
-
-    async def delete_for_user(self, user_id: str) -> int:
-        return await self._db.changes(self._sql["contents_delete_for_user"], (user_id,))
 
 
 class CoalescedJobs(Jobs):
@@ -641,6 +597,7 @@ class SqlStore:
         self.description = url.description
 
     def _serve(self, driver: Driver) -> None:
+        from smartgen.store.sql.contents import CONTENT_STATEMENTS, Contents
         from smartgen.store.sql.keys import KEY_STATEMENTS, ApiKeys
         from smartgen.store.sql.voices import VOICE_STATEMENTS, Voices
         from smartgen.store.sql.webhooks import WEBHOOK_STATEMENTS, Webhooks
@@ -651,6 +608,7 @@ class SqlStore:
             for name, text in {
                 **STATEMENTS,
                 **VOICE_STATEMENTS,
+                **CONTENT_STATEMENTS,
                 **KEY_STATEMENTS,
                 **WEBHOOK_STATEMENTS,
             }.items()
@@ -660,4 +618,4 @@ class SqlStore:
         self.api_keys: ApiKeyRepository = ApiKeys(driver, statements)
         self.webhooks: WebhookRepository = Webhooks(driver, statements)
         self.jobs: JobRepository = self.jobs_repository(driver, statements)
-        self.contents: ContentRepository = Contents(driver, statements)
+        self.contents: ContentRepository = Contents(driver, statements, self.dialect)

@@ -22,7 +22,7 @@ from smartgen.config import ConfigError
 
 Dialect = Literal["postgresql", "sqlite"]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 # pg_advisory_xact_lock key for schema changes ("smartgen" in ASCII).
 SCHEMA_LOCK: Final = 0x736D61727467656E
 
@@ -89,6 +89,9 @@ _TABLES: Final = [
         prompt_tokens INTEGER,
         completion_tokens INTEGER,
         total_tokens INTEGER,
+        feedback_rating VARCHAR(8),
+        feedback_comment TEXT,
+        feedback_at {ts},
         PRIMARY KEY (id))""",
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_jobs_job_id ON jobs (job_id)",
     "CREATE INDEX IF NOT EXISTS ix_jobs_user_created ON jobs (user_id, created_at, id)",
@@ -108,6 +111,7 @@ _TABLES: Final = [
         model VARCHAR,
         created_at {ts} NOT NULL,
         updated_at {ts} NOT NULL,
+        tags {json} NOT NULL DEFAULT '[]',
         PRIMARY KEY (id))""",
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_contents_job_id ON contents (job_id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_contents_content_id ON contents (content_id)",
@@ -230,7 +234,59 @@ def _v4(dialect: Dialect) -> list[str]:
     ]
 
 
+# The content library's full-text search, done by each database (issue 16).
+# SQLite: an FTS5 external-content table over contents' title and body (rowid = contents.id),
+# kept in step by triggers, so every write path (save, edit, delete, account deletion)
+# updates it in the same transaction. unicode61 folds case and diacritics.
+_SQLITE_SEARCH: Final = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS contents_fts USING fts5("
+    "title, body, content='contents', content_rowid='id', tokenize='unicode61')",
+    "CREATE TRIGGER IF NOT EXISTS contents_fts_insert AFTER INSERT ON contents BEGIN "
+    "INSERT INTO contents_fts (rowid, title, body) VALUES (new.id, new.title, new.body); END",
+    "CREATE TRIGGER IF NOT EXISTS contents_fts_delete AFTER DELETE ON contents BEGIN "
+    "INSERT INTO contents_fts (contents_fts, rowid, title, body) "
+    "VALUES ('delete', old.id, old.title, old.body); END",
+    "CREATE TRIGGER IF NOT EXISTS contents_fts_update AFTER UPDATE OF title, body ON contents "
+    "BEGIN INSERT INTO contents_fts (contents_fts, rowid, title, body) "
+    "VALUES ('delete', old.id, old.title, old.body); "
+    "INSERT INTO contents_fts (rowid, title, body) VALUES (new.id, new.title, new.body); END",
+]
+# PostgreSQL: a generated tsvector ('simple': lower-cased words, no stemming, as the other
+# two stores match) and a GIN index on it; the tags' GIN index serves `tag=`.
+_POSTGRES_SEARCH: Final = [
+    "ALTER TABLE contents ADD COLUMN IF NOT EXISTS search tsvector GENERATED ALWAYS AS "
+    "(to_tsvector('simple', title || ' ' || body)) STORED",
+    "CREATE INDEX IF NOT EXISTS ix_contents_search ON contents USING GIN (search)",
+    "CREATE INDEX IF NOT EXISTS ix_contents_tags ON contents USING GIN (tags)",
+]
+_SEARCH: Final[dict[Dialect, list[str]]] = {
+    "sqlite": _SQLITE_SEARCH,
+    "postgresql": _POSTGRES_SEARCH,
+}
+
+
 def _v5(dialect: Dialect) -> list[str]:
+    """The content library (issue 16): tags on contents (existing ones get none), the
+    owner's rating of a job (columns on jobs: the job's JSON and GET /usage read it with
+    the job, in the same row and the same statement), and the search index, filled from
+    the contents already there."""
+    types = _TYPES[dialect]
+    steps = [
+        f"ALTER TABLE contents ADD COLUMN tags {types['json']} NOT NULL DEFAULT '[]'",
+        "ALTER TABLE jobs ADD COLUMN feedback_rating VARCHAR(8)",
+        "ALTER TABLE jobs ADD COLUMN feedback_comment TEXT",
+        f"ALTER TABLE jobs ADD COLUMN feedback_at {types['ts']}",
+    ]
+    if dialect == "sqlite":
+        # The table and its triggers now, then the rows written before them.
+        steps += _SQLITE_SEARCH
+        steps.append("INSERT INTO contents_fts (contents_fts) VALUES ('rebuild')")
+    # PostgreSQL computes the generated column for existing rows when it is added (with
+    # the CREATE statements below).
+    return steps
+
+
+def _v6(dialect: Dialect) -> list[str]:
     """Integrations (issue 17): personal API keys, webhooks. New tables only: they come
     with the CREATE statements."""
     return []
@@ -238,7 +294,13 @@ def _v5(dialect: Dialect) -> list[str]:
 
 # Upgrade steps: UPGRADES[n] brings a database at version n - 1 to version n. They run
 # before the CREATE statements above (which add whole new tables and their indexes).
-UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {2: _v2, 3: _v3, 4: _v4, 5: _v5}
+UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {
+    2: _v2,
+    3: _v3,
+    4: _v4,
+    5: _v5,
+    6: _v6,
+}
 
 # Whether schema_version exists, per dialect (one row with one column, or none).
 VERSION_TABLE_EXISTS: Final[dict[Dialect, str]] = {
@@ -254,7 +316,7 @@ _NOW: Final[dict[Dialect, str]] = {
 
 
 def create_statements(dialect: Dialect) -> list[str]:
-    return [statement.format(**_TYPES[dialect]) for statement in _TABLES]
+    return [statement.format(**_TYPES[dialect]) for statement in _TABLES] + _SEARCH[dialect]
 
 
 def migration(dialect: Dialect, current: int | None) -> list[str]:

@@ -206,5 +206,3 @@ def row(cursor: sqlite3.Cursor) -> Any:
 
 def rowcount(cursor: sqlite3.Cursor) -> int:
     return int(cursor.rowcount)
-
-

@@ -13,6 +13,7 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -569,3 +570,55 @@ async def _event(stream: httpx.Response, name: str) -> dict[str, Any]:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_sweep_queues_a_delivery_whose_message_was_lost(settings: Settings) -> None:
+    """A delivery written while the queue did not answer is still due: the worker's sweep
+    puts its attempt on the delivery queue (once, however often it runs)."""
+    from bullmq import Queue
+
+    from smartgen.kit.times import utcnow
+    from smartgen.models import WebhookDelivery
+    from smartgen.queue.webhooks import BullWebhookQueue, webhook_queue_name
+    from smartgen.redis_clients import redis_client
+    from smartgen.store import open_store
+    from smartgen.webhooks.tasks import WebhookTask
+
+    store = open_store(settings)
+    await store.init()
+    queue = BullWebhookQueue(settings, redis_client(settings, "request"))
+    reader = Queue(
+        webhook_queue_name(settings),
+        {"connection": redis_client(settings, "request"), "prefix": settings.queue_prefix},
+    )
+    sender = WebhookSender(timeout=1, allow_http=False, allow_private=False)
+    try:
+        at = utcnow()
+        lost = WebhookDelivery(
+            delivery_id=str(uuid.uuid4()), user_id="u1", webhook_id=None,
+            url="https://93.184.216.34/", event="job.completed", payload={}, status="pending",
+            attempts=0, created_at=at, updated_at=at, message_id="msg_lost", next_attempt_at=at,
+        )  # fmt: skip
+        assert await store.webhooks.create_delivery(lost)
+        task = WebhookTask(
+            store=store,
+            sender=sender,
+            queue=queue,
+            notifier=None,
+            settings=settings,  # type: ignore[arg-type]
+        )
+        assert await task.sweep(grace_seconds=0) == 1
+        assert await task.sweep(grace_seconds=0) == 1  # still pending: offered again
+        message = await reader.getJob(f"{lost.delivery_id}-1")
+        assert message is not None and message.data == {
+            "deliveryId": lost.delivery_id,
+            "attempt": 1,
+        }
+        assert await reader.getJobCounts("waiting", "delayed") == {"waiting": 1, "delayed": 0}
+        # Not yet overdue by the grace: left alone.
+        assert await task.sweep(grace_seconds=60) == 0
+    finally:
+        await sender.close()
+        await queue.close()
+        await reader.close()
+        await store.close()

@@ -25,9 +25,22 @@ NO_LIMITS = {
 }
 
 
-# Three departures from schemathesis's defaults, each because the API means something a
+# Departures from schemathesis's defaults, each because the API means something a
 # schema cannot state:
 FUZZ_CONFIG = """
+# A webhook URL must be one the server may call (https, resolving to public addresses),
+# and the default secret is revealed once (409 afterwards): rules about the world and
+# about history, which a schema cannot state; such a request is a 422 or 409 naming why.
+[[operations]]
+include-path-regex = "^/webhooks"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 422, 429]
+
+# An API key's expiresAt must be in the future: a limit relative to the clock. (One
+# filter per entry: schemathesis joins an entry's filters with OR.)
+[[operations]]
+include-path-regex = "^/api-keys$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 422, 429]
+
 # PATCH's scheduledFor may be at most MAX_DELAY_SECONDS from now and not both it and
 # delaySeconds: limits relative to the clock and between fields; such a request is a 422
 # naming the field.

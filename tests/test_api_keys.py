@@ -72,7 +72,7 @@ EXPECTED = {
     ("DELETE", "/api-keys/{keyId}"): None,
     ("POST", "/webhooks"): "webhooks",
     ("GET", "/webhooks/secret"): "webhooks",
-    ("POST", "/webhooks/{webhookId}/deliveries/{deliveryId}/redeliver"): "webhooks",
+    ("POST", "/webhooks/{webhookId:uuid}/deliveries/{deliveryId}/redeliver"): "webhooks",
 }
 NO_SCOPE = object()
 

@@ -1882,6 +1882,22 @@ async def test_library_full_text_search(store: Store) -> None:
     assert await ids("  ") == []
 
 
+async def test_library_search_from_a_store_that_did_not_make_the_schema(
+    backend: Backend,
+) -> None:
+    """`smartgen api` processes open their store without `init` (the schema is made once,
+    before they start): their searches work as the initialising store's do, on a server
+    with text indexes or without (MongoDB-compatible ones fall back to patterns)."""
+    first = backend.open()
+    await first.init()
+    alice = oid()
+    bread = await save(first, alice, title="Sourdough basics", body="Feed the starter.")
+    later = backend.open()  # no init: as an API process
+    found = await later.contents.search(alice, limit=5, query="sourdough starter")
+    assert [c.content_id for c in found] == [bread.content_id]
+    assert await later.contents.search(alice, limit=5, query="rye") == []
+
+
 HOSTILE_QUERIES = [
     '"', '""', '"sourdough', 'sourdough"', "sourdough*", "*", "-sourdough", "sourdough -starter",
     "NEAR(sourdough starter)", "sourdough NEAR starter", "sourdough OR cake", "NOT sourdough",

@@ -13,6 +13,7 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +25,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from smartgen.config import Settings
 from smartgen.kit.outbound import UrlRefused, check_url
+from smartgen.webhooks.sender import WebhookSender
 from smartgen.webhooks.signing import new_secret, signed_headers
 from tests.conftest import ApiServer, FakeLLM, Process, register, start_system
 from tests.fakellm import Reply
@@ -143,6 +145,48 @@ def test_signatures_verify_with_standardwebhooks() -> None:
         Webhook(secret).verify(body, {**headers, "webhook-id": "msg_2"})
 
 
+async def test_the_sender_connects_to_the_checked_address_only(receiver: Receiver) -> None:
+    port = int(receiver.url.rsplit(":", 1)[1])
+    names = {"hooks.test": ["127.0.0.1"]}
+
+    async def local(host: str, _port: int) -> list[str]:
+        return names[host]
+
+    def sender(private: bool, timeout: float = 5) -> WebhookSender:
+        return WebhookSender(timeout=timeout, allow_http=True, allow_private=private, resolve=local)
+
+    body = b'{"type":"ping"}'
+    open_one, closed_one, slow_one = sender(True), sender(False), sender(True, timeout=0.5)
+    try:
+        # The name is resolved by the sender, the request goes to that address with the
+        # name in Host.
+        answer = await open_one.send(f"http://hooks.test:{port}/in", {"x-test": "1"}, body)
+        assert (answer.status_code, answer.ok, answer.error) == (204, True, None)
+        got = receiver.at("/in")[-1]
+        assert (got.headers["host"], got.headers["x-test"], got.body) == (
+            f"hooks.test:{port}", "1", body,
+        )  # fmt: skip
+        # The same name, now resolving to a loopback address that is not allowed (DNS
+        # rebinding after registration): refused before any connection.
+        before = len(receiver.received)
+        answer = await closed_one.send(f"http://hooks.test:{port}/in", {}, body)
+        assert answer.status_code is None and "loopback" in (answer.error or "")
+        assert len(receiver.received) == before
+        # No redirect followed; at most 1 KB read; a slow receiver times out.
+        answer = await open_one.send(f"{receiver.url}/redirect", {}, body)
+        assert (answer.status_code, answer.ok) == (302, False)
+        assert receiver.at("/elsewhere") == []
+        answer = await open_one.send(f"{receiver.url}/big", {}, body)
+        assert answer.ok and answer.body == "y" * 1024
+        answer = await slow_one.send(f"{receiver.url}/slow", {}, body)
+        assert answer.status_code is None and "no answer within 0.5 s" in (answer.error or "")
+        answer = await open_one.send("http://127.0.0.1:1/", {}, body)  # nobody listens
+        assert answer.status_code is None and answer.error
+    finally:
+        for one in (open_one, closed_one, slow_one):
+            await one.close()
+
+
 # --- the API's refusals, with the default settings ---------------------------------------
 
 
@@ -229,6 +273,9 @@ async def test_webhook_routes_refuse_what_they_must(settings: Settings, fake_llm
         assert r.status_code == 200 and r.json()["secret"].startswith("whsec_")
         r = await c.get("/webhooks/secret", headers=h)
         assert (r.status_code, r.json()["error"]) == (409, "webhook_secret_revealed")
+        # The secret's path is no webhook's: its Allow header names its own methods.
+        r = await c.patch("/webhooks/secret", json={}, headers=h)
+        assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
         r = await c.post("/webhooks/secret/rotate", headers=h)
         assert r.status_code == 200 and r.json()["secret"].startswith("whsec_")
         r = await c.post(
@@ -263,7 +310,8 @@ class Received:
 @dataclass
 class Receiver:
     """A real HTTP server on loopback: `/flaky/…` answers 500 (with a 5 KB body) to the
-    first two requests of each webhook-id, then 204; `/down` always 503."""
+    first two requests of each webhook-id, then 204; `/down` always 503; `/redirect` 302;
+    `/slow` after 1.5 s; `/big` 100 KB; anything else 204."""
 
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -283,16 +331,29 @@ class Receiver:
                     )  # fmt: skip
                 if self.path == "/down":
                     self._answer(503, b"down")
+                elif self.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("location", "/elsewhere")
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                elif self.path == "/slow":
+                    time.sleep(1.5)
+                    self._answer(204, b"")
+                elif self.path == "/big":
+                    self._answer(200, b"y" * 100_000)
                 elif self.path.startswith("/flaky") and seen <= 2:
                     self._answer(500, b"x" * 5000)
                 else:
                     self._answer(204, b"")
 
             def _answer(self, code: int, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(code)
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender read its 1 KB, or gave up waiting, and hung up
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -509,3 +570,55 @@ async def _event(stream: httpx.Response, name: str) -> dict[str, Any]:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_sweep_queues_a_delivery_whose_message_was_lost(settings: Settings) -> None:
+    """A delivery written while the queue did not answer is still due: the worker's sweep
+    puts its attempt on the delivery queue (once, however often it runs)."""
+    from bullmq import Queue
+
+    from smartgen.kit.times import utcnow
+    from smartgen.models import WebhookDelivery
+    from smartgen.queue.webhooks import BullWebhookQueue, webhook_queue_name
+    from smartgen.redis_clients import redis_client
+    from smartgen.store import open_store
+    from smartgen.webhooks.tasks import WebhookTask
+
+    store = open_store(settings)
+    await store.init()
+    queue = BullWebhookQueue(settings, redis_client(settings, "request"))
+    reader = Queue(
+        webhook_queue_name(settings),
+        {"connection": redis_client(settings, "request"), "prefix": settings.queue_prefix},
+    )
+    sender = WebhookSender(timeout=1, allow_http=False, allow_private=False)
+    try:
+        at = utcnow()
+        lost = WebhookDelivery(
+            delivery_id=str(uuid.uuid4()), user_id="u1", webhook_id=None,
+            url="https://93.184.216.34/", event="job.completed", payload={}, status="pending",
+            attempts=0, created_at=at, updated_at=at, message_id="msg_lost", next_attempt_at=at,
+        )  # fmt: skip
+        assert await store.webhooks.create_delivery(lost)
+        task = WebhookTask(
+            store=store,
+            sender=sender,
+            queue=queue,
+            notifier=None,
+            settings=settings,  # type: ignore[arg-type]
+        )
+        assert await task.sweep(grace_seconds=0) == 1
+        assert await task.sweep(grace_seconds=0) == 1  # still pending: offered again
+        message = await reader.getJob(f"{lost.delivery_id}-1")
+        assert message is not None and message.data == {
+            "deliveryId": lost.delivery_id,
+            "attempt": 1,
+        }
+        assert await reader.getJobCounts("waiting", "delayed") == {"waiting": 1, "delayed": 0}
+        # Not yet overdue by the grace: left alone.
+        assert await task.sweep(grace_seconds=60) == 0
+    finally:
+        await sender.close()
+        await queue.close()
+        await reader.close()
+        await store.close()

@@ -155,9 +155,12 @@ async def run_worker(
         log.info(
             "worker stopping: finishing running jobs (grace %.0fs)", settings.shutdown_grace_seconds
         )
-        finished = await runner.stop(settings.shutdown_grace_seconds)
-        # A delivery cut short is sent again (at least once, the same webhook-id).
-        await webhook_runner.stop(settings.webhook_timeout_seconds)
+        # Both queues at once; a webhook delivery cut short is sent again (at least once,
+        # with the same webhook-id).
+        finished, _ = await asyncio.gather(
+            runner.stop(settings.shutdown_grace_seconds),
+            webhook_runner.stop(settings.webhook_timeout_seconds),
+        )
         # Jobs left running are another worker's to take over once this one is silent.
         await heartbeat.stop(leave=finished)
     finally:

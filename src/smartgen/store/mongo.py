@@ -603,6 +603,8 @@ class MongoStore:
                 error,
             )
             self._contents.text_index = False
+        else:
+            self._contents.text_index = True
 
     async def ping(self) -> None:
         try:

@@ -71,10 +71,11 @@ async def page_after(
 class MongoContents:
     def __init__(self, db: Any) -> None:
         self._c = db["contents"]
-        # Whether the server has the text index (`MongoStore.init`): `$text` narrows a
-        # search to the indexed candidates then; without it the word patterns alone scan
-        # the user's contents.
-        self.text_index = True
+        # Whether the server has the text index: `$text` narrows a search to the indexed
+        # candidates then; without it the word patterns alone scan the user's contents.
+        # Known after `MongoStore.init`; a store that did not run it (an API process: the
+        # schema is made once, by `server/startup.py`) looks at the first search.
+        self.text_index: bool | None = None
 
     @_unavailable
     async def create_once(self, content: Content) -> tuple[Content, bool]:
@@ -141,6 +142,8 @@ class MongoContents:
                 }
                 for w in words
             ]
+            if self.text_index is None:
+                self.text_index = "contents_text" in await self._c.index_information()
             if self.text_index:
                 # The text index finds the documents holding any of the words (bare words
                 # are OR-ed; the words are letters and digits, never operators); the

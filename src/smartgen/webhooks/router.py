@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from fastapi import APIRouter, Response, status
 
 from smartgen.api.deps import SettingsDep, StoreDep, WebhookQueueDep, WebhooksUser, rate_limit
@@ -21,6 +23,8 @@ from smartgen.webhooks.schemas import (
     webhook_out,
 )
 
+# Ids are UUIDs in the paths: `/webhooks/secret` is then no webhook's path (nor its
+# `Allow` header that of one).
 router = APIRouter(
     prefix="/webhooks", tags=["webhooks"], responses=error_responses(401, 403, 429, 503)
 )
@@ -73,16 +77,18 @@ async def rotate_secret(user: WebhooksUser, store: StoreDep) -> SecretOut:
     return SecretOut(secret=await service.rotate_secret(store=store, user_id=user.user_id))
 
 
-@router.get("/{webhookId}", responses=error_responses(404))
-async def get_webhook(webhookId: str, user: WebhooksUser, store: StoreDep) -> WebhookOut:
+@router.get("/{webhookId:uuid}", responses=error_responses(404))
+async def get_webhook(webhookId: UUID, user: WebhooksUser, store: StoreDep) -> WebhookOut:
     """One of the caller's webhooks."""
-    endpoint = await service.get_webhook(store=store, user_id=user.user_id, webhook_id=webhookId)
+    endpoint = await service.get_webhook(
+        store=store, user_id=user.user_id, webhook_id=str(webhookId)
+    )
     return webhook_out(endpoint)
 
 
-@router.patch("/{webhookId}", responses=WRITES, dependencies=[write_limit])
+@router.patch("/{webhookId:uuid}", responses=WRITES, dependencies=[write_limit])
 async def update_webhook(
-    webhookId: str,
+    webhookId: UUID,
     body: WebhookUpdate,
     user: WebhooksUser,
     store: StoreDep,
@@ -94,7 +100,7 @@ async def update_webhook(
         store=store,
         settings=settings,
         user_id=user.user_id,
-        webhook_id=webhookId,
+        webhook_id=str(webhookId),
         url=body.url,
         events=None if body.events is None else list(body.events),
         description=body.description,
@@ -104,45 +110,47 @@ async def update_webhook(
 
 
 @router.delete(
-    "/{webhookId}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404)
+    "/{webhookId:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404)
 )
-async def delete_webhook(webhookId: str, user: WebhooksUser, store: StoreDep) -> Response:
+async def delete_webhook(webhookId: UUID, user: WebhooksUser, store: StoreDep) -> Response:
     """Delete a webhook: its pending deliveries are dropped."""
-    await service.delete_webhook(store=store, user_id=user.user_id, webhook_id=webhookId)
+    await service.delete_webhook(store=store, user_id=user.user_id, webhook_id=str(webhookId))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
-    "/{webhookId}/test",
+    "/{webhookId:uuid}/test",
     status_code=status.HTTP_202_ACCEPTED,
     responses=error_responses(404),
     dependencies=[write_limit],
 )
 async def test_webhook(
-    webhookId: str, user: WebhooksUser, store: StoreDep, queue: WebhookQueueDep
+    webhookId: UUID, user: WebhooksUser, store: StoreDep, queue: WebhookQueueDep
 ) -> DeliveryQueued:
     """Send a `ping` event to this webhook (queued; see its deliveries)."""
     delivery = await service.send_test(
-        store=store, queue=queue, user_id=user.user_id, webhook_id=webhookId
+        store=store, queue=queue, user_id=user.user_id, webhook_id=str(webhookId)
     )
     return DeliveryQueued(deliveryId=delivery.delivery_id, event=delivery.event, status="pending")
 
 
-@router.get("/{webhookId}/deliveries", responses=error_responses(404))
-async def list_deliveries(webhookId: str, user: WebhooksUser, store: StoreDep) -> list[AttemptOut]:
+@router.get("/{webhookId:uuid}/deliveries", responses=error_responses(404))
+async def list_deliveries(webhookId: UUID, user: WebhooksUser, store: StoreDep) -> list[AttemptOut]:
     """Every delivery attempt to this webhook, newest first (the latest 100)."""
-    attempts = await service.list_attempts(store=store, user_id=user.user_id, webhook_id=webhookId)
+    attempts = await service.list_attempts(
+        store=store, user_id=user.user_id, webhook_id=str(webhookId)
+    )
     return [attempt_out(a) for a in attempts]
 
 
 @router.post(
-    "/{webhookId}/deliveries/{deliveryId}/redeliver",
+    "/{webhookId:uuid}/deliveries/{deliveryId}/redeliver",
     status_code=status.HTTP_202_ACCEPTED,
     responses=error_responses(404),
     dependencies=[write_limit],
 )
 async def redeliver(
-    webhookId: str,
+    webhookId: UUID,
     deliveryId: str,
     user: WebhooksUser,
     store: StoreDep,
@@ -153,7 +161,7 @@ async def redeliver(
         store=store,
         queue=queue,
         user_id=user.user_id,
-        webhook_id=webhookId,
+        webhook_id=str(webhookId),
         delivery_id=deliveryId,
     )
     return DeliveryQueued(deliveryId=delivery.delivery_id, event=delivery.event, status="pending")

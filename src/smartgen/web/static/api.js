@@ -11,6 +11,13 @@ let expiresAt = 0;
 let timer = null;
 let inFlight = null;
 const listeners = new Set();
+// Signing out in one tab signs out the console's other tabs (their cookie is gone too).
+const tabs = "BroadcastChannel" in window ? new BroadcastChannel("smartgen-session") : null;
+if (tabs) {
+  tabs.addEventListener("message", (event) => {
+    if (event.data === "signed-out" && token) forget();
+  });
+}
 
 export class ApiError extends Error {
   constructor(status, body) {
@@ -104,6 +111,7 @@ export async function signOut() {
     if (token) await request("POST", "auth/logout", { retry: false });
   } finally {
     forget();
+    if (tabs) tabs.postMessage("signed-out");
   }
 }
 

@@ -17,6 +17,7 @@ function notify(text) {
 }
 
 function showView(name) {
+  notify(""); // a note belongs to the view it was made in
   for (const view of VIEWS) $(`view-${view}`).hidden = view !== name;
   for (const tab of document.querySelectorAll("#nav .tab")) {
     if (tab.dataset.view === name) tab.setAttribute("aria-current", "page");

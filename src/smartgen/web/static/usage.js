@@ -40,7 +40,7 @@ function showTypes(groups) {
       `$${group.cost.toFixed(4)}`,
     ];
     if (rated) {
-      cells.push(group.likedShare == null ? "—" : `${Math.round(group.likedShare * 100)} % of ${group.liked + group.disliked} rated`);
+      cells.push(group.likedShare == null ? "—" : `${Math.round(group.likedShare * 100)} % (${group.liked + group.disliked})`);
     }
     for (const [i, text] of cells.entries()) {
       const cell = document.createElement(i === 0 ? "th" : "td");

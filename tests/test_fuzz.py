@@ -22,6 +22,7 @@ NO_LIMITS = {
     "LOGIN_EMAIL_FAILURE_LIMIT": "0",
     "GENERATE_IP_RATE_LIMIT": "0",
     "SAVE_RATE_LIMIT": "0",
+    "BATCH_RATE_LIMIT": "0",
 }
 
 
@@ -52,7 +53,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 
 # An Idempotency-Key sent again with another body is refused (422, as Stripe does); the
 # fuzzer sends one header value with many bodies.
 [[operations]]
-include-path-regex = "^/generate-content(/[^/]+/retry)?$"
+include-path-regex = "^(/generate-content(/[^/]+/retry)?|/batches)$"
 include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 422, 429]
 

@@ -25,6 +25,7 @@ from smartgen.errors import Conflict, StoreUnavailable
 from smartgen.kit.times import utcnow
 from smartgen.models import (
     ApiKey,
+    Batch,
     Completion,
     Content,
     Job,
@@ -766,6 +767,8 @@ async def test_postgres_batch_insert_applies_each_cap_as_if_one_by_one(backend: 
     assert await store.jobs.create(make_job(a), max_unfinished=0)
     done = make_job(a, status=JobStatus.completed)
     assert await store.jobs.create(done)  # finished jobs do not count
+    waiting, waiting_jobs = make_batch(a, 5)
+    await store.batches.create(waiting, waiting_jobs)  # nor do a batch's waiting jobs
     batch = [
         (make_job(a), 3),
         (make_job(b), 0),
@@ -2249,3 +2252,158 @@ async def test_webhook_secret_deliveries_and_attempts(store: Store) -> None:
     assert await hooks.get_delivery(delivery.delivery_id) is None
     assert await hooks.list_attempts(endpoint.webhook_id, user, limit=10) == []
     assert await hooks.get_secret(stranger) == "whsec_theirs"
+
+
+# --- batches ------------------------------------------------------------------------------
+def make_batch(user_id: str, jobs: int, **kw: Any) -> tuple[Batch, list[Job]]:
+    batch_id = str(uuid.uuid4())
+    at = kw.pop("at", T0)
+    batch = Batch(
+        batch_id=batch_id,
+        user_id=user_id,
+        status="running",
+        total=jobs + 1,
+        accepted=jobs,
+        rejected=[{"row": jobs + 1, "error": "prompt: field required"}],
+        created_at=at,
+        updated_at=at,
+        webhook_url="https://example.com/hook",
+        **kw,
+    )
+    made = [
+        make_job(user_id, at=at, batch_id=batch_id, batch_row=row, batch_held=True)
+        for row in range(1, jobs + 1)
+    ]
+    return batch, made
+
+
+async def test_batches_are_stored_listed_and_owner_scoped(store: Store) -> None:
+    owner, other = oid(), oid()
+    first, first_jobs = make_batch(owner, 3, at=T0)
+    second, _ = make_batch(owner, 0, at=T0 + timedelta(seconds=1))
+    await store.batches.create(first, first_jobs)
+    await store.batches.create(second, [])
+    assert await store.batches.get(first.batch_id) == first
+    assert await store.batches.get_for_user(first.batch_id, owner) == first
+    assert await store.batches.get_for_user(first.batch_id, other) is None
+    assert await store.batches.get_for_user(str(uuid.uuid4()), owner) is None
+    listed = await store.batches.list_for_user(owner, before=None, limit=10)
+    assert [b.batch_id for b in listed] == [second.batch_id, first.batch_id]
+    older = await store.batches.list_for_user(owner, before=second.batch_id, limit=10)
+    assert [b.batch_id for b in older] == [first.batch_id]
+    assert await store.batches.list_for_user(owner, before=first.batch_id, limit=10) == []
+    assert await store.batches.list_for_user(other, before=first.batch_id, limit=10) == []
+    assert await store.batches.list_for_user(other, before=None, limit=10) == []
+    # Its jobs are ordinary jobs, with their batch and row.
+    job = await store.jobs.get_for_user(first_jobs[1].job_id, owner)
+    assert job is not None
+    assert (job.batch_id, job.batch_row, job.batch_held) == (first.batch_id, 2, True)
+    assert len(await store.jobs.list_for_user(owner, limit=10)) == 3
+    # Waiting jobs are neither counted against the cap nor due for the reconciler.
+    assert await store.jobs.count_unfinished(owner) == 0
+    assert await store.jobs.create(make_job(owner), max_unfinished=1)
+    assert await store.jobs.count_unfinished(owner) == 1
+    due = await store.jobs.list_unfinished_due(T0 + timedelta(days=1), limit=100)
+    assert all(j.batch_id is None for j in due)
+    running = await store.batches.list_running(limit=10)
+    assert {b.batch_id for b in running} == {first.batch_id, second.batch_id}
+    assert await store.batches.delete_for_user(owner) == 2
+    assert await store.batches.get(first.batch_id) is None
+
+
+async def test_batch_counts_claims_pages_and_endings(store: Store) -> None:
+    owner = oid()
+    batch, jobs = make_batch(owner, 6)
+    await store.batches.create(batch, jobs)
+    counts = await store.batches.counts(batch.batch_id)
+    assert (counts.by_status, counts.waiting, counts.in_queue) == ({"queued": 6}, 6, 0)
+    # Claimed lowest row first; a claimed job is queued, no longer waiting, and due.
+    claimed = [await store.batches.claim_next(batch.batch_id, at=T0) for _ in range(3)]
+    assert [j.batch_row for j in claimed if j is not None] == [1, 2, 3]
+    assert all(j is not None and not j.batch_held for j in claimed)
+    due = await store.jobs.list_unfinished_due(T0 + timedelta(days=1), limit=100)
+    assert sorted(j.batch_row or 0 for j in due) == [1, 2, 3]
+    # Row 1 completes (with a cost), row 2 fails, row 3 runs.
+    first, second, third = (j.job_id for j in claimed if j is not None)
+    assert await store.jobs.mark_processing(first, at=T0, attempt=1, owner="m")
+    result = Completion("# A", "fake/model-1", {"total_tokens": 5, "cost": 0.25})
+    assert await store.jobs.mark_completed(first, result=result, at=T0)
+    assert await store.jobs.mark_failed(second, error="boom", at=T0)
+    assert await store.jobs.mark_processing(third, at=T0, attempt=1, owner="m")
+    counts = await store.batches.counts(batch.batch_id)
+    assert counts.by_status == {"completed": 1, "failed": 1, "processing": 1, "queued": 3}
+    assert (counts.waiting, counts.in_queue, counts.finished) == (3, 1, 2)
+    assert counts.cost == pytest.approx(0.25)
+    # Pages in row order, optionally by status.
+    page = await store.batches.jobs_page(batch.batch_id, after_row=0, limit=4)
+    assert [j.batch_row for j in page] == [1, 2, 3, 4]
+    rest = await store.batches.jobs_page(batch.batch_id, after_row=4, limit=4)
+    assert [j.batch_row for j in rest] == [5, 6]
+    failed = await store.batches.jobs_page(
+        batch.batch_id, after_row=0, limit=10, status=JobStatus.failed
+    )
+    assert [j.job_id for j in failed] == [second]
+    # A failed job waits its turn again when queued again as a batch's.
+    again = await store.jobs.requeue(
+        second, owner, scheduled_for=T0, at=T0, history=[{"status": "failed"}], held=True
+    )
+    assert again is not None and again.batch_held and again.status == JobStatus.queued
+    # "Run now" on a waiting job lets it out of turn.
+    out = await store.jobs.reschedule(jobs[5].job_id, owner, scheduled_for=T0, at=T0, release=True)
+    assert out is not None and not out.batch_held
+    # Cancelling what waits: rows 2 (waiting again), 4 and 5.
+    cancelled = await store.batches.cancel_waiting(batch.batch_id, at=T0)
+    assert sorted(cancelled) == sorted([second, jobs[3].job_id, jobs[4].job_id])
+    counts = await store.batches.counts(batch.batch_id)
+    assert counts.waiting == 0 and counts.by_status["cancelled"] == 3
+    assert await store.batches.claim_next(batch.batch_id, at=T0) is None
+    # A batch ends once; reopened, it may end again.
+    ended = await store.batches.finish(batch.batch_id, status="completed", at=T0)
+    assert ended is not None and ended.status == "completed" and ended.completed_at == T0
+    assert await store.batches.finish(batch.batch_id, status="cancelled", at=T0) is None
+    assert await store.batches.list_running(limit=10) == []
+    assert await store.batches.reopen(batch.batch_id, at=T0)
+    assert not await store.batches.reopen(batch.batch_id, at=T0)
+    reopened = await store.batches.get(batch.batch_id)
+    assert reopened is not None and reopened.status == "running"
+    assert reopened.completed_at is None
+
+
+async def test_batch_lock_has_one_holder_until_it_runs_out(store: Store) -> None:
+    batch, _ = make_batch(oid(), 0)
+    await store.batches.create(batch, [])
+    until = T0 + timedelta(seconds=30)
+    assert await store.batches.lock(batch.batch_id, owner="a", until=until, at=T0)
+    assert not await store.batches.lock(batch.batch_id, owner="b", until=until, at=T0)
+    assert await store.batches.lock(batch.batch_id, owner="a", until=until, at=T0)  # its own
+    await store.batches.unlock(batch.batch_id, owner="b")  # not b's: nothing happens
+    assert not await store.batches.lock(batch.batch_id, owner="b", until=until, at=T0)
+    # Run out: taken over.
+    later = until + timedelta(seconds=1)
+    assert await store.batches.lock(batch.batch_id, owner="b", until=later, at=later)
+    await store.batches.unlock(batch.batch_id, owner="b")
+    assert await store.batches.lock(batch.batch_id, owner="c", until=until, at=T0)
+    assert not await store.batches.lock(str(uuid.uuid4()), owner="c", until=until, at=T0)
+
+
+async def test_batch_rows_are_claimed_once_under_concurrency(
+    backend: Backend, store: Store
+) -> None:
+    batch, jobs = make_batch(oid(), 30)
+    await store.batches.create(batch, jobs)
+    other = backend.open()  # a second process's store: its own connections
+    await other.init()
+
+    async def claim(on: Store) -> str | None:
+        job = await on.batches.claim_next(batch.batch_id, at=T0)
+        return None if job is None else job.job_id
+
+    first = await asyncio.gather(*(claim(store if i % 2 else other) for i in range(40)))
+    claimed = [job_id for job_id in first if job_id is not None]
+    assert len(claimed) == len(set(claimed))
+    # A claim that lost a race may come back empty while rows wait; claiming on drains them.
+    while (job_id := await claim(store)) is not None:
+        claimed.append(job_id)
+    assert sorted(claimed) == sorted(j.job_id for j in jobs)
+    counts = await store.batches.counts(batch.batch_id)
+    assert (counts.waiting, counts.in_queue) == (0, 30)

@@ -169,6 +169,13 @@ class Settings(BaseSettings):
     prompt_max_chars: int = Field(4000, ge=1, le=20_000)
     jobs_list_default_limit: int = Field(50, ge=1)
     jobs_list_max_limit: int = Field(200, ge=1)
+    # Batches (POST /batches): rows per batch; jobs of one batch in the queue at once
+    # (the rest wait their turn); the largest file or JSON body a batch may be sent as;
+    # batches created per user per GENERATE_RATE_WINDOW_SECONDS (0: off).
+    batch_max_rows: int = Field(1000, ge=1, le=100_000)
+    batch_concurrency: int = Field(4, ge=1, le=1000)
+    batch_max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    batch_rate_limit: int = Field(10, ge=0)
 
     queue_name: str = "content-generation"
     queue_prefix: str = "bull"

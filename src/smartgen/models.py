@@ -83,6 +83,56 @@ class Job:
     feedback_rating: str | None = None
     feedback_comment: str | None = None
     feedback_at: datetime | None = None
+    # A batch's job: its batch, its row in the batch's input (1 for the first data row),
+    # and whether it still waits its turn (`queued`, but not yet in the queue: the batch
+    # lets at most BATCH_CONCURRENCY of its jobs into the queue at once).
+    batch_id: str | None = None
+    batch_row: int | None = None
+    batch_held: bool = False
+
+
+BatchStatus = Literal["running", "completed", "cancelled"]
+
+
+@dataclass(slots=True)
+class Batch:
+    """Many generations submitted together; its rows are ordinary jobs (`Job.batch_id`)."""
+
+    batch_id: str
+    user_id: str
+    status: BatchStatus
+    total: int  # rows in the input
+    accepted: int  # rows that became jobs
+    rejected: list[dict[str, Any]]  # [{row, error}] for the others
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+    webhook_url: str | None = None
+    # Whoever fills the batch's free slots holds this until `lock_until` (one at a time).
+    lock_owner: str | None = None
+    lock_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    """A batch's jobs by status; `waiting`: those of the `queued` still waiting their turn."""
+
+    by_status: dict[str, int]
+    waiting: int
+    cost: float
+
+    @property
+    def unfinished(self) -> int:
+        return self.by_status.get("queued", 0) + self.by_status.get("processing", 0)
+
+    @property
+    def in_queue(self) -> int:
+        """Jobs holding one of the batch's slots: let into the queue, not yet final."""
+        return self.unfinished - self.waiting
+
+    @property
+    def finished(self) -> int:
+        return sum(self.by_status.get(s.value, 0) for s in FINAL)
 
 
 @dataclass(slots=True)

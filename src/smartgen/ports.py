@@ -122,6 +122,15 @@ class Notifier(Protocol):
         never blocks and never raises."""
 
 
+class BatchTurns(Protocol):
+    """Lets a batch's waiting jobs into the queue as its slots free up (`batches.runner`)."""
+
+    async def next_turns(self, batch_id: str) -> None:
+        """Fill the batch's free slots (BATCH_CONCURRENCY) with its next waiting rows, and
+        finish the batch when nothing of it is left; never raises (the periodic pass does
+        what this could not)."""
+
+
 class LiveText(Protocol):
     """The text of running jobs so far (never a job's content: that is the store's)."""
 

@@ -30,6 +30,7 @@ from smartgen.auth.keys import Credentials
 from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.router import router as auth_router
 from smartgen.auth.tokens import TokenCodec
+from smartgen.batches.router import router as batches_router
 from smartgen.config import Settings
 from smartgen.content.router import router as content_router
 from smartgen.content.router import saving as saving_router
@@ -195,6 +196,7 @@ def create_app(
             {"name": "generation", "description": "Queue a generation, follow it, save it"},
             {"name": "content", "description": "Saved content"},
             {"name": "voices", "description": "Brand voices: name one in `voiceId` on a job"},
+            {"name": "batches", "description": "Many generations at once, run on the server"},
             {"name": "usage", "description": "Tokens, cost and budgets"},
             {"name": "api-keys", "description": "Personal API keys with scopes, for programs"},
             {"name": "webhooks", "description": "Signed callbacks when jobs end"},
@@ -219,6 +221,7 @@ def create_app(
     app.include_router(account_router)
     app.include_router(content_router)
     app.include_router(voices_router)
+    app.include_router(batches_router)
     app.include_router(usage_router)
     app.include_router(api_keys_router)
     app.include_router(webhooks_router)
@@ -235,7 +238,11 @@ def create_app(
     asgi: Asgi = HttpEdge(
         socketio.ASGIApp(
             realtime.sio,
-            other_asgi_app=RequestLimits(app, max_body_bytes=settings.max_body_bytes),
+            other_asgi_app=RequestLimits(
+                app,
+                max_body_bytes=settings.max_body_bytes,
+                uploads={"/batches": settings.batch_max_upload_bytes},
+            ),
         )
     )
     if wrap is not None:

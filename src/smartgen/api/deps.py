@@ -17,11 +17,13 @@ from smartgen.api.ratelimit import Limit
 from smartgen.auth.keys import Credentials, require_scope
 from smartgen.auth.passwords import HashingSlots
 from smartgen.auth.tokens import Principal, TokenCodec, bearer_token
+from smartgen.batches.runner import BatchRunner
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable
 from smartgen.kit import logcontext
 from smartgen.kit.client_address import ClientAddresses
 from smartgen.ports import (
+    BatchTurns,
     Budgets,
     EventHistory,
     JobQueue,
@@ -72,8 +74,16 @@ class Services:
     credentials: Credentials
     webhook_queue: WebhookQueue
     queueing: Queueing = field(init=False)
+    batches: BatchRunner = field(init=False)
 
     def __post_init__(self) -> None:
+        self.batches = BatchRunner(
+            store=self.store,
+            queue=self.queue,
+            notifier=self.notifier,
+            settings=self.settings,
+            webhook_queue=self.webhook_queue,
+        )
         self.queueing = Queueing(
             settings=self.settings,
             store=self.store,
@@ -83,6 +93,7 @@ class Services:
             prices=self.prices,
             budgets=self.budgets,
             idempotency=self.idempotency,
+            turns=self.batches,
         )
 
 
@@ -102,6 +113,7 @@ class Queueing:
     prices: Prices
     budgets: Budgets
     idempotency: Idempotency
+    turns: BatchRunner
 
 
 def services(request: Request) -> Services:
@@ -159,6 +171,10 @@ async def get_attempts(request: Request) -> LoginAttempts:
 
 async def get_hashing(request: Request) -> HashingSlots:
     return services(request).hashing
+
+
+async def get_turns(request: Request) -> BatchTurns:
+    return services(request).batches
 
 
 async def get_refresh(request: Request) -> RefreshTokens:
@@ -222,6 +238,7 @@ HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
 AddressDep = Annotated[str, Depends(get_address)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 QueueingDep = Annotated[Queueing, Depends(get_queueing)]
+TurnsDep = Annotated[BatchTurns, Depends(get_turns)]
 RefreshDep = Annotated[RefreshTokens, Depends(get_refresh)]
 WebhookQueueDep = Annotated[WebhookQueue, Depends(get_webhook_queue)]
 CurrentUser = Annotated[Principal, Depends(BearerUser())]

@@ -32,12 +32,16 @@ def error_start(status: int, code: str, message: str) -> tuple[dict[str, Any], b
 class RequestLimits:
     """413 for bodies over `max_body_bytes` (declared or streamed), 415 for a body that is
     not declared JSON on POST/PUT/PATCH; HEAD goes through `HeadAsGet` (one middleware in
-    front of the routes instead of two, for the requests that are neither)."""
+    front of the routes instead of two, for the requests that are neither). `uploads`:
+    paths that take files (a multipart form, CSV, JSON Lines) up to their own size."""
 
-    def __init__(self, app: Any, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: Any, *, max_body_bytes: int, uploads: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.head = HeadAsGet(app)
         self.max_body_bytes = max_body_bytes
+        self.uploads = uploads or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -48,20 +52,24 @@ class RequestLimits:
             await (self.head if method == "HEAD" else self.app)(scope, receive, send)
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        limit = self.uploads.get(scope.get("path", ""))
+        upload = limit is not None
+        limit = limit if upload and limit is not None else self.max_body_bytes
         length_text = headers.get(b"content-length", b"").decode("latin-1").strip()
         chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         length = int(length_text) if length_text.isdigit() else None
-        if length is not None and length > self.max_body_bytes:
-            await self._reject(send, 413, "payload_too_large", self._too_large())
+        if length is not None and length > limit:
+            await self._reject(send, 413, "payload_too_large", self._too_large(limit))
             return
         has_body = chunked or (length or 0) > 0
         content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip()
-        if has_body and not _is_json(content_type):
+        if has_body and not (_is_json(content_type) or (upload and _is_file(content_type))):
             await self._reject(
                 send,
                 415,
                 "unsupported_media_type",
-                "Request body must be JSON: send Content-Type: application/json",
+                "Request body must be JSON: send Content-Type: application/json"
+                + (" (or a multipart/form-data upload)" if upload else ""),
             )
             return
         # Bodies here are small JSON documents: read the whole body first (bounded), so an
@@ -74,8 +82,8 @@ class RequestLimits:
                 return  # the client went away
             chunk = message.get("body", b"")
             received += len(chunk)
-            if received > self.max_body_bytes:
-                await self._reject(send, 413, "payload_too_large", self._too_large())
+            if received > limit:
+                await self._reject(send, 413, "payload_too_large", self._too_large(limit))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -92,8 +100,9 @@ class RequestLimits:
 
         await self.app(scope, replay, send)
 
-    def _too_large(self) -> str:
-        return f"Request body is larger than {self.max_body_bytes} bytes"
+    @staticmethod
+    def _too_large(limit: int) -> str:
+        return f"Request body is larger than {limit} bytes"
 
     @staticmethod
     async def _reject(send: Any, status: int, code: str, message: str) -> None:
@@ -107,6 +116,10 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
+
+
+def _is_file(content_type: str) -> bool:
+    return content_type.lower() == "multipart/form-data"
 
 
 class HeadAsGet:

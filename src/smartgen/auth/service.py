@@ -188,6 +188,7 @@ async def delete_account(
                 await queue.cancel(job.job_id)
         after = page[-1].job_id
     await store.contents.delete_for_user(user_id)
+    await store.batches.delete_for_user(user_id)
     while voices := await store.voices.list_for_user(user_id, limit=EXPORT_PAGE):
         for voice in voices:
             await store.voices.delete(voice.voice_id, user_id)

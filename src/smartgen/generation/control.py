@@ -26,7 +26,7 @@ from smartgen.generation.service import (
 )
 from smartgen.kit.times import iso_ms, utcnow
 from smartgen.models import RETRYABLE, Job, JobStatus
-from smartgen.ports import Budgets, JobQueue, LiveText, Notifier, Prices, Timings
+from smartgen.ports import BatchTurns, Budgets, JobQueue, LiveText, Notifier, Prices, Timings
 from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,12 @@ async def cancel_job(
     user_id: str,
     job_id: str,
     budgets: Budgets | None = None,
+    turns: BatchTurns | None = None,
 ) -> Job:
     """`queued` or `processing` → `cancelled`, decided in the store (a completion racing
     the cancel finds the job cancelled, or the cancel finds it completed: 409). Then the
     queue entry goes, and the worker running the job, if any, stops its model call; its
-    budget reservation is given back."""
+    budget reservation is given back, and a batch's job hands its turn on."""
     job_id = parse_job_id(job_id)
     cancelled = await store.jobs.cancel(job_id, user_id, at=utcnow())
     if cancelled is None:
@@ -74,6 +75,8 @@ async def cancel_job(
         # Cancelled in the store all the same: a delivery finds it final and drops it.
         log.warning("job %s cancelled, but its queue entry could not be removed", job_id)
     await notifier.job_changed(cancelled)
+    if cancelled.batch_id is not None and turns is not None:
+        await turns.next_turns(cancelled.batch_id)
     return cancelled
 
 
@@ -152,7 +155,9 @@ async def update_job(
     )
     if changed is None:
         raise await _final_conflict(store, user_id, job_id, "job_not_queued", "queued")
-    if when is not None:
+    # A batch's job waiting its turn is not in the queue: its new time counts when its
+    # turn comes (`batches.runner`).
+    if when is not None and not changed.batch_held:
         await _requeue_or_restore(store, queue, before, changed, now)
     await notifier.job_changed(changed)
     return changed
@@ -161,11 +166,12 @@ async def update_job(
 async def run_job_now(
     *, store: Store, queue: JobQueue, notifier: Notifier, user_id: str, job_id: str
 ) -> Job:
-    """A `queued` job starts at once: its time becomes now (409 once it has started)."""
+    """A `queued` job starts at once: its time becomes now (409 once it has started). A
+    batch's job waiting its turn goes into the queue at once, out of turn."""
     job_id = parse_job_id(job_id)
     now = utcnow()
     before = await get_job(store=store, user_id=user_id, job_id=job_id)
-    changed = await store.jobs.reschedule(job_id, user_id, scheduled_for=now, at=now)
+    changed = await store.jobs.reschedule(job_id, user_id, scheduled_for=now, at=now, release=True)
     if changed is None:
         raise await _final_conflict(store, user_id, job_id, "job_not_queued", "queued")
     await _requeue_or_restore(store, queue, before, changed, now)
@@ -184,10 +190,12 @@ async def retry_job(
     timings: Timings | None = None,
     prices: Prices | None = None,
     budgets: Budgets | None = None,
+    turns: BatchTurns | None = None,
 ) -> QueuedJob:
     """A `failed` or `cancelled` job is queued again: the same job id, a new time after
     GENERATION_DELAY_SECONDS, its earlier run kept in `history`; its quote is reserved in
-    the monthly budget again (402 when it no longer fits)."""
+    the monthly budget again (402 when it no longer fits). A batch's job waits its turn
+    again (its batch, finished or not, runs it within BATCH_CONCURRENCY)."""
     job_id = parse_job_id(job_id)
     before = await get_job(store=store, user_id=user_id, job_id=job_id)
     if before.status not in RETRYABLE:
@@ -208,7 +216,7 @@ async def retry_job(
         )  # fmt: skip
     now = utcnow()
     delay = settings.generation_delay_seconds
-    history = [*(before.history or []), _run_record(before)]
+    history = [*(before.history or []), run_record(before)]
     request = model_request(before.content_type, before.prompt, before.options)
     quoted = await budget.quote(settings, prices, request)
     reserved = await budget.reserve(
@@ -216,12 +224,31 @@ async def retry_job(
         job_id=job_id, quoted=quoted, at=now,
     )  # fmt: skip
     try:
+        in_batch = before.batch_id is not None and turns is not None
+        if in_batch and before.batch_id is not None:
+            # Running again before the job waits again: the periodic pass fills running
+            # batches only.
+            await store.batches.reopen(before.batch_id, at=now)
         queued = await store.jobs.requeue(
-            job_id, user_id, scheduled_for=now + timedelta(seconds=delay), at=now, history=history
+            job_id,
+            user_id,
+            scheduled_for=now + timedelta(seconds=delay),
+            at=now,
+            history=history,
+            held=in_batch,
         )
         if queued is None:
             raise await _final_conflict(
                 store, user_id, job_id, "job_not_retryable", "failed or cancelled"
+            )
+        if in_batch and turns is not None and queued.batch_id is not None:
+            await turns.next_turns(queued.batch_id)
+            await notifier.job_changed(queued)
+            return QueuedJob(
+                job=queued,
+                delay_seconds=delay,
+                estimated_completion=await estimate(settings, timings, queued),
+                estimated_cost=quoted.cost,
             )
         try:
             delay_ms = round(delay * 1000)
@@ -243,7 +270,7 @@ async def retry_job(
     )
 
 
-def _run_record(job: Job) -> dict[str, Any]:
+def run_record(job: Job) -> dict[str, Any]:
     """What an ended run leaves in the job's `history`."""
     record: dict[str, Any] = {
         "status": job.status.value,

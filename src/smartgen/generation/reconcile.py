@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -27,7 +28,7 @@ from smartgen.generation import budget
 from smartgen.generation.service import queue_message
 from smartgen.kit.times import utcnow
 from smartgen.models import Job, JobStatus
-from smartgen.ports import Budgets, JobQueue, Notifier
+from smartgen.ports import BatchTurns, Budgets, JobQueue, Notifier
 from smartgen.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,12 @@ class Reconciler:
         notifier: Notifier,
         settings: Settings,
         budgets: Budgets | None = None,
+        turns: BatchTurns | None = None,
+        sweep: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
+        self.turns = turns
+        # Batches' periodic pass (`batches.runner.BatchRunner.sweep`), after the jobs'.
+        self.sweep = sweep
         self.store = store
         self.queue = queue
         self.notifier = notifier
@@ -94,6 +100,8 @@ class Reconciler:
                 await self.queue.enqueue(job_id=job.job_id, data=queue_message(job), delay_ms=0)
                 report.requeued += 1
                 log.warning("job %s had no queue entry (%s): queued again", job.job_id, state)
+        if self.sweep is not None:
+            await self.sweep()
         return report
 
     async def take_over(self, worker: str) -> int:
@@ -133,6 +141,8 @@ class Reconciler:
             await self.notifier.job_changed(
                 replace(job, status=JobStatus.failed, error=message, failed_at=at, updated_at=at)
             )
+            if job.batch_id is not None and self.turns is not None:
+                await self.turns.next_turns(job.batch_id)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """At start-up, then every RECONCILE_INTERVAL_SECONDS until `stop` is set."""

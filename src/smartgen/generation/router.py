@@ -21,6 +21,7 @@ from smartgen.api.deps import (
     ReadUser,
     SettingsDep,
     StoreDep,
+    TurnsDep,
 )
 from smartgen.api.idempotency import KeyHeader
 from smartgen.errors import QueueUnavailable, ValidationFailed, error_responses
@@ -154,6 +155,7 @@ async def cancel_job(
     queue: QueueDep,
     notifier: NotifierDep,
     budgets: BudgetsDep,
+    turns: TurnsDep,
 ) -> JobOut:
     """Cancel a queued or running job (a running one's model call stops within about a
     second); 409 `job_final` when it already ended."""
@@ -164,6 +166,7 @@ async def cancel_job(
         user_id=user.user_id,
         job_id=jobId,
         budgets=budgets,
+        turns=turns,
     )
     return job_out(job)
 
@@ -240,6 +243,7 @@ async def retry_job(
             timings=clients.timings,
             prices=clients.prices,
             budgets=clients.budgets,
+            turns=clients.turns,
         )
 
     return await _answer_queued(clients, user.user_id, request, idempotency_key, None, queue_it)

@@ -250,6 +250,14 @@ class JobOut(BaseModel):
     feedback: FeedbackOut | None = Field(
         None, description="The owner's rating of the completed job, when there is one"
     )
+    batchId: str | None = Field(None, description="The batch this job is a row of")
+    batchRow: int | None = Field(None, description="Its row in the batch's input (1: first)")
+    batchWaiting: bool | None = Field(
+        None,
+        description="A batch's queued job still waiting its turn (the batch lets at most "
+        "BATCH_CONCURRENCY of its jobs into the queue at once): it runs at scheduledFor "
+        "at the earliest",
+    )
 
 
 def queued_response(queued: QueuedJob) -> QueuedResponse:
@@ -303,4 +311,7 @@ def job_out(
             if job.feedback_rating
             else None
         ),
+        batchId=job.batch_id,
+        batchRow=job.batch_row,
+        batchWaiting=True if job.batch_held and job.status == "queued" else None,
     )

@@ -21,6 +21,7 @@ from smartgen.kit.times import utcnow
 from smartgen.llm.errors import LLMError
 from smartgen.models import Completion, Job, JobStatus, usage_numbers
 from smartgen.ports import (
+    BatchTurns,
     Budgets,
     Cancellations,
     Delivery,
@@ -127,8 +128,10 @@ class GenerationTask:
         cancellations: Cancellations | None = None,
         timings: Timings | None = None,
         budgets: Budgets | None = None,
+        turns: BatchTurns | None = None,
     ) -> None:
         self.budgets = budgets
+        self.turns = turns
         self.store = store
         self.llm = llm
         self.notifier = notifier
@@ -284,6 +287,7 @@ class GenerationTask:
                 await self._settle(current, kept)
             else:
                 await budget.release(self.budgets, job_id)
+            await self._next_turns(current)
             return f"already {current.status.value}"
         if current.status == JobStatus.queued and current.scheduled_for > now + SCHEDULE_TOLERANCE:
             raise RunLater(current.scheduled_for)
@@ -334,6 +338,12 @@ class GenerationTask:
             # settles its budget, if this one did not get to).
             await self.notifier.job_changed(final, settled=True)
             await self._settle(started, completion)
+            await self._next_turns(final)
+
+    async def _next_turns(self, job: Job) -> None:
+        """A batch's job ended: its batch lets its next waiting job into the queue."""
+        if job.batch_id is not None and self.turns is not None:
+            await self.turns.next_turns(job.batch_id)
 
     async def _fail(self, job_id: str, message: str) -> None:
         try:
@@ -342,6 +352,7 @@ class GenerationTask:
                 final: Job | None = await self.store.jobs.get(job_id)
                 if final is not None:
                     await self.notifier.job_changed(final, settled=True)
+                    await self._next_turns(final)
         except AppError:
             log.error("job %s: could not record failure (store unavailable)", job_id)
         except Exception as exc:  # the event log: the failure itself is recorded

@@ -8,6 +8,8 @@ Events (the first one is the seed's contract, exactly):
 - `job_progress`  {userId, jobId, seq, delta, length, reset?}   text as it is written
 - `budget_warning` {userId, budget, limit, used, percent, month, resetsAt, seq}   a
   monthly budget passed 80 %
+- `batch_progress` / `batch_completed` {userId, batchId, total, accepted, rejected,
+  counts, progress, costUsd, seq} (+ status, completedAt)   `batches.runner`'s
 
 Each is numbered in its user's event log (`log.py`) before it is sent: `seq` is in every
 payload but the seed's `job_completed`, which Socket.IO clients get with `seq` only when

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 
+from smartgen.batches.runner import BatchRunner
 from smartgen.config import Settings
 from smartgen.generation.reconcile import Reconciler
 from smartgen.generation.tasks import GenerationTask
@@ -83,6 +84,14 @@ async def run_worker(
     cancels.start()
     namespace = f"{settings.queue_prefix}:smartgen"
     budgets = RedisBudgets(redis, namespace)
+    producer = GenerationQueue(settings, redis)
+    turns = BatchRunner(
+        store=store,
+        queue=producer,
+        notifier=notifier,
+        settings=settings,
+        webhook_queue=webhook_queue,
+    )
     task = GenerationTask(
         store=store,
         llm=llm,
@@ -92,10 +101,16 @@ async def run_worker(
         cancellations=cancels,
         timings=RedisTimings(redis, namespace),
         budgets=budgets,
+        turns=turns,
     )
-    producer = GenerationQueue(settings, redis)
     reconciler = Reconciler(
-        store=store, queue=producer, notifier=notifier, settings=settings, budgets=budgets
+        store=store,
+        queue=producer,
+        notifier=notifier,
+        settings=settings,
+        budgets=budgets,
+        turns=turns,
+        sweep=turns.sweep,
     )
     stop_reconciler = asyncio.Event()
     reconciling: asyncio.Task[None] | None = None

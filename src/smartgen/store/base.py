@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 from smartgen.models import (
     ApiKey,
+    Batch,
+    BatchCounts,
+    BatchStatus,
     Completion,
     Content,
     Job,
@@ -45,7 +48,8 @@ class UserRepository(Protocol):
 class JobRepository(Protocol):
     async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
         """Insert the job and return True, unless `max_unfinished > 0` and the user already
-        has at least that many jobs `queued`/`processing`: then insert nothing and return
+        has at least that many jobs `queued`/`processing` (a batch's jobs waiting their turn
+        not counted): then insert nothing and return
         False. The check and the insert are one statement where the store allows it (SQL),
         not a lock: concurrent creations for the same user may overshoot the cap slightly."""
 
@@ -62,10 +66,12 @@ class JobRepository(Protocol):
         """The user's jobs whose `updatedAt` is after `since`, oldest change first."""
 
     async def count_unfinished(self, user_id: str) -> int:
-        """How many of the user's jobs are `queued` or `processing`."""
+        """How many of the user's jobs are `queued` or `processing`, not counting a batch's
+        jobs that wait their turn (`batch_held`)."""
 
     async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
-        """Jobs `queued`/`processing` whose `scheduledFor` is before `due_before`."""
+        """Jobs `queued`/`processing` whose `scheduledFor` is before `due_before`, but none
+        that waits its turn in a batch (it is not meant to be in the queue yet)."""
 
     async def list_past_lease(self, at: datetime, *, limit: int) -> list[Job]:
         """Jobs `processing` whose lease ran out before `at` (or that have none): their
@@ -121,9 +127,11 @@ class JobRepository(Protocol):
         at: datetime,
         prompt: str | None = None,
         content_type: str | None = None,
+        release: bool = False,
     ) -> Job | None:
-        """A new schedule (and prompt, content type) for the owner's `queued` job; None
-        when it is not queued, another user's, or unknown."""
+        """A new schedule (and prompt, content type) for the owner's `queued` job
+        (`release`: a batch's job stops waiting its turn); None when it is not queued,
+        another user's, or unknown."""
 
     async def requeue(
         self,
@@ -133,9 +141,11 @@ class JobRepository(Protocol):
         scheduled_for: datetime,
         at: datetime,
         history: list[dict[str, Any]],
+        held: bool = False,
     ) -> Job | None:
         """The owner's `failed`/`cancelled` job → `queued` again, its outcome cleared and
-        `history` recorded; None when it is in another state, another user's, or unknown."""
+        `history` recorded (`held`: a batch's job, waiting its turn again); None when it is
+        in another state, another user's, or unknown."""
 
     async def restore(self, job: Job) -> bool:
         """Put back this snapshot of a job that is still `queued` (a change the queue
@@ -234,6 +244,58 @@ class ContentRepository(Protocol):
 
     async def delete_for_user(self, user_id: str) -> int:
         """Remove every content of the user; how many there were."""
+
+
+class BatchRepository(Protocol):
+    """Batches, and the batch-wide questions about their jobs (which live with the others
+    in the jobs' collection/table, with `batch_id`, `batch_row`, `batch_held`)."""
+
+    async def create(self, batch: Batch, jobs: list[Job]) -> None:
+        """Insert the batch, then its jobs as given (`queued`, most `batch_held`)."""
+
+    async def get(self, batch_id: str) -> Batch | None: ...
+
+    async def get_for_user(self, batch_id: str, user_id: str) -> Batch | None: ...
+
+    async def list_for_user(self, user_id: str, *, before: str | None, limit: int) -> list[Batch]:
+        """Newest first; with `before` (a batch id), those created before that batch (an
+        empty list when it is not the user's)."""
+
+    async def list_running(self, *, limit: int) -> list[Batch]:
+        """Batches still `running`, oldest first (the periodic pass fills their slots)."""
+
+    async def lock(self, batch_id: str, *, owner: str, until: datetime, at: datetime) -> bool:
+        """Take the batch's lock for `owner` until `until`, unless another owner holds it
+        past `at`; whether it was taken."""
+
+    async def unlock(self, batch_id: str, *, owner: str) -> None:
+        """Give the lock back (a no-op when `owner` does not hold it)."""
+
+    async def finish(self, batch_id: str, *, status: BatchStatus, at: datetime) -> Batch | None:
+        """`running` → `status` (completed or cancelled); the batch as written, or None when
+        it was not running: exactly one caller finishes a batch."""
+
+    async def reopen(self, batch_id: str, *, at: datetime) -> bool:
+        """A finished batch → `running` again (its failed jobs queued again)."""
+
+    async def counts(self, batch_id: str) -> BatchCounts:
+        """Its jobs by status, those waiting their turn, and the cost of those completed."""
+
+    async def claim_next(self, batch_id: str, *, at: datetime) -> Job | None:
+        """The batch's waiting job of the lowest row stops waiting (`batch_held` false), as
+        one conditional write: a job is claimed once however many claim at the same time;
+        None when none waits (or a concurrent claim took the one this looked at)."""
+
+    async def jobs_page(
+        self, batch_id: str, *, after_row: int, limit: int, status: JobStatus | None = None
+    ) -> list[Job]:
+        """The batch's jobs of rows after `after_row`, in row order (`status`: only those)."""
+
+    async def cancel_waiting(self, batch_id: str, *, at: datetime) -> list[str]:
+        """Every job of the batch still waiting its turn → `cancelled`; their ids."""
+
+    async def delete_for_user(self, user_id: str) -> int:
+        """Remove every batch of the user (their jobs are `jobs.delete_for_user`'s)."""
 
 
 class ApiKeyRepository(Protocol):
@@ -345,6 +407,7 @@ class Store(Protocol):
     jobs: JobRepository
     contents: ContentRepository
     voices: VoiceRepository
+    batches: BatchRepository
     api_keys: ApiKeyRepository
     webhooks: WebhookRepository
 

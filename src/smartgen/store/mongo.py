@@ -27,6 +27,7 @@ from smartgen.models import (
 )
 from smartgen.store.base import (
     ApiKeyRepository,
+    BatchRepository,
     ContentRepository,
     JobRepository,
     UserRepository,
@@ -76,6 +77,9 @@ def _job_from_doc(doc: dict[str, Any]) -> Job:
         options=doc.get("options"),
         parent_job_id=doc.get("parentJobId"),
         cost=None if doc.get("cost") is None else float(doc["cost"]),
+        batch_id=doc.get("batchId"),
+        batch_row=doc.get("batchRow"),
+        batch_held=bool(doc.get("batchHeld")),
         **_feedback_fields(doc.get("feedback")),
     )
 
@@ -88,6 +92,26 @@ def _feedback_fields(feedback: Any) -> dict[str, Any]:
         "feedback_comment": feedback.get("comment"),
         "feedback_at": _dt(feedback.get("at")),
     }
+
+
+def job_doc(job: Job) -> dict[str, Any]:
+    """A new job's document: the fields every store writes at creation."""
+    doc = {
+        "jobId": job.job_id,
+        "userId": job.user_id,
+        "status": job.status.value,
+        "prompt": job.prompt,
+        "contentType": job.content_type,
+        "scheduledFor": job.scheduled_for,
+        "createdAt": job.created_at,
+        "updatedAt": job.updated_at,
+        "attempts": job.attempts,
+        "options": job.options,
+        "parentJobId": job.parent_job_id,
+    }
+    if job.batch_id is not None:
+        doc.update(batchId=job.batch_id, batchRow=job.batch_row, batchHeld=job.batch_held)
+    return doc
 
 
 # GET /usage's groups, as aggregation expressions over a job document.
@@ -173,21 +197,7 @@ class MongoJobs:
         # transaction, which a standalone server does not offer).
         if max_unfinished > 0 and await self.count_unfinished(job.user_id) >= max_unfinished:
             return False
-        await self._c.insert_one(
-            {
-                "jobId": job.job_id,
-                "userId": job.user_id,
-                "status": job.status.value,
-                "prompt": job.prompt,
-                "contentType": job.content_type,
-                "scheduledFor": job.scheduled_for,
-                "createdAt": job.created_at,
-                "updatedAt": job.updated_at,
-                "attempts": job.attempts,
-                "options": job.options,
-                "parentJobId": job.parent_job_id,
-            }
-        )
+        await self._c.insert_one(job_doc(job))
         return True
 
     @_unavailable
@@ -219,12 +229,20 @@ class MongoJobs:
     @_unavailable
     async def count_unfinished(self, user_id: str) -> int:
         return int(
-            await self._c.count_documents({"userId": user_id, "status": {"$in": _UNFINISHED}})
+            await self._c.count_documents(
+                {"userId": user_id, "status": {"$in": _UNFINISHED}, "batchHeld": {"$ne": True}}
+            )
         )
 
     @_unavailable
     async def list_unfinished_due(self, due_before: datetime, *, limit: int) -> list[Job]:
-        cursor = self._c.find({"status": {"$in": _UNFINISHED}, "scheduledFor": {"$lt": due_before}})
+        cursor = self._c.find(
+            {
+                "status": {"$in": _UNFINISHED},
+                "scheduledFor": {"$lt": due_before},
+                "batchHeld": {"$ne": True},
+            }
+        )
         return [_job_from_doc(d) async for d in cursor.limit(limit)]
 
     @_unavailable
@@ -390,8 +408,11 @@ class MongoJobs:
         at: datetime,
         prompt: str | None = None,
         content_type: str | None = None,
+        release: bool = False,
     ) -> Job | None:
         changes: dict[str, Any] = {"scheduledFor": scheduled_for, "updatedAt": at}
+        if release:
+            changes["batchHeld"] = False
         if prompt is not None:
             changes["prompt"] = prompt
         if content_type is not None:
@@ -410,6 +431,7 @@ class MongoJobs:
         scheduled_for: datetime,
         at: datetime,
         history: list[dict[str, Any]],
+        held: bool = False,
     ) -> Job | None:
         cleared = (
             "error", "failedAt", "cancelledAt", "startedAt", "completedAt",
@@ -425,6 +447,7 @@ class MongoJobs:
                     "scheduledFor": scheduled_for,
                     "updatedAt": at,
                     "history": history,
+                    "batchHeld": held,
                 },
                 "$unset": {name: "" for name in cleared},
             },
@@ -530,6 +553,9 @@ class MongoStore:
         self._contents = MongoContents(db)
         self.contents: ContentRepository = self._contents
         self.voices: VoiceRepository = MongoVoices(db)
+        from smartgen.store.mongo_batches import MongoBatches  # it reads jobs as this does
+
+        self.batches: BatchRepository = MongoBatches(db)
         self.api_keys: ApiKeyRepository = MongoApiKeys(db)
         self.webhooks: WebhookRepository = MongoWebhooks(db)
 
@@ -547,6 +573,10 @@ class MongoStore:
         await self._db["jobs"].create_index("parentJobId", sparse=True)
         await self._db["voices"].create_index("voiceId", unique=True)
         await self._db["voices"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await self._db["jobs"].create_index([("batchId", ASCENDING), ("batchRow", ASCENDING)])
+        await self._db["batches"].create_index("batchId", unique=True)
+        await self._db["batches"].create_index([("userId", ASCENDING), ("createdAt", DESCENDING)])
+        await self._db["batches"].create_index([("status", ASCENDING), ("createdAt", ASCENDING)])
         await self._db["contents"].create_index(
             [("userId", ASCENDING), ("createdAt", DESCENDING), ("contentId", DESCENDING)]
         )

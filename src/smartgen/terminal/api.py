@@ -6,6 +6,7 @@ import getpass
 import secrets
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -72,10 +73,22 @@ class Api:
         await self.http.aclose()
 
     async def _send(
-        self, method: str, path: str, *, body: Any = None, params: Any = None, token: str | None
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Any = None,
+        token: str | None,
+        files: Any = None,
+        data: Any = None,
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
+            if files is not None:  # a multipart upload (POST /batches)
+                return await self.http.request(
+                    method, path, files=files, data=data, params=params, headers=headers
+                )
             return await self.http.request(method, path, json=body, params=params, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout):
             raise Unreachable(
@@ -110,13 +123,44 @@ class Api:
             message = f"smartgen at {self.url} failed (HTTP {r.status_code}): {message}"
         raise ClientError(message, status=r.status_code)
 
-    async def call(self, method: str, path: str, *, body: Any = None, params: Any = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Any = None,
+        files: Any = None,
+        data: Any = None,
+    ) -> Any:
         token = await self.ensure_token()
-        r = await self._send(method, path, body=body, params=params, token=token)
+        extra = {"body": body, "params": params, "files": files, "data": data}
+        r = await self._send(method, path, token=token, **extra)
         if r.status_code == 401:
             token = await self.ensure_token(refused=token)
-            r = await self._send(method, path, body=body, params=params, token=token)
+            r = await self._send(method, path, token=token, **extra)
         return self._result(r)
+
+    async def download(self, path: str, target: Path, *, params: Any = None) -> int:
+        """GET `path` into the file `target` as it streams in; the bytes written."""
+        token = await self.ensure_token()
+        written = 0
+        try:
+            async with self.http.stream(
+                "GET", path, params=params, headers={"Authorization": f"Bearer {token}"}
+            ) as r:
+                if not r.is_success:
+                    await r.aread()
+                    self._result(r)  # raises, saying why
+                with target.open("wb") as out:
+                    async for chunk in r.aiter_bytes():
+                        out.write(chunk)
+                        written += len(chunk)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"download from {self.url} failed: {type(exc).__name__}") from None
+        except OSError as exc:
+            raise ClientError(f"cannot write {target}: {exc.strerror or exc}") from None
+        return written
 
     async def _auth(self, path: str, email: str, password: str) -> Any:
         r = await self._send("POST", path, body={"email": email, "password": password}, token=None)

@@ -196,6 +196,31 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     voices.set_defaults(client_command="voices")
 
+    batch = sub.add_parser(
+        "batch",
+        parents=[common],
+        help="run a CSV or JSONL file as a server-side batch",
+        description="Submit FILE (CSV with a header row prompt,contentType,… or JSON Lines) "
+        "as a batch; with --wait, follow it with a progress bar and download its results. "
+        "The batch runs on the server whether or not this command stays.",
+    )
+    batch.add_argument("file", metavar="FILE")
+    batch.add_argument("--wait", action="store_true", help="follow it, then fetch the results")
+    batch.add_argument(
+        "--output", metavar="PATH", help="results file (.csv or .jsonl; implies --wait; "
+        "default FILE-results.csv)",
+    )  # fmt: skip
+    batch.add_argument(
+        "--delay", type=_not_negative, metavar="SECONDS", help="run no sooner than this"
+    )
+    batch.add_argument(
+        "--timeout", type=_positive(float), metavar="SECONDS", help="give up waiting after this"
+    )
+    batch.set_defaults(client_command="batch")
+    status = sub.add_parser("batch-status", parents=[common], help="one batch's progress")
+    status.add_argument("batch_id", metavar="BATCH_ID")
+    status.set_defaults(client_command="batch-status")
+
     watch = sub.add_parser(
         "watch",
         parents=[common],

@@ -267,6 +267,18 @@ def _report(session: Session, document: Any, line: str) -> None:
         session.out.print(_text(line))
 
 
+async def cmd_batch(session: Session, args: argparse.Namespace) -> int:
+    from smartgen.terminal.batches import cmd_batch as run
+
+    return await run(session, args)
+
+
+async def cmd_batch_status(session: Session, args: argparse.Namespace) -> int:
+    from smartgen.terminal.batches import cmd_batch_status as run
+
+    return await run(session, args)
+
+
 async def cmd_watch(session: Session, args: argparse.Namespace) -> int:
     from smartgen.terminal.watching import watch
 
@@ -285,4 +297,6 @@ COMMANDS = {
     "usage": cmd_usage,
     "voices": cmd_voices,
     "watch": cmd_watch,
+    "batch": cmd_batch,
+    "batch-status": cmd_batch_status,
 }

@@ -192,7 +192,7 @@ _JOB_INSERT_BATCH = (
     f"INSERT INTO jobs ({repository.JOB_CREATE_COLUMNS}) "
     f"SELECT {repository.JOB_CREATE_COLUMNS.replace('options', 'options::jsonb')} FROM batch "
     "WHERE batch.cap <= 0 OR (SELECT count(*) FROM jobs j WHERE j.user_id = batch.user_id "
-    f"AND j.status IN {repository.UNFINISHED}) + batch.rank <= batch.cap "
+    f"AND j.status IN {repository.UNFINISHED} AND j.batch_held = 0) + batch.rank <= batch.cap "
     "RETURNING job_id"
 )
 

@@ -36,6 +36,7 @@ from smartgen.models import (
 from smartgen.models import UNFINISHED as UNFINISHED_STATUSES
 from smartgen.store.base import (
     ApiKeyRepository,
+    BatchRepository,
     ContentRepository,
     JobRepository,
     UserRepository,
@@ -100,6 +101,7 @@ _STATUS = _JOB_FIELDS.index("status")
 _JSON = [_JOB_FIELDS.index("usage"), _JOB_FIELDS.index("history"), _JOB_FIELDS.index("options")]
 _COST = _JOB_FIELDS.index("cost")
 _ATTEMPTS = _JOB_FIELDS.index("attempts")
+_HELD = _JOB_FIELDS.index("batch_held")
 UNFINISHED = "(" + ", ".join(f"'{status.value}'" for status in UNFINISHED_STATUSES) + ")"
 RETRYABLE_STATUSES = "(" + ", ".join(f"'{status.value}'" for status in RETRYABLE) + ")"
 JOB_CREATE_COLUMNS = (
@@ -150,8 +152,8 @@ STATEMENTS = {
         "SELECT $1::varchar, $2::varchar, $3::varchar, $4::text, $5::varchar, "
         "$6::timestamptz, $7::timestamptz, $8::timestamptz, $9::integer, $10::jsonb, "
         "$11::varchar "
-        f"WHERE (SELECT count(*) FROM jobs WHERE user_id = $2 AND status IN {UNFINISHED}) "
-        "< $12::integer"
+        f"WHERE (SELECT count(*) FROM jobs WHERE user_id = $2 AND status IN {UNFINISHED} "
+        "AND batch_held = 0) < $12::integer"
     ),
     "job_by_id": f"SELECT {JOB_COLS} FROM jobs WHERE job_id = $1",
     "job_by_id_for_user": f"SELECT {JOB_COLS} FROM jobs WHERE job_id = $1 AND user_id = $2",
@@ -167,11 +169,12 @@ STATEMENTS = {
         "ORDER BY updated_at ASC, id ASC LIMIT $3"
     ),
     "jobs_unfinished_count": (
-        f"SELECT count(*) FROM jobs WHERE user_id = $1 AND status IN {UNFINISHED}"
+        f"SELECT count(*) FROM jobs WHERE user_id = $1 AND status IN {UNFINISHED} "
+        "AND batch_held = 0"
     ),
     "jobs_unfinished_due": (
         f"SELECT {JOB_COLS} FROM jobs WHERE status IN {UNFINISHED} AND scheduled_for < $1 "
-        "ORDER BY scheduled_for ASC, id ASC LIMIT $2"
+        "AND batch_held = 0 ORDER BY scheduled_for ASC, id ASC LIMIT $2"
     ),
     "jobs_past_lease": (
         f"SELECT {JOB_COLS} FROM jobs WHERE status = 'processing' "
@@ -195,7 +198,8 @@ STATEMENTS = {
     ),
     "job_reschedule": (
         "UPDATE jobs SET scheduled_for = $3, updated_at = $4, "
-        "prompt = COALESCE($5::text, prompt), content_type = COALESCE($6::varchar, content_type) "
+        "prompt = COALESCE($5::text, prompt), content_type = COALESCE($6::varchar, content_type), "
+        "batch_held = CASE WHEN $7::integer = 1 THEN 0 ELSE batch_held END "
         f"WHERE job_id = $1 AND user_id = $2 AND status = 'queued' RETURNING {JOB_COLS}"
     ),
     "job_requeue": (
@@ -203,7 +207,8 @@ STATEMENTS = {
         "history = $5::jsonb, error = NULL, failed_at = NULL, cancelled_at = NULL, "
         "started_at = NULL, completed_at = NULL, generated_content = NULL, model = NULL, "
         "usage = NULL, lease_until = NULL, lease_owner = NULL, finish_reason = NULL, cost = NULL, "
-        "prompt_tokens = NULL, completion_tokens = NULL, total_tokens = NULL "
+        "prompt_tokens = NULL, completion_tokens = NULL, total_tokens = NULL, "
+        "batch_held = $6::integer "
         f"WHERE job_id = $1 AND user_id = $2 AND status IN {RETRYABLE_STATUSES} "
         f"RETURNING {JOB_COLS}"
     ),
@@ -294,6 +299,7 @@ class _Repository:
         values[_ATTEMPTS] = int(values[_ATTEMPTS] or 0)
         if values[_COST] is not None:
             values[_COST] = float(values[_COST])
+        values[_HELD] = bool(values[_HELD])
         return Job(*values)
 
     def _content(self, row: Row) -> Content:
@@ -420,9 +426,10 @@ class Jobs(_Repository):
         at: datetime,
         prompt: str | None = None,
         content_type: str | None = None,
+        release: bool = False,
     ) -> Job | None:
         ts = self._db.ts
-        args = (job_id, user_id, ts(scheduled_for), ts(at), prompt, content_type)
+        args = (job_id, user_id, ts(scheduled_for), ts(at), prompt, content_type, int(release))
         row = await self._db.one(self._sql["job_reschedule"], args)
         return self._job(row) if row else None
 
@@ -434,9 +441,10 @@ class Jobs(_Repository):
         scheduled_for: datetime,
         at: datetime,
         history: list[dict[str, Any]],
+        held: bool = False,
     ) -> Job | None:
         ts = self._db.ts
-        args = (job_id, user_id, ts(scheduled_for), ts(at), json.dumps(history))
+        args = (job_id, user_id, ts(scheduled_for), ts(at), json.dumps(history), int(held))
         row = await self._db.one(self._sql["job_requeue"], args)
         return self._job(row) if row else None
 
@@ -597,6 +605,7 @@ class SqlStore:
         self.description = url.description
 
     def _serve(self, driver: Driver) -> None:
+        from smartgen.store.sql.batches import BATCH_STATEMENTS, Batches
         from smartgen.store.sql.contents import CONTENT_STATEMENTS, Contents
         from smartgen.store.sql.keys import KEY_STATEMENTS, ApiKeys
         from smartgen.store.sql.voices import VOICE_STATEMENTS, Voices
@@ -611,8 +620,10 @@ class SqlStore:
                 **CONTENT_STATEMENTS,
                 **KEY_STATEMENTS,
                 **WEBHOOK_STATEMENTS,
+                **BATCH_STATEMENTS,
             }.items()
         }
+        self.batches: BatchRepository = Batches(driver, statements)
         self.users: UserRepository = Users(driver, statements)
         self.voices: VoiceRepository = Voices(driver, statements)
         self.api_keys: ApiKeyRepository = ApiKeys(driver, statements)

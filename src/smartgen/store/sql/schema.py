@@ -22,7 +22,7 @@ from smartgen.config import ConfigError
 
 Dialect = Literal["postgresql", "sqlite"]
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 # pg_advisory_xact_lock key for schema changes ("smartgen" in ASCII).
 SCHEMA_LOCK: Final = 0x736D61727467656E
 
@@ -92,6 +92,9 @@ _TABLES: Final = [
         feedback_rating VARCHAR(8),
         feedback_comment TEXT,
         feedback_at {ts},
+        batch_id VARCHAR,
+        batch_row INTEGER,
+        batch_held INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (id))""",
     "CREATE UNIQUE INDEX IF NOT EXISTS ux_jobs_job_id ON jobs (job_id)",
     "CREATE INDEX IF NOT EXISTS ix_jobs_user_created ON jobs (user_id, created_at, id)",
@@ -99,6 +102,25 @@ _TABLES: Final = [
     "CREATE INDEX IF NOT EXISTS ix_jobs_status_scheduled ON jobs (status, scheduled_for)",
     "CREATE INDEX IF NOT EXISTS ix_jobs_user_status ON jobs (user_id, status)",
     "CREATE INDEX IF NOT EXISTS ix_jobs_parent ON jobs (parent_job_id)",
+    "CREATE INDEX IF NOT EXISTS ix_jobs_batch_row ON jobs (batch_id, batch_row)",
+    """CREATE TABLE IF NOT EXISTS batches (
+        id {rowid} NOT NULL,
+        batch_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        total INTEGER NOT NULL,
+        accepted INTEGER NOT NULL,
+        rejected {json} NOT NULL,
+        created_at {ts} NOT NULL,
+        updated_at {ts} NOT NULL,
+        completed_at {ts},
+        webhook_url TEXT,
+        lock_owner VARCHAR,
+        lock_until {ts},
+        PRIMARY KEY (id))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_batches_batch_id ON batches (batch_id)",
+    "CREATE INDEX IF NOT EXISTS ix_batches_user_created ON batches (user_id, created_at, id)",
+    "CREATE INDEX IF NOT EXISTS ix_batches_status ON batches (status, created_at)",
     """CREATE TABLE IF NOT EXISTS contents (
         id {rowid} NOT NULL,
         content_id VARCHAR NOT NULL,
@@ -292,6 +314,16 @@ def _v6(dialect: Dialect) -> list[str]:
     return []
 
 
+def _v7(dialect: Dialect) -> list[str]:
+    """Server-side batches (issue 17): a job's batch, its row, and whether it still waits
+    its turn. The batches table and the indexes come with the CREATE statements."""
+    return [
+        "ALTER TABLE jobs ADD COLUMN batch_id VARCHAR",
+        "ALTER TABLE jobs ADD COLUMN batch_row INTEGER",
+        "ALTER TABLE jobs ADD COLUMN batch_held INTEGER NOT NULL DEFAULT 0",
+    ]
+
+
 # Upgrade steps: UPGRADES[n] brings a database at version n - 1 to version n. They run
 # before the CREATE statements above (which add whole new tables and their indexes).
 UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {
@@ -300,6 +332,7 @@ UPGRADES: Final[dict[int, Callable[[Dialect], list[str]]]] = {
     4: _v4,
     5: _v5,
     6: _v6,
+    7: _v7,
 }
 
 # Whether schema_version exists, per dialect (one row with one column, or none).

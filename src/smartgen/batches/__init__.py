@@ -1,0 +1,1 @@
+"""Server-side batches: many generations submitted together, run as ordinary jobs."""

@@ -3,7 +3,7 @@ applies it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,6 +33,25 @@ def _raw_length(limit: int) -> Any:
     return check
 
 
+def _raw_lengths(limit: int) -> Any:
+    """`_raw_length` for each text of a list."""
+    one = _raw_length(limit)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list):
+            for item in value:
+                one(item)
+        return value
+
+    return check
+
+
+# Not blank (the schema says so with a pattern, so that a client generated from it knows):
+# at least one character that is not a space.
+NOT_BLANK = r"\S"
+Example = Annotated[str, Field(max_length=EXAMPLE_MAX_CHARS, pattern=NOT_BLANK)]
+
+
 def _examples(value: list[str] | None) -> list[str] | None:
     if value is None:
         return None
@@ -50,14 +69,16 @@ def _examples(value: list[str] | None) -> list[str] | None:
 class VoiceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    name: str = Field(min_length=1, max_length=NAME_MAX_CHARS, examples=["Cosy bakery"])
+    name: str = Field(
+        min_length=1, max_length=NAME_MAX_CHARS, pattern=NOT_BLANK, examples=["Cosy bakery"]
+    )
     description: str = Field(
         "",
         max_length=DESCRIPTION_MAX_CHARS,
         description="How the brand sounds",
         examples=["Warm, plain words; short sentences; a wink of humour"],
     )
-    examples: list[str] = Field(
+    examples: list[Example] = Field(
         default_factory=list,
         max_length=MAX_EXAMPLES,
         description=f"At most {MAX_EXAMPLES} short texts in the voice, each at most "
@@ -67,6 +88,7 @@ class VoiceCreate(BaseModel):
 
     _name = field_validator("name", "description")(_clean)
     _examples = field_validator("examples")(_examples)
+    _examples_sent = field_validator("examples", mode="before")(_raw_lengths(EXAMPLE_MAX_CHARS))
     _name_sent = field_validator("name", mode="before")(_raw_length(NAME_MAX_CHARS))
     _description_sent = field_validator("description", mode="before")(
         _raw_length(DESCRIPTION_MAX_CHARS)
@@ -78,12 +100,13 @@ class VoiceUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    name: str | None = Field(None, min_length=1, max_length=NAME_MAX_CHARS)
+    name: str | None = Field(None, min_length=1, max_length=NAME_MAX_CHARS, pattern=NOT_BLANK)
     description: str | None = Field(None, max_length=DESCRIPTION_MAX_CHARS)
-    examples: list[str] | None = Field(None, max_length=MAX_EXAMPLES)
+    examples: list[Example] | None = Field(None, max_length=MAX_EXAMPLES)
 
     _name = field_validator("name", "description")(_clean)
     _examples = field_validator("examples")(_examples)
+    _examples_sent = field_validator("examples", mode="before")(_raw_lengths(EXAMPLE_MAX_CHARS))
     _name_sent = field_validator("name", mode="before")(_raw_length(NAME_MAX_CHARS))
     _description_sent = field_validator("description", mode="before")(
         _raw_length(DESCRIPTION_MAX_CHARS)

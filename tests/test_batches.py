@@ -81,8 +81,15 @@ def upload(name: str, data: bytes, kind: str = "text/csv", **fields: str) -> dic
 
 
 async def test_a_200_row_csv_batch_runs_in_turns_beside_another_users_job(
-    env: dict[str, str], processes: list[Process], fake_llm: FakeLLM, unique: str
+    env: dict[str, str],
+    processes: list[Process],
+    fake_llm: FakeLLM,
+    unique: str,
+    receiver: Receiver,  # noqa: F811 - the fixture imported above
 ) -> None:
+    """Issue 17's "done when": a program holding only an API key submits a 200-row CSV,
+    is called back by a signed `batch.completed` webhook although its receiver fails the
+    first attempts, and downloads the results."""
     slow, formula = f"[slow-{unique}]", f"[formula-{unique}]"
     fake_llm.always(slow, Reply(delay=0.03))
     fake_llm.always(formula, Reply(content='=HYPERLINK("http://evil.example","x")'))
@@ -91,6 +98,9 @@ async def test_a_200_row_csv_batch_runs_in_turns_beside_another_users_job(
         "BATCH_CONCURRENCY": "3",
         "GENERATION_DELAY_SECONDS": "0",
         "EVENT_LOG_MAX_EVENTS": "5000",
+        "WEBHOOK_ALLOW_HTTP": "true",  # the receiver is plain http on loopback
+        "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+        "WEBHOOK_RETRY_DELAYS_SECONDS": "1,1,1",
     }
     _, _, url = await start_system(system_env, processes)
     lines = [CSV_HEADER]
@@ -105,7 +115,22 @@ async def test_a_200_row_csv_batch_runs_in_turns_beside_another_users_job(
             lines.append(f'"row {row}, {slow}",Product Description,friendly,eco;bamboo\r\n')
     data = "\ufeff" + "".join(lines)  # a byte-order mark, as spreadsheets write
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        owner, other = await register(client), await register(client)
+        account, other = await register(client), await register(client)
+        # The login makes a key; from here on the program holds only the key.
+        r = await client.post(
+            "/api-keys",
+            headers=account["headers"],
+            json={"name": "CMS import", "scopes": ["generate", "read", "webhooks"]},
+        )
+        assert r.status_code == 201, r.text
+        owner = {"headers": {"Authorization": f"Bearer {r.json()['key']}"}}
+        r = await client.post(
+            "/webhooks",
+            headers=owner["headers"],
+            json={"url": receiver.url + "/flaky/batches", "events": ["batch.completed"]},
+        )
+        assert r.status_code == 201, r.text
+        secret = r.json()["secret"]
         r = await client.post(
             "/batches", headers=owner["headers"], **upload("rows.csv", data.encode())
         )
@@ -191,6 +216,16 @@ async def test_a_200_row_csv_batch_runs_in_turns_beside_another_users_job(
         assert results[6]["content"].startswith("=HYPERLINK")  # JSON needs no defusing
         r = await client.get(f"/batches/{batch_id}/results?format=xlsx", headers=owner["headers"])
         assert r.status_code == 422
+
+        # The receiver failed twice (500), then took it: three attempts, one webhook-id,
+        # each signed for its own timestamp, verified by the standardwebhooks package.
+        await until(lambda: len(receiver.at("/flaky/batches")) >= 3)
+        attempts = receiver.at("/flaky/batches")
+        assert len({a.headers["webhook-id"] for a in attempts}) == 1
+        told = [Webhook(secret).verify(a.body, a.headers) for a in attempts]
+        assert all(t == told[0] for t in told)
+        assert told[0]["type"] == "batch.completed" and told[0]["data"]["batchId"] == batch_id
+        assert told[0]["data"]["counts"]["completed"] == 200
 
 
 async def test_batch_controls_and_refusals(

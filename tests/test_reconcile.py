@@ -31,6 +31,7 @@ class QueueStates:
         self.states: dict[str, str] = {}
         self.enqueued: list[tuple[str, dict[str, Any], int]] = []
         self.removed: list[str] = []
+        self.message_ids: list[str | None] = []
 
     async def state(self, job_id: str) -> str:
         return self.states.get(job_id, "unknown")
@@ -39,8 +40,11 @@ class QueueStates:
         self.removed.append(job_id)
         return self.states.pop(job_id, None) is not None
 
-    async def enqueue(self, *, job_id: str, data: dict[str, Any], delay_ms: int) -> None:
+    async def enqueue(
+        self, *, job_id: str, data: dict[str, Any], delay_ms: int, message_id: str | None = None
+    ) -> None:
         self.enqueued.append((job_id, data, delay_ms))
+        self.message_ids.append(message_id)
         self.states[job_id] = "waiting"
 
 
@@ -63,8 +67,23 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
     await opened.close()
 
 
+class Reservations:
+    """A stand-in for the budgets: the reservations given back."""
+
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    async def release(self, job_id: str) -> None:
+        self.released.append(job_id)
+
+
 def reconciler(
-    store: Store, settings: Settings, queue: QueueStates, notes: Announcements, **changes: Any
+    store: Store,
+    settings: Settings,
+    queue: QueueStates,
+    notes: Announcements,
+    budgets: Reservations | None = None,
+    **changes: Any,
 ) -> Reconciler:
     s = settings.model_copy(
         update={
@@ -73,7 +92,13 @@ def reconciler(
             **changes,
         }
     )
-    return Reconciler(store=store, queue=queue, notifier=notes, settings=s)  # type: ignore[arg-type]
+    return Reconciler(
+        store=store,
+        queue=queue,  # type: ignore[arg-type]
+        notifier=notes,
+        settings=s,
+        budgets=budgets,  # type: ignore[arg-type]
+    )
 
 
 async def add_job(store: Store, *, due_ago: float, status: JobStatus = JobStatus.queued) -> Job:
@@ -269,3 +294,77 @@ async def test_one_round_decides_for_every_job_in_turn(store: Store, settings: S
     assert (report.checked, report.requeued, report.failed) == (4, 1, 2)
     assert [e[0] for e in queue.enqueued] == [lost.job_id]
     assert {j.job_id for j in notes.jobs} == {j.job_id for j in failed}
+
+
+async def test_a_job_that_finished_between_the_reads_does_not_end_the_round(
+    store: Store, settings: Settings
+) -> None:
+    jobs = [await add_job(store, due_ago=300), await add_job(store, due_ago=200)]
+    asked: list[str] = []
+
+    class FirstFinishesWhileAsked(QueueStates):
+        async def state(self, job_id: str) -> str:
+            asked.append(job_id)
+            if len(asked) == 1:  # whichever the store lists first
+                await store.jobs.mark_failed(job_id, error="done meanwhile", at=utcnow())
+            return "unknown"
+
+    queue, notes = FirstFinishesWhileAsked(), Announcements()
+    report = await reconciler(store, settings, queue, notes).run_once()
+    assert (report.checked, report.requeued, report.failed) == (2, 1, 0)
+    assert sorted(asked) == sorted(j.job_id for j in jobs)
+    assert [e[0] for e in queue.enqueued] == [asked[1]]
+
+
+async def test_a_job_the_reconciler_fails_gives_its_budget_reservation_back(
+    store: Store, settings: Settings
+) -> None:
+    """Expired or lost, a job that will not run releases what it reserved of the month's
+    budget; a job queued again keeps its reservation."""
+    queue, notes, budgets = QueueStates(), Announcements(), Reservations()
+    expired = await add_job(store, due_ago=7200)
+    lost = await add_job(store, due_ago=200)
+    queue.states[lost.job_id] = "failed"
+    await add_job(store, due_ago=100)  # no queue entry: queued again
+    report = await reconciler(store, settings, queue, notes, budgets).run_once()
+    assert (report.requeued, report.failed) == (1, 2)
+    assert sorted(budgets.released) == sorted([expired.job_id, lost.job_id])
+
+
+async def test_take_over_requeues_only_the_dead_workers_jobs_under_rescue_ids(
+    store: Store, settings: Settings
+) -> None:
+    """A dead worker's leases end and its jobs are queued again at once, each under a
+    message id of its own; a live worker's job is left alone; a failure is logged, not
+    raised (the leases run out instead)."""
+    queue, notes = QueueStates(), Announcements()
+    later = utcnow() + timedelta(seconds=60)
+    dead = [await add_job(store, due_ago=5), await add_job(store, due_ago=4)]
+    live = await add_job(store, due_ago=3)
+    for job, owner in ((dead[0], "m1@dead"), (dead[1], "m2@dead"), (live, "m3@live")):
+        taken = await store.jobs.mark_processing(
+            job.job_id, at=utcnow(), attempt=1, lease_until=later, owner=owner
+        )
+        assert taken is not None
+    subject = reconciler(store, settings, queue, notes)
+    assert await subject.take_over("dead") == 2
+    assert sorted(e[0] for e in queue.enqueued) == sorted(j.job_id for j in dead)
+    assert all(e[2] == 0 for e in queue.enqueued)
+    for (job_id, data, _), message_id in zip(queue.enqueued, queue.message_ids, strict=True):
+        assert message_id is not None and message_id.startswith(f"{job_id}-rescue-")
+        assert data == queue_message(await store.jobs.get(job_id))  # type: ignore[arg-type]
+    assert len(set(queue.message_ids)) == 2
+    for job in dead:
+        released = await store.jobs.get(job.job_id)
+        assert released is not None and released.lease_until is None  # any delivery may take it
+    kept = await store.jobs.get(live.job_id)
+    assert kept is not None and kept.lease_owner == "m3@live" and kept.lease_until is not None
+
+    class Down(QueueStates):
+        async def enqueue(self, **_: Any) -> None:
+            raise ConnectionError("queue down")
+
+    await store.jobs.mark_processing(
+        live.job_id, at=utcnow(), attempt=1, lease_until=later, owner="m3@live"
+    )
+    assert await reconciler(store, settings, Down(), notes).take_over("live") == 0

@@ -92,7 +92,7 @@ TARGETS = [
     Target(
         "generation-reconcile",
         ("src/smartgen/generation/reconcile.py",),
-        ("tests/test_reconcile.py",),
+        ("tests/test_reconcile.py", "tests/test_batch_runner.py"),
     ),
     Target(
         "generation-tasks",

@@ -332,7 +332,7 @@ async def test_a_job_the_reconciler_fails_gives_its_budget_reservation_back(
 
 
 async def test_take_over_requeues_only_the_dead_workers_jobs_under_rescue_ids(
-    store: Store, settings: Settings
+    store: Store, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A dead worker's leases end and its jobs are queued again at once, each under a
     message id of its own; a live worker's job is left alone; a failure is logged, not
@@ -347,7 +347,12 @@ async def test_take_over_requeues_only_the_dead_workers_jobs_under_rescue_ids(
         )
         assert taken is not None
     subject = reconciler(store, settings, queue, notes)
-    assert await subject.take_over("dead") == 2
+    with caplog.at_level(logging.WARNING, logger="smartgen.generation.reconcile"):
+        assert await subject.take_over("dead") == 2
+    [said] = [r.getMessage() for r in caplog.records]
+    ids = ", ".join(e[0] for e in queue.enqueued)
+    assert said == f"worker dead died running 2 job(s): queued again ({ids})"
+    caplog.clear()
     assert sorted(e[0] for e in queue.enqueued) == sorted(j.job_id for j in dead)
     assert all(e[2] == 0 for e in queue.enqueued)
     for (job_id, data, _), message_id in zip(queue.enqueued, queue.message_ids, strict=True):
@@ -367,4 +372,9 @@ async def test_take_over_requeues_only_the_dead_workers_jobs_under_rescue_ids(
     await store.jobs.mark_processing(
         live.job_id, at=utcnow(), attempt=1, lease_until=later, owner="m3@live"
     )
-    assert await reconciler(store, settings, Down(), notes).take_over("live") == 0
+    with caplog.at_level(logging.WARNING, logger="smartgen.generation.reconcile"):
+        assert await reconciler(store, settings, Down(), notes).take_over("live") == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not take over the jobs of worker live (ConnectionError): their leases run out "
+        "instead"
+    ]

@@ -284,6 +284,13 @@ async def test_health_and_docs(client: httpx.AsyncClient, api: ApiServer) -> Non
         "POST /webhooks/{webhookId}/test",
         "GET /webhooks/{webhookId}/deliveries",
         "POST /webhooks/{webhookId}/deliveries/{deliveryId}/redeliver",
+        "POST /batches",
+        "GET /batches",
+        "GET /batches/{batchId}",
+        "GET /batches/{batchId}/jobs",
+        "DELETE /batches/{batchId}",
+        "POST /batches/{batchId}/retry-failed",
+        "GET /batches/{batchId}/results",
     }
     body = schema["paths"]["/generate-content"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/GenerationRequest")

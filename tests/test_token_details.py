@@ -1,14 +1,18 @@
 """The details of TokenCodec that mutation testing (bench/mutation.py) found unchecked:
-the error codes clients branch on, a remembered token's expiry message, the leeway's edge."""
+the error codes clients branch on and the messages people read, the bounds of each claim,
+a remembered token's expiry message, the leeway's edges, a token issued for given
+minutes."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
+import jwt
 import pytest
 
-from smartgen.auth.tokens import LEEWAY_SECONDS
-from tests.test_tokens import codec, mint, now, refused
+from smartgen.auth.tokens import LEEWAY_SECONDS, MAX_ID_CHARS, MAX_NUMERIC_DATE
+from tests.test_tokens import SECRET, codec, hand_made, mint, now, refused
 
 
 @pytest.mark.parametrize(
@@ -48,3 +52,61 @@ def test_a_remembered_token_is_accepted_up_to_the_last_second_of_the_leeway(
     assert tokens.verify(token).user_id == "user-1"
     monkeypatch.setattr(time, "time", lambda: exp + LEEWAY_SECONDS + 0.001)
     assert refused(token, tokens).code == "token_expired"
+
+
+BAD_JTI = "Token's 'jti' claim must be a short string"
+LONG_SUB = "Token's 'sub' claim is too long"
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("", "Malformed token"),
+        ("only.two", "Malformed token"),
+        ("a.b.c", "Malformed token"),  # three parts, none of them JSON
+        (hand_made({"alg": "HS256"}, {"sub": "u"}, key=SECRET), "Token lacks the 'exp' claim"),
+        (mint({"sub": "u", "exp": 2**70}), "Token's 'exp' claim is out of range"),
+        (mint({"sub": "u", "exp": -1}), "Token's 'exp' claim is out of range"),
+        (mint({"sub": "u", "exp": MAX_NUMERIC_DATE}), "Token's 'exp' claim is out of range"),
+        (mint({"sub": "u", "exp": now() + 60, "nbf": 0}), None),  # the epoch itself is a time
+        (mint({"sub": "u", "exp": now() + 60, "jti": ""}), BAD_JTI),
+        (mint({"sub": "u", "exp": now() + 60, "jti": "j" * (MAX_ID_CHARS + 1)}), BAD_JTI),
+        (mint({"sub": "u", "exp": now() + 60, "jti": "j"}), None),
+        (mint({"sub": "u", "exp": now() + 60, "jti": "j" * MAX_ID_CHARS}), None),
+        (mint({"sub": "u" * MAX_ID_CHARS, "exp": now() + 60}), None),
+        (mint({"sub": "u" * (MAX_ID_CHARS + 1), "exp": now() + 60}), LONG_SUB),
+    ],
+    ids=[
+        "empty", "two-parts", "not-json", "no-exp", "exp-huge", "exp-negative", "exp-at-bound",
+        "nbf-epoch", "jti-empty", "jti-long", "jti-one", "jti-at-bound", "sub-at-bound",
+        "sub-long",
+    ],
+)  # fmt: skip
+def test_each_refusal_is_an_invalid_token_that_says_why(token: str, message: str | None) -> None:
+    """Clients branch on the code and people read the message: both are the contract."""
+    if message is None:
+        assert codec().verify(token).user_id.startswith("u")
+        return
+    err = refused(token)
+    assert (err.code, err.message) == ("invalid_token", message)
+
+
+def test_a_token_that_is_not_valid_yet_is_refused_past_the_leeway_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    start = now() + 100
+    token = mint({"sub": "u", "exp": start + 600, "nbf": start})
+    monkeypatch.setattr(time, "time", lambda: float(start - LEEWAY_SECONDS))  # the edge
+    assert codec().verify(token).user_id == "u"
+    monkeypatch.setattr(time, "time", lambda: start - LEEWAY_SECONDS - 0.001)
+    err = refused(token)
+    assert (err.code, err.message) == ("invalid_token", "Token is not valid yet")
+
+
+def test_a_token_issued_for_given_minutes_expires_then() -> None:
+    tokens = codec()
+    token, expires = tokens.issue("u", minutes=5)
+    left = (expires - datetime.now(UTC)).total_seconds()
+    assert 290 < left <= 300
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert abs(exp - expires.timestamp()) < 1

@@ -23,9 +23,13 @@ run: $(VENV)/.installed
 	scripts/ensure-redis-server $(VENV)
 	$(BIN)/smartgen dev
 
+# Two pytest processes, a test file each at a time (each its own private Redis, databases
+# and fake model): most tests wait on real processes, so two halve the wall time on two
+# cores. PYTEST_ARGS="-n 0" runs in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: $(VENV)/.installed-test
 	scripts/ensure-redis-server $(VENV)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench

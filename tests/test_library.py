@@ -79,7 +79,8 @@ async def test_library_pages_search_edit_and_delete(
     items = await seed(api, alice, 5)
     bread = (
         await seed(api, alice, 1, title="Sourdough basics", body="Feed the starter daily.",
-                   tags=["bread"], content_type="Product Description")
+                   tags=["bread"], content_type="Product Description",
+                   created_at=utcnow())  # the newest, whatever the clock did between seeds
     )[0]  # fmt: skip
     bobs = (await seed(api, bob, 3, title="Sourdough for bob"))[0]
     ordered = sorted(items, key=lambda c: (c.created_at, c.content_id), reverse=True)

@@ -4,11 +4,16 @@ Real Redis (its own command counts), a real worker and API, the fake model serve
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import bullmq
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from smartgen.config import Settings
+from smartgen.queue.fetch_next import FetchNextWorker
 from tests.conftest import register, wait_for_status
 from tests.test_worker import queue, running_worker
 
@@ -53,3 +58,68 @@ async def test_jobs_trickling_into_an_idle_worker(
         # Per job: the rate limit, the add, its events in the log (queued, processing,
         # completed), taking it and finishing it, and one empty look for a next job.
         assert per_job <= 12, per_job
+
+
+async def _one_waiting_job(redis_url: str, name: str) -> tuple[bullmq.Queue, str]:
+    q = bullmq.Queue(name, {"connection": redis_url})
+    job = await q.add("generate", {"n": 1})
+    return q, str(job.id)
+
+
+async def _state(q: bullmq.Queue, job_id: str) -> str:
+    job = await bullmq.Job.fromId(q, job_id)
+    return str(await job.getState())
+
+
+async def test_a_closing_worker_takes_no_job_and_hands_back_one_it_took(
+    redis_server, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The shutdown race of `fetch_next`: a slot woken by `close` asks for nothing, and a job
+    taken as `close` begins goes back to wait (not left active under a lock nobody renews)."""
+    name = f"closing-{unique}"
+    q, job_id = await _one_waiting_job(redis_server.url, name)
+    ran: list[str] = []
+
+    async def process(job: Any, token: str) -> str:
+        ran.append(str(job.id))
+        return "done"
+
+    opts = {"connection": redis_server.url, "autorun": False, "concurrency": 2}
+    closing = FetchNextWorker(name, process, opts)
+    try:
+        # A slot woken by close: nothing is taken.
+        closing.closing = True
+        assert await closing.getNextJob("t:1") is None
+        assert await _state(q, job_id) == "waiting"
+
+        # A fetch that was under way when close began: the job it took is handed back.
+        stock_get_next = bullmq.Worker.getNextJob
+
+        async def close_begins_meanwhile(self: Any, token: str) -> Any:
+            job = await stock_get_next(self, token)
+            self.closing = True
+            return job
+
+        closing.closing = False
+        monkeypatch.setattr(bullmq.Worker, "getNextJob", close_begins_meanwhile)
+        assert await closing.getNextJob("t:2") is None
+        monkeypatch.undo()
+        assert await _state(q, job_id) == "waiting"
+        assert await q.client.exists(f"bull:{name}:{job_id}:lock") == 0
+    finally:
+        await closing.close()
+
+    # The next worker runs it at once, on its first attempt.
+    successor = FetchNextWorker(name, process, {**opts, "autorun": True})
+    try:
+        for _ in range(200):
+            if ran:
+                break
+            await asyncio.sleep(0.05)
+        assert ran == [job_id]
+        job = await bullmq.Job.fromId(q, job_id)
+        assert job.attemptsMade == 1
+    finally:
+        await successor.close()
+        await q.obliterate({"force": True})
+        await q.close()

@@ -23,6 +23,14 @@ a second and 6 % of a core with an empty queue).
 This swaps a method of bullmq's backend and overrides two of its Worker's, so bullmq is
 pinned to the versions it was checked against (pyproject.toml), and `WORKER_FETCH_NEXT=false`
 runs bullmq's stock Worker; the worker tests run both.
+
+A closing worker takes nothing new. bullmq's loop stops as soon as a turn of it, while
+closing, sees no job come back, and a fetch still in flight that then takes one (a woken
+slot, the blocking wait answered as `close` begins, a completion's fetch) would leave it
+active under this worker's lock with nobody running it: a job lost for a lock's length
+plus a stalled check (a minute). Here a slot woken by `close` returns without asking, and
+a job taken while closing is handed back to the front of the queue at once
+(bullmq's `moveJobFromActiveToWait`, its attempt not counted).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from collections import deque
 from typing import Any
 
 import bullmq
+from bullmq.redis_connection import loadScript
 
 # The next job's data fetched by the completion of the job this task processes.
 _fetched: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
@@ -45,6 +54,7 @@ class FetchNextWorker(bullmq.Worker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sleepers: deque[asyncio.Future[None]] = deque()
+        self._hand_back: Any = None
         complete = self.backend.moveToCompleted
 
         async def complete_and_fetch(
@@ -67,9 +77,10 @@ class FetchNextWorker(bullmq.Worker):  # type: ignore[misc]
         if not fetched or not fetched[0]:
             return None
         job_data, job_id, limit_until, delay_until = fetched[0]
-        return await self.nextJobFromJobData(
+        job = await self.nextJobFromJobData(
             job_data, job_id, limit_until or 0, delay_until or 0, token
         )
+        return await self._unless_closing(job, token)
 
     async def getNextJob(self, token: str) -> Any:
         while self.drained and self.waiting is not None and not self.closing:
@@ -80,10 +91,38 @@ class FetchNextWorker(bullmq.Worker):  # type: ignore[misc]
             finally:
                 with contextlib.suppress(ValueError):
                     self._sleepers.remove(sleeper)
-        job = await super().getNextJob(token)
+        if self.closing:
+            return None
+        job = await self._unless_closing(await super().getNextJob(token), token)
         if job is not None:
             self._wake(1)
         return job
+
+    async def _unless_closing(self, job: Any, token: str) -> Any:
+        """`job`, or None when this worker began closing after taking it: then it goes back
+        to the queue for another worker (or this one's successor)."""
+        if job is None or not self.closing:
+            return job
+        scripts = self.backend.scripts
+        keys = scripts.getKeys(
+            [
+                "active",
+                "wait",
+                "stalled",
+                "paused",
+                "meta",
+                "limiter",
+                "prioritized",
+                "marker",
+                "events",
+            ]
+        )
+        if self._hand_back is None:  # shipped by bullmq, loaded only by its Node side
+            self._hand_back = self.redisConnection.conn.register_script(
+                loadScript("moveJobFromActiveToWait-9.lua")
+            )
+        await self._hand_back(keys=keys, args=[job.id, token, scripts.toKey(job.id)])
+        return None
 
     def _wake(self, count: int) -> None:
         while count > 0 and self._sleepers:

@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     socketio_max_sockets_per_user: int = Field(20, ge=0)
     socketio_sync_rate_limit: int = Field(30, ge=0)
     socketio_sync_rate_window_seconds: float = Field(60.0, gt=0)
+    # New Engine.IO sessions (handshakes) per client address; 0 is off.
+    socketio_ip_session_rate_limit: int = Field(300, ge=0)
+    socketio_ip_session_rate_window_seconds: float = Field(60.0, gt=0)
     # GET /events: a comment line this often keeps proxies from closing an idle stream.
     events_heartbeat_seconds: float = Field(15.0, gt=0)
     expected_processing_seconds: float = Field(30.0, ge=0)

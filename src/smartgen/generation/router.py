@@ -172,7 +172,9 @@ async def cancel_job(
     return job_out(job)
 
 
-@router.patch("/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409))
+@router.patch(
+    "/{jobId}", response_model_exclude_none=True, responses=error_responses(402, 404, 409)
+)
 async def update_job(
     jobId: str,
     body: JobUpdate,

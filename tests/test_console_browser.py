@@ -5,8 +5,8 @@ injected `alert`), uncaught error or console error (a script or style the page's
 Content-Security-Policy blocked):
 
 sign up (a 422 shown beside its field), generate (the countdown, the text streaming in),
-edit and cancel a queued job, run one due later now, open the result and save it, a hostile prompt and a hostile
-model answer rendered as text, the library (search, edit, export, delete: when the API
+edit and cancel a queued job, run one due later now, open the result and save it, a
+hostile prompt and a hostile model answer rendered as text, the library (search, edit, export, delete: when the API
 has it), usage, sign out and in again, a reload kept signed in by the refresh cookie, a
 second user who sees none of it, and the page at a phone's width.
 

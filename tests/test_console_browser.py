@@ -6,9 +6,9 @@ Content-Security-Policy blocked):
 
 sign up (a 422 shown beside its field), generate (the countdown, the text streaming in),
 edit and cancel a queued job, run one due later now, open the result and save it, a
-hostile prompt and a hostile model answer rendered as text, the library (search, edit, export, delete: when the API
-has it), usage, sign out and in again, a reload kept signed in by the refresh cookie, a
-second user who sees none of it, and the page at a phone's width.
+hostile prompt and a hostile model answer rendered as text, the library (search, edit,
+export, delete: when the API has it), usage, sign out and in again, a reload kept signed in
+by the refresh cookie, a second user who sees none of it, and the page at a phone's width.
 
 Without Playwright or a browser the test is skipped on a developer's machine and fails in
 CI (`CI=true`), where `.ci/run` installs both."""

@@ -183,9 +183,9 @@ class _Driver:
         """`sql`'s rows, run in a transaction that first holds each user's admission lock
         (`admission_locks`), so that its counts see every insert committed before."""
         async with self._pool.connection() as conn:
-            # One round trip: no parameters, so the simple protocol takes both statements.
-            await conn.execute(f"BEGIN; {admission_locks(users)}")
             try:
+                # One round trip: no parameters, so the simple protocol takes them all.
+                await conn.execute(f"BEGIN; {admission_locks(users)}")
                 rows = await conn.fetch(sql, *args)
             except asyncpg.PostgresError as error:
                 if _reusable(error):  # the connection goes back to the pool: end it clean

@@ -1,12 +1,15 @@
 """CPU per request through the API's whole ASGI stack, in-process: the real app
 (`create_app`, its middleware, dependencies, rate limits, store, queue and event log) on a
-private redis-server and a SQLite file, called directly, without sockets or a load
+private redis-server and a SQLite file (or, with `--store postgres`, a fresh database on
+the PostgreSQL at BENCH_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres),
+called directly, without sockets or a load
 generator. The figure a change to the request path moves, steadier than the suite's on a
 busy shared machine: each round runs before and after one after the other, and the
 median of the rounds is printed.
 
     .venv/bin/python bench/api_path.py --src /tmp/before/src --src src --rounds 5
     .venv/bin/python bench/api_path.py --calls --src /tmp/before/src --src src --rounds 1
+    .venv/bin/python bench/api_path.py --store postgres --src /tmp/before/src --src src
 
 `--calls` counts the Python function calls of a request instead (cProfile, the event
 loop's thread): a figure that does not move with the machine's load, and the functions
@@ -14,7 +17,7 @@ called most, to find where two checkouts differ.
 
 Default-on features stay on, their limits out of reach; no worker runs (jobs stay queued,
 as in the suite's ingest phase). CPU is the process's (its threads included: SQLite's
-statements run in a pool).
+statements run in a pool; PostgreSQL's server CPU is not counted).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 USERS = 50
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def free_port() -> int:
@@ -99,7 +103,7 @@ class Asgi:
 
 
 async def measure(
-    port: int, work: Path, requests: int, concurrency: int, calls: bool = False
+    port: int, database_url: str, requests: int, concurrency: int, calls: bool = False
 ) -> dict[str, Any]:
     try:
         from smartgen.api.app import create_app
@@ -109,7 +113,7 @@ async def measure(
 
     settings = load_settings(
         redis_url=f"redis://127.0.0.1:{port}/0",
-        database_url=f"sqlite:///{work / 'smartgen.db'}",
+        database_url=database_url,
         jwt_secret="bench-" + "x" * 40,
         # As the suite's API: a model server named (never called here), no delay.
         llm_provider="openai",
@@ -192,6 +196,21 @@ async def counted(run: Any, kind: Any, n: int) -> dict[str, Any]:
     return {"per_request": stats.total_calls / n, "top": rows[:40]}  # type: ignore[attr-defined]
 
 
+async def pg_database(action: str, name: str) -> str:
+    """Create (or drop) a database of this round's own; its URL."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        if action == "create":
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        else:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
 def child(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="smartgen-api-path-"))
     port = free_port()
@@ -208,7 +227,16 @@ def child(args: argparse.Namespace) -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        result = asyncio.run(measure(port, work, args.requests, args.concurrency, calls=args.calls))
+        database = f"sqlite:///{work / 'smartgen.db'}"
+        if args.store == "postgres":
+            database = asyncio.run(pg_database("create", f"smartgen_api_path_{port}"))
+        try:
+            result = asyncio.run(
+                measure(port, database, args.requests, args.concurrency, calls=args.calls)
+            )
+        finally:
+            if args.store == "postgres":
+                asyncio.run(pg_database("drop", f"smartgen_api_path_{port}"))
     finally:
         redis.terminate()
         redis.wait()
@@ -228,6 +256,7 @@ def main() -> int:
         help="count Python function calls per request (steady on a busy machine) and "
         "print the functions called most, instead of CPU time",
     )
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -240,7 +269,8 @@ def main() -> int:
             env = {**os.environ, "PYTHONPATH": src}
             out = subprocess.run(
                 [sys.executable, __file__, "--child", "--requests", str(args.requests),
-                 "--concurrency", str(args.concurrency), *(["--calls"] if args.calls else [])],
+                 "--concurrency", str(args.concurrency), "--store", args.store,
+                 *(["--calls"] if args.calls else [])],
                 env=env, capture_output=True, text=True,
             )  # fmt: skip
             if out.returncode != 0:  # one lost round is reported, not the whole run

@@ -10,7 +10,16 @@ import redis.asyncio as aioredis
 from smartgen.api.ratelimit import Limit, RateLimiter
 from smartgen.config import Settings
 from smartgen.errors import ServiceUnavailable, TooManyRequests
-from tests.conftest import ApiServer, Process, RedisServer, free_port, register, wait_http
+from tests.conftest import (
+    ApiServer,
+    Process,
+    RedisServer,
+    all_stores,
+    free_port,
+    register,
+    wait_for_status,
+    wait_http,
+)
 
 JOB = {"prompt": "limits", "contentType": "Blog Post Outline"}
 
@@ -125,6 +134,75 @@ async def test_cap_on_unfinished_jobs(settings: Settings) -> None:
         assert (
             await client.post("/generate-content", json=JOB, headers=bob["headers"])
         ).status_code == 202
+
+
+@all_stores
+async def test_cap_holds_for_parallel_submits_across_processes(
+    env: dict[str, str], processes: list[Process]
+) -> None:
+    """Parallel POST /generate-content of one user through two real API processes, on every
+    store: exactly MAX_UNFINISHED_JOBS answered 202, the rest 429 too_many_unfinished_jobs;
+    another user is not held back; a cancelled and a finished job free their places, and
+    exactly that many of the next burst get in."""
+    capped = {
+        **env,
+        "MAX_UNFINISHED_JOBS": "3",
+        # Jobs stay queued for the whole test, however slow the machine, unless run now.
+        "GENERATION_DELAY_SECONDS": "3600",
+        # The rate limits out of reach: only the cap refuses here.
+        "GENERATE_RATE_LIMIT": "10000",
+        "GENERATE_IP_RATE_LIMIT": "10000",
+    }
+    urls = []
+    for _ in range(2):
+        port = free_port()
+        proc = Process("api", capped, PORT=str(port))
+        processes.append(proc)
+        urls.append(f"http://127.0.0.1:{port}")
+    for url, proc in zip(urls, processes, strict=True):
+        await wait_http(url, proc)
+    processes.append(Process("worker", capped))
+    async with (
+        httpx.AsyncClient(base_url=urls[0], timeout=30) as c1,
+        httpx.AsyncClient(base_url=urls[1], timeout=30) as c2,
+    ):
+        alice, bob = await register(c1), await register(c2)
+
+        async def burst(n: int) -> tuple[list[httpx.Response], list[int]]:
+            calls = [
+                (c1, c2)[i % 2].post("/generate-content", json=JOB, headers=alice["headers"])
+                for i in range(n)
+            ]
+            calls += [c2.post("/generate-content", json=JOB, headers=bob["headers"])]
+            answers = await asyncio.gather(*calls)
+            return list(answers[:n]), [answers[n].status_code]
+
+        answers, bobs = await burst(24)
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [202] * 3 + [429] * 21
+        assert bobs == [202]
+        refused = [r for r in answers if r.status_code == 429]
+        assert {r.json()["error"] for r in refused} == {"too_many_unfinished_jobs"}
+        assert all("at most 3" in r.json()["message"] for r in refused)
+        assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+        listed = (await c1.get("/generate-content", headers=alice["headers"])).json()
+        assert sorted(j["jobId"] for j in listed) == sorted(
+            r.json()["jobId"] for r in answers if r.status_code == 202
+        )
+        # One cancelled, one run now and finished: two places free.
+        first, second = listed[0]["jobId"], listed[1]["jobId"]
+        r = await c2.delete(f"/generate-content/{first}", headers=alice["headers"])
+        assert r.status_code == 200, r.text
+        r = await c1.post(f"/generate-content/{second}/run-now", headers=alice["headers"])
+        assert r.status_code == 200, r.text
+        await wait_for_status(c1, second, alice["headers"], {"completed"}, timeout=90)
+        answers, bobs = await burst(24)
+        assert sorted(r.status_code for r in answers) == [202] * 2 + [429] * 22
+        assert bobs == [202]
+        listed = (await c2.get("/generate-content", headers=alice["headers"])).json()
+        unfinished = [j for j in listed if j["status"] in ("queued", "processing")]
+        assert len(listed) == 5
+        assert len(unfinished) == 3
 
 
 async def test_concurrent_hits_share_script_calls_and_count_as_one_by_one(

@@ -442,6 +442,76 @@ async def test_create_with_a_cap_on_unfinished_jobs(store: Store) -> None:
     assert await store.jobs.count_unfinished(other) == 2
 
 
+async def test_cap_is_exact_under_racing_creates(backend: Backend) -> None:
+    """Submits of one user racing through three stores on one database (three API
+    processes): exactly `cap` go in, on every store; another user racing alongside is not
+    held back; freed places are taken exactly again."""
+    stores = [backend.open() for _ in range(3)]
+    for store in stores:
+        await store.init()
+    user = oid()
+
+    async def race(n: int, cap: int, other: str) -> tuple[list[bool], list[bool], list[Job]]:
+        jobs = [make_job(user, at=T0 + timedelta(milliseconds=i)) for i in range(n)]
+        others = [make_job(other) for _ in range(3)]
+        calls = [stores[i % 3].jobs.create(j, max_unfinished=cap) for i, j in enumerate(jobs)]
+        calls += [stores[i % 3].jobs.create(j, max_unfinished=cap) for i, j in enumerate(others)]
+        results = await asyncio.gather(*calls)
+        return list(results[:n]), list(results[n:]), jobs
+
+    other = oid()
+    mine, theirs, jobs = await race(30, 5, other)
+    assert mine.count(True) == 5
+    assert theirs == [True] * 3
+    assert await stores[0].jobs.count_unfinished(user) == 5
+    assert await stores[1].jobs.count_unfinished(other) == 3
+    admitted = [j for j, ok in zip(jobs, mine, strict=True) if ok]
+    assert [await stores[2].jobs.get(j.job_id) for j in admitted] == admitted
+    refused = [j for j, ok in zip(jobs, mine, strict=True) if not ok]
+    assert [await stores[2].jobs.get(j.job_id) for j in refused] == [None] * 25
+    # Two places come free (a cancel, a completion): exactly two of the next race get in.
+    now = T0 + timedelta(minutes=1)
+    assert await stores[0].jobs.cancel(admitted[0].job_id, user, at=now)
+    assert await stores[1].jobs.mark_processing(admitted[1].job_id, at=now, attempt=1)
+    done = Completion("c", "m")
+    assert await stores[1].jobs.mark_completed(admitted[1].job_id, result=done, at=now)
+    mine, theirs, _ = await race(30, 5, oid())
+    assert mine.count(True) == 2
+    assert theirs == [True] * 3
+    assert await stores[0].jobs.count_unfinished(user) == 5
+
+
+@pytest.mark.parametrize("backend_spec", ["mongodb"], indirect=True)
+async def test_mongo_admission_inserts_a_dead_submitters_job(backend: Backend) -> None:
+    """A submitter that died between its admission and its insert left its job pending:
+    the user's next submit inserts it and counts it; deleting the user forgets it all."""
+    from smartgen.store.mongo import job_doc
+    from smartgen.store.mongo_admission import COLLECTION
+
+    store = backend.open()
+    await store.init()
+    user = oid()
+    first, orphan = make_job(user), make_job(user, at=T0 + timedelta(seconds=1))
+    assert await store.jobs.create(first, max_unfinished=2) is True
+    admissions = store._db[COLLECTION]  # type: ignore[attr-defined]
+    state = await admissions.find_one({"_id": user})
+    assert state is not None and "pending" not in state  # cleared by its own submitter
+    version = state["v"]
+    await admissions.update_one(
+        {"_id": user}, {"$set": {"v": version + 1, "pending": job_doc(orphan)}}
+    )
+    assert await store.jobs.get(orphan.job_id) is None
+    # The orphan takes the second place: this submit is refused, the orphan now stored.
+    assert await store.jobs.create(make_job(user), max_unfinished=2) is False
+    assert await store.jobs.get(orphan.job_id) == orphan
+    assert await store.jobs.count_unfinished(user) == 2
+    state = await admissions.find_one({"_id": user})
+    assert state is not None and "pending" not in state
+    assert await store.jobs.delete_for_user(user) == 2
+    assert await admissions.find_one({"_id": user}) is None
+    assert await store.jobs.create(make_job(user), max_unfinished=2) is True
+
+
 async def test_concurrent_creates_all_land_intact(store: Store) -> None:
     """Many creates at once (the PostgreSQL store sends them together): each caller gets
     its own answer and every record reads back exactly as written."""

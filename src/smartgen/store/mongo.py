@@ -3,6 +3,7 @@ only code that speaks to MongoDB."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from datetime import datetime
@@ -34,6 +35,7 @@ from smartgen.store.base import (
     VoiceRepository,
     WebhookRepository,
 )
+from smartgen.store.mongo_admission import Admissions
 from smartgen.store.mongo_contents import MongoContents, page_after
 from smartgen.store.mongo_keys import MongoApiKeys
 from smartgen.store.mongo_voices import MongoVoices
@@ -190,15 +192,17 @@ class MongoUsers:
 class MongoJobs:
     def __init__(self, db: Any) -> None:
         self._c = db["jobs"]
+        self._admissions = Admissions(db, self._c)
 
     @_unavailable
     async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
-        # Two round trips: MongoDB has no insert conditional on other documents (short of a
-        # transaction, which a standalone server does not offer).
-        if max_unfinished > 0 and await self.count_unfinished(job.user_id) >= max_unfinished:
-            return False
-        await self._c.insert_one(job_doc(job))
-        return True
+        if max_unfinished <= 0:
+            await self._c.insert_one(job_doc(job))
+            return True
+        # MongoDB has no insert conditional on other documents: `mongo_admission` makes
+        # racing submits of one user take turns.
+        count = functools.partial(self.count_unfinished, job.user_id)
+        return await self._admissions.create(job_doc(job), count, max_unfinished)
 
     @_unavailable
     async def get(self, job_id: str) -> Job | None:
@@ -374,7 +378,9 @@ class MongoJobs:
 
     @_unavailable
     async def delete_for_user(self, user_id: str) -> int:
-        return int((await self._c.delete_many({"userId": user_id})).deleted_count)
+        deleted = int((await self._c.delete_many({"userId": user_id})).deleted_count)
+        await self._admissions.forget(user_id)
+        return deleted
 
     async def _changed(self, query: dict[str, Any], update: dict[str, Any]) -> Job | None:
         # update_one + read (see mark_processing): the filter alone decides.

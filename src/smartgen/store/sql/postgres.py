@@ -13,7 +13,8 @@ back as aware UTC; `usage` is JSONB, sent and read as JSON text.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol, cast
@@ -177,6 +178,50 @@ class _Driver:
         async with self._pool.connection() as conn:
             return _affected(await conn.execute(sql, *args))
 
+    @_unavailable
+    async def admitted(self, users: Iterable[str], sql: str, args: Sequence[Any]) -> list[Any]:
+        """`sql`'s rows, run in a transaction that first holds each user's admission lock
+        (`admission_locks`), so that its counts see every insert committed before."""
+        async with self._pool.connection() as conn:
+            try:
+                # One round trip: no parameters, so the simple protocol takes them all.
+                await conn.execute(f"BEGIN; {admission_locks(users)}")
+                rows = await conn.fetch(sql, *args)
+            except asyncpg.PostgresError as error:
+                if _reusable(error):  # the connection goes back to the pool: end it clean
+                    await conn.execute("ROLLBACK")
+                raise
+            # Otherwise the pool closes the connection, and the server rolls back.
+            await conn.execute("COMMIT")
+            return list(rows)
+
+
+# --- admission: one submit at a time per user -------------------------------------------------
+# The cap's count and insert are one statement, but under READ COMMITTED two racing
+# statements can each count the other's row out (neither is committed when the other
+# takes its snapshot), and both go in. So capped inserts run in a transaction that first
+# takes a transaction-scoped advisory lock per user: a second submit of the same user
+# waits for the first to commit, and its INSERT, a new statement, takes a new snapshot
+# that sees the first row. Nothing lasts past the transaction (no counter to drift; a
+# crash releases the lock with the session). Keys: (ADMISSION_LOCK_CLASS, crc32 of the
+# user id) in the two-integer key space, apart from the schema's one-bigint lock; two
+# users sharing a crc32 only wait for each other. Locks are taken in key order, so two
+# transactions locking several users (coalesced inserts) never deadlock.
+ADMISSION_LOCK_CLASS = 0x736D6701  # "smg" + 1
+
+
+def _int4(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def admission_locks(users: Iterable[str]) -> str:
+    """The statements that take the users' admission locks, in key order (integers
+    computed here: no user text reaches the SQL)."""
+    keys = sorted({_int4(zlib.crc32(user.encode())) for user in users})
+    return "".join(
+        f"SELECT pg_advisory_xact_lock({ADMISSION_LOCK_CLASS}, {key});" for key in keys
+    )
+
 
 # --- jobs: concurrent inserts in one statement -------------------------------------------
 # A batch of new jobs in one INSERT: each row goes in unless its user's unfinished jobs,
@@ -198,22 +243,44 @@ _JOB_INSERT_BATCH = (
 
 
 class _Jobs(repository.CoalescedJobs):
-    """A batch of concurrent creates is one statement (`_JOB_INSERT_BATCH`)."""
+    """A batch of concurrent creates is one statement (`_JOB_INSERT_BATCH`); capped ones
+    run under their users' admission locks (`admission_locks`)."""
+
+    def __init__(self, driver: repository.Driver, statements: dict[str, str]) -> None:
+        super().__init__(driver, statements)
+        self._insert_one_under_cap = statements["job_insert_under_cap"] + " RETURNING job_id"
+
+    async def _insert_batch(
+        self, rows: list[tuple[tuple[Any, ...], int]]
+    ) -> Sequence[bool | Exception]:
+        if len(rows) == 1 and rows[0][1] > 0:
+            return [await self._insert_alone(*rows[0])]
+        return await super()._insert_batch(rows)
 
     async def _insert_many(self, rows: list[tuple[tuple[Any, ...], int]]) -> list[bool | Exception]:
         columns = list(zip(*((*values, cap) for values, cap in rows), strict=True))
+        capped = [values[1] for values, cap in rows if cap > 0]
+        driver = cast(_Driver, self._db)
         try:
-            inserted = {row[0] for row in await self._db.all(_JOB_INSERT_BATCH, columns)}
+            if capped:
+                found = await driver.admitted(capped, _JOB_INSERT_BATCH, columns)
+            else:
+                found = await driver.all(_JOB_INSERT_BATCH, columns)
         except asyncpg.PostgresError:
             # A value the server refuses (or a job id clash) fails the whole statement:
             # each row again on its own, so that only its own caller hears of it.
             # Unavailability (StoreUnavailable) fails them all, above this.
             return [await self._insert_alone(values, cap) for values, cap in rows]
+        inserted = {row[0] for row in found}
         return [values[0] in inserted for values, _ in rows]
 
     async def _insert_alone(self, values: tuple[Any, ...], cap: int) -> bool | Exception:
         try:
-            return await repository.Jobs._insert(self, values, cap)
+            if cap <= 0:
+                return await repository.Jobs._insert(self, values, cap)
+            driver = cast(_Driver, self._db)
+            args = (*values, cap)
+            return bool(await driver.admitted([values[1]], self._insert_one_under_cap, args))
         except Exception as error:  # this row's own failure, for its caller alone
             return error
 

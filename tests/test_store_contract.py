@@ -798,6 +798,60 @@ async def test_postgres_concurrent_creates_on_a_dead_server_all_fail_cleanly(
     assert all(isinstance(r, StoreUnavailable) for r in results), results
 
 
+@pytest.mark.parametrize("backend_spec", ["mongodb"], indirect=True)
+async def test_mongo_batch_insert_applies_each_cap_as_if_one_by_one(backend: Backend) -> None:
+    """A batch of concurrent creates is one count and one `insert_many`: each cap counts
+    the user's earlier jobs in the batch, finished jobs and a batch's waiting ones do not
+    count, and a job refused by the unique index fails alone."""
+    from pymongo.errors import DuplicateKeyError
+
+    store = backend.open()
+    await store.init()
+    a, b, c = oid(), oid(), oid()
+    assert await store.jobs.create(make_job(a), max_unfinished=0)
+    assert await store.jobs.create(make_job(a, status=JobStatus.completed))
+    waiting, waiting_jobs = make_batch(a, 5)
+    await store.batches.create(waiting, waiting_jobs)
+    first = make_job(b)
+    batch = [
+        (make_job(a), 3),
+        (first, 0),
+        (make_job(a), 3),
+        (make_job(c), 1),
+        (make_job(a), 3),  # a's fourth unfinished job: refused
+        (make_job(b, job_id=first.job_id), 0),  # the same job id: refused by the index
+        (make_job(c), 1),  # c's second: refused
+        (make_job(b), 0),
+    ]
+    jobs: Any = store.jobs
+    results = list(await jobs._create_batch(batch))
+    assert results[:5] == [True, True, True, True, False]
+    assert isinstance(results[5], DuplicateKeyError)
+    assert results[6:] == [False, True]
+    for index, ((job, _), ok) in enumerate(zip(batch, results, strict=True)):
+        if index != 5:
+            assert (await store.jobs.get(job.job_id) == job) is ok
+    assert await store.jobs.get(first.job_id) == first
+    assert [await store.jobs.count_unfinished(u) for u in (a, b, c)] == [3, 2, 1]
+    # Through the public call, concurrent creates went out in fewer trips than jobs.
+    more = [make_job(oid()) for _ in range(30)]
+    assert all(await asyncio.gather(*(store.jobs.create(j, max_unfinished=5) for j in more)))
+    assert jobs.inserts.flushes < jobs.inserts.items
+    assert [await store.jobs.get(j.job_id) for j in more] == more
+
+
+@pytest.mark.parametrize("backend_spec", ["mongodb"], indirect=True)
+async def test_mongo_concurrent_creates_on_a_dead_server_all_fail_cleanly(
+    backend: Backend,
+) -> None:
+    store = backend.open_unreachable()
+    results = await asyncio.gather(
+        *(store.jobs.create(make_job(oid()), max_unfinished=5) for _ in range(8)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+
+
 @pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
 async def test_sqlite_batch_insert_is_one_transaction_with_each_row_on_its_own(
     backend: Backend,

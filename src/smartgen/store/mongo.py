@@ -11,9 +11,16 @@ from typing import Any
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
 
 from smartgen.errors import Conflict, StoreUnavailable
+from smartgen.kit.batching import Coalescer
 from smartgen.kit.times import as_utc, utcnow
 from smartgen.models import (
     RETRYABLE,
@@ -188,17 +195,68 @@ class MongoUsers:
 
 
 class MongoJobs:
+    """Concurrent `create` calls go together (`batching.Coalescer`, the SQL stores' bounds):
+    one count of the batch's users' unfinished jobs and one `insert_many`, each job's cap
+    applied as if the jobs went in one by one, in arrival order. Alone, a create is a count
+    and an insert, as before: MongoDB has no insert conditional on other documents (short
+    of a transaction, which a standalone server does not offer), so the cap was never
+    exact under concurrency (two creates may both pass it), batched or not."""
+
+    FLUSHES = 2
+    BATCH = 64
+
     def __init__(self, db: Any) -> None:
         self._c = db["jobs"]
+        self.inserts: Coalescer[tuple[Job, int], bool] = Coalescer(
+            self._create_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+        )
+
+    async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
+        return await self.inserts.submit((job, max_unfinished))
 
     @_unavailable
-    async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
-        # Two round trips: MongoDB has no insert conditional on other documents (short of a
-        # transaction, which a standalone server does not offer).
-        if max_unfinished > 0 and await self.count_unfinished(job.user_id) >= max_unfinished:
-            return False
-        await self._c.insert_one(job_doc(job))
-        return True
+    async def _create_batch(self, rows: list[tuple[Job, int]]) -> list[bool | Exception]:
+        if len(rows) == 1:
+            job, cap = rows[0]
+            if cap > 0 and await self.count_unfinished(job.user_id) >= cap:
+                return [False]
+            await self._c.insert_one(job_doc(job))
+            return [True]
+        counted = sorted({job.user_id for job, cap in rows if cap > 0})
+        unfinished: dict[str, int] = {}
+        if counted:
+            match = {"userId": {"$in": counted}, "status": {"$in": _UNFINISHED},
+                     "batchHeld": {"$ne": True}}  # fmt: skip
+            group = {"_id": "$userId", "n": {"$sum": 1}}
+            cursor = await self._c.aggregate([{"$match": match}, {"$group": group}])
+            unfinished = {str(d["_id"]): int(d["n"]) async for d in cursor}
+        outcomes: list[bool | Exception] = []
+        docs: list[dict[str, Any]] = []
+        for job, cap in rows:
+            held = unfinished.get(job.user_id, 0)
+            if cap > 0 and held >= cap:
+                outcomes.append(False)
+                continue
+            if job.status.value in _UNFINISHED and not job.batch_held:
+                unfinished[job.user_id] = held + 1
+            outcomes.append(True)
+            docs.append(job_doc(job))
+        if not docs:
+            return outcomes
+        try:
+            await self._c.insert_many(docs, ordered=False)
+        except BulkWriteError as error:  # some went in: each refused one fails alone
+            refused = {e["index"]: e for e in error.details.get("writeErrors", [])}
+            inserted = [i for i, ok in enumerate(outcomes) if ok is True]
+            for position, row in enumerate(inserted):
+                if position in refused:
+                    found = refused[position]
+                    outcomes[row] = (
+                        DuplicateKeyError(found.get("errmsg", ""), found.get("code"))
+                        if found.get("code") == 11000
+                        else OperationFailure(found.get("errmsg", ""), found.get("code"))
+                    )
+        return outcomes
 
     @_unavailable
     async def get(self, job_id: str) -> Job | None:

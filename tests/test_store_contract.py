@@ -841,6 +841,77 @@ async def test_mongo_batch_insert_applies_each_cap_as_if_one_by_one(backend: Bac
 
 
 @pytest.mark.parametrize("backend_spec", ["mongodb"], indirect=True)
+async def test_mongo_batched_takes_and_completions_answer_each_as_if_alone(
+    backend: Backend,
+) -> None:
+    """The worker's concurrent takes are one bulk write and one read, its completions one
+    bulk write (and a read when some did not match): each caller still learns whether its
+    own write went through, and gets the job as written."""
+    from smartgen.store.mongo import _ms, _Take
+
+    store = backend.open()
+    await store.init()
+    jobs: Any = store.jobs
+    user = oid()
+    queued, leased, later, held, done = (make_job(user) for _ in range(5))
+    later = replace(later, scheduled_for=T0 + timedelta(hours=1))
+    for job in (queued, leased, later, held, done):
+        assert await store.jobs.create(job)
+    now = T0 + timedelta(minutes=1, microseconds=123456)  # stored to the millisecond
+    lease = now + timedelta(seconds=30)
+    assert await store.jobs.mark_processing(held.job_id, at=now, attempt=1, lease_until=lease,
+                                            owner="m1@w1")  # fmt: skip
+    assert await store.jobs.mark_processing(done.job_id, at=now, attempt=1)
+    assert await store.jobs.mark_completed(done.job_id, result=Completion("x", "m"), at=now)
+    at = _ms(now + timedelta(seconds=1))
+    takes = [
+        _Take(queued.job_id, at, 1, lease, "m2@w1", at),
+        _Take(queued.job_id, at, 1, lease, "m3@w2", at),  # the same job: the first has it
+        _Take(later.job_id, at, 1, lease, "m4@w1", at),  # not due yet
+        _Take(held.job_id, at, 2, lease, "m5@w2", None),  # leased to another owner
+        _Take(held.job_id, at, 2, lease, "m1@w1", None),  # its owner's retry: taken back
+        _Take(done.job_id, at, 2, lease, "m6@w1", None),  # final
+        _Take(oid(), at, 1, lease, "m7@w1", None),  # unknown
+    ]
+    taken = await jobs._take_batch(takes)
+    assert [t is not None for t in taken] == [True, False, False, False, True, False, False]
+    assert taken[0] == await store.jobs.get(queued.job_id)
+    assert taken[0].lease_owner == "m2@w1" and taken[0].started_at == at
+    assert taken[4] == await store.jobs.get(held.job_id) and taken[4].attempts == 2
+    completions = [
+        (queued.job_id, Completion("first", "m"), at),
+        (queued.job_id, Completion("second", "m"), at),  # already completed by the first
+        (held.job_id, Completion("held", "m"), at),
+        (done.job_id, Completion("again", "m"), at),  # was not processing
+    ]
+    assert await jobs._complete_batch(completions) == [True, False, True, False]
+    finished = await store.jobs.get(queued.job_id)
+    assert finished is not None and finished.generated_content == "first"
+    assert (await store.jobs.get(done.job_id)).generated_content == "x"  # type: ignore[union-attr]
+    # All matched: answered from the bulk write alone.
+    both = [make_job(user) for _ in range(2)]
+    for job in both:
+        assert await store.jobs.create(job)
+        assert await store.jobs.mark_processing(job.job_id, at=at, attempt=1)
+    calls = [(j.job_id, Completion("ok", "m"), at) for j in both]
+    assert await jobs._complete_batch(calls) == [True, True]
+    # Through the public calls, concurrent takes and completions went out together.
+    many = [make_job(user) for _ in range(12)]
+    for job in many:
+        assert await store.jobs.create(job)
+    started = await asyncio.gather(
+        *(store.jobs.mark_processing(j.job_id, at=at, attempt=1, owner=f"o{i}")
+          for i, j in enumerate(many))
+    )  # fmt: skip
+    assert [j.job_id for j in started if j is not None] == [j.job_id for j in many]
+    assert all(await asyncio.gather(
+        *(store.jobs.mark_completed(j.job_id, result=Completion("c", "m"), at=at) for j in many)
+    ))  # fmt: skip
+    assert jobs.takes.flushes < jobs.takes.items
+    assert jobs.completions.flushes < jobs.completions.items
+
+
+@pytest.mark.parametrize("backend_spec", ["mongodb"], indirect=True)
 async def test_mongo_concurrent_creates_on_a_dead_server_all_fail_cleanly(
     backend: Backend,
 ) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -56,6 +57,21 @@ log = logging.getLogger(__name__)
 
 def _dt(value: Any) -> datetime | None:
     return as_utc(value) if isinstance(value, datetime) else None
+
+
+def _ms(at: datetime) -> datetime:
+    """A time as BSON keeps it (milliseconds), to compare with what a write stored."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class _Take:
+    job_id: str
+    at: datetime
+    attempt: int
+    lease_until: datetime | None
+    owner: str | None
+    due_by: datetime | None
 
 
 def _job_from_doc(doc: dict[str, Any]) -> Job:
@@ -210,6 +226,13 @@ class MongoJobs:
         self.inserts: Coalescer[tuple[Job, int], bool] = Coalescer(
             self._create_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
         )
+        # The worker's concurrent takes and completions likewise (as the SQLite store's).
+        self.takes: Coalescer[_Take, Job | None] = Coalescer(
+            self._take_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+        )
+        self.completions: Coalescer[tuple[str, Completion, datetime], bool] = Coalescer(
+            self._complete_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+        )
 
     async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
         return await self.inserts.submit((job, max_unfinished))
@@ -313,7 +336,6 @@ class MongoJobs:
         ).sort([("startedAt", ASCENDING), ("_id", ASCENDING)])
         return [_job_from_doc(d) async for d in cursor.limit(limit)]
 
-    @_unavailable
     async def mark_processing(
         self,
         job_id: str,
@@ -324,40 +346,73 @@ class MongoJobs:
         owner: str | None = None,
         due_by: datetime | None = None,
     ) -> Job | None:
-        # update_one + read instead of find_one_and_update: the test server scans the whole
-        # collection for the latter, and the conditional filter alone gives the guarantee.
+        return await self.takes.submit(
+            _Take(job_id, _ms(at), attempt, lease_until, owner, due_by)
+        )
+
+    @staticmethod
+    def _take_update(take: _Take) -> tuple[dict[str, Any], dict[str, Any]]:
         processing = JobStatus.processing.value
         takeable: list[dict[str, Any]] = [
             {"status": JobStatus.queued.value},
             {"status": processing, "leaseUntil": None},  # None also matches missing
-            {"status": processing, "leaseUntil": {"$lte": at}},
+            {"status": processing, "leaseUntil": {"$lte": take.at}},
         ]
-        if owner is not None:
-            takeable.append({"status": processing, "leaseOwner": owner})
-        query: dict[str, Any] = {"jobId": job_id, "$or": takeable}
-        if due_by is not None:
-            query["scheduledFor"] = {"$lte": due_by}
-        result = await self._c.update_one(
-            query,
-            {
-                "$set": {
-                    "status": processing,
-                    "startedAt": at,
-                    "updatedAt": at,
-                    "attempts": attempt,
-                    "leaseUntil": lease_until,
-                    "leaseOwner": owner,
-                }
-            },
-        )
-        if result.matched_count == 0:
-            return None
-        return await self.get(job_id)
+        if take.owner is not None:
+            takeable.append({"status": processing, "leaseOwner": take.owner})
+        query: dict[str, Any] = {"jobId": take.job_id, "$or": takeable}
+        if take.due_by is not None:
+            query["scheduledFor"] = {"$lte": take.due_by}
+        update = {
+            "$set": {
+                "status": processing,
+                "startedAt": take.at,
+                "updatedAt": take.at,
+                "attempts": take.attempt,
+                "leaseUntil": take.lease_until,
+                "leaseOwner": take.owner,
+            }
+        }
+        return query, update
 
     @_unavailable
+    async def _take_batch(self, takes: list[_Take]) -> list[Job | None]:
+        # update + read instead of find_one_and_update: the test server scans the whole
+        # collection for the latter, and the conditional filter alone gives the guarantee.
+        if len(takes) == 1:
+            query, update = self._take_update(takes[0])
+            result = await self._c.update_one(query, update)
+            if result.matched_count == 0:
+                return [None]
+            return [await self.get(takes[0].job_id)]
+        # Several at once: one bulk write, in order, and one read. A take went through when
+        # the job reads as it wrote it (its owner, start and attempt): a job that was not
+        # takeable still shows its earlier start.
+        await self._c.bulk_write([UpdateOne(*self._take_update(t)) for t in takes], ordered=True)
+        ids = list({t.job_id for t in takes})
+        docs = {d["jobId"]: d async for d in self._c.find({"jobId": {"$in": ids}})}
+        outcomes: list[Job | None] = []
+        for take in takes:
+            doc = docs.get(take.job_id)
+            taken = (
+                doc is not None
+                and doc.get("status") == JobStatus.processing.value
+                and doc.get("leaseOwner") == take.owner
+                and _dt(doc.get("startedAt")) == take.at
+                and doc.get("attempts") == take.attempt
+            )
+            outcomes.append(_job_from_doc(doc) if taken and doc is not None else None)
+        return outcomes
+
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
+        return await self.completions.submit((job_id, result, _ms(at)))
+
+    @staticmethod
+    def _completion_update(
+        job_id: str, result: Completion, at: datetime
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         prompt, completion, total, cost = usage_numbers(result.usage)
-        res = await self._c.update_one(
+        return (
             {"jobId": job_id, "status": JobStatus.processing.value},
             {
                 "$set": {
@@ -377,7 +432,37 @@ class MongoJobs:
                 "$unset": {"error": ""},
             },
         )
-        return bool(res.matched_count == 1)
+
+    @_unavailable
+    async def _complete_batch(self, calls: list[tuple[str, Completion, datetime]]) -> list[bool]:
+        if len(calls) == 1:
+            res = await self._c.update_one(*self._completion_update(*calls[0]))
+            return [bool(res.matched_count == 1)]
+        # Several at once: one bulk write, in order. When each matched (the usual case),
+        # that is all; else one read tells which did: a completion that went through reads
+        # as it wrote (its time and text).
+        written = await self._c.bulk_write(
+            [UpdateOne(*self._completion_update(*c)) for c in calls], ordered=True
+        )
+        if written.matched_count == len(calls):
+            return [True] * len(calls)
+        ids = list({job_id for job_id, _, _ in calls})
+        docs = {d["jobId"]: d async for d in self._c.find({"jobId": {"$in": ids}})}
+        outcomes: list[bool] = []
+        claimed: set[str] = set()
+        for job_id, result, at in calls:
+            doc = docs.get(job_id)
+            done = (
+                job_id not in claimed
+                and doc is not None
+                and doc.get("status") == JobStatus.completed.value
+                and _dt(doc.get("completedAt")) == at
+                and doc.get("generatedContent") == result.content
+            )
+            if done:
+                claimed.add(job_id)  # of two completions of one job, the first went through
+            outcomes.append(done)
+        return outcomes
 
     @_unavailable
     async def mark_failed(self, job_id: str, *, error: str, at: datetime) -> bool:

@@ -5,6 +5,7 @@
     .venv/bin/python bench/peers.py --store postgres,sqlite   # plus smartgen on those stores
     .venv/bin/python bench/peers.py --systems smartgen --profile   # py-spy on smartgen's processes
     .venv/bin/python bench/peers.py --jobs 96 --warmup 16            # a quick check
+    .venv/bin/python bench/peers.py --systems smartgen --src ../before/src   # another checkout
 
 The peers are the reference implementations in `shared/peers/` (`node-seed`: Express +
 BullMQ + mongodb driver + Socket.IO; `celery-seed`: FastAPI + Celery + pymongo). They are
@@ -108,6 +109,8 @@ DEFAULT_CACHE = Path(
 TARGET_RATIO = 0.5  # smartgen's CPU per job at most half the better peer's
 # Environment variables passed through to every process; nothing else leaks in (no stray
 # MONGO_URI, REDIS_URL or smartgen setting from the caller's shell).
+# `--src`: smartgen's processes import it from this src/ directory (PYTHONPATH).
+SMARTGEN_SRC = ""
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM")
 
 # Makes `server.listen(port)` (which binds every interface) bind loopback only; written
@@ -501,6 +504,8 @@ async def start_system(
             PORT=str(port),
             PYTHONUNBUFFERED="1",
         )
+        if SMARTGEN_SRC:  # before/after runs: smartgen imported from another checkout's src/
+            env["PYTHONPATH"] = SMARTGEN_SRC
         api_args = [PYTHON, "-m", "smartgen", "api"]
         worker_args = [PYTHON, "-m", "smartgen", "worker"]
         ready_text = "worker ready"
@@ -1152,7 +1157,17 @@ def main() -> int:
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="installed peers (outside git)")
     parser.add_argument("--reinstall", action="store_true", help="reinstall the peers' copies")
     parser.add_argument("--keep", action="store_true", help="keep the workspace (logs)")
+    parser.add_argument(
+        "--src",
+        help="run smartgen's processes from this src/ directory (PYTHONPATH) instead of the "
+        "installed package: for before/after comparisons of a change",
+    )
     args = parser.parse_args()
+    if args.src:
+        global SMARTGEN_SRC
+        SMARTGEN_SRC = os.path.abspath(args.src)
+        if not os.path.isdir(os.path.join(SMARTGEN_SRC, "smartgen")):
+            parser.error(f"--src {args.src}: no smartgen package there")
     if args.profile and "smartgen" not in args.systems:
         parser.error("--profile profiles smartgen: include it in --systems")
     return run_main(lambda cleanup: run(args, cleanup))

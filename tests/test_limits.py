@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from smartgen.api.ratelimit import Limit, RateLimiter
@@ -14,7 +15,6 @@ from tests.conftest import (
     ApiServer,
     Process,
     RedisServer,
-    all_stores,
     free_port,
     register,
     wait_for_status,
@@ -136,12 +136,12 @@ async def test_cap_on_unfinished_jobs(settings: Settings) -> None:
         ).status_code == 202
 
 
-@all_stores
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgresql"], indirect=True)
 async def test_cap_holds_for_parallel_submits_across_processes(
     env: dict[str, str], processes: list[Process]
 ) -> None:
-    """Parallel POST /generate-content of one user through two real API processes, on every
-    store: exactly MAX_UNFINISHED_JOBS answered 202, the rest 429 too_many_unfinished_jobs;
+    """Parallel POST /generate-content of one user through two real API processes, on the
+    SQL stores: exactly MAX_UNFINISHED_JOBS answered 202, the rest 429 too_many_unfinished_jobs;
     another user is not held back; a cancelled and a finished job free their places, and
     exactly that many of the next burst get in."""
     capped = {

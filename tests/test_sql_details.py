@@ -69,10 +69,10 @@ async def test_a_taken_email_says_so(store: Store) -> None:
     assert info.value.message == "An account with this email already exists"
 
 
+@pytest.mark.parametrize("backend_spec", ["sqlite", "postgresql"], indirect=True)
 async def test_a_cap_of_one_holds_for_creates_batched_together(store: Store) -> None:
-    """Creates made at once share one batch insert (SQL stores); each still sees the cap
-    as if alone, on every store (SQLite: one writer at a time; PostgreSQL: the user's
-    admission lock; MongoDB: the user's admission document)."""
+    """Creates made at once share one batch insert; each still sees the cap as if alone
+    (SQLite: one writer at a time; PostgreSQL: the user's admission lock)."""
     user = oid()
     results = await asyncio.gather(
         *(store.jobs.create(make_job(user), max_unfinished=1) for _ in range(5))

@@ -48,6 +48,14 @@ class WebhookQueue(Protocol):
         the same delivery and attempt unless `again` (a redelivery asked for by its
         owner). `ServiceUnavailable` when the queue does not answer."""
 
+    async def endpoints_changed(self, user_id: str) -> None:
+        """The user's webhook endpoints were just written (created, changed, deleted,
+        disabled): their change token moves, so that processes that cache the endpoints
+        read them again. Raises when it could not be recorded."""
+
+    async def change_token(self, user_id: str) -> str | None:
+        """The user's change token as it stands now (None: never changed, or forgotten)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:

@@ -30,6 +30,7 @@ from smartgen.redis_clients import redis_client
 from smartgen.server import heap
 from smartgen.server.worker_metrics import MetricsServer, serve_worker_metrics
 from smartgen.store import open_store
+from smartgen.webhooks.endpoints import CachedEndpoints
 from smartgen.webhooks.notifier import WebhookNotifier
 from smartgen.webhooks.sender import WebhookSender
 from smartgen.webhooks.tasks import WebhookTask
@@ -73,7 +74,12 @@ async def run_worker(
     publisher.start()
     webhook_queue = BullWebhookQueue(settings, redis_client(settings, "request"))
     # Job metrics from the job's own announcements; its end announced to its webhooks.
-    notifier = WebhookNotifier(MeteredNotifier(publisher), store=store, queue=webhook_queue)
+    notifier = WebhookNotifier(
+        MeteredNotifier(publisher),
+        store=store,
+        queue=webhook_queue,
+        endpoints=CachedEndpoints(store, webhook_queue),
+    )
     signals = redis_client(settings, "pubsub")
 
     async def is_cancelled(job_id: str) -> bool:

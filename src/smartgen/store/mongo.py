@@ -3,18 +3,25 @@ only code that speaks to MongoDB."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateOne
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
 
 from smartgen.errors import Conflict, StoreUnavailable
+from smartgen.kit.batching import Coalescer
 from smartgen.kit.times import as_utc, utcnow
 from smartgen.models import (
     RETRYABLE,
@@ -35,7 +42,6 @@ from smartgen.store.base import (
     VoiceRepository,
     WebhookRepository,
 )
-from smartgen.store.mongo_admission import Admissions
 from smartgen.store.mongo_contents import MongoContents, page_after
 from smartgen.store.mongo_keys import MongoApiKeys
 from smartgen.store.mongo_voices import MongoVoices
@@ -51,6 +57,21 @@ log = logging.getLogger(__name__)
 
 def _dt(value: Any) -> datetime | None:
     return as_utc(value) if isinstance(value, datetime) else None
+
+
+def _ms(at: datetime) -> datetime:
+    """A time as BSON keeps it (milliseconds), to compare with what a write stored."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class _Take:
+    job_id: str
+    at: datetime
+    attempt: int
+    lease_until: datetime | None
+    owner: str | None
+    due_by: datetime | None
 
 
 def _job_from_doc(doc: dict[str, Any]) -> Job:
@@ -190,19 +211,75 @@ class MongoUsers:
 
 
 class MongoJobs:
+    """Concurrent `create` calls go together (`batching.Coalescer`, the SQL stores' bounds):
+    one count of the batch's users' unfinished jobs and one `insert_many`, each job's cap
+    applied as if the jobs went in one by one, in arrival order. Alone, a create is a count
+    and an insert, as before: MongoDB has no insert conditional on other documents (short
+    of a transaction, which a standalone server does not offer), so the cap was never
+    exact under concurrency (two creates may both pass it), batched or not."""
+
+    FLUSHES = 2
+    BATCH = 64
+
     def __init__(self, db: Any) -> None:
         self._c = db["jobs"]
-        self._admissions = Admissions(db, self._c)
+        self.inserts: Coalescer[tuple[Job, int], bool] = Coalescer(
+            self._create_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+        )
+        # The worker's concurrent takes and completions likewise (as the SQLite store's).
+        self.takes: Coalescer[_Take, Job | None] = Coalescer(
+            self._take_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+        )
+        self.completions: Coalescer[tuple[str, Completion, datetime], bool] = Coalescer(
+            self._complete_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+        )
+
+    async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
+        return await self.inserts.submit((job, max_unfinished))
 
     @_unavailable
-    async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:
-        if max_unfinished <= 0:
+    async def _create_batch(self, rows: list[tuple[Job, int]]) -> list[bool | Exception]:
+        if len(rows) == 1:
+            job, cap = rows[0]
+            if cap > 0 and await self.count_unfinished(job.user_id) >= cap:
+                return [False]
             await self._c.insert_one(job_doc(job))
-            return True
-        # MongoDB has no insert conditional on other documents: `mongo_admission` makes
-        # racing submits of one user take turns.
-        count = functools.partial(self.count_unfinished, job.user_id)
-        return await self._admissions.create(job_doc(job), count, max_unfinished)
+            return [True]
+        counted = sorted({job.user_id for job, cap in rows if cap > 0})
+        unfinished: dict[str, int] = {}
+        if counted:
+            match = {"userId": {"$in": counted}, "status": {"$in": _UNFINISHED},
+                     "batchHeld": {"$ne": True}}  # fmt: skip
+            group = {"_id": "$userId", "n": {"$sum": 1}}
+            cursor = await self._c.aggregate([{"$match": match}, {"$group": group}])
+            unfinished = {str(d["_id"]): int(d["n"]) async for d in cursor}
+        outcomes: list[bool | Exception] = []
+        docs: list[dict[str, Any]] = []
+        for job, cap in rows:
+            held = unfinished.get(job.user_id, 0)
+            if cap > 0 and held >= cap:
+                outcomes.append(False)
+                continue
+            if job.status.value in _UNFINISHED and not job.batch_held:
+                unfinished[job.user_id] = held + 1
+            outcomes.append(True)
+            docs.append(job_doc(job))
+        if not docs:
+            return outcomes
+        try:
+            await self._c.insert_many(docs, ordered=False)
+        except BulkWriteError as error:  # some went in: each refused one fails alone
+            refused = {e["index"]: e for e in error.details.get("writeErrors", [])}
+            inserted = [i for i, ok in enumerate(outcomes) if ok is True]
+            for position, row in enumerate(inserted):
+                if position in refused:
+                    found = refused[position]
+                    outcomes[row] = (
+                        DuplicateKeyError(found.get("errmsg", ""), found.get("code"))
+                        if found.get("code") == 11000
+                        else OperationFailure(found.get("errmsg", ""), found.get("code"))
+                    )
+        return outcomes
 
     @_unavailable
     async def get(self, job_id: str) -> Job | None:
@@ -259,7 +336,6 @@ class MongoJobs:
         ).sort([("startedAt", ASCENDING), ("_id", ASCENDING)])
         return [_job_from_doc(d) async for d in cursor.limit(limit)]
 
-    @_unavailable
     async def mark_processing(
         self,
         job_id: str,
@@ -270,40 +346,73 @@ class MongoJobs:
         owner: str | None = None,
         due_by: datetime | None = None,
     ) -> Job | None:
-        # update_one + read instead of find_one_and_update: the test server scans the whole
-        # collection for the latter, and the conditional filter alone gives the guarantee.
+        return await self.takes.submit(
+            _Take(job_id, _ms(at), attempt, lease_until, owner, due_by)
+        )
+
+    @staticmethod
+    def _take_update(take: _Take) -> tuple[dict[str, Any], dict[str, Any]]:
         processing = JobStatus.processing.value
         takeable: list[dict[str, Any]] = [
             {"status": JobStatus.queued.value},
             {"status": processing, "leaseUntil": None},  # None also matches missing
-            {"status": processing, "leaseUntil": {"$lte": at}},
+            {"status": processing, "leaseUntil": {"$lte": take.at}},
         ]
-        if owner is not None:
-            takeable.append({"status": processing, "leaseOwner": owner})
-        query: dict[str, Any] = {"jobId": job_id, "$or": takeable}
-        if due_by is not None:
-            query["scheduledFor"] = {"$lte": due_by}
-        result = await self._c.update_one(
-            query,
-            {
-                "$set": {
-                    "status": processing,
-                    "startedAt": at,
-                    "updatedAt": at,
-                    "attempts": attempt,
-                    "leaseUntil": lease_until,
-                    "leaseOwner": owner,
-                }
-            },
-        )
-        if result.matched_count == 0:
-            return None
-        return await self.get(job_id)
+        if take.owner is not None:
+            takeable.append({"status": processing, "leaseOwner": take.owner})
+        query: dict[str, Any] = {"jobId": take.job_id, "$or": takeable}
+        if take.due_by is not None:
+            query["scheduledFor"] = {"$lte": take.due_by}
+        update = {
+            "$set": {
+                "status": processing,
+                "startedAt": take.at,
+                "updatedAt": take.at,
+                "attempts": take.attempt,
+                "leaseUntil": take.lease_until,
+                "leaseOwner": take.owner,
+            }
+        }
+        return query, update
 
     @_unavailable
+    async def _take_batch(self, takes: list[_Take]) -> list[Job | None]:
+        # update + read instead of find_one_and_update: the test server scans the whole
+        # collection for the latter, and the conditional filter alone gives the guarantee.
+        if len(takes) == 1:
+            query, update = self._take_update(takes[0])
+            result = await self._c.update_one(query, update)
+            if result.matched_count == 0:
+                return [None]
+            return [await self.get(takes[0].job_id)]
+        # Several at once: one bulk write, in order, and one read. A take went through when
+        # the job reads as it wrote it (its owner, start and attempt): a job that was not
+        # takeable still shows its earlier start.
+        await self._c.bulk_write([UpdateOne(*self._take_update(t)) for t in takes], ordered=True)
+        ids = list({t.job_id for t in takes})
+        docs = {d["jobId"]: d async for d in self._c.find({"jobId": {"$in": ids}})}
+        outcomes: list[Job | None] = []
+        for take in takes:
+            doc = docs.get(take.job_id)
+            taken = (
+                doc is not None
+                and doc.get("status") == JobStatus.processing.value
+                and doc.get("leaseOwner") == take.owner
+                and _dt(doc.get("startedAt")) == take.at
+                and doc.get("attempts") == take.attempt
+            )
+            outcomes.append(_job_from_doc(doc) if taken and doc is not None else None)
+        return outcomes
+
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
+        return await self.completions.submit((job_id, result, _ms(at)))
+
+    @staticmethod
+    def _completion_update(
+        job_id: str, result: Completion, at: datetime
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         prompt, completion, total, cost = usage_numbers(result.usage)
-        res = await self._c.update_one(
+        return (
             {"jobId": job_id, "status": JobStatus.processing.value},
             {
                 "$set": {
@@ -323,7 +432,37 @@ class MongoJobs:
                 "$unset": {"error": ""},
             },
         )
-        return bool(res.matched_count == 1)
+
+    @_unavailable
+    async def _complete_batch(self, calls: list[tuple[str, Completion, datetime]]) -> list[bool]:
+        if len(calls) == 1:
+            res = await self._c.update_one(*self._completion_update(*calls[0]))
+            return [bool(res.matched_count == 1)]
+        # Several at once: one bulk write, in order. When each matched (the usual case),
+        # that is all; else one read tells which did: a completion that went through reads
+        # as it wrote (its time and text).
+        written = await self._c.bulk_write(
+            [UpdateOne(*self._completion_update(*c)) for c in calls], ordered=True
+        )
+        if written.matched_count == len(calls):
+            return [True] * len(calls)
+        ids = list({job_id for job_id, _, _ in calls})
+        docs = {d["jobId"]: d async for d in self._c.find({"jobId": {"$in": ids}})}
+        outcomes: list[bool] = []
+        claimed: set[str] = set()
+        for job_id, result, at in calls:
+            doc = docs.get(job_id)
+            done = (
+                job_id not in claimed
+                and doc is not None
+                and doc.get("status") == JobStatus.completed.value
+                and _dt(doc.get("completedAt")) == at
+                and doc.get("generatedContent") == result.content
+            )
+            if done:
+                claimed.add(job_id)  # of two completions of one job, the first went through
+            outcomes.append(done)
+        return outcomes
 
     @_unavailable
     async def mark_failed(self, job_id: str, *, error: str, at: datetime) -> bool:
@@ -378,9 +517,7 @@ class MongoJobs:
 
     @_unavailable
     async def delete_for_user(self, user_id: str) -> int:
-        deleted = int((await self._c.delete_many({"userId": user_id})).deleted_count)
-        await self._admissions.forget(user_id)
-        return deleted
+        return int((await self._c.delete_many({"userId": user_id})).deleted_count)
 
     async def _changed(self, query: dict[str, Any], update: dict[str, Any]) -> Job | None:
         # update_one + read (see mark_processing): the filter alone decides.

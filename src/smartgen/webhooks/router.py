@@ -40,7 +40,11 @@ WRITES = error_responses(400, 404, 413, 415, 422)
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=WRITES, dependencies=[write_limit])
 async def create_webhook(
-    body: WebhookCreate, user: WebhooksUser, store: StoreDep, settings: SettingsDep
+    body: WebhookCreate,
+    user: WebhooksUser,
+    store: StoreDep,
+    settings: SettingsDep,
+    queue: WebhookQueueDep,
 ) -> WebhookCreated:
     """Register a URL for some events; its signing secret (`whsec_…`) is in this answer
     only."""
@@ -51,6 +55,7 @@ async def create_webhook(
         url=body.url,
         events=list(body.events),
         description=body.description,
+        queue=queue,
     )
     return webhook_created(endpoint)
 
@@ -93,6 +98,7 @@ async def update_webhook(
     user: WebhooksUser,
     store: StoreDep,
     settings: SettingsDep,
+    queue: WebhookQueueDep,
 ) -> WebhookOut:
     """Change a webhook's URL, events, description, or pause (`enabled: false`) and
     resume it."""
@@ -105,6 +111,7 @@ async def update_webhook(
         events=None if body.events is None else list(body.events),
         description=body.description,
         enabled=body.enabled,
+        queue=queue,
     )
     return webhook_out(endpoint)
 
@@ -112,9 +119,13 @@ async def update_webhook(
 @router.delete(
     "/{webhookId:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404)
 )
-async def delete_webhook(webhookId: UUID, user: WebhooksUser, store: StoreDep) -> Response:
+async def delete_webhook(
+    webhookId: UUID, user: WebhooksUser, store: StoreDep, queue: WebhookQueueDep
+) -> Response:
     """Delete a webhook: its pending deliveries are dropped."""
-    await service.delete_webhook(store=store, user_id=user.user_id, webhook_id=str(webhookId))
+    await service.delete_webhook(
+        store=store, user_id=user.user_id, webhook_id=str(webhookId), queue=queue
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -68,6 +68,7 @@ async def create_webhook(
     url: str,
     events: list[str],
     description: str,
+    queue: WebhookQueue | None = None,
     resolve: Resolver = system_resolver,
 ) -> WebhookEndpoint:
     """A new endpoint with its own signing secret (the answer shows it this once)."""
@@ -90,6 +91,7 @@ async def create_webhook(
             f"You have {cap} webhooks (at most {cap}); delete one first",
             code="too_many_webhooks",
         )
+    await endpoints_changed(queue, user_id)
     return endpoint
 
 
@@ -114,6 +116,7 @@ async def update_webhook(
     events: list[str] | None = None,
     description: str | None = None,
     enabled: bool | None = None,
+    queue: WebhookQueue | None = None,
     resolve: Resolver = system_resolver,
 ) -> WebhookEndpoint:
     webhook_id = parse_webhook_id(webhook_id)
@@ -131,12 +134,28 @@ async def update_webhook(
     )
     if changed is None:
         raise NotFound(NOT_FOUND, code="webhook_not_found")
+    await endpoints_changed(queue, user_id)
     return changed
 
 
-async def delete_webhook(*, store: Store, user_id: str, webhook_id: str) -> None:
+async def delete_webhook(
+    *, store: Store, user_id: str, webhook_id: str, queue: WebhookQueue | None = None
+) -> None:
     if not await store.webhooks.delete(parse_webhook_id(webhook_id), user_id):
         raise NotFound(NOT_FOUND, code="webhook_not_found")
+    await endpoints_changed(queue, user_id)
+
+
+async def endpoints_changed(queue: WebhookQueue | None, user_id: str) -> None:
+    """After a write of the user's endpoints, before its request returns: workers that
+    remember them read them again at the next job's end (`endpoints.CachedEndpoints`).
+    Should Redis not answer, they do so within the cache's max age."""
+    if queue is None:
+        return
+    try:
+        await queue.endpoints_changed(user_id)
+    except Exception as exc:
+        log.warning("webhook change of user %s not recorded: %s", user_id, type(exc).__name__)
 
 
 async def reveal_secret(*, store: Store, user_id: str) -> str:
@@ -168,20 +187,18 @@ async def announce(
     queue: WebhookQueue,
     job_webhook_url: str | None = None,
     event_key: str | None = None,
+    endpoints: list[WebhookEndpoint] | None = None,
 ) -> list[WebhookDelivery]:
     """Deliver `{type, timestamp, data}` to each enabled endpoint of the user's that
     subscribed to `event_type`, and to `job_webhook_url`: the deliveries are written,
     then their first attempts queued (a queue that does not answer leaves them due: the
-    worker's sweep queues them). Returns the deliveries this call created."""
-    endpoints = await store.webhooks.list_for_user(user_id, limit=1000)
-    targets: list[tuple[str | None, str]] = [
-        (e.webhook_id, e.url) for e in endpoints if e.enabled and event_type in e.events
-    ]
-    if job_webhook_url:
-        targets.append((None, job_webhook_url))
+    worker's sweep queues them). Returns the deliveries this call created. `endpoints`:
+    the user's endpoints when the caller has read them already (else read here)."""
+    if endpoints is None:
+        endpoints = await store.webhooks.list_for_user(user_id, limit=1000)
     return [
         delivery
-        for webhook_id, url in targets
+        for webhook_id, url in targets(endpoints, event_type, job_webhook_url)
         if (
             delivery := await _deliver(
                 store, queue, event_type, user_id, data, webhook_id, url, event_key
@@ -189,6 +206,24 @@ async def announce(
         )
         is not None
     ]
+
+
+def targets(
+    endpoints: list[WebhookEndpoint], event_type: str, job_webhook_url: str | None
+) -> list[tuple[str | None, str]]:
+    """(webhook id or None, URL) of each receiver of `event_type`."""
+    found: list[tuple[str | None, str]] = [
+        (e.webhook_id, e.url) for e in endpoints if e.enabled and event_type in e.events
+    ]
+    if job_webhook_url:
+        found.append((None, job_webhook_url))
+    return found
+
+
+def delivery_id_of(event_key: str, receiver: str) -> str:
+    """The delivery of the event `event_key` to `receiver` (a webhook's id, or the job's
+    own URL): the same id however often the event is announced."""
+    return str(uuid.uuid5(_DELIVERY_IDS, f"{event_key}|{receiver}"))
 
 
 async def _deliver(
@@ -202,7 +237,7 @@ async def _deliver(
     event_key: str | None,
 ) -> WebhookDelivery | None:
     if event_key is not None:
-        delivery_id = str(uuid.uuid5(_DELIVERY_IDS, f"{event_key}|{webhook_id or url}"))
+        delivery_id = delivery_id_of(event_key, webhook_id or url)
     else:
         delivery_id = str(uuid.uuid4())
     now = utcnow()

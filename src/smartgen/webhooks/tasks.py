@@ -30,6 +30,7 @@ from smartgen.kit.times import iso_ms, utcnow
 from smartgen.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from smartgen.ports import Delivery, Notifier, WebhookQueue
 from smartgen.store.base import Store
+from smartgen.webhooks import service
 from smartgen.webhooks.signing import signed_headers
 
 log = logging.getLogger("smartgen.webhooks")
@@ -169,6 +170,7 @@ class WebhookTask:
         if at - current.failing_since < limit:
             return
         if await self.store.webhooks.disable(endpoint.webhook_id, at=at):
+            await service.endpoints_changed(self.queue, endpoint.user_id)
             log.warning("webhook %s disabled: failing since %s", endpoint.webhook_id,
                         iso_ms(current.failing_since))  # fmt: skip
             await self.notifier.user_event(

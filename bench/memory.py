@@ -2,7 +2,7 @@
 1,000 jobs in flight (issue 19).
 
     .venv/bin/python bench/memory.py [--store sqlite|postgres|mongo] [--connections 10000]
-        [--client-procs 4] [--hold 40] [--phases api,worker]
+        [--client-procs 4] [--hold 40] [--phases api,worker] [--set NAME=VALUE]
 
 **api** — one `smartgen api` (a private Redis, the store, no worker). `--client-procs`
 helper processes (this script with `--hold`) open the connections: raw websockets
@@ -191,6 +191,7 @@ async def api_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> di
         jwt_secret=secret,
         queue_prefix=f"mem{secrets.token_hex(3)}",
     )
+    env.update(dict(args.set))
     if args.src:  # A/B runs: smartgen imported from another checkout
         env["PYTHONPATH"] = args.src
     smartgen = Smartgen(ws, env)
@@ -323,6 +324,7 @@ async def trace_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> 
         queue_prefix=f"mem{secrets.token_hex(3)}",
         LOG_LEVEL="warning",
     )
+    env.update(dict(args.set))
     names = {name.lower() for name in env} & set(_settings_fields())
     settings = load_settings(**{n: env[n.upper()] for n in names})
     app = create_app(settings, init_store=True, on_started=heap.settle_heap)
@@ -483,6 +485,13 @@ async def run(args: argparse.Namespace, cleanup: Cleanup) -> int:
     return 1 if result["errors"] else 0
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, separator, value = text.partition("=")
+    if not separator or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip().upper(), value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="smartgen memory figures (issue 19)")
     parser.add_argument("--store", choices=tuple(BACKENDS), default="sqlite")
@@ -496,6 +505,15 @@ def main() -> int:
         "--src",
         help="phase api: run the API from this src/ directory (PYTHONPATH) instead of the "
         "installed package, for before/after comparisons of a change",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="phases api and trace: a smartgen setting for the API (repeatable), e.g. "
+        "--set SOCKETIO_COMPACT_CONNECTIONS=false for the libraries' stock objects",
     )
     parser.add_argument("--keep", action="store_true", help="keep the workspace (logs)")
     args = parser.parse_args()

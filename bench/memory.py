@@ -151,6 +151,7 @@ async def hold(url: str) -> None:
                     "held": held.connected,
                     "refused": held.refused,
                     "failed": held.failed,
+                    "errors": dict(held.errors),
                     "seconds": round(time.monotonic() - began, 1),
                 }
             ),
@@ -280,6 +281,7 @@ async def api_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> di
         "still_connected_after_hold": still,
         "closed_by_server": sum(f.get("closed_by_server", 0) for f in finals),
         "pings_answered": sum(f.get("pings", 0) for f in finals),
+        "client_errors": _added([o.get("errors", {}) for o in opened]),
     }
     log(
         f"  API RSS {idle_mb:.0f} MB idle, {connected_mb:.0f} MB with {held} connections, "
@@ -389,6 +391,14 @@ async def trace_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> 
     return figures
 
 
+def _added(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counts:
+        for name, n in one.items():
+            total[name] = total.get(name, 0) + n
+    return total
+
+
 def _settings_fields() -> list[str]:
     from smartgen.config import Settings
 
@@ -428,6 +438,8 @@ def print_report(result: dict[str, Any]) -> None:
             f"{api['still_connected_after_hold']} still connected, "
             f"{api['closed_by_server']} closed by the server"
         )
+        if api.get("client_errors"):
+            print(f"  client errors while connecting: {api['client_errors']}")
     worker = result.get("worker")
     if worker:
         ok = worker["worker_rss_max_mb"] <= TARGET_WORKER_MB

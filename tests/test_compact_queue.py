@@ -12,9 +12,13 @@ from typing import Any
 import pytest
 from engineio.async_drivers import asgi as stock_asgi
 
+from smartgen.config import Settings
 from smartgen.kit import compact_queue
 from smartgen.kit.compact_queue import CompactEvent, CompactQueue
 from smartgen.realtime import engineio_asgi
+from smartgen.server.compact_websocket import CompactWebSocketProtocol
+from smartgen.server.http import websocket_protocol
+from smartgen.server.sticky import sticky_sio_class
 
 QUEUES: dict[str, Callable[..., asyncio.Queue[Any]]] = {
     "stock": asyncio.Queue,
@@ -245,3 +249,21 @@ def test_payload_objects_share_one_class() -> None:
     first, second = asyncio.run(build())
     assert type(first) is type(second) is engineio_asgi.AwaitablePayload
     assert not hasattr(first, "__dict__")
+
+
+# --- the setting -------------------------------------------------------------------------------
+def test_the_setting_picks_compact_or_stock_objects_in_both_libraries() -> None:
+    compact = engineio_asgi.compact_sio_class(sticky_sio_class(3))(async_mode="asgi")
+    stock = sticky_sio_class(3)(async_mode="asgi")
+    assert isinstance(compact.eio.create_queue(), CompactQueue)
+    assert type(stock.eio.create_queue()) is asyncio.Queue
+    assert type(compact.eio.create_queue(5)) is asyncio.Queue  # bounded: asyncio's own
+    assert compact.eio._async["translate_request"] is engineio_asgi.translate_request
+    assert stock.eio._async["translate_request"] is stock_asgi.translate_request
+    assert compact.eio.generate_id().startswith("3.")  # the sticky prefix still applies
+
+    def settings(compact: bool) -> Settings:
+        return Settings(_env_file=None, socketio_compact_connections=compact)  # type: ignore[call-arg]
+
+    assert websocket_protocol(settings(True)) is CompactWebSocketProtocol
+    assert websocket_protocol(settings(False)) == "auto"

@@ -68,6 +68,7 @@ ATTACK_ENV = {
     "HTTP_MAX_CONNECTIONS": "2000",
     "SOCKETIO_MAX_SOCKETS_PER_USER": "20",
     "SOCKETIO_SYNC_RATE_LIMIT": "30",
+    "SOCKETIO_IP_SESSION_RATE_LIMIT": "300",
 }
 CAP_SECONDS = 10.0  # how long a check waits for the server to close a connection
 
@@ -369,6 +370,22 @@ async def socketio_floods(s: System) -> list[Result]:
     for sio in clients:
         with contextlib.suppress(Exception):
             await sio.disconnect()
+    # New sessions from one address (a handshake carries no token yet).
+    limit = int(ATTACK_ENV["SOCKETIO_IP_SESSION_RATE_LIMIT"])
+    async with s.client() as c:
+        codes = [
+            (await c.get("/socket.io/", params={"EIO": "4", "transport": "polling"})).status_code
+            for _ in range(limit + 50)
+        ]
+    opened, limited = codes.count(200), codes.count(429)
+    results.append(
+        Result(
+            "7",
+            "new Engine.IO sessions from one address",
+            opened == limit and limited == 50,
+            f"{opened} of {limit + 50} handshakes opened a session, {limited} refused (429)",
+        )
+    )
     return results
 
 

@@ -5,10 +5,10 @@ injected `alert`), uncaught error or console error (a script or style the page's
 Content-Security-Policy blocked):
 
 sign up (a 422 shown beside its field), generate (the countdown, the text streaming in),
-edit and cancel a queued job, open the result and save it, a hostile prompt and a hostile
-model answer rendered as text, the library (search, edit, export, delete: when the API
-has it), usage, sign out and in again, a reload kept signed in by the refresh cookie, a
-second user who sees none of it, and the page at a phone's width.
+edit and cancel a queued job, run one due later now, open the result and save it, a
+hostile prompt and a hostile model answer rendered as text, the library (search, edit,
+export, delete: when the API has it), usage, sign out and in again, a reload kept signed in
+by the refresh cookie, a second user who sees none of it, and the page at a phone's width.
 
 Without Playwright or a browser the test is skipped on a developer's machine and fails in
 CI (`CI=true`), where `.ci/run` installs both."""
@@ -247,6 +247,17 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await expect(cancel.locator(".badge")).to_have_text("cancelled")
             await expect(cancel.get_by_role("button", name="Retry")).to_be_visible()
 
+            # --- run a job due in ten minutes now --------------------------------------
+            await prompt.fill(f"A job to run now {unique}")
+            await page.get_by_label("Start after (seconds)").fill("600")
+            await page.get_by_role("button", name="Generate", exact=True).click()
+            later = page.locator("#jobs li").filter(has_text="A job to run now")
+            await expect(later.locator(".badge")).to_have_text("queued")
+            await expect(later.locator(".countdown")).to_have_text(re.compile(r"Starts in"))
+            await later.get_by_role("button", name="Run now", exact=True).click()
+            await expect(later.locator(".badge")).to_have_text("completed", timeout=30_000)
+            await expect(later.get_by_role("button", name="Run now")).to_have_count(0)
+
             # --- the result: Markdown rendered, copied, saved with a title --------------
             await first.get_by_role("button", name="Open").click()
             result = page.locator("#result")
@@ -326,13 +337,13 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
 
             # --- usage --------------------------------------------------------------
             await page.get_by_role("button", name="Usage", exact=True).click()
-            await expect(page.locator("#usage-jobs")).to_have_text("4")
+            await expect(page.locator("#usage-jobs")).to_have_text("5")
             await expect(page.locator("#usage-tokens")).not_to_have_text("0")
             assert await page.evaluate(LOW_CONTRAST) == []
             types = page.locator("#usage-types tbody tr")
             await expect(
                 types.filter(has_text="Blog Post Outline").locator("td").first
-            ).to_have_text("4")
+            ).to_have_text("5")
             if with_library:
                 await expect(types.filter(has_text="Blog Post Outline")).to_contain_text(
                     "100 % (1)"
@@ -351,7 +362,7 @@ async def test_console_end_to_end(console_url: str, fake_llm: FakeLLM, unique: s
             await expect(first.locator(".badge")).to_have_text("completed")
             await page.reload()
             await expect(page.locator("#who-email")).to_have_text(email)
-            await expect(page.locator("#jobs li")).to_have_count(4)
+            await expect(page.locator("#jobs li")).to_have_count(5)
             # A second tab joins the session (the tabs take turns spending the cookie, so
             # neither looks like a stolen copy), and leaves it when the first signs out.
             tab = await context.new_page()

@@ -202,6 +202,10 @@ async def test_connections_past_the_limit_are_refused(
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             data = await until_closed(reader)
         assert data.startswith(b"HTTP/1.1 503"), data[:200]
+        # The API's own error shape, not uvicorn's plain text, and when to come back.
+        status, body = answer(data)
+        assert status == 503 and body["error"] == "server_busy", data[:300]
+        assert b"\r\nretry-after: 1\r\n" in data.lower(), data[:300]
         # A WebSocket upgrade is a connection too (uvicorn's own limit lets it through).
         async with raw(port) as (reader, writer):
             writer.write(

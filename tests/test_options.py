@@ -492,6 +492,80 @@ async def test_64_concurrent_submits_across_two_api_processes_never_pass_the_bud
     assert r.status_code == 402 and r.json()["error"] == "budget_exceeded"
 
 
+def quote_for(content_type: str, prompt: str) -> int:
+    from smartgen.generation.prompts import estimate_prompt_tokens, model_request
+
+    request = model_request(content_type, prompt, None)
+    return estimate_prompt_tokens(request.messages) + (request.max_tokens or 1200)
+
+
+async def test_editing_a_queued_job_quotes_it_again(
+    budget_env: dict[str, str], api: ApiServer, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """PATCH of a queued job's prompt or content type replaces its reservation by the new
+    quote: a larger one that no longer fits is 402 and changes nothing; a smaller one gives
+    room back; another user's budget is not touched."""
+    user, other = await register(client), await register(client)
+    limit = settings.user_monthly_token_budget
+    base = quote_tokens("Budget 00")
+    jobs = [
+        (await post(client, user["headers"], "Budget 00", delaySeconds=3600)).json()["jobId"]
+        for _ in range(FITS)
+    ]
+    assert (await post(client, other["headers"], "Budget 00", delaySeconds=3600)).status_code == 202
+
+    async def used(who: dict[str, Any]) -> int:
+        body = (await client.get("/usage", headers=who["headers"])).json()
+        return int(body["budget"]["tokens"]["used"])
+
+    assert await used(user) == FITS * base and limit - FITS * base == 5
+    longer = "Budget 00 " + "with many more words " * 40
+    assert quote_for("Blog Post Outline", longer) > base + 5
+    r = await client.patch(
+        f"/generate-content/{jobs[0]}", json={"prompt": longer}, headers=user["headers"]
+    )
+    assert r.status_code == 402 and r.json()["error"] == "budget_exceeded", r.text
+    assert "this job needs up to" in r.json()["message"]
+    shown = (await client.get(f"/generate-content/{jobs[0]}", headers=user["headers"])).json()
+    assert shown["prompt"] == "Budget 00" and shown["status"] == "queued"
+    assert await used(user) == FITS * base
+
+    # A shorter prompt gives room back, which a longer one elsewhere may then use.
+    r = await client.patch(
+        f"/generate-content/{jobs[0]}", json={"prompt": "B"}, headers=user["headers"]
+    )
+    assert r.status_code == 200, r.text
+    expected = (FITS - 1) * base + quote_for("Blog Post Outline", "B")
+    assert await used(user) == expected
+    room = limit - expected
+    grown = "Budget 00 and more"
+    assert base < quote_for("Blog Post Outline", grown) <= base + room
+    r = await client.patch(
+        f"/generate-content/{jobs[1]}", json={"prompt": grown}, headers=user["headers"]
+    )
+    assert r.status_code == 200, r.text
+    expected += quote_for("Blog Post Outline", grown) - base
+    assert await used(user) == expected
+
+    # A new content type is quoted with its own instructions and answer length.
+    caption = quote_for("Social Media Caption", "Budget 00")
+    assert caption < base  # a caption's answer is shorter
+    r = await client.patch(
+        f"/generate-content/{jobs[2]}",
+        json={"contentType": "Social Media Caption"},
+        headers=user["headers"],
+    )
+    assert r.status_code == 200, r.text
+    expected += caption - base
+    assert await used(user) == expected
+    # A change of time alone quotes nothing; the other user's month is as it was.
+    r = await client.patch(
+        f"/generate-content/{jobs[3]}", json={"delaySeconds": 1800}, headers=user["headers"]
+    )
+    assert r.status_code == 200 and await used(user) == expected
+    assert await used(other) == base
+
+
 async def test_completion_settles_failure_releases_and_80_percent_warns(
     budget_env: dict[str, str],
     api: ApiServer,

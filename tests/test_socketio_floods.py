@@ -15,6 +15,7 @@ import pytest
 import socketio
 import websockets
 
+from smartgen.config import Settings
 from tests.conftest import ApiServer, register
 
 
@@ -192,3 +193,52 @@ async def test_socket_counts_are_renewed_while_held_and_lapse_with_their_process
         await other.close()
         await client.delete(f"t{unique}:sockets:u1", f"t{unique}:sockets:u2")
         await client.aclose()
+
+
+async def _handshake(client: httpx.AsyncClient, **headers: str) -> httpx.Response:
+    return await client.get(
+        "/socket.io/", params={"EIO": "4", "transport": "polling"}, headers=headers
+    )
+
+
+async def test_new_sessions_are_limited_per_address(settings: Settings) -> None:
+    """Engine.IO handshakes carry no token: each address may open
+    SOCKETIO_IP_SESSION_RATE_LIMIT new sessions per window, then 429 `rate_limited` with
+    Retry-After, over polling and over a bare websocket alike; a session already open goes
+    on, and another address (behind a trusted proxy) is counted on its own."""
+    s = settings.model_copy(
+        update={"socketio_ip_session_rate_limit": 3, "trusted_proxies": ["127.0.0.1/32"]}
+    )
+    async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        opened = [await _handshake(client) for _ in range(3)]
+        assert [r.status_code for r in opened] == [200] * 3
+        refused = await _handshake(client)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"] == "rate_limited"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        url = api.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        with pytest.raises(websockets.InvalidStatus) as upgrade:
+            async with websockets.connect(url):
+                pass
+        assert upgrade.value.response.status_code == 429
+        # An open session's own requests are not handshakes.
+        sid = json.loads(opened[0].text[1:])["sid"]
+        r = await client.post(
+            "/socket.io/",
+            params={"EIO": "4", "transport": "polling", "sid": sid},
+            content="3",
+            headers={"Content-Type": "text/plain"},
+        )
+        assert r.status_code == 200, r.text
+        # Another client behind the trusted proxy has its own count.
+        other = await _handshake(client, **{"X-Forwarded-For": "203.0.113.7"})
+        assert other.status_code == 200, other.text
+        # The rest of the API is not counted here.
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_zero_turns_the_session_limit_off(settings: Settings) -> None:
+    s = settings.model_copy(update={"socketio_ip_session_rate_limit": 0})
+    async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        answers = [await _handshake(client) for _ in range(310)]  # past the default 300
+    assert [r.status_code for r in answers] == [200] * 310

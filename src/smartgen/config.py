@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     socketio_max_sockets_per_user: int = Field(20, ge=0)
     socketio_sync_rate_limit: int = Field(30, ge=0)
     socketio_sync_rate_window_seconds: float = Field(60.0, gt=0)
+    # New Engine.IO sessions (handshakes) per client address; 0 is off.
+    socketio_ip_session_rate_limit: int = Field(300, ge=0)
+    socketio_ip_session_rate_window_seconds: float = Field(60.0, gt=0)
     # What each open websocket keeps, smaller (server/compact_websocket.py for uvicorn's
     # protocol, realtime/engineio_asgi.py for Engine.IO's request and queue); false: the
     # libraries' stock objects.

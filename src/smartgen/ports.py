@@ -96,6 +96,13 @@ class Budgets(Protocol):
         """Replace the job's reservation by what it really used (None: keep the quote's
         number); None when it holds no reservation (settled or released already)."""
 
+    async def requote(
+        self, job_id: str, *, tokens: int, cost: float, token_limit: int, cost_limit: float
+    ) -> BudgetState | None:
+        """Replace the job's reservation by a new quote (its prompt or type changed) unless
+        a larger one would pass a limit (0: none): `accepted` says which. None when the job
+        holds no reservation."""
+
     async def release(self, job_id: str) -> BudgetState | None:
         """Give the job's reservation back (cancelled, failed); None when there is none."""
 

@@ -25,6 +25,7 @@ from smartgen.api.metrics import router as metrics_router
 from smartgen.api.middleware import RequestLimits
 from smartgen.api.ratelimit import RateLimiter
 from smartgen.api.refresh_tokens import RedisRefreshTokens
+from smartgen.api.socket_sessions import SocketSessionLimit
 from smartgen.apikeys.router import router as api_keys_router
 from smartgen.auth.keys import Credentials
 from smartgen.auth.passwords import HashingSlots
@@ -235,14 +236,24 @@ def create_app(
 
     # Two wrappers: `HttpEdge` around everything (request id, metrics, security headers,
     # the last stop for errors), `RequestLimits` in front of the routes (bodies, HEAD).
+    def session_limits() -> tuple[RateLimiter, ClientAddresses] | None:
+        found = getattr(app.state, "services", None)
+        return None if found is None else (found.limiter, found.addresses)
+
     asgi: Asgi = HttpEdge(
-        socketio.ASGIApp(
-            realtime.sio,
-            other_asgi_app=RequestLimits(
-                app,
-                max_body_bytes=settings.max_body_bytes,
-                uploads={"/batches": settings.batch_max_upload_bytes},
+        SocketSessionLimit(
+            socketio.ASGIApp(
+                realtime.sio,
+                other_asgi_app=RequestLimits(
+                    app,
+                    max_body_bytes=settings.max_body_bytes,
+                    uploads={"/batches": settings.batch_max_upload_bytes},
+                ),
             ),
+            path="socket.io",
+            limit=settings.socketio_ip_session_rate_limit,
+            window_seconds=settings.socketio_ip_session_rate_window_seconds,
+            services=session_limits,
         )
     )
     if wrap is not None:

@@ -153,6 +153,10 @@ async def get_budgets(request: Request) -> Budgets:
     return services(request).budgets
 
 
+async def get_prices(request: Request) -> Prices:
+    return services(request).prices
+
+
 async def get_redis(request: Request) -> Redis:
     return services(request).redis
 
@@ -237,6 +241,7 @@ AttemptsDep = Annotated[LoginAttempts, Depends(get_attempts)]
 HashingDep = Annotated[HashingSlots, Depends(get_hashing)]
 AddressDep = Annotated[str, Depends(get_address)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
+PricesDep = Annotated[Prices, Depends(get_prices)]
 QueueingDep = Annotated[Queueing, Depends(get_queueing)]
 TurnsDep = Annotated[BatchTurns, Depends(get_turns)]
 RefreshDep = Annotated[RefreshTokens, Depends(get_refresh)]

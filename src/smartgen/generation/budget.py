@@ -98,6 +98,35 @@ async def reserve(
     return True
 
 
+async def requote(
+    *,
+    settings: Settings,
+    budgets: Budgets | None,
+    notifier: Notifier,
+    user_id: str,
+    job_id: str,
+    quoted: Quote,
+    at: datetime,
+) -> None:
+    """A queued job's new quote (its prompt or content type changed) replaces its
+    reservation; `PaymentRequired` when a larger one no longer fits (the old one stays).
+    A job that holds no reservation (queued while budgets were off) is left as it is."""
+    if budgets is None or not budgets_on(settings):
+        return
+    state = await budgets.requote(
+        job_id,
+        tokens=quoted.tokens,
+        cost=quoted.cost or 0.0,
+        token_limit=settings.user_monthly_token_budget,
+        cost_limit=settings.user_monthly_cost_budget,
+    )
+    if state is None:
+        return
+    if not state.accepted:
+        raise PaymentRequired(refusal(settings, state, quoted, at))
+    await warn(settings, budgets, notifier, user_id, state, at)
+
+
 def refusal(settings: Settings, state: BudgetState, quoted: Quote, at: datetime) -> str:
     _, resets = month_bounds(at)
     parts = []

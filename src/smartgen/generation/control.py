@@ -137,14 +137,35 @@ async def update_job(
     scheduled_for: datetime | None = None,
     prompt: str | None = None,
     content_type: str | None = None,
+    prices: Prices | None = None,
+    budgets: Budgets | None = None,
 ) -> Job:
-    """Change a `queued` job: its time, prompt or content type (409 once it has started)."""
+    """Change a `queued` job: its time, prompt or content type (409 once it has started).
+    A new prompt or type is quoted again and replaces the job's budget reservation (402
+    when a larger quote no longer fits; the job is then left as it was)."""
     job_id = parse_job_id(job_id)
     if prompt is not None:
         check_prompt(settings, prompt)
     now = utcnow()
     when = _new_schedule(settings, now, delay_seconds=delay_seconds, scheduled_for=scheduled_for)
     before = await get_job(store=store, user_id=user_id, job_id=job_id)
+    if (prompt is not None or content_type is not None) and before.status is JobStatus.queued:
+        # Before the change: a refusal leaves nothing to undo. Should the job start
+        # meanwhile, its settlement replaces this reservation with what it really used.
+        request = model_request(
+            content_type or before.content_type,
+            before.prompt if prompt is None else prompt,
+            before.options,
+        )
+        await budget.requote(
+            settings=settings,
+            budgets=budgets,
+            notifier=notifier,
+            user_id=user_id,
+            job_id=job_id,
+            quoted=await budget.quote(settings, prices, request),
+            at=now,
+        )
     changed = await store.jobs.reschedule(
         job_id,
         user_id,

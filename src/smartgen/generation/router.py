@@ -14,6 +14,7 @@ from smartgen.api.deps import (
     GenerateUser,
     LiveTextDep,
     NotifierDep,
+    PricesDep,
     QueueDep,
     Queueing,
     QueueingCall,
@@ -171,7 +172,9 @@ async def cancel_job(
     return job_out(job)
 
 
-@router.patch("/{jobId}", response_model_exclude_none=True, responses=error_responses(404, 409))
+@router.patch(
+    "/{jobId}", response_model_exclude_none=True, responses=error_responses(402, 404, 409)
+)
 async def update_job(
     jobId: str,
     body: JobUpdate,
@@ -180,9 +183,12 @@ async def update_job(
     queue: QueueDep,
     notifier: NotifierDep,
     settings: SettingsDep,
+    budgets: BudgetsDep,
+    prices: PricesDep,
 ) -> JobOut:
     """Change a queued job's time (`delaySeconds` or `scheduledFor`), prompt or content
-    type; 409 `job_not_queued` once it has started."""
+    type; 409 `job_not_queued` once it has started; 402 `budget_exceeded` when a new
+    prompt or type is quoted higher than the monthly budget still holds."""
     if body.delaySeconds is not None and body.delaySeconds > settings.max_delay_seconds:
         raise ValidationFailed(
             f"delaySeconds: must be at most {settings.max_delay_seconds:g}",
@@ -199,6 +205,8 @@ async def update_job(
         scheduled_for=body.scheduledFor,
         prompt=body.prompt,
         content_type=body.contentType,
+        prices=prices,
+        budgets=budgets,
     )
     return job_out(job)
 

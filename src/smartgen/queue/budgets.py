@@ -78,6 +78,29 @@ return {1, used_t, used_c, used_t + t - rt, used_c + c - rc}
 """
 
 
+# KEYS: job. ARGV: new tokens, new cost (nano), token limit, cost limit (0: none).
+# Returns nothing when the job holds no reservation; else as _RESERVE, the reservation
+# replaced by the new quote only when the month holds it.
+_REQUOTE = """
+local month = redis.call('HGET', KEYS[1], 'month')
+if not month then return nil end
+local rt = tonumber(redis.call('HGET', KEYS[1], 'tokens'))
+local rc = tonumber(redis.call('HGET', KEYS[1], 'cost'))
+local t, c = tonumber(ARGV[1]), tonumber(ARGV[2])
+local lt, lc = tonumber(ARGV[3]), tonumber(ARGV[4])
+local used_t = tonumber(redis.call('HGET', month, 'tokens') or '0')
+local used_c = tonumber(redis.call('HGET', month, 'cost') or '0')
+local new_t, new_c = used_t - rt + t, used_c - rc + c
+if (lt > 0 and t > rt and new_t > lt) or (lc > 0 and c > rc and new_c > lc) then
+  return {0, used_t, used_c, used_t, used_c}
+end
+redis.call('HINCRBY', month, 'tokens', t - rt)
+redis.call('HINCRBY', month, 'cost', c - rc)
+redis.call('HSET', KEYS[1], 'tokens', t, 'cost', c)
+return {1, used_t, used_c, new_t, new_c}
+"""
+
+
 def _state(reply: list[int]) -> BudgetState:
     accepted, t0, c0, t1, c1 = (int(v) for v in reply)
     return BudgetState(
@@ -94,6 +117,7 @@ class RedisBudgets:
         self._client = client
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
+        self._requote = client.register_script(_REQUOTE)
         self._prefix = f"{namespace}:budget"
 
     def month_key(self, user_id: str, month: str) -> str:
@@ -136,6 +160,21 @@ class RedisBudgets:
             "" if cost is None else max(0, round(cost * NANO)),
         ]
         reply = await self._settle(keys=[self._job_key(job_id)], args=args)
+        return None if reply is None else _state(reply)
+
+    @_unavailable
+    async def requote(
+        self, job_id: str, *, tokens: int, cost: float, token_limit: int, cost_limit: float
+    ) -> BudgetState | None:
+        reply = await self._requote(
+            keys=[self._job_key(job_id)],
+            args=[
+                max(0, tokens),
+                max(0, round(cost * NANO)),
+                token_limit,
+                round(cost_limit * NANO),
+            ],
+        )
         return None if reply is None else _state(reply)
 
     @_unavailable

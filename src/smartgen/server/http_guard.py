@@ -124,10 +124,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel("_head_timer")
         upgrade = self.parser.should_upgrade() and self._should_upgrade()
         limit = self.limit_concurrency
-        if upgrade and limit is not None and len(self.connections) >= limit:
-            # uvicorn's limit_concurrency answers plain requests only; a WebSocket would
-            # otherwise pass it (and hold its connection for as long as it lives).
-            self._refuse(503, "server_busy", "Too many connections; try again shortly")
+        if limit is not None and (
+            len(self.connections) >= limit or (not upgrade and len(self.tasks) >= limit)
+        ):
+            # uvicorn's limit_concurrency answers plain requests in plain text, and lets a
+            # WebSocket through (to hold its connection for as long as it lives): both get
+            # the API's JSON error here, with a hint when to come back.
+            self._refuse(
+                503, "server_busy", "Too many connections; try again shortly", retry_after=1
+            )
             return
         super().on_headers_complete()
         if upgrade:
@@ -211,7 +216,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return True
         return False
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
+    def _refuse(
+        self, status: int, code: str, message: str, *, retry_after: int | None = None
+    ) -> None:
         """Answer `status` with the usual JSON error body and close the connection."""
         self._refused = True
         self._stop_timers()
@@ -219,6 +226,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         head = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])]
         for name, value in self.server_state.default_headers:
             head.append(name + b": " + value + b"\r\n")
+        if retry_after is not None:
+            head.append(b"retry-after: %d\r\n" % retry_after)
         head.append(b"content-type: application/json\r\n")
         head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
         self.transport.write(b"".join(head) + body)

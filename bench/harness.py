@@ -666,6 +666,8 @@ def smartgen_env(
             "HTTP_MAX_CONNECTIONS": "1000000",
             "SOCKETIO_MAX_SOCKETS_PER_USER": "1000000",
             "SOCKETIO_SYNC_RATE_LIMIT": "1000000000",
+            # Every benchmark client is one address (bench/memory.py opens 10,000 sessions).
+            "SOCKETIO_IP_SESSION_RATE_LIMIT": "1000000000",
             "REGISTER_IP_RATE_LIMIT": "0",
             "LOGIN_RATE_LIMIT": "0",
             "LOGIN_EMAIL_FAILURE_LIMIT": "0",

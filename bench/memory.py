@@ -2,7 +2,7 @@
 1,000 jobs in flight (issue 19).
 
     .venv/bin/python bench/memory.py [--store sqlite|postgres|mongo] [--connections 10000]
-        [--client-procs 4] [--hold 40] [--phases api,worker]
+        [--client-procs 4] [--hold 40] [--phases api,worker] [--set NAME=VALUE]
 
 **api** — one `smartgen api` (a private Redis, the store, no worker). `--client-procs`
 helper processes (this script with `--hold`) open the connections: raw websockets
@@ -151,6 +151,7 @@ async def hold(url: str) -> None:
                     "held": held.connected,
                     "refused": held.refused,
                     "failed": held.failed,
+                    "errors": dict(held.errors),
                     "seconds": round(time.monotonic() - began, 1),
                 }
             ),
@@ -191,6 +192,7 @@ async def api_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> di
         jwt_secret=secret,
         queue_prefix=f"mem{secrets.token_hex(3)}",
     )
+    env.update(dict(args.set))
     if args.src:  # A/B runs: smartgen imported from another checkout
         env["PYTHONPATH"] = args.src
     smartgen = Smartgen(ws, env)
@@ -279,6 +281,7 @@ async def api_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> di
         "still_connected_after_hold": still,
         "closed_by_server": sum(f.get("closed_by_server", 0) for f in finals),
         "pings_answered": sum(f.get("pings", 0) for f in finals),
+        "client_errors": _added([o.get("errors", {}) for o in opened]),
     }
     log(
         f"  API RSS {idle_mb:.0f} MB idle, {connected_mb:.0f} MB with {held} connections, "
@@ -323,6 +326,7 @@ async def trace_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> 
         queue_prefix=f"mem{secrets.token_hex(3)}",
         LOG_LEVEL="warning",
     )
+    env.update(dict(args.set))
     names = {name.lower() for name in env} & set(_settings_fields())
     settings = load_settings(**{n: env[n.upper()] for n in names})
     app = create_app(settings, init_store=True, on_started=heap.settle_heap)
@@ -387,6 +391,14 @@ async def trace_phase(args: argparse.Namespace, ws: Workspace, backend: Any) -> 
     return figures
 
 
+def _added(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counts:
+        for name, n in one.items():
+            total[name] = total.get(name, 0) + n
+    return total
+
+
 def _settings_fields() -> list[str]:
     from smartgen.config import Settings
 
@@ -426,6 +438,8 @@ def print_report(result: dict[str, Any]) -> None:
             f"{api['still_connected_after_hold']} still connected, "
             f"{api['closed_by_server']} closed by the server"
         )
+        if api.get("client_errors"):
+            print(f"  client errors while connecting: {api['client_errors']}")
     worker = result.get("worker")
     if worker:
         ok = worker["worker_rss_max_mb"] <= TARGET_WORKER_MB
@@ -483,6 +497,13 @@ async def run(args: argparse.Namespace, cleanup: Cleanup) -> int:
     return 1 if result["errors"] else 0
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, separator, value = text.partition("=")
+    if not separator or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip().upper(), value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="smartgen memory figures (issue 19)")
     parser.add_argument("--store", choices=tuple(BACKENDS), default="sqlite")
@@ -496,6 +517,15 @@ def main() -> int:
         "--src",
         help="phase api: run the API from this src/ directory (PYTHONPATH) instead of the "
         "installed package, for before/after comparisons of a change",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="phases api and trace: a smartgen setting for the API (repeatable), e.g. "
+        "--set SOCKETIO_COMPACT_CONNECTIONS=false for the libraries' stock objects",
     )
     parser.add_argument("--keep", action="store_true", help="keep the workspace (logs)")
     args = parser.parse_args()

@@ -34,6 +34,7 @@ import uvicorn
 from smartgen.api.app import create_app
 from smartgen.config import Settings
 from smartgen.server.embedded import redis_binary
+from smartgen.server.http import websocket_protocol
 from tests.fakellm import FakeLLM
 
 pytest_plugins = ["pytester"]  # tests/test_ci_services.py runs a small suite of its own
@@ -282,6 +283,7 @@ class ApiServer:
             lifespan="on",
             proxy_headers=False,  # as `smartgen api` serves: X-Forwarded-For is the app's
             server_header=False,
+            ws=websocket_protocol(settings),  # as `smartgen api` serves websockets
         )
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -33,13 +33,25 @@ WAIT = 15.0  # upper bound for any single wait; never a speed assertion
 TRANSPORTS = {"upgrade": None, "websocket": ["websocket"]}
 
 
-@pytest.fixture(params=["true", "false"], ids=["batched-relay", "stock-relay"])
+@pytest.fixture(
+    params=[("true", "true"), ("false", "true"), ("true", "false")],
+    ids=["batched-relay", "stock-relay", "stock-connections"],
+)
 def env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
     """The shared environment without the per-address registration limit: these tests
     register many users from 127.0.0.1 and must neither hit it nor use up its budget.
     Every test runs on both relays between processes: batched (the default,
-    realtime/batched_relay.py) and python-socketio's own (REALTIME_BATCHED_RELAY=false)."""
-    return {**env, "REGISTER_IP_RATE_LIMIT": "0", "REALTIME_BATCHED_RELAY": request.param}
+    realtime/batched_relay.py) and python-socketio's own (REALTIME_BATCHED_RELAY=false);
+    and on both kinds of per-connection objects: compact (the default,
+    server/compact_websocket.py, realtime/engineio_asgi.py) and the libraries' stock
+    ones (SOCKETIO_COMPACT_CONNECTIONS=false)."""
+    relay, compact = request.param
+    return {
+        **env,
+        "REGISTER_IP_RATE_LIMIT": "0",
+        "REALTIME_BATCHED_RELAY": relay,
+        "SOCKETIO_COMPACT_CONNECTIONS": compact,
+    }
 
 
 class Listener:

@@ -29,11 +29,16 @@ WAIT = 30.0  # the job runs after GENERATION_DELAY_SECONDS=1; this only bounds a
 SEED_KEYS = ["userId", "jobId", "status", "generatedContent", "completedAt"]
 
 
-@pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:
+@pytest.fixture(params=["true", "false"], ids=["compact-connections", "stock-connections"])
+def env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
     """The shared environment without the per-address registration limit: these tests
-    register many users from 127.0.0.1 and must neither hit it nor use up its budget."""
-    return {**env, "REGISTER_IP_RATE_LIMIT": "0"}
+    register many users from 127.0.0.1 and must neither hit it nor use up its budget.
+    Each test on both kinds of per-connection objects (SOCKETIO_COMPACT_CONNECTIONS)."""
+    return {
+        **env,
+        "REGISTER_IP_RATE_LIMIT": "0",
+        "SOCKETIO_COMPACT_CONNECTIONS": request.param,
+    }
 
 
 @dataclass

@@ -19,10 +19,13 @@ from smartgen.config import Settings
 from tests.conftest import ApiServer, register
 
 
-@pytest.fixture
-def env(env: dict[str, str]) -> dict[str, str]:
+@pytest.fixture(params=["true", "false"], ids=["compact-connections", "stock-connections"])
+def env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
+    """Each test on both kinds of per-connection objects (SOCKETIO_COMPACT_CONNECTIONS):
+    the flood guards close sessions through Engine.IO's queue."""
     return {
         **env,
+        "SOCKETIO_COMPACT_CONNECTIONS": request.param,
         "REGISTER_IP_RATE_LIMIT": "0",
         "SOCKETIO_CONNECT_TIMEOUT_SECONDS": "1",
         "SOCKETIO_MAX_SOCKETS_PER_USER": "3",

@@ -166,6 +166,10 @@ class Settings(BaseSettings):
     # New Engine.IO sessions (handshakes) per client address; 0 is off.
     socketio_ip_session_rate_limit: int = Field(300, ge=0)
     socketio_ip_session_rate_window_seconds: float = Field(60.0, gt=0)
+    # What each open websocket keeps, smaller (server/compact_websocket.py for uvicorn's
+    # protocol, realtime/engineio_asgi.py for Engine.IO's request and queue); false: the
+    # libraries' stock objects.
+    socketio_compact_connections: bool = True
     # GET /events: a comment line this often keeps proxies from closing an idle stream.
     events_heartbeat_seconds: float = Field(15.0, gt=0)
     expected_processing_seconds: float = Field(30.0, ge=0)

@@ -22,6 +22,7 @@ from smartgen.kit.times import iso_ms, parse_iso
 from smartgen.metrics import catalog
 from smartgen.ports import RateLimits
 from smartgen.realtime.bus import RedisManager, close_manager, redis_manager
+from smartgen.realtime.engineio_asgi import compact_sio_class
 from smartgen.realtime.events import (
     Event,
     EventPublisher,
@@ -88,6 +89,8 @@ class RealtimeServer:
         self.tokens = tokens
         self.store: Store | None = None
         self.manager: RedisManager = redis_manager(settings, write_only=False)
+        if settings.socketio_compact_connections:
+            server_class = compact_sio_class(server_class)
         self.sio = server_class(
             async_mode="asgi",
             client_manager=self.manager,
@@ -96,7 +99,9 @@ class RealtimeServer:
             logger=False,
             engineio_logger=False,
         )
-        self._expiry: dict[str, asyncio.Task[None]] = {}
+        # sid -> the timer that ends it with its token (a timer, not a sleeping task:
+        # a task per idle connection held about 1 KB more).
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
         self.manager.local.when_ready(self._listen_for_streams)
         self.log: EventLog | None = None
         self.quota: SocketQuota | None = None
@@ -242,11 +247,16 @@ class RealtimeServer:
         self._sid_user[sid] = principal.user_id
         catalog.SOCKETIO_CONNECTIONS.inc()
         if delay is not None:  # a connection lives no longer than its token
-            self._expiry[sid] = asyncio.create_task(self._expire(sid, delay))
+            loop = asyncio.get_running_loop()
+            self._expiry[sid] = loop.call_later(delay, self._expired, sid)
 
-    async def _expire(self, sid: str, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self._expiry.pop(sid, None)
+    def _expired(self, sid: str) -> None:
+        if self._expiry.pop(sid, None) is not None:
+            task = asyncio.ensure_future(self._expire(sid))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
+    async def _expire(self, sid: str) -> None:
         # The socket is local to this process: no need to go through Redis.
         with contextlib.suppress(Exception):
             await self.sio.emit(
@@ -285,9 +295,9 @@ class RealtimeServer:
         if sid in self._connected:
             self._connected.discard(sid)
             catalog.SOCKETIO_CONNECTIONS.dec()
-        task = self._expiry.pop(sid, None)
-        if task is not None:
-            task.cancel()
+        timer = self._expiry.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
 
     async def _on_sync(self, sid: str, data: Any = None) -> dict[str, Any]:
         """`sync` {since}: the job_status of the caller's jobs changed since then;
@@ -370,8 +380,8 @@ class RealtimeServer:
         self._handshakes.clear()
         if self.quota is not None:
             await self.quota.close()
-        for task in self._expiry.values():
-            task.cancel()
+        for timer in self._expiry.values():
+            timer.cancel()
         self._expiry.clear()
         catalog.SOCKETIO_CONNECTIONS.dec(len(self._connected))  # sessions end with us
         self._connected.clear()

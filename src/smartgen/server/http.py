@@ -8,6 +8,7 @@ from typing import Any
 import uvicorn
 
 from smartgen.config import Settings
+from smartgen.server.compact_websocket import CompactWebSocketProtocol
 from smartgen.server.http_guard import HttpLimits, guarded_protocol
 
 
@@ -43,7 +44,14 @@ def uvicorn_config(app: Any, settings: Settings, **where: Any) -> uvicorn.Config
         # uvicorn's own websocket pings only doubled the work: holding 3,000 idle sockets
         # took 5.28 % of a core with them and 4.35 % without (bench/memory.py, HISTORY).
         ws_ping_interval=None,
+        ws=websocket_protocol(settings),
     )
+
+
+def websocket_protocol(settings: Settings) -> Any:
+    """uvicorn's `ws`: what each open websocket keeps, smaller (compact_websocket.py), or
+    "auto", uvicorn's own pick: the same protocol in its stock form."""
+    return CompactWebSocketProtocol if settings.socketio_compact_connections else "auto"
 
 
 def exit_quietly_after_a_graceful_stop() -> None:

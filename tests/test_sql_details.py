@@ -8,6 +8,7 @@ import asyncio
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,13 +20,17 @@ from smartgen.store.sql.postgres import PostgresStore
 from smartgen.store.sql.sqlite import SqliteStore
 from smartgen.store.sql.url import parse_database_url
 from tests.test_store_contract import (  # noqa: F401 - the contract's fixtures
+    DATA,
     T0,
-    backend,
+    Backend,
+    _reset_postgres,
     backend_spec,
     make_job,
     make_user,
     oid,
+    raw_sql,
 )
+from tests.test_store_contract import backend as backend
 from tests.test_store_contract import store as store
 
 EVERY_STORE = pytest.mark.parametrize(
@@ -169,3 +174,111 @@ async def test_a_file_that_is_not_a_database_is_named_at_start_up(tmp_path: Path
     assert info.value.message == (
         f"Cannot open the sqlite ({path}, embedded) database: DatabaseError: file is not a database"
     )
+
+
+# --- schema upgrades --------------------------------------------------------------------------
+
+SQL_STORES = pytest.mark.parametrize("backend_spec", ["postgresql", "sqlite"], indirect=True)
+
+
+async def _schema(backend: Backend) -> dict[str, Any]:
+    """What a database's schema is, as its catalogue says: each table's columns (declared
+    type, NOT NULL, default, key), each index's table, columns and uniqueness, each
+    trigger's text."""
+    if backend.name == "postgresql":
+        columns = await raw_sql(
+            backend,
+            "SELECT table_name, column_name, data_type, character_maximum_length, "
+            "is_nullable, column_default, is_generated, generation_expression "
+            "FROM information_schema.columns WHERE table_schema = 'public'",
+        )
+        indexes = await raw_sql(
+            backend, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
+        )
+        return {
+            "columns": {(r[0], r[1]): r[2:] for r in columns},
+            "indexes": dict(indexes),
+        }
+    tables = [
+        r[0] for r in await raw_sql(backend, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    ]
+    described: dict[str, Any] = {"tables": sorted(tables), "columns": {}, "indexes": {}}
+    for table in tables:
+        for _, name, type_, notnull, default, pk in await raw_sql(
+            backend, f"PRAGMA table_info('{table}')"
+        ):
+            described["columns"][(table, name)] = (type_, notnull, default, pk)
+        for _, index, unique, origin, _partial in await raw_sql(
+            backend, f"PRAGMA index_list('{table}')"
+        ):
+            cols = [r[2] for r in await raw_sql(backend, f"PRAGMA index_info('{index}')")]
+            described["indexes"][index] = (table, cols, unique, origin)
+    triggers = await raw_sql(backend, "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+    described["triggers"] = dict(triggers)
+    return described
+
+
+async def _wipe(backend: Backend) -> None:
+    for opened in backend.opened:
+        await opened.close()
+    backend.opened.clear()
+    if backend.name == "postgresql":
+        await _reset_postgres(backend.url)
+        return
+    path = backend.url.removeprefix("sqlite:///")
+    for suffix in ("", "-wal", "-shm"):
+        await asyncio.to_thread(Path(f"{path}{suffix}").unlink, missing_ok=True)
+
+
+@SQL_STORES
+async def test_a_database_upgraded_from_version_1_has_a_new_databases_schema(
+    backend: Backend,
+) -> None:
+    """Every upgrade step (`schema.UPGRADES`) together gives what a new database gets
+    from the CREATE statements: the same columns with the same types, NOT NULL and
+    defaults, the same indexes and the same search triggers. A step left out, or a
+    column added with another type or default, differs here."""
+    await backend.open().init()
+    fresh = await _schema(backend)
+    await _wipe(backend)
+    if backend.name == "sqlite":
+        Path(backend.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    ddl = (DATA / f"schema_v1_sqlalchemy_{backend.name}.sql").read_text()
+    for text in filter(str.strip, ddl.split(";")):
+        await raw_sql(backend, text)
+    await backend.open().init()
+    upgraded = await _schema(backend)
+    assert upgraded["columns"] == fresh["columns"]
+    assert upgraded == fresh
+
+
+@EVERY_STORE
+async def test_a_worker_name_with_a_backslash_releases_only_its_own_leases(store: Store) -> None:
+    """A worker's name is matched literally, backslash and LIKE's `%` and `_` included
+    (`like_escape`): a name one character off, or one that `%` would stretch to, keeps
+    its leases."""
+    user = oid()
+    now = T0 + timedelta(hours=2)
+    lease = now + timedelta(minutes=5)
+    worker = "w\\_1%.x"
+    owners = {
+        "own": f"a@{worker}",
+        "one character off": "b@w\\X1%.x",
+        "stretched": "c@w\\_1ZZ.x",
+        "no backslash": "d@w_1%.x",
+    }
+    jobs = {}
+    for name, owner in owners.items():
+        job = make_job(user)
+        await store.jobs.create(job)
+        taken = await store.jobs.mark_processing(
+            job.job_id, at=now, attempt=1, lease_until=lease, owner=owner
+        )
+        assert taken is not None
+        jobs[name] = job.job_id
+    released = await store.jobs.release_leases_of(worker, limit=100)
+    assert [j.job_id for j in released] == [jobs["own"]]
+    for name, job_id in jobs.items():
+        stored = await store.jobs.get(job_id)
+        assert stored is not None
+        assert stored.lease_until == (None if name == "own" else lease), name

@@ -25,6 +25,7 @@ from tests.test_store_contract import (  # noqa: F401 - the contract's fixtures
     Backend,
     _reset_postgres,
     backend_spec,
+    make_batch,
     make_job,
     make_user,
     oid,
@@ -282,3 +283,23 @@ async def test_a_worker_name_with_a_backslash_releases_only_its_own_leases(store
         stored = await store.jobs.get(job_id)
         assert stored is not None
         assert stored.lease_until == (None if name == "own" else lease), name
+
+
+@EVERY_STORE
+async def test_a_waiting_batch_job_changed_keeps_waiting_its_turn(store: Store) -> None:
+    """PATCH on a batch's job that waits its turn changes it and leaves it waiting (only
+    "run now" lets it out of turn, `release=True`)."""
+    owner = oid()
+    batch, jobs = make_batch(owner, 2)
+    await store.batches.create(batch, jobs)
+    later = T0 + timedelta(hours=1)
+    changed = await store.jobs.reschedule(
+        jobs[0].job_id, owner, scheduled_for=later, at=T0, prompt="Another prompt"
+    )
+    assert changed is not None
+    assert (changed.batch_held, changed.scheduled_for, changed.prompt) == (
+        True,
+        later,
+        "Another prompt",
+    )
+    assert await store.jobs.count_unfinished(owner) == 0  # still not counted: waiting

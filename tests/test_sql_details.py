@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from smartgen.store.base import Store
 from smartgen.store.sql.postgres import PostgresStore
 from smartgen.store.sql.sqlite import SqliteStore
 from smartgen.store.sql.url import parse_database_url
+from smartgen.store.unavailable import NoConnection
 from tests.test_store_contract import (  # noqa: F401 - the contract's fixtures
     DATA,
     T0,
@@ -303,3 +306,70 @@ async def test_a_waiting_batch_job_changed_keeps_waiting_its_turn(store: Store) 
         "Another prompt",
     )
     assert await store.jobs.count_unfinished(owner) == 0  # still not counted: waiting
+
+
+# --- the SQLite pool's limits -----------------------------------------------------------------
+
+
+class Holds:
+    """Pool-thread work that holds its connection until `free()`: how many hold one now."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.lock = threading.Lock()
+        self.holding = 0
+
+    def work(self, conn: sqlite3.Connection) -> int:
+        with self.lock:
+            self.holding += 1
+        self.go.wait(60)  # bounded: a broken test ends
+        return int(conn.execute("SELECT 1").fetchone()[0])
+
+    async def until_holding(self, n: int) -> None:
+        for _ in range(3000):  # bounded: 30 s
+            if self.holding >= n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{self.holding} of {n} calls hold a connection")
+
+    def free(self) -> None:
+        self.go.set()
+
+
+async def test_the_sqlite_pool_lends_at_most_its_size_then_says_so(tmp_path: Path) -> None:
+    """DB_POOL_SIZE connections at once: with all of them busy, the next call waits the
+    pool's timeout and is refused as "unavailable" (a 503), and once they come back it
+    runs. Writes take one turn at a time: a second write waits for the first even with
+    connections free, while reads run beside it."""
+    sqlite = SqliteStore(
+        parse_database_url(f"sqlite:///{tmp_path / 'smartgen.db'}"), pool_size=2, timeout=0.5
+    )
+    await sqlite.init()
+    holds, writing = Holds(), Holds()
+    try:
+        busy = [asyncio.create_task(sqlite._pool.run(holds.work, writes=False)) for _ in range(2)]
+        await holds.until_holding(2)
+        with pytest.raises(StoreUnavailable) as info:
+            await sqlite.users.get("nobody")
+        assert isinstance(info.value.__cause__, NoConnection)
+        assert str(info.value.__cause__) == "no database connection came free in time"
+        holds.free()
+        assert await asyncio.gather(*busy) == [1, 1]
+        assert await sqlite.users.get("nobody") is None
+
+        first = asyncio.create_task(sqlite._pool.run(writing.work, writes=True))
+        await writing.until_holding(1)
+        with pytest.raises(StoreUnavailable) as info:
+            await sqlite.users.create(make_user())
+        assert str(info.value.__cause__) == "the write turn did not come in time"
+        assert await sqlite.users.get("nobody") is None  # a read runs beside the write
+        writing.free()
+        assert await first == 1
+        user = make_user()
+        await sqlite.users.create(user)
+        assert await sqlite.users.get(user.user_id) == user
+        assert len(sqlite._pool._idle) == 2  # every connection came back
+    finally:
+        holds.free()
+        writing.free()
+        await sqlite.close()

@@ -20,6 +20,7 @@ from smartgen.models import JobStatus
 from smartgen.store.base import Store
 from smartgen.store.sql.postgres import PostgresStore
 from smartgen.store.sql.sqlite import SqliteStore
+from smartgen.store.sql.sqlite_pool import each_in_one_transaction, rowcount
 from smartgen.store.sql.url import parse_database_url
 from smartgen.store.unavailable import NoConnection
 from tests.test_store_contract import (  # noqa: F401 - the contract's fixtures
@@ -373,3 +374,30 @@ async def test_the_sqlite_pool_lends_at_most_its_size_then_says_so(tmp_path: Pat
         holds.free()
         writing.free()
         await sqlite.close()
+
+
+def test_a_batched_transaction_that_fails_as_a_whole_is_undone_and_says_why(
+    tmp_path: Path,
+) -> None:
+    """`each_in_one_transaction`: a statement's own error (a constraint) undoes that
+    statement alone; an operational error (locked, I/O, a missing table) undoes the whole
+    transaction, is raised as it is (the store answers 503 for it), and leaves the
+    connection out of any transaction, ready for the next call."""
+    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        work = each_in_one_transaction(
+            [("INSERT INTO t VALUES (1)", ()), ("INSERT INTO t VALUES (1)", ())], rowcount
+        )
+        first, second = work(conn)
+        assert first == 1 and isinstance(second, sqlite3.IntegrityError)
+        broken = each_in_one_transaction(
+            [("INSERT INTO t VALUES (2)", ()), ("INSERT INTO missing VALUES (3)", ())], rowcount
+        )
+        with pytest.raises(sqlite3.OperationalError) as info:
+            broken(conn)
+        assert str(info.value) == "no such table: missing"
+        assert not conn.in_transaction
+        assert conn.execute("SELECT k FROM t").fetchall() == [(1,)]
+    finally:
+        conn.close()

@@ -1544,6 +1544,7 @@ async def test_requeue_failed_and_cancelled_jobs_keeps_their_history(store: Stor
     )
     assert requeued.error is None and requeued.failed_at is None
     assert requeued.started_at is None and requeued.attempts == 3
+    assert not requeued.batch_held  # no batch's turn to wait: due at its time
     assert await store.jobs.get(failed.job_id) == requeued
     back = await store.jobs.requeue(
         cancelled.job_id, user, scheduled_for=due, at=again_at, history=[{"status": "cancelled"}]

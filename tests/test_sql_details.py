@@ -16,7 +16,7 @@ import pytest
 
 from smartgen.config import ConfigError
 from smartgen.errors import Conflict, StoreUnavailable
-from smartgen.models import JobStatus
+from smartgen.models import Completion, JobStatus
 from smartgen.store.base import Store
 from smartgen.store.sql.postgres import PostgresStore
 from smartgen.store.sql.sqlite import SqliteStore
@@ -401,3 +401,31 @@ def test_a_batched_transaction_that_fails_as_a_whole_is_undone_and_says_why(
         assert conn.execute("SELECT k FROM t").fetchall() == [(1,)]
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_batches_of_two_takes_and_completions(store: Store) -> None:
+    """Four calls at once: two go alone (both flush slots), the other two share a batch,
+    the smallest batch that runs in one transaction. Each gets its own outcome."""
+    jobs = [make_job(oid()) for _ in range(4)]
+    for job in jobs:
+        assert await store.jobs.create(job)
+    now = T0 + timedelta(minutes=2)
+    taken = await asyncio.gather(
+        *(store.jobs.mark_processing(j.job_id, at=now, attempt=1, owner="m") for j in jobs)
+    )
+    assert [t.job_id if t else None for t in taken] == [j.job_id for j in jobs]
+    takes = store.jobs.takes  # type: ignore[attr-defined]
+    assert (takes.items, takes.flushes) == (4, 3)
+    written = await asyncio.gather(
+        *(
+            store.jobs.mark_completed(j.job_id, result=Completion(j.job_id, "m"), at=now)
+            for j in jobs
+        )
+    )
+    assert written == [True] * 4
+    completions = store.jobs.completions  # type: ignore[attr-defined]
+    assert (completions.items, completions.flushes) == (4, 3)
+    for job in jobs:
+        done = await store.jobs.get(job.job_id)
+        assert done is not None and done.generated_content == job.job_id

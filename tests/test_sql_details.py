@@ -8,6 +8,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -429,3 +430,41 @@ async def test_sqlite_batches_of_two_takes_and_completions(store: Store) -> None
     for job in jobs:
         done = await store.jobs.get(job.job_id)
         assert done is not None and done.generated_content == job.job_id
+
+
+async def test_start_up_waits_for_another_processs_write_to_switch_to_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file not yet in WAL mode with another connection's write in progress: switching
+    it to WAL answers "database is locked" at once (SQLite does not wait in its busy
+    handler there), so `init` retries until the write ends instead of failing."""
+    path = tmp_path / "smartgen.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    retries: list[float] = []
+    real_sleep = time.sleep
+
+    def counted_sleep(seconds: float) -> None:
+        retries.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", counted_sleep)
+    sqlite = SqliteStore(parse_database_url(f"sqlite:///{path}"))
+    try:
+        writer.execute("CREATE TABLE other (a)")
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO other VALUES (1)")
+        starting = asyncio.create_task(sqlite.init())
+        for _ in range(3000):  # bounded: 30 s
+            if retries or starting.done():
+                break
+            await asyncio.sleep(0.01)
+        writer.execute("COMMIT")
+        await starting  # no StoreUnavailable: it waited
+        assert retries and not starting.exception()
+        mode = await sqlite._pool.run(
+            lambda c: c.execute("PRAGMA journal_mode").fetchone()[0], writes=False
+        )
+        assert mode == "wal"
+    finally:
+        writer.close()
+        await sqlite.close()

@@ -468,3 +468,24 @@ async def test_start_up_waits_for_another_processs_write_to_switch_to_wal(
     finally:
         writer.close()
         await sqlite.close()
+
+
+@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
+async def test_sqlite_writes_every_time_with_six_fraction_digits(backend: Backend) -> None:
+    """Times are text compared as text: a whole second is written `…:05.000000`, as
+    smartgen 0.1 (SQLAlchemy) wrote it, never `…:05`, which sorts before it. So a job
+    that changed at exactly `since` is not "changed since" it."""
+    store = backend.open()
+    await store.init()
+    user = oid()
+    whole = T0.replace(microsecond=0)
+    job = make_job(user, at=whole)
+    await store.jobs.create(job)
+    rows = await raw_sql(backend, f"SELECT created_at FROM jobs WHERE job_id = '{job.job_id}'")
+    assert rows == [("2030-01-02 03:04:05.000000",)]
+    # A row as smartgen 0.1 wrote it, compared with a time written now.
+    await raw_sql(
+        backend,
+        f"UPDATE jobs SET updated_at = '2030-01-02 03:04:05.000000' WHERE job_id = '{job.job_id}'",
+    )
+    assert await store.jobs.list_changed_since(user, whole, limit=10) == []

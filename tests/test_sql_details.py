@@ -164,8 +164,13 @@ async def test_a_closed_sqlite_store_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable) as info:
         await sqlite.ping()
     assert info.value.message == "SQLite does not answer"
+    assert str(info.value.__cause__) == "the store is closed"
     with pytest.raises(StoreUnavailable):
         await sqlite.jobs.get("any")
+    for _ in range(2):  # a write refused as closed gives its write turn back
+        with pytest.raises(StoreUnavailable) as info:
+            await sqlite.users.create(make_user())
+        assert str(info.value.__cause__) == "the store is closed"
 
 
 async def test_a_file_that_is_not_a_database_is_named_at_start_up(tmp_path: Path) -> None:
@@ -489,3 +494,65 @@ async def test_sqlite_writes_every_time_with_six_fraction_digits(backend: Backen
         f"UPDATE jobs SET updated_at = '2030-01-02 03:04:05.000000' WHERE job_id = '{job.job_id}'",
     )
     assert await store.jobs.list_changed_since(user, whole, limit=10) == []
+
+
+async def test_a_sqlite_data_directory_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the data directory should be")
+    sqlite = SqliteStore(parse_database_url(f"sqlite:///{blocker / 'data' / 'smartgen.db'}"))
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await sqlite.init()
+    finally:
+        await sqlite.close()
+    assert info.value.message == (
+        f"Cannot create the directory '{blocker / 'data'}' for the SQLite database: Not a directory"
+    )
+
+
+async def test_the_sqlite_pool_keeps_a_connection_a_statement_error_left_usable(
+    tmp_path: Path,
+) -> None:
+    """A refused statement (a constraint) leaves its connection in the pool, reused by
+    the next call; an operational error (here: a missing table) closes it, and the next
+    call opens another."""
+    sqlite = SqliteStore(parse_database_url(f"sqlite:///{tmp_path / 'smartgen.db'}"), pool_size=1)
+    await sqlite.init()
+    try:
+        user = make_user()
+        await sqlite.users.create(user)
+        (kept,) = sqlite._pool._idle
+        with pytest.raises(Conflict):
+            await sqlite.users.create(make_user(email=user.email))
+        assert sqlite._pool._idle == [kept]
+        with pytest.raises(sqlite3.OperationalError):
+            await sqlite._pool.run(lambda c: c.execute("SELECT * FROM missing"), writes=False)
+        assert sqlite._pool._idle == []
+        with pytest.raises(sqlite3.ProgrammingError):  # closed
+            kept.execute("SELECT 1")
+        assert await sqlite.users.get(user.user_id) == user
+        assert len(sqlite._pool._idle) == 1 and sqlite._pool._idle[0] is not kept
+    finally:
+        await sqlite.close()
+
+
+async def test_closing_the_sqlite_store_waits_for_a_statement_in_progress(
+    tmp_path: Path,
+) -> None:
+    sqlite = SqliteStore(parse_database_url(f"sqlite:///{tmp_path / 'smartgen.db'}"))
+    await sqlite.init()
+    holds = Holds()
+    ended: list[str] = []
+
+    def work(conn: sqlite3.Connection) -> int:
+        value = holds.work(conn)
+        time.sleep(0.3)  # still running when close() begins
+        ended.append("work")
+        return value
+
+    running = asyncio.create_task(sqlite._pool.run(work, writes=True))
+    await holds.until_holding(1)
+    holds.free()
+    await sqlite.close()
+    assert ended == ["work"]
+    assert await running == 1

@@ -19,7 +19,9 @@ only at import time (repository.py's `_usage_statement`, which builds the statem
 runs unmutated under every one of its mutants: they "survive" untested. `--fresh PATTERN…`
 reruns the survivors whose names match one (fnmatch) each in a new process that picks the
 mutant before importing anything, with the target's tests (or `--tests`); those that fail
-there count as killed in the summary (`fresh.json` in the work directory keeps them):
+there count as killed in the summary (`fresh.json` in the work directory keeps them).
+With `--new-tests` the checkout's tests/ replace the run's copy first: how the tests
+written for a run's survivors are shown to kill them, without a whole new run:
 
     .venv/bin/python bench/mutation.py sqlite --fresh '*_usage_statement*' \
         --tests 'tests/test_store_contract.py::test_usage_is_summed_by_the_store_per_group[sqlite]'
@@ -179,10 +181,20 @@ def fresh_verdicts(work: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def run_fresh(target: Target, work: Path, patterns: list[str]) -> dict[str, str]:
+def run_fresh(
+    target: Target, work: Path, patterns: list[str], *, new_tests: bool = False
+) -> dict[str, str]:
     """Each survivor matching one of `patterns` in a new pytest process whose environment names
     the mutant before the package is imported (mutmut's trampolines read it at each
-    call), from the work directory's mutated tree."""
+    call), from the work directory's mutated tree; `new_tests`: with the checkout's tests
+    (written since the run) in place of the run's copy."""
+    if new_tests:
+        shutil.rmtree(work / "mutants" / "tests")
+        shutil.copytree(
+            ROOT / "tests",
+            work / "mutants" / "tests",
+            ignore=shutil.ignore_patterns("__pycache__", "node_modules", "*.pyc"),
+        )
     verdicts = fresh_verdicts(work)
     survivors = results(work).get("survived", [])
     env = {**os.environ, "PYTHONPATH": "src", "PYTHONUNBUFFERED": "1"}
@@ -245,6 +257,11 @@ def main() -> int:
         metavar="PATTERN",
         help="rerun the last run's survivors matching a PATTERN, each in a fresh process",
     )
+    parser.add_argument(
+        "--new-tests",
+        action="store_true",
+        help="with --fresh: use the checkout's tests/ (tests written since the run)",
+    )
     args = parser.parse_args()
     names = [n for a in args.targets for n in GROUPS.get(a, [a])]
     wanted = [t for t in TARGETS if not names or t.name in names]
@@ -257,7 +274,7 @@ def main() -> int:
     for target in wanted:
         work = WORK / target.name
         if args.fresh:
-            run_fresh(target, work, args.fresh)
+            run_fresh(target, work, args.fresh, new_tests=args.new_tests)
         elif not args.report:
             work = prepare(target)
             started = time.monotonic()

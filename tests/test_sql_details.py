@@ -356,8 +356,8 @@ async def test_the_sqlite_pool_lends_at_most_its_size_then_says_so(tmp_path: Pat
     try:
         busy = [asyncio.create_task(sqlite._pool.run(holds.work, writes=False)) for _ in range(2)]
         await holds.until_holding(2)
-        with pytest.raises(StoreUnavailable) as info:
-            await sqlite.users.get("nobody")
+        with pytest.raises(StoreUnavailable) as info:  # not TimeoutError: it gave up itself
+            await asyncio.wait_for(sqlite.users.get("nobody"), 30)
         assert isinstance(info.value.__cause__, NoConnection)
         assert str(info.value.__cause__) == "no database connection came free in time"
         holds.free()
@@ -367,7 +367,7 @@ async def test_the_sqlite_pool_lends_at_most_its_size_then_says_so(tmp_path: Pat
         first = asyncio.create_task(sqlite._pool.run(writing.work, writes=True))
         await writing.until_holding(1)
         with pytest.raises(StoreUnavailable) as info:
-            await sqlite.users.create(make_user())
+            await asyncio.wait_for(sqlite.users.create(make_user()), 30)
         assert str(info.value.__cause__) == "the write turn did not come in time"
         assert await sqlite.users.get("nobody") is None  # a read runs beside the write
         writing.free()

@@ -411,11 +411,13 @@ def test_a_batched_transaction_that_fails_as_a_whole_is_undone_and_says_why(
 
 @pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
 async def test_sqlite_batches_of_two_takes_and_completions(store: Store) -> None:
-    """Four calls at once: two go alone (both flush slots), the other two share a batch,
+    """Four creates, takes or completions at once: two go alone (both flush slots), the other two share a batch,
     the smallest batch that runs in one transaction. Each gets its own outcome."""
     jobs = [make_job(oid()) for _ in range(4)]
-    for job in jobs:
-        assert await store.jobs.create(job)
+    created = await asyncio.gather(*(store.jobs.create(job, max_unfinished=1) for job in jobs))
+    assert created == [True] * 4
+    inserts = store.jobs.inserts  # type: ignore[attr-defined]
+    assert (inserts.items, inserts.flushes) == (4, 3)
     now = T0 + timedelta(minutes=2)
     taken = await asyncio.gather(
         *(store.jobs.mark_processing(j.job_id, at=now, attempt=1, owner="m") for j in jobs)

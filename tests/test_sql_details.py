@@ -411,8 +411,9 @@ def test_a_batched_transaction_that_fails_as_a_whole_is_undone_and_says_why(
 
 @pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
 async def test_sqlite_batches_of_two_takes_and_completions(store: Store) -> None:
-    """Four creates, takes or completions at once: two go alone (both flush slots), the other two share a batch,
-    the smallest batch that runs in one transaction. Each gets its own outcome."""
+    """Four creates, takes or completions at once: two go alone (both flush slots), the
+    other two share a batch, the smallest batch that runs in one transaction. Each gets
+    its own outcome."""
     jobs = [make_job(oid()) for _ in range(4)]
     created = await asyncio.gather(*(store.jobs.create(job, max_unfinished=1) for job in jobs))
     assert created == [True] * 4

@@ -1093,6 +1093,7 @@ async def test_sqlite_pool_keeps_a_connection_until_its_thread_is_done(backend: 
     store = SqliteStore(backend.url, pool_size=1, timeout=30)
     backend.opened.append(store)
     await store.init()
+    (connection,) = store._pool._idle  # the one connection, opened by init()
     long = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) "
     ended: list[str] = []
 
@@ -1116,7 +1117,7 @@ async def test_sqlite_pool_keeps_a_connection_until_its_thread_is_done(backend: 
     await asyncio.wait_for(store.users.create(user), 30)
     assert ended == ["slow"]
     assert await store.users.get(user.user_id) == user
-    assert len(store._pool._idle) == 1
+    assert store._pool._idle == [connection]  # given back when its thread was done, reused
 
 
 @pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)

@@ -13,11 +13,24 @@ processes: code that the tests run in a subprocess (`python -m smartgen …`) im
 unmutated package, so the selections below are the in-process tests. The summary prints
 killed / survived per target against the target of 85 % killed, and the survivors' names
 (`mutmut show NAME` in the work directory prints a mutant's diff).
+
+mutmut imports the package once and forks a process per mutant, so a function that runs
+only at import time (repository.py's `_usage_statement`, which builds the statements)
+runs unmutated under every one of its mutants: they "survive" untested. `--fresh PATTERN…`
+reruns the survivors whose names match one (fnmatch) each in a new process that picks the
+mutant before importing anything, with the target's tests (or `--tests`); those that fail
+there count as killed in the summary (`fresh.json` in the work directory keeps them).
+With `--new-tests` the checkout's tests/ replace the run's copy first: how the tests
+written for a run's survivors are shown to kill them, without a whole new run:
+
+    .venv/bin/python bench/mutation.py sqlite --fresh '*_usage_statement*' \
+        --tests 'tests/test_store_contract.py::test_usage_is_summed_by_the_store_per_group[sqlite]'
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -123,6 +136,7 @@ def mutmut_config(target: Target) -> str:
 def prepare(target: Target) -> Path:
     work = WORK / target.name
     shutil.rmtree(work / "mutants", ignore_errors=True)  # a fresh run: no stale verdicts
+    fresh_file(work).unlink(missing_ok=True)
     for name in ("src", "tests", "docs"):
         shutil.rmtree(work / name, ignore_errors=True)
         shutil.copytree(
@@ -157,8 +171,56 @@ def results(work: Path) -> dict[str, list[str]]:
     return by_outcome
 
 
+def fresh_file(work: Path) -> Path:
+    return work / "fresh.json"
+
+
+def fresh_verdicts(work: Path) -> dict[str, str]:
+    """Survivors rerun in a fresh process (`--fresh`): name → "killed" or "survived"."""
+    path = fresh_file(work)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_fresh(
+    target: Target, work: Path, patterns: list[str], *, new_tests: bool = False
+) -> dict[str, str]:
+    """Each survivor matching one of `patterns` in a new pytest process whose environment names
+    the mutant before the package is imported (mutmut's trampolines read it at each
+    call), from the work directory's mutated tree; `new_tests`: with the checkout's tests
+    (written since the run) in place of the run's copy."""
+    if new_tests:
+        shutil.rmtree(work / "mutants" / "tests")
+        shutil.copytree(
+            ROOT / "tests",
+            work / "mutants" / "tests",
+            ignore=shutil.ignore_patterns("__pycache__", "node_modules", "*.pyc"),
+        )
+    verdicts = fresh_verdicts(work)
+    survivors = results(work).get("survived", [])
+    env = {**os.environ, "PYTHONPATH": "src", "PYTHONUNBUFFERED": "1"}
+    for name in survivors:
+        if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+             "-p", "no:randomly", *target.tests],
+            cwd=work / "mutants", env={**env, "MUTANT_UNDER_TEST": name},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        # pytest: 1 = tests failed (killed); 0 = all passed; anything else is no verdict.
+        verdict = {0: "survived", 1: "killed"}.get(run.returncode, f"exit {run.returncode}")
+        verdicts[name] = verdict
+        print(f"fresh: {name}: {verdict}", flush=True)
+        fresh_file(work).write_text(json.dumps(verdicts, indent=2))
+    return verdicts
+
+
 def summary(target: Target, work: Path) -> dict[str, object]:
     by_outcome = results(work)
+    fresh = fresh_verdicts(work)
+    killed_fresh = [n for n in by_outcome.get("survived", []) if fresh.get(n) == "killed"]
+    by_outcome["survived"] = [n for n in by_outcome.get("survived", []) if n not in killed_fresh]
+    by_outcome.setdefault("killed", []).extend(killed_fresh)
     killed = len(by_outcome.get("killed", [])) + len(by_outcome.get("timeout", []))
     survived = by_outcome.get("survived", [])
     tested = killed + len(survived)
@@ -189,6 +251,17 @@ def main() -> int:
     parser.add_argument(
         "--tests", nargs="+", help="run these tests instead of the target's selection"
     )
+    parser.add_argument(
+        "--fresh",
+        nargs="+",
+        metavar="PATTERN",
+        help="rerun the last run's survivors matching a PATTERN, each in a fresh process",
+    )
+    parser.add_argument(
+        "--new-tests",
+        action="store_true",
+        help="with --fresh: use the checkout's tests/ (tests written since the run)",
+    )
     args = parser.parse_args()
     names = [n for a in args.targets for n in GROUPS.get(a, [a])]
     wanted = [t for t in TARGETS if not names or t.name in names]
@@ -200,7 +273,9 @@ def main() -> int:
     rows = []
     for target in wanted:
         work = WORK / target.name
-        if not args.report:
+        if args.fresh:
+            run_fresh(target, work, args.fresh, new_tests=args.new_tests)
+        elif not args.report:
             work = prepare(target)
             started = time.monotonic()
             mutmut(work, "run", "--max-children", str(args.max_children))

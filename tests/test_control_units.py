@@ -293,3 +293,34 @@ async def test_queueing_past_the_cap_says_how_many_and_when_to_come_back(
     assert info.value.headers == {"Retry-After": "90"}
     assert await store.jobs.count_unfinished("u-capped") == 2
     assert len(notes.jobs) == 2
+
+
+def test_a_new_time_is_a_delay_or_a_time_within_the_allowed_window(settings: Settings) -> None:
+    """PATCH's time: `delaySeconds` from now, or `scheduledFor` no later than
+    MAX_DELAY_SECONDS from now and no earlier than a minute ago (a time a little in the
+    past, as clocks differ, means now); not both; neither keeps the job's time."""
+    s = settings.model_copy(update={"max_delay_seconds": 600.0})
+    now = utcnow()
+
+    def new(**kw: Any) -> Any:
+        return control._new_schedule(s, now, **{"delay_seconds": None, "scheduled_for": None, **kw})
+
+    assert new() is None
+    assert new(delay_seconds=2.5) == now + timedelta(seconds=2.5)
+    latest = now + timedelta(seconds=600)
+    assert new(scheduled_for=latest) == latest
+    assert new(scheduled_for=now - control.PAST_TOLERANCE) == now
+    with pytest.raises(ValidationFailed) as info:
+        new(delay_seconds=1.0, scheduled_for=now)
+    assert info.value.message == "Give delaySeconds or scheduledFor, not both"
+    assert info.value.details == [{"field": "scheduledFor", "message": "not with delaySeconds"}]
+    with pytest.raises(ValidationFailed) as info:
+        new(scheduled_for=latest + timedelta(milliseconds=1))
+    assert info.value.message == (
+        f"scheduledFor: must be at most 600 s from now (before {iso_ms(latest)})"
+    )
+    assert info.value.details == [{"field": "scheduledFor", "message": "too far in the future"}]
+    with pytest.raises(ValidationFailed) as info:
+        new(scheduled_for=now - control.PAST_TOLERANCE - timedelta(milliseconds=1))
+    assert info.value.message == "scheduledFor: must not be in the past"
+    assert info.value.details == [{"field": "scheduledFor", "message": "in the past"}]

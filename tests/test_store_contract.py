@@ -1259,6 +1259,7 @@ async def test_sqlite_pool_keeps_a_connection_until_its_thread_is_done(backend: 
     store = SqliteStore(backend.url, pool_size=1, timeout=30)
     backend.opened.append(store)
     await store.init()
+    (connection,) = store._pool._idle  # the one connection, opened by init()
     long = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) "
     ended: list[str] = []
 
@@ -1282,7 +1283,7 @@ async def test_sqlite_pool_keeps_a_connection_until_its_thread_is_done(backend: 
     await asyncio.wait_for(store.users.create(user), 30)
     assert ended == ["slow"]
     assert await store.users.get(user.user_id) == user
-    assert len(store._pool._idle) == 1
+    assert store._pool._idle == [connection]  # given back when its thread was done, reused
 
 
 @pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
@@ -1710,6 +1711,7 @@ async def test_requeue_failed_and_cancelled_jobs_keeps_their_history(store: Stor
     )
     assert requeued.error is None and requeued.failed_at is None
     assert requeued.started_at is None and requeued.attempts == 3
+    assert not requeued.batch_held  # no batch's turn to wait: due at its time
     assert await store.jobs.get(failed.job_id) == requeued
     back = await store.jobs.requeue(
         cancelled.job_id, user, scheduled_for=due, at=again_at, history=[{"status": "cancelled"}]

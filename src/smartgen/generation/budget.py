@@ -92,9 +92,7 @@ async def reserve(
         token_limit=tokens,
         cost_limit=cost,
     )
-    if not state.accepted:
-        raise PaymentRequired(refusal(settings, state, quoted, at))
-    await warn(settings, budgets, notifier, user_id, state, at)
+    await _accepted(settings, budgets, notifier, user_id, state, quoted, at)
     return True
 
 
@@ -120,8 +118,20 @@ async def requote(
         token_limit=settings.user_monthly_token_budget,
         cost_limit=settings.user_monthly_cost_budget,
     )
-    if state is None:
-        return
+    if state is not None:
+        await _accepted(settings, budgets, notifier, user_id, state, quoted, at)
+
+
+async def _accepted(
+    settings: Settings,
+    budgets: Budgets,
+    notifier: Notifier,
+    user_id: str,
+    state: BudgetState,
+    quoted: Quote,
+    at: datetime,
+) -> None:
+    """`PaymentRequired` for a refused reservation; else a warning past 80 %, if due."""
     if not state.accepted:
         raise PaymentRequired(refusal(settings, state, quoted, at))
     await warn(settings, budgets, notifier, user_id, state, at)

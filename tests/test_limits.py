@@ -134,6 +134,25 @@ async def test_cap_on_unfinished_jobs(settings: Settings) -> None:
         assert (
             await client.post("/generate-content", json=JOB, headers=bob["headers"])
         ).status_code == 202
+        # A retried job is unfinished again: at the cap, a retry is refused as a new job
+        # is; with a place free, it goes in.
+        listed = (await client.get("/generate-content", headers=alice["headers"])).json()
+        first, second = (j["jobId"] for j in listed)
+        r = await client.delete(f"/generate-content/{first}", headers=alice["headers"])
+        assert r.status_code == 200, r.text
+        assert (
+            await client.post("/generate-content", json=JOB, headers=alice["headers"])
+        ).status_code == 202
+        r = await client.post(f"/generate-content/{first}/retry", headers=alice["headers"])
+        assert r.status_code == 429, r.text
+        assert r.json()["error"] == "too_many_unfinished_jobs"
+        assert "at most 2" in r.json()["message"] and int(r.headers["Retry-After"]) >= 1
+        shown = (await client.get(f"/generate-content/{first}", headers=alice["headers"])).json()
+        assert shown["status"] == "cancelled"
+        r = await client.delete(f"/generate-content/{second}", headers=alice["headers"])
+        assert r.status_code == 200, r.text
+        r = await client.post(f"/generate-content/{first}/retry", headers=alice["headers"])
+        assert r.status_code == 202, r.text
 
 
 @pytest.mark.parametrize("store_kind", ["sqlite", "postgresql"], indirect=True)

@@ -23,6 +23,7 @@ from smartgen.generation.service import (
     get_job,
     parse_job_id,
     queue_message,
+    too_many_unfinished,
 )
 from smartgen.kit.times import iso_ms, utcnow
 from smartgen.models import RETRYABLE, Job, JobStatus
@@ -224,6 +225,13 @@ async def retry_job(
             f"Only failed or cancelled jobs can be retried; this job is {before.status.value}",
             code="job_not_retryable",
         )
+    # A retried job is unfinished again: it counts against MAX_UNFINISHED_JOBS as a new
+    # one does (a batch's job waits its turn instead, as its rows do).
+    cap = settings.max_unfinished_jobs
+    if cap > 0 and (before.batch_id is None or turns is None):
+        unfinished = await store.jobs.count_unfinished(user_id)
+        if unfinished >= cap:
+            raise too_many_unfinished(unfinished, cap, settings.generation_delay_seconds)
     # Its old queue entry must go first (a queue keeps one entry per job id); one a
     # worker still holds (a cancelled job still stopping) goes in a moment.
     for _ in range(RETRY_WAIT_STEPS):

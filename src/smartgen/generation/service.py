@@ -178,6 +178,15 @@ async def queue_generation(
     )
 
 
+def too_many_unfinished(unfinished: int, cap: int, delay: float) -> TooManyRequests:
+    """The refusal of a job past MAX_UNFINISHED_JOBS (429 too_many_unfinished_jobs)."""
+    return TooManyRequests(
+        f"You have {unfinished} unfinished jobs (at most {cap}); wait for some to finish",
+        code="too_many_unfinished_jobs",
+        headers={"Retry-After": str(max(1, round(delay)))},
+    )
+
+
 async def _store_and_queue(
     store: Store, queue: JobQueue, settings: Settings, job: Job, delay: float
 ) -> None:
@@ -188,11 +197,7 @@ async def _store_and_queue(
         # Only the refusal pays for the count, for the message; jobs may have finished
         # since the insert was refused, but there were at least `cap` then.
         unfinished = max(await store.jobs.count_unfinished(user_id), cap)
-        raise TooManyRequests(
-            f"You have {unfinished} unfinished jobs (at most {cap}); wait for some to finish",
-            code="too_many_unfinished_jobs",
-            headers={"Retry-After": str(max(1, round(delay)))},
-        )
+        raise too_many_unfinished(unfinished, cap, delay)
     try:
         delay_ms = round(delay * 1000)
         await queue.enqueue(job_id=job.job_id, data=queue_message(job), delay_ms=delay_ms)

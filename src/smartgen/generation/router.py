@@ -228,7 +228,7 @@ async def run_now(
     "/{jobId}/retry",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=QueuedResponse,
-    responses={200: REPLAYED, **error_responses(402, 404, 409)},
+    responses={200: REPLAYED, **error_responses(402, 404, 409, 429)},
 )
 async def retry_job(
     jobId: str,

@@ -45,6 +45,18 @@ def names(samples: Samples) -> set[str]:
     return {n for n, _ in samples}
 
 
+async def scrape_when_up(url: str) -> Samples:
+    """The first scrape of a worker that is starting: its metrics server opens as the
+    worker starts (a busy machine may take a while), bounded."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        try:
+            return await scrape(url)
+        except httpx.ConnectError:
+            assert asyncio.get_running_loop().time() < deadline, "no metrics server"
+            await asyncio.sleep(0.1)
+
+
 async def scrape(url: str, token: str | None = None) -> Samples:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(timeout=10) as c:
@@ -138,7 +150,7 @@ async def test_worker_endpoint_counts_jobs_model_calls_and_events(
     async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as client:
         user = await register(client)
         async with running_worker(s):
-            before = await scrape(worker_url)
+            before = await scrape_when_up(worker_url)
             job = await queue(client, user["headers"], f"ok {marker}", kind="Social Media Caption")
             done = await wait_for_status(
                 client, job["jobId"], user["headers"], {"completed", "failed"}

@@ -443,6 +443,13 @@ class Shared:
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
 
 
+def db_server_cpu(shared: Shared, store: str) -> float | None:
+    """CPU seconds of the MongoDB wire server so far (None on the other stores: the
+    PostgreSQL server is shared with the machine, SQLite runs inside the processes)."""
+    proc = shared.mongo.proc if store == "mongo" else None
+    return tree_cpu_seconds(proc.pid) if proc is not None else None
+
+
 def base_env(**values: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
     env.update({k: str(v) for k, v in values.items()})
@@ -703,6 +710,7 @@ async def measure(
             polls0 = POLLS[0]
             sw0 = {"api": api.switches(), "worker": worker.switches()}
             (api_u0, api_s0), (worker_u0, worker_s0) = api.cpu_split(), worker.cpu_split()
+            db0 = db_server_cpu(shared, store)
             began = time.monotonic()
             load = await submit(url, tokens, args.jobs, args.concurrency)
             submitted_s = time.monotonic() - began
@@ -712,6 +720,7 @@ async def measure(
             )
             wall = time.monotonic() - began
             (api_u2, api_s2), (worker_u2, worker_s2) = api.cpu_split(), worker.cpu_split()
+            db2 = db_server_cpu(shared, store)
             sw2 = {"api": api.switches(), "worker": worker.switches()}
             polls = POLLS[0] - polls0
             mongo2 = await mongo_counters(admin) if admin is not None else {}
@@ -773,6 +782,10 @@ async def measure(
                 },
             }
         )
+        if db0 is not None and db2 is not None:
+            # the shared database server's own CPU for this system's jobs (SecantusDB runs
+            # in its own process; the window holds only this system's work)
+            result["db_server_cpu_ms_per_job"] = round((db2 - db0) * 1000 / max(1, accepted), 3)
         if mongo0:
             # less this script's own reads of the job counts (one request each)
             requests = mongo2["requests"] - mongo0["requests"] - polls - 1
@@ -833,6 +846,7 @@ FIGURES = (
     ("  worker: CPU % while idle", "worker_idle_cpu_percent", 1),
     ("Redis commands / job (own Redis)", "redis_calls_per_job", 1),
     ("MongoDB requests / job", "mongo_requests_per_job", 1),
+    ("MongoDB server CPU ms / job", "db_server_cpu_ms_per_job", 2),
     ("wall time s (submit + drain)", "wall_s", 1),
     ("jobs completed / s", "jobs_per_s", 1),
     ("POST accepted / s", "submit_rps", 0),

@@ -904,6 +904,12 @@ async def test_mongo_batched_takes_and_completions_answer_each_as_if_alone(
                                             owner="m1@w1")  # fmt: skip
     assert await store.jobs.mark_processing(done.job_id, at=now, attempt=1)
     assert await store.jobs.mark_completed(done.job_id, result=Completion("x", "m"), at=now)
+    # processing, its lease run out (its worker died) / held without a lease
+    expired, unleased = (make_job(user) for _ in range(2))
+    for job, until in ((expired, now), (unleased, None)):
+        assert await store.jobs.create(job)
+        assert await store.jobs.mark_processing(job.job_id, at=now, attempt=1,
+                                                lease_until=until, owner="m0@dead")  # fmt: skip
     at = _ms(now + timedelta(seconds=1))
     takes = [
         _Take(queued.job_id, at, 1, lease, "m2@w1", at),
@@ -913,9 +919,15 @@ async def test_mongo_batched_takes_and_completions_answer_each_as_if_alone(
         _Take(held.job_id, at, 2, lease, "m1@w1", None),  # its owner's retry: taken back
         _Take(done.job_id, at, 2, lease, "m6@w1", None),  # final
         _Take(oid(), at, 1, lease, "m7@w1", None),  # unknown
+        _Take(expired.job_id, at, 2, lease, "m8@w2", None),  # lease ran out: taken over
+        _Take(unleased.job_id, at, 2, lease, "m9@w2", None),  # no lease: taken over
     ]
     taken = await jobs._take_batch(takes)
-    assert [t is not None for t in taken] == [True, False, False, False, True, False, False]
+    assert [t is not None for t in taken] == [True, False, False, False, True, False, False,
+                                              True, True]  # fmt: skip
+    for take, job in zip(takes[-2:], taken[-2:], strict=True):
+        assert job is not None and job == await store.jobs.get(take.job_id)
+        assert (job.lease_owner, job.attempts, job.lease_until) == (take.owner, 2, _ms(lease))
     assert taken[0] == await store.jobs.get(queued.job_id)
     assert taken[0].lease_owner == "m2@w1" and taken[0].started_at == at
     assert taken[4] == await store.jobs.get(held.job_id) and taken[4].attempts == 2

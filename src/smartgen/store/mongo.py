@@ -351,21 +351,31 @@ class MongoJobs:
         )
 
     @staticmethod
-    def _take_update(take: _Take) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _take_filters(take: _Take) -> list[dict[str, Any]]:
+        """The states a job can be taken from, one filter each, the usual one (queued)
+        first: a job is taken when one of them matches. Each is plain conditions on the
+        job's own fields, which the `jobId` index serves; one filter with a top-level
+        `$or` of them would mean the same, but SecantusDB (the MongoDB wire-protocol
+        server the seed runs on) scans the whole collection for any top-level operator:
+        16 ms a take at 2,000 jobs against 1.6 ms."""
+        base: dict[str, Any] = {"jobId": take.job_id}
+        if take.due_by is not None:
+            base["scheduledFor"] = {"$lte": take.due_by}
         processing = JobStatus.processing.value
-        takeable: list[dict[str, Any]] = [
-            {"status": JobStatus.queued.value},
-            {"status": processing, "leaseUntil": None},  # None also matches missing
-            {"status": processing, "leaseUntil": {"$lte": take.at}},
+        filters = [
+            {**base, "status": JobStatus.queued.value},
+            {**base, "status": processing, "leaseUntil": {"$lte": take.at}},
+            {**base, "status": processing, "leaseUntil": None},  # None also matches missing
         ]
         if take.owner is not None:
-            takeable.append({"status": processing, "leaseOwner": take.owner})
-        query: dict[str, Any] = {"jobId": take.job_id, "$or": takeable}
-        if take.due_by is not None:
-            query["scheduledFor"] = {"$lte": take.due_by}
-        update = {
+            filters.append({**base, "status": processing, "leaseOwner": take.owner})
+        return filters
+
+    @staticmethod
+    def _take_set(take: _Take) -> dict[str, Any]:
+        return {
             "$set": {
-                "status": processing,
+                "status": JobStatus.processing.value,
                 "startedAt": take.at,
                 "updatedAt": take.at,
                 "attempts": take.attempt,
@@ -373,36 +383,53 @@ class MongoJobs:
                 "leaseOwner": take.owner,
             }
         }
-        return query, update
+
+    async def _take_one(self, take: _Take, filters: list[dict[str, Any]]) -> Job | None:
+        # Each filter is one atomic conditional update: the first that matches takes the
+        # job, as one update with all of them would have.
+        update = self._take_set(take)
+        for query in filters:
+            if (await self._c.update_one(query, update)).matched_count == 1:
+                return await self.get(take.job_id)
+        return None
 
     @_unavailable
     async def _take_batch(self, takes: list[_Take]) -> list[Job | None]:
         # update + read instead of find_one_and_update: the test server scans the whole
         # collection for the latter, and the conditional filter alone gives the guarantee.
         if len(takes) == 1:
-            query, update = self._take_update(takes[0])
-            result = await self._c.update_one(query, update)
-            if result.matched_count == 0:
-                return [None]
-            return [await self.get(takes[0].job_id)]
-        # Several at once: one bulk write, in order, and one read. A take went through when
-        # the job reads as it wrote it (its owner, start and attempt): a job that was not
-        # takeable still shows its earlier start.
-        await self._c.bulk_write([UpdateOne(*self._take_update(t)) for t in takes], ordered=True)
+            return [await self._take_one(takes[0], self._take_filters(takes[0]))]
+        # Several at once: one bulk write of the usual case (queued), in order, and one
+        # read. A take went through when the job reads as it wrote it (its owner, start
+        # and attempt): a job that was not takeable still shows its earlier start. A job
+        # found processing may be one whose lease ran out (or this worker's own): those
+        # few try the other states one by one.
+        writes = [UpdateOne(self._take_filters(t)[0], self._take_set(t)) for t in takes]
+        await self._c.bulk_write(writes, ordered=True)
         ids = list({t.job_id for t in takes})
         docs = {d["jobId"]: d async for d in self._c.find({"jobId": {"$in": ids}})}
         outcomes: list[Job | None] = []
         for take in takes:
             doc = docs.get(take.job_id)
-            taken = (
-                doc is not None
-                and doc.get("status") == JobStatus.processing.value
-                and doc.get("leaseOwner") == take.owner
-                and _dt(doc.get("startedAt")) == take.at
-                and doc.get("attempts") == take.attempt
-            )
-            outcomes.append(_job_from_doc(doc) if taken and doc is not None else None)
+            if doc is not None and self._took(take, doc):
+                outcomes.append(_job_from_doc(doc))
+            elif doc is not None and doc.get("status") == JobStatus.processing.value:
+                taken = await self._take_one(take, self._take_filters(take)[1:])
+                outcomes.append(taken)
+                if taken is not None:  # later takes of this job see the new state
+                    docs[take.job_id] = {**doc, **self._take_set(take)["$set"]}
+            else:
+                outcomes.append(None)
         return outcomes
+
+    @staticmethod
+    def _took(take: _Take, doc: dict[str, Any]) -> bool:
+        return bool(
+            doc.get("status") == JobStatus.processing.value
+            and doc.get("leaseOwner") == take.owner
+            and _dt(doc.get("startedAt")) == take.at
+            and doc.get("attempts") == take.attempt
+        )
 
     async def mark_completed(self, job_id: str, *, result: Completion, at: datetime) -> bool:
         return await self.completions.submit((job_id, result, _ms(at)))

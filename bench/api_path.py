@@ -1,7 +1,8 @@
 """CPU per request through the API's whole ASGI stack, in-process: the real app
 (`create_app`, its middleware, dependencies, rate limits, store, queue and event log) on a
 private redis-server and a SQLite file (or, with `--store postgres`, a fresh database on
-the PostgreSQL at BENCH_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres),
+the PostgreSQL at BENCH_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres; with
+`--store mongo`, a private SecantusDB, the MongoDB wire-protocol server the seed runs on),
 called directly, without sockets or a load
 generator. The figure a change to the request path moves, steadier than the suite's on a
 busy shared machine: each round runs before and after one after the other, and the
@@ -111,9 +112,14 @@ async def measure(
         from smartgen.app import create_app  # type: ignore[no-redef]
     from smartgen.config import load_settings
 
+    store_url = (
+        {"mongo_uri": database_url}
+        if database_url.startswith("mongodb")
+        else {"database_url": database_url}
+    )
     settings = load_settings(
         redis_url=f"redis://127.0.0.1:{port}/0",
-        database_url=database_url,
+        **store_url,
         jwt_secret="bench-" + "x" * 40,
         # As the suite's API: a model server named (never called here), no delay.
         llm_provider="openai",
@@ -211,6 +217,27 @@ async def pg_database(action: str, name: str) -> str:
     return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
 
 
+def secantus(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """SecantusDB (the MongoDB wire-protocol test server the suite runs on) with its data
+    in `work`; its process and the database's URL. Its CPU is not counted (its own
+    process), only the API's."""
+    port = free_port()
+    (work / "secantus").mkdir()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("secantusd-py")), "--standalone",
+         "--host", "127.0.0.1", "--port", str(port),
+         "--storage-path", str(work / "secantus"), "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"mongodb://127.0.0.1:{port}/api_path"
+
+
 def child(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="smartgen-api-path-"))
     port = free_port()
@@ -228,6 +255,9 @@ def child(args: argparse.Namespace) -> None:
             except OSError:
                 time.sleep(0.05)
         database = f"sqlite:///{work / 'smartgen.db'}"
+        mongo = None
+        if args.store == "mongo":
+            mongo, database = secantus(work)
         if args.store == "postgres":
             database = asyncio.run(pg_database("create", f"smartgen_api_path_{port}"))
         try:
@@ -237,6 +267,9 @@ def child(args: argparse.Namespace) -> None:
         finally:
             if args.store == "postgres":
                 asyncio.run(pg_database("drop", f"smartgen_api_path_{port}"))
+            if mongo is not None:
+                mongo.terminate()
+                mongo.wait()
     finally:
         redis.terminate()
         redis.wait()
@@ -256,7 +289,7 @@ def main() -> int:
         help="count Python function calls per request (steady on a busy machine) and "
         "print the functions called most, instead of CPU time",
     )
-    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--store", choices=("sqlite", "postgres", "mongo"), default="sqlite")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

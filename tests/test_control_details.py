@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from bullmq import Job as QueueEntry
 from bullmq import Queue
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from smartgen.config import Settings
 from smartgen.errors import (
@@ -131,6 +132,16 @@ class TurnsCalled:
 
     async def next_turns(self, batch_id: str) -> None:
         self.batches.append(batch_id)
+
+
+class KnownTimings:
+    """`ports.Timings` that has seen jobs of every type take 12.5 s."""
+
+    async def typical_seconds(self, content_type: str) -> float | None:
+        return 12.5
+
+    async def record(self, content_type: str, seconds: float) -> None:
+        raise AssertionError("control records no timings")
 
 
 class FixedPrices:
@@ -506,12 +517,16 @@ async def test_a_change_the_queue_refuses_is_undone_or_logged_when_the_job_moved
 ) -> None:  # fmt: skip
     job = await submit(store, queue, s, None)
     notes = Notes()
-    with pytest.raises(QueueUnavailable):
+    with (
+        caplog.at_level(logging.DEBUG, logger="smartgen.generation.control"),
+        pytest.raises(QueueUnavailable),
+    ):
         await control.update_job(
             store=store, queue=RefusingQueue(queue), notifier=notes, settings=s,  # type: ignore[arg-type]
             user_id=job.user_id, job_id=job.job_id, delay_seconds=5, prompt="Another prompt",
         )  # fmt: skip
     assert await store.jobs.get(job.job_id) == job  # put back: prompt and time
+    assert caplog.records == []  # put back: nothing to report
     assert notes.jobs == []
     # The job started while the queue refused: it cannot be put back, and says so.
 
@@ -587,18 +602,23 @@ async def test_a_retry_counts_against_the_unfinished_cap_up_to_the_cap_exactly(
 
 
 async def test_a_retry_reserves_its_quote_and_gives_it_back_when_the_queue_refuses(
-    store: Store, queue: GenerationQueue, s: Settings, budgets: RedisBudgets, entries: Any
-) -> None:
+    store: Store, queue: GenerationQueue, s: Settings, budgets: RedisBudgets, entries: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
     job = await ended(store, await submit(store, queue, s, budgets), JobStatus.failed)
     await budgets.release(job.job_id)  # as the worker does for a failed job
     assert await used(budgets, job.user_id) == 0
-    with pytest.raises(QueueUnavailable):
+    with (
+        caplog.at_level(logging.DEBUG, logger="smartgen.generation.control"),
+        pytest.raises(QueueUnavailable),
+    ):
         await control.retry_job(
             store=store, queue=RefusingQueue(queue), notifier=Notes(), settings=s,  # type: ignore[arg-type]
             user_id=job.user_id, job_id=job.job_id, budgets=budgets,
         )  # fmt: skip
     assert await store.jobs.get(job.job_id) == job
     assert await used(budgets, job.user_id) == 0
+    assert caplog.records == []  # put back: nothing to report
     notes = Notes()
     queued = await control.retry_job(
         store=store, queue=queue, notifier=notes, settings=s, user_id=job.user_id,
@@ -680,7 +700,7 @@ async def test_a_batchs_job_retried_waits_its_turn_in_its_reopened_batch(
     turns, notes = TurnsCalled(), Notes()
     queued = await control.retry_job(
         store=store, queue=queue, notifier=notes, settings=capped, user_id=user,
-        job_id=first.job_id, turns=turns, prices=FixedPrices(),
+        job_id=first.job_id, turns=turns, prices=FixedPrices(), timings=KnownTimings(),
     )  # fmt: skip
     assert queued.job.status is JobStatus.queued and queued.job.batch_held is True
     assert turns.batches == [batch.batch_id]
@@ -688,11 +708,10 @@ async def test_a_batchs_job_retried_waits_its_turn_in_its_reopened_batch(
     assert await entries(first.job_id) is None  # not in the queue: its turn comes
     reopened = await store.batches.get(batch.batch_id)
     assert reopened is not None and reopened.status == "running"
+    assert reopened.updated_at == queued.job.updated_at  # the retry's time
     quote = await budget.quote(s, FixedPrices(), model_request(TYPE, "row 1", None))
     assert (queued.estimated_cost, queued.delay_seconds) == (quote.cost, s.generation_delay_seconds)
-    assert queued.estimated_completion == queued.job.scheduled_for + timedelta(
-        seconds=s.expected_processing_seconds
-    )
+    assert queued.estimated_completion == queued.job.scheduled_for + timedelta(seconds=12.5)
     # Without the batch turns, the job goes into the queue, and the cap applies.
     with pytest.raises(TooManyRequests):
         await control.retry_job(
@@ -701,9 +720,10 @@ async def test_a_batchs_job_retried_waits_its_turn_in_its_reopened_batch(
         )  # fmt: skip
     plain = await control.retry_job(
         store=store, queue=queue, notifier=notes, settings=s, user_id=user,
-        job_id=second.job_id,
+        job_id=second.job_id, timings=KnownTimings(),
     )  # fmt: skip
     assert plain.job.batch_held is False
+    assert plain.estimated_completion == plain.job.scheduled_for + timedelta(seconds=12.5)
     assert await entries(second.job_id) is not None
 
 
@@ -769,4 +789,75 @@ async def test_live_text_is_read_for_a_processing_job_only(
     assert text is None
     [record] = caplog.records
     assert record.levelname == "DEBUG"
-    assert record.getMessage().startswith(f"job {job.job_id}: live text unavailable: ")
+    assert isinstance(record.args, tuple) and isinstance(record.args[1], RedisConnectionError)
+    assert record.getMessage() == f"job {job.job_id}: live text unavailable: {record.args[1]}"
+
+
+# --- budgets: the warning past 80 %, and a job's options in its quote -------------------------
+
+
+def warned(user_id: str, s: Settings, used_tokens: int) -> list[tuple[str, str, dict[str, Any]]]:
+    limit = s.user_monthly_token_budget
+    _, resets = budget.month_bounds(utcnow())
+    return [
+        (
+            user_id,
+            "budget_warning",
+            {
+                "budget": "tokens",
+                "limit": limit,
+                "used": used_tokens,
+                "percent": round(100 * used_tokens / limit, 1),
+                "month": month_of(utcnow()),
+                "resetsAt": iso_ms(resets),
+            },
+        )
+    ]
+
+
+async def test_a_new_prompt_that_takes_the_budget_past_80_percent_warns(
+    store: Store, queue: GenerationQueue, s: Settings, budgets: RedisBudgets
+) -> None:
+    longer = PROMPT + ", step by step, with every detail of the dough " * 40
+    first, second = await quoted_tokens(s), await quoted_tokens(s, longer)
+    near = s.model_copy(update={"user_monthly_token_budget": second + 10})
+    assert first < 0.8 * (second + 10) <= second
+    job = await submit(store, queue, near, budgets)
+    notes = Notes()
+    await control.update_job(
+        store=store, queue=queue, notifier=notes, settings=near, user_id=job.user_id,
+        job_id=job.job_id, prompt=longer, budgets=budgets,
+    )  # fmt: skip
+    assert notes.user_events == warned(job.user_id, near, second)
+
+
+async def test_a_retry_that_takes_the_budget_past_80_percent_warns(
+    store: Store, queue: GenerationQueue, s: Settings, budgets: RedisBudgets
+) -> None:
+    tokens = await quoted_tokens(s)
+    near = s.model_copy(update={"user_monthly_token_budget": tokens + 10})
+    job = await ended(store, await submit(store, queue, s, None), JobStatus.failed)
+    notes = Notes()
+    await control.retry_job(
+        store=store, queue=queue, notifier=notes, settings=near, user_id=job.user_id,
+        job_id=job.job_id, budgets=budgets,
+    )  # fmt: skip
+    assert notes.user_events == warned(job.user_id, near, tokens)
+
+
+async def test_a_retry_is_quoted_with_the_jobs_options(
+    store: Store, queue: GenerationQueue, s: Settings, budgets: RedisBudgets
+) -> None:
+    options = {"length": "short"}
+    queued = await service.queue_generation(
+        store=store, queue=queue, notifier=Notes(), settings=s, user_id=uuid.uuid4().hex[:24],
+        prompt=PROMPT, content_type=TYPE, options=options,
+    )  # fmt: skip
+    job = await ended(store, queued.job, JobStatus.failed)
+    await control.retry_job(
+        store=store, queue=queue, notifier=Notes(), settings=s, user_id=job.user_id,
+        job_id=job.job_id, budgets=budgets,
+    )  # fmt: skip
+    short = await budget.quote(s, None, model_request(TYPE, PROMPT, options))
+    assert short.tokens != await quoted_tokens(s)  # the options count
+    assert await used(budgets, job.user_id) == short.tokens

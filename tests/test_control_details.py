@@ -712,7 +712,9 @@ async def test_a_batchs_job_retried_waits_its_turn_in_its_reopened_batch(
     quote = await budget.quote(s, FixedPrices(), model_request(TYPE, "row 1", None))
     assert (queued.estimated_cost, queued.delay_seconds) == (quote.cost, s.generation_delay_seconds)
     assert queued.estimated_completion == queued.job.scheduled_for + timedelta(seconds=12.5)
-    # Without the batch turns, the job goes into the queue, and the cap applies.
+    # Without the batch turns, the job goes into the queue, the cap applies, and its
+    # batch, finished again meanwhile, stays finished.
+    assert await store.batches.finish(batch.batch_id, status="cancelled", at=utcnow())
     with pytest.raises(TooManyRequests):
         await control.retry_job(
             store=store, queue=queue, notifier=notes, settings=capped, user_id=user,
@@ -723,6 +725,8 @@ async def test_a_batchs_job_retried_waits_its_turn_in_its_reopened_batch(
         job_id=second.job_id, timings=KnownTimings(),
     )  # fmt: skip
     assert plain.job.batch_held is False
+    finished = await store.batches.get(batch.batch_id)
+    assert finished is not None and finished.status == "cancelled"
     assert plain.estimated_completion == plain.job.scheduled_for + timedelta(seconds=12.5)
     assert await entries(second.job_id) is not None
 
@@ -861,3 +865,26 @@ async def test_a_retry_is_quoted_with_the_jobs_options(
     short = await budget.quote(s, None, model_request(TYPE, PROMPT, options))
     assert short.tokens != await quoted_tokens(s)  # the options count
     assert await used(budgets, job.user_id) == short.tokens
+
+
+async def test_a_new_prompt_is_quoted_with_the_jobs_options_and_prices(
+    store: Store, queue: GenerationQueue, s: Settings, budgets: RedisBudgets
+) -> None:
+    options = {"length": "short"}
+    priced = s.model_copy(update={"user_monthly_cost_budget": 100.0})
+    queued = await service.queue_generation(
+        store=store, queue=queue, notifier=Notes(), settings=priced,
+        user_id=uuid.uuid4().hex[:24], prompt=PROMPT, content_type=TYPE, options=options,
+        budgets=budgets, prices=FixedPrices(),
+    )  # fmt: skip
+    job = queued.job
+    other = "How to bake rye bread"
+    await control.update_job(
+        store=store, queue=queue, notifier=Notes(), settings=priced, user_id=job.user_id,
+        job_id=job.job_id, prompt=other, budgets=budgets, prices=FixedPrices(),
+    )  # fmt: skip
+    short = await budget.quote(priced, FixedPrices(), model_request(TYPE, other, options))
+    assert short.tokens != await quoted_tokens(s, other)  # the options count
+    assert short.cost is not None and short.cost > 0
+    tokens, cost = await budgets.used(job.user_id, month_of(utcnow()))
+    assert (tokens, cost) == (short.tokens, pytest.approx(short.cost, abs=1e-9))

@@ -689,9 +689,9 @@ async def test_a_batchs_job_retried_waits_its_turn_in_its_reopened_batch(
     store: Store, queue: GenerationQueue, s: Settings, entries: Any
 ) -> None:
     user = uuid.uuid4().hex[:24]
-    batch = await new_batch(store, user, 2)
-    first, second = await batch_jobs(store, batch)
-    for job in (first, second):
+    batch = await new_batch(store, user, 3)
+    first, second, third = await batch_jobs(store, batch)
+    for job in (first, second, third):
         assert await store.jobs.cancel(job.job_id, user, at=utcnow())
     assert await store.batches.finish(batch.batch_id, status="cancelled", at=utcnow())
     # The cap does not apply to a batch's job: it waits its turn instead.
@@ -712,6 +712,14 @@ async def test_a_batchs_job_retried_waits_its_turn_in_its_reopened_batch(
     quote = await budget.quote(s, FixedPrices(), model_request(TYPE, "row 1", None))
     assert (queued.estimated_cost, queued.delay_seconds) == (quote.cost, s.generation_delay_seconds)
     assert queued.estimated_completion == queued.job.scheduled_for + timedelta(seconds=12.5)
+    # No recent timings: the configured processing time.
+    untimed = await control.retry_job(
+        store=store, queue=queue, notifier=notes, settings=s, user_id=user,
+        job_id=third.job_id, turns=turns,
+    )  # fmt: skip
+    assert untimed.estimated_completion == untimed.job.scheduled_for + timedelta(
+        seconds=s.expected_processing_seconds
+    )
     # Without the batch turns, the job goes into the queue, the cap applies, and its
     # batch, finished again meanwhile, stays finished.
     assert await store.batches.finish(batch.batch_id, status="cancelled", at=utcnow())

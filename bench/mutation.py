@@ -112,10 +112,12 @@ TARGETS = [
         ("src/smartgen/generation/service.py",),
         (
             "tests/test_control_units.py",
+            "tests/test_control_details.py",
             "tests/test_api.py",
             "tests/test_job_control.py",
             *IN_PROCESS,
         ),
+        fast=("tests/test_control_units.py", "tests/test_control_details.py"),
     ),
     Target(
         "generation-control",

@@ -28,7 +28,7 @@ from smartgen.queue.producer import GenerationQueue
 from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
 from smartgen.store.base import Store
-from tests.test_control_details import FixedPrices, KnownTimings, Notes, RefusingQueue
+from tests.test_control_details import FixedPrices, KnownTimings, Notes, RefusingQueue, warned
 
 PROMPT = "How to bake bread"
 TYPE = "Blog Post Outline"
@@ -255,6 +255,28 @@ async def test_a_new_job_keeps_its_options_its_delay_and_its_quote(
     assert await store.jobs.get(job.job_id) == job
     assert await queue.state(job.job_id) == "waiting"
     assert notes.jobs == [job]
+    later = await service.queue_generation(
+        store=store, queue=queue, notifier=notes, settings=s, user_id=owner, prompt=PROMPT,
+        content_type="Product Description", delay_seconds=90, timings=KnownTimings(),
+    )  # fmt: skip
+    assert later.job.scheduled_for == later.job.created_at + timedelta(seconds=90)
+    # No recent timings of this type: the configured processing time.
+    assert later.estimated_completion == later.job.scheduled_for + timedelta(
+        seconds=s.expected_processing_seconds
+    )
+
+
+async def test_a_new_job_that_takes_the_budget_past_80_percent_warns(
+    store: Store, queue: GenerationQueue, s: Settings, budgets: RedisBudgets
+) -> None:
+    owner, notes = user(), Notes()
+    tokens = (await budget.quote(s, None, model_request(TYPE, PROMPT, None))).tokens
+    near = s.model_copy(update={"user_monthly_token_budget": tokens + 10})
+    await service.queue_generation(
+        store=store, queue=queue, notifier=notes, settings=near, user_id=owner, prompt=PROMPT,
+        content_type=TYPE, budgets=budgets,
+    )  # fmt: skip
+    assert notes.user_events == warned(owner, near, tokens)
 
 
 async def completed(store: Store, job: Job, text: str) -> Job:
@@ -313,6 +335,17 @@ async def test_a_variation_is_a_new_job_of_the_same_request_told_to_differ(
             store=store, queue=queue, notifier=Notes(), settings=s, user_id=user(),
             job_id=parent.job_id,
         )  # fmt: skip
+    # A job queued with no options: its variation has none either.
+    plain = await service.queue_generation(
+        store=store, queue=queue, notifier=Notes(), settings=s, user_id=owner, prompt=PROMPT,
+        content_type=TYPE,
+    )  # fmt: skip
+    bare = await completed(store, plain.job, "Bread.")
+    varied = await service.queue_variation(
+        store=store, queue=queue, notifier=Notes(), settings=s, user_id=owner,
+        job_id=bare.job_id,
+    )  # fmt: skip
+    assert (varied.job.options, varied.job.parent_job_id) == (None, bare.job_id)
 
 
 async def test_the_list_is_newest_first_its_limit_defaulted_and_capped(

@@ -113,11 +113,16 @@ TARGETS = [
         (
             "tests/test_control_units.py",
             "tests/test_control_details.py",
+            "tests/test_service_details.py",
             "tests/test_api.py",
             "tests/test_job_control.py",
             *IN_PROCESS,
         ),
-        fast=("tests/test_control_units.py", "tests/test_control_details.py"),
+        fast=(
+            "tests/test_control_units.py",
+            "tests/test_control_details.py",
+            "tests/test_service_details.py",
+        ),
     ),
     Target(
         "generation-control",

@@ -10,6 +10,7 @@ Fast (no server processes, no delays), so that mutation testing can run them per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from smartgen.config import Settings
 from smartgen.errors import StoreUnavailable
@@ -25,6 +30,7 @@ from smartgen.generation.budget import month_of
 from smartgen.generation.tasks import INTERNAL_FAILURE, GenerationTask
 from smartgen.kit.times import utcnow
 from smartgen.llm.client import ChatClient
+from smartgen.metrics.jobs import MeteredNotifier
 from smartgen.models import Batch, Completion, Job, JobStatus, User
 from smartgen.ports import Delivery, GiveUp, RetryLater, RunLater
 from smartgen.queue.budgets import RedisBudgets
@@ -34,6 +40,7 @@ from smartgen.queue.timings import RedisTimings
 from smartgen.realtime.bus import event_log
 from smartgen.realtime.events import EventPublisher
 from smartgen.realtime.live_text import RedisLiveText
+from smartgen.realtime.log import EventLog
 from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
 from smartgen.store.base import Store
@@ -74,7 +81,7 @@ class World:
         parts: dict[str, Any] = {
             "store": self.store,
             "llm": self.llm,
-            "notifier": self.publisher,
+            "notifier": MeteredNotifier(self.publisher),  # as the worker has it
             "settings": self.settings,
             "live": self.live,
             "cancellations": self.cancels,
@@ -162,6 +169,24 @@ class World:
         return (await self.budgets.used(self.user_id, month_of(utcnow())))[0]
 
 
+@contextlib.asynccontextmanager
+async def unlogged_publisher() -> AsyncIterator[EventPublisher]:
+    """A publisher whose event log is on a Redis that does not answer (nothing listens on
+    port 1): announcements that must be logged (`settled`) raise."""
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+
+    async def emit(events: list[Any]) -> None:
+        raise AssertionError("nothing is sent before it is logged")
+
+    log = EventLog(dead, "nowhere", max_events=10, max_age_seconds=60)
+    publisher = EventPublisher(emit, numbering=log)
+    try:
+        yield publisher
+    finally:
+        await publisher.close()
+        await dead.aclose()
+
+
 @pytest.fixture
 def store_kind() -> str:
     """SQLite, the default store (the store's own behaviour has tests/test_store_contract.py)."""
@@ -219,6 +244,12 @@ def default_content(prompt: str) -> str:
     return fake_answer(prompt).strip()
 
 
+def jobs_counted(state: str) -> float:
+    """smartgen_jobs_total for the tests' content type and `state`, as /metrics shows it."""
+    value = REGISTRY.get_sample_value("smartgen_jobs_total", {"content_type": KIND, "state": state})
+    return value or 0.0
+
+
 def statuses(events: list[tuple[str, dict[str, Any]]], job_id: str) -> list[str]:
     return [d["status"] for e, d in events if e == "job_status" and d["jobId"] == job_id]
 
@@ -239,8 +270,10 @@ async def test_a_delivery_generates_stores_and_announces_the_job(
     job = await world.job(f"Sourdough {marker}")
     await world.reserve(job.job_id)
     assert await world.used_tokens() == 10
+    counted = jobs_counted("completed")
 
     assert await world.task()(world.delivery(job.job_id)) == "completed"
+    assert jobs_counted("completed") == counted + 1
 
     content = default_content(f"Sourdough {marker}")
     done = await world.stored(job.job_id)
@@ -565,8 +598,41 @@ async def test_a_cancel_while_generating_stops_the_model_and_keeps_nothing(
 # --- a delivery that does not take the job --------------------------------------------------
 
 
-async def test_a_delivery_of_an_unknown_job_is_dropped(world: World) -> None:
-    assert await world.task()(world.delivery(str(uuid.uuid4()))) == "missing"
+async def test_a_delivery_of_an_unknown_job_is_dropped(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = str(uuid.uuid4())
+    with caplog.at_level("INFO", logger=tasks.__name__):
+        assert await world.task()(world.delivery(job_id)) == "missing"
+    assert [r.getMessage() for r in caplog.records if r.name == tasks.__name__] == [
+        f"job {job_id} is not in the store; dropping it"
+    ]
+
+
+async def test_a_delivery_may_be_up_to_two_seconds_early(world: World, unique: str) -> None:
+    """Seen from a delivery that could not take the job: a queued job due within 2 s of
+    the delivery's clock is not "later" (clock skew); one due after that runs later."""
+    job = await world.job(f"Skewed [skew-{unique}]")
+    task = world.task()
+    with pytest.raises(RetryLater):
+        await task._not_taken(job.job_id, job.scheduled_for - timedelta(seconds=1.9), False)
+    with pytest.raises(RunLater) as raised:
+        await task._not_taken(job.job_id, job.scheduled_for - timedelta(seconds=2.1), False)
+    assert raised.value.at == job.scheduled_for
+
+
+async def test_a_held_job_is_retried_after_its_lease_whatever_its_schedule(
+    world: World, unique: str
+) -> None:
+    job = await world.job(f"Held early [heldearly-{unique}]")
+    now = utcnow()
+    assert await world.store.jobs.mark_processing(job.job_id, at=now, attempt=1, owner="other")
+    task = world.task()
+    earlier = job.scheduled_for - timedelta(seconds=60)  # a delivery long before its time
+    with pytest.raises(RetryLater) as raised:
+        await task._not_taken(job.job_id, earlier, False)
+    # Held without a lease end (an older worker's lease): half a second, then try again.
+    assert raised.value.retry_after == 0.5
 
 
 async def test_a_job_rescheduled_later_runs_later(
@@ -646,6 +712,7 @@ async def test_a_redelivered_finished_job_is_announced_again_and_settled_once(
     )
     assert await world.store.jobs.mark_failed(failed.job_id, error="it broke", at=now)
     assert await world.used_tokens() == 10
+    counted = jobs_counted("completed"), jobs_counted("failed")
 
     assert await world.task()(world.delivery(done.job_id)) == "already completed"
     assert await world.used_tokens() == 5 + 30  # settled at what it used
@@ -661,6 +728,8 @@ async def test_a_redelivered_finished_job_is_announced_again_and_settled_once(
     assert await world.used_tokens() == 30
     assert await world.events() == events
     assert fake_llm.calls_for(marker) == []
+    # Announced again, not counted again in the job metrics.
+    assert (jobs_counted("completed"), jobs_counted("failed")) == counted
 
 
 # --- the store fails ------------------------------------------------------------------------
@@ -817,21 +886,104 @@ async def test_a_failure_the_store_cannot_record_is_logged_not_raised(
     assert (await world.stored(job.job_id)).status == JobStatus.queued
 
 
-async def test_a_failure_written_but_not_announced_is_not_raised(
+async def test_a_failure_written_but_not_announced_is_logged_not_raised(
     world: World, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The failure is recorded; its announcement waits until it is in the event log, and
+    an event log that does not answer is logged, not raised."""
     job = await world.job(f"Unannounced [noannounce-{unique}]")
-
-    class Broken(RuntimeError):
-        pass
-
-    async def cannot_log(job: Job, *, settled: bool = False, repeat: bool = False) -> None:
-        raise Broken("the event log is down")
-
-    world.publisher.job_changed = cannot_log  # type: ignore[method-assign]
-    with caplog.at_level("WARNING", logger=tasks.__name__):
-        await world.task()._fail(job.job_id, "Generation failed: x")
-    assert [r.getMessage() for r in caplog.records] == [
-        f"job {job.job_id}: failure not announced: Broken"
+    async with unlogged_publisher() as publisher:
+        with caplog.at_level("WARNING", logger=tasks.__name__):
+            await world.task(notifier=publisher)._fail(job.job_id, "Generation failed: x")
+    assert [r.getMessage() for r in caplog.records if r.name == tasks.__name__] == [
+        f"job {job.job_id}: failure not announced: ConnectionError"
     ]
     assert (await world.stored(job.job_id)).status == JobStatus.failed
+
+
+async def test_a_final_state_that_could_not_be_announced_is_retried(
+    world: World, fake_llm: FakeLLM, unique: str
+) -> None:
+    """The queue hears that a job is done only once its final state is in the event log:
+    else the message is retried, and its next delivery announces it."""
+    marker = f"[unannounced-{unique}]"
+    job = await world.job(f"Quiet {marker}")
+    async with unlogged_publisher() as publisher:
+        with pytest.raises(RetryLater) as raised:
+            await world.task(notifier=publisher)(world.delivery(job.job_id))
+        assert str(raised.value) == INTERNAL_FAILURE
+        assert (await world.stored(job.job_id)).status == JobStatus.completed
+        # A redelivery that finds it done cannot announce it either: retried again.
+        with pytest.raises(RetryLater):
+            await world.task(notifier=publisher)(world.delivery(job.job_id, attempt=2))
+    assert await world.task()(world.delivery(job.job_id, attempt=3)) == "already completed"
+    events = await world.events()
+    assert statuses(events, job.job_id) == ["completed"]
+    assert len(named(events, "job_completed")) == 1
+    assert len(fake_llm.calls_for(marker)) == 1
+
+
+async def test_a_lease_that_cannot_be_released_runs_out_by_itself(
+    world: World, fake_llm: FakeLLM, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = f"[norelease-{unique}]"
+    fake_llm.script(marker, [Reply(status=503)])
+    job = await world.job(f"Stuck lease {marker}")
+
+    async def refuse(job_id: str, **kwargs: Any) -> bool:
+        raise StoreUnavailable("the database did not answer")
+
+    world.store.jobs.release_lease = refuse  # type: ignore[method-assign]
+    with caplog.at_level("DEBUG", logger=tasks.__name__), pytest.raises(RetryLater) as raised:
+        await world.task()(world.delivery(job.job_id))
+    assert "503" in str(raised.value)  # the model's error, not the store's
+    assert f"job {job.job_id}: lease not released: StoreUnavailable" in [
+        r.getMessage() for r in caplog.records
+    ]
+    assert (await world.stored(job.job_id)).lease_until is not None  # until it runs out
+
+
+async def test_a_new_run_replaces_the_live_text_a_crashed_run_left(
+    world: World, fake_llm: FakeLLM, unique: str
+) -> None:
+    marker = f"[stale-{unique}]"
+    fake_llm.script(marker, [Reply(chunk_delay=0.1)])
+    job = await world.job(f"Fresh {marker}")
+    await world.live.append(job.job_id, "text of a run that died ", first=True)
+    run = asyncio.create_task(world.task()(world.delivery(job.job_id)))
+    seen: list[str] = []
+    while not run.done():
+        text = await world.live.get(job.job_id)
+        if text and text != "text of a run that died ":
+            seen.append(text)
+        await asyncio.sleep(0.05)
+    assert await run == "completed"
+    assert seen
+    content = fake_answer(f"Fresh {marker}")
+    assert all(content.startswith(text) for text in seen), seen
+
+
+async def test_live_text_that_cannot_be_kept_does_not_stop_the_job(
+    world: World, fake_llm: FakeLLM, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Live text is a courtesy: a Redis that does not answer (nothing listens on port 1)
+    costs the job its live text, not its result."""
+    client = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    marker = f"[nolive-{unique}]"
+    fake_llm.script(marker, [Reply(chunk_delay=0.03)])
+    job = await world.job(f"No live text {marker}")
+    try:
+        task = world.task(live=RedisLiveText(client, "nowhere"))
+        with caplog.at_level("DEBUG", logger=tasks.__name__):
+            assert await task(world.delivery(job.job_id)) == "completed"
+    finally:
+        await client.aclose()
+    assert (await world.stored(job.job_id)).generated_content == default_content(
+        f"No live text {marker}"
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name == tasks.__name__]
+    assert lines, "the lost live text was not logged"
+    assert all(line.startswith(f"job {job.job_id}: live text not kept: ") for line in lines)
+    # Each piece is tried again (the next one may get through): one line per announcement.
+    progress = named(await world.events(), "job_progress")
+    assert len(lines) == len(progress) >= 2

@@ -37,6 +37,7 @@ from smartgen.queue.budgets import RedisBudgets
 from smartgen.queue.cancellations import CancelListener
 from smartgen.queue.producer import cancel_channel
 from smartgen.queue.timings import RedisTimings
+from smartgen.queue.webhooks import BullWebhookQueue
 from smartgen.realtime.bus import event_log
 from smartgen.realtime.events import EventPublisher
 from smartgen.realtime.live_text import RedisLiveText
@@ -44,6 +45,8 @@ from smartgen.realtime.log import EventLog
 from smartgen.redis_clients import redis_client
 from smartgen.store import open_store
 from smartgen.store.base import Store
+from smartgen.webhooks.endpoints import CachedEndpoints
+from smartgen.webhooks.notifier import WebhookNotifier, job_event_data
 from tests.fakellm import FakeLLM, Reply
 from tests.fakellm import default_content as fake_answer
 
@@ -75,13 +78,14 @@ class World:
     turns: RecordedTurns
     llm: ChatClient
     user_id: str
+    notifier: WebhookNotifier  # the worker's: job metrics and webhooks around the publisher
     kept: list[dict[str, Any]] = field(default_factory=list)  # what deliveries kept
 
     def task(self, **changes: Any) -> GenerationTask:
         parts: dict[str, Any] = {
             "store": self.store,
             "llm": self.llm,
-            "notifier": MeteredNotifier(self.publisher),  # as the worker has it
+            "notifier": self.notifier,
             "settings": self.settings,
             "live": self.live,
             "cancellations": self.cancels,
@@ -223,14 +227,20 @@ async def world(settings: Settings, unique: str) -> AsyncIterator[World]:
     user_id = f"user-{unique}"
     await store.users.create(User(user_id, f"{unique}@example.com", "x", utcnow()))
     llm = ChatClient(s)
+    webhook_queue = BullWebhookQueue(s, redis_client(s, "request"))
+    notifier = WebhookNotifier(
+        MeteredNotifier(publisher), store=store, queue=webhook_queue,
+        endpoints=CachedEndpoints(store, webhook_queue),
+    )  # fmt: skip
     try:
         yield World(
             settings=s, store=store, redis=redis, publisher=publisher,
             live=RedisLiveText(redis, namespace), timings=RedisTimings(redis, namespace),
             budgets=RedisBudgets(redis, namespace), cancels=cancels, turns=RecordedTurns(),
-            llm=llm, user_id=user_id,
+            llm=llm, user_id=user_id, notifier=notifier,
         )  # fmt: skip
     finally:
+        await webhook_queue.close()
         await publisher.close()
         await cancels.close()
         await llm.close()
@@ -779,7 +789,8 @@ async def test_a_completion_the_store_keeps_refusing_is_kept_with_the_message(
     with pytest.raises(RetryLater) as raised:
         await world.task(settings=settings)(world.delivery(job.job_id, attempt=1, attempts=3))
     assert str(raised.value) == INTERNAL_FAILURE
-    assert len(calls) >= 2  # it tried again before giving the answer to the queue
+    # Tried again 0.2 s later; the next try (0.4 s on) would pass the 0.5 s allowed.
+    assert len(calls) == 2
     content = default_content(f"Outage {marker}")
     [kept] = world.kept
     usage = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46, "cost": 0.5}
@@ -987,3 +998,91 @@ async def test_live_text_that_cannot_be_kept_does_not_stop_the_job(
     # Each piece is tried again (the next one may get through): one line per announcement.
     progress = named(await world.events(), "job_progress")
     assert len(lines) == len(progress) >= 2
+
+
+async def test_a_budget_that_cannot_be_settled_never_fails_the_job(
+    world: World, fake_llm: FakeLLM, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger on a Redis that does not answer: the job completes and says why its
+    budget was not settled."""
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    job = await world.job(f"Unsettled [unsettled-{unique}]")
+    try:
+        task = world.task(budgets=RedisBudgets(dead, "nowhere"))
+        with caplog.at_level("WARNING", logger=tasks.__name__):
+            assert await task(world.delivery(job.job_id)) == "completed"
+    finally:
+        await dead.aclose()
+    assert (await world.stored(job.job_id)).status == JobStatus.completed
+    assert [r.getMessage() for r in caplog.records if r.name == tasks.__name__] == [
+        f"job {job.job_id}: budget not settled: QueueUnavailable"
+    ]
+
+
+HOOK = "https://hooks.example.com/smartgen"
+
+
+async def webhook_payloads(world: World, event: str) -> list[dict[str, Any]]:
+    """The payloads of the webhook deliveries written (and queued) for `event`."""
+    due = await world.store.webhooks.list_due_deliveries(utcnow() + timedelta(hours=1), limit=100)
+    return [d.payload for d in due if d.event == event]
+
+
+async def test_the_job_completed_webhook_shows_the_job_as_stored(
+    world: World, fake_llm: FakeLLM, unique: str
+) -> None:
+    """A job's `webhookUrl` hears of its end with the job as `GET /generate-content/{id}`
+    shows it: every field the answer brought (here a kept one: model, usage and cost,
+    finish reason), and the moment it ended."""
+    job = await world.job(f"Hooked [hooked-{unique}]", options={"webhookUrl": HOOK})
+    usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "cost": 0.125}
+    result = {"content": "Hooked text", "model": "m/x", "usage": usage, "finish_reason": "length"}
+    delivery = world.delivery(job.job_id, data={"jobId": job.job_id, "result": result})
+    assert await world.task()(delivery) == "completed"
+    done = await world.stored(job.job_id)
+    assert done.cost == 0.125 and done.finish_reason == "length"
+    [payload] = await webhook_payloads(world, "job.completed")
+    assert payload == job_event_data(done)
+    assert payload["finishReason"] == "length" and payload["model"] == "m/x"
+    # The job_status event of its end carries the same moment.
+    events = await world.events()
+    [end] = [d for e, d in events if e == "job_status" and d["status"] == "completed"]
+    [completed] = named(events, "job_completed")
+    assert end["at"] == completed["completedAt"] == payload["completedAt"]
+    assert done.updated_at == done.completed_at
+
+
+async def test_the_job_failed_webhook_shows_the_job_as_stored(
+    world: World, fake_llm: FakeLLM, unique: str
+) -> None:
+    marker = f"[hookfail-{unique}]"
+    fake_llm.always(marker, Reply(status=400))
+    job = await world.job(f"Hooked {marker}", options={"webhookUrl": HOOK})
+    with pytest.raises(GiveUp):
+        await world.task()(world.delivery(job.job_id))
+    [payload] = await webhook_payloads(world, "job.failed")
+    assert payload == job_event_data(await world.stored(job.job_id))
+
+
+async def test_a_kept_answer_completes_even_if_its_live_text_cannot_be_cleared(
+    world: World, unique: str
+) -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    job = await world.job(f"Kept [keptlive-{unique}]")
+    data = {"jobId": job.job_id, "result": {"content": "From before", "model": "m"}}
+    try:
+        task = world.task(live=RedisLiveText(dead, "nowhere"))
+        assert await task(world.delivery(job.job_id, data=data)) == "completed"
+    finally:
+        await dead.aclose()
+    assert (await world.stored(job.job_id)).generated_content == "From before"
+
+
+async def test_a_kept_answer_clears_the_live_text_its_first_attempt_left(
+    world: World, unique: str
+) -> None:
+    job = await world.job(f"Kept [keptclear-{unique}]")
+    await world.live.append(job.job_id, "the first attempt's text", first=True)
+    data = {"jobId": job.job_id, "result": {"content": "the first attempt's text"}}
+    assert await world.task()(world.delivery(job.job_id, data=data)) == "completed"
+    assert await world.live.get(job.job_id) is None

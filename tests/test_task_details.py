@@ -27,6 +27,7 @@ from smartgen.config import Settings
 from smartgen.errors import StoreUnavailable
 from smartgen.generation import tasks
 from smartgen.generation.budget import month_of
+from smartgen.generation.prompts import system_message
 from smartgen.generation.tasks import INTERNAL_FAILURE, GenerationTask
 from smartgen.kit.times import utcnow
 from smartgen.llm.client import ChatClient
@@ -277,7 +278,7 @@ async def test_a_delivery_generates_stores_and_announces_the_job(
     marker = f"[whole-{unique}]"
     # Slow enough that the text goes out as job_progress events while it is written.
     fake_llm.script(marker, [Reply(chunk_delay=0.02)])
-    job = await world.job(f"Sourdough {marker}")
+    job = await world.job(f"Sourdough {marker}", options={"audience": "home bakers"})
     await world.reserve(job.job_id)
     assert await world.used_tokens() == 10
     counted = jobs_counted("completed")
@@ -298,6 +299,8 @@ async def test_a_delivery_generates_stores_and_announces_the_job(
     assert done.error is None
     [call] = fake_llm.calls_for(marker)
     assert call.prompt == f"Sourdough {marker}"
+    assert call.system == system_message(KIND, {"audience": "home bakers"})
+    assert "<audience>home bakers</audience>" in call.user
     assert "<previous_version>" not in call.user
 
     events = await world.events()
@@ -480,16 +483,19 @@ async def test_a_batch_job_that_ends_lets_its_batch_take_its_next_turn(
 
 
 async def test_a_retryable_error_gives_the_job_back_for_a_retry(
-    world: World, fake_llm: FakeLLM, unique: str
+    world: World, fake_llm: FakeLLM, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     marker = f"[busy-{unique}]"
     fake_llm.script(marker, [Reply(status=429, headers={"Retry-After": "7"})])
     job = await world.job(f"Busy {marker}")
     await world.reserve(job.job_id)
-    with pytest.raises(RetryLater) as raised:
+    with caplog.at_level("INFO", logger=tasks.__name__), pytest.raises(RetryLater) as raised:
         await world.task()(world.delivery(job.job_id, attempt=1, attempts=3))
     assert raised.value.retry_after == 7
     assert "429" in str(raised.value)
+    assert [r.getMessage() for r in caplog.records if r.name == tasks.__name__] == [
+        f"job {job.job_id} attempt 1: {raised.value} (will retry)"
+    ]
     held = await world.stored(job.job_id)
     assert held.status == JobStatus.processing
     assert held.lease_until is None  # released for the retry
@@ -583,7 +589,7 @@ async def test_a_stream_that_breaks_before_any_text_was_announced_sends_no_reset
 
 
 async def test_a_cancel_while_generating_stops_the_model_and_keeps_nothing(
-    world: World, fake_llm: FakeLLM, unique: str
+    world: World, fake_llm: FakeLLM, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     marker = f"[cancel-{unique}]"
     fake_llm.script(marker, [Reply(chunk_delay=0.1)])
@@ -595,9 +601,20 @@ async def test_a_cancel_while_generating_stops_the_model_and_keeps_nothing(
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("the job never wrote live text")
+    # While it runs, this message holds the job for LLM_TIMEOUT_SECONDS + 15 s.
+    running = await world.stored(job.job_id)
+    assert running.status == JobStatus.processing
+    assert running.lease_owner == "message-1@worker-1"
+    assert running.started_at is not None and running.lease_until is not None
+    held = (running.lease_until - running.started_at).total_seconds()
+    assert held == world.settings.lease_seconds == 20
     assert await world.store.jobs.cancel(job.job_id, world.user_id, at=utcnow())
-    await world.redis.publish(cancel_channel(world.settings), job.job_id)
-    assert await asyncio.wait_for(run, 10) == "cancelled"
+    with caplog.at_level("INFO", logger=tasks.__name__):
+        await world.redis.publish(cancel_channel(world.settings), job.job_id)
+        assert await asyncio.wait_for(run, 10) == "cancelled"
+    assert [r.getMessage() for r in caplog.records if r.name == tasks.__name__] == [
+        f"job {job.job_id} cancelled while generating"
+    ]
     cancelled = await world.stored(job.job_id)
     assert cancelled.status == JobStatus.cancelled and cancelled.generated_content is None
     assert await world.live.get(job.job_id) is None
@@ -867,15 +884,20 @@ async def test_a_store_that_keeps_failing_on_the_last_attempt_fails_the_job(
     assert [e["error"] for e in named(events, "job_failed")] == [INTERNAL_FAILURE]
 
 
-async def test_a_store_down_when_the_delivery_starts_is_retried(world: World, unique: str) -> None:
+async def test_a_store_down_when_the_delivery_starts_is_retried(
+    world: World, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
     job = await world.job(f"Down at start [startdown-{unique}]")
     calls: list[str] = []
     real = world.store.jobs.mark_processing
     world.store.jobs.mark_processing = failing(1, calls)(real)  # type: ignore[method-assign]
-    with pytest.raises(RetryLater) as raised:
+    with caplog.at_level("WARNING", logger=tasks.__name__), pytest.raises(RetryLater) as raised:
         await world.task()(world.delivery(job.job_id, attempt=1, attempts=3))
     assert str(raised.value) == INTERNAL_FAILURE
     assert isinstance(raised.value.__cause__, StoreUnavailable)
+    assert [r.getMessage() for r in caplog.records if r.name == tasks.__name__] == [
+        f"job {job.job_id} attempt 1 failed: StoreUnavailable"
+    ]
     assert (await world.stored(job.job_id)).status == JobStatus.queued
     assert await world.task()(world.delivery(job.job_id, attempt=2)) == "completed"
 
@@ -994,7 +1016,9 @@ async def test_live_text_that_cannot_be_kept_does_not_stop_the_job(
     )
     lines = [r.getMessage() for r in caplog.records if r.name == tasks.__name__]
     assert lines, "the lost live text was not logged"
-    assert all(line.startswith(f"job {job.job_id}: live text not kept: ") for line in lines)
+    for line in lines:  # the job, and why
+        assert line.startswith(f"job {job.job_id}: live text not kept: "), line
+        assert "127.0.0.1:1" in line, line
     # Each piece is tried again (the next one may get through): one line per announcement.
     progress = named(await world.events(), "job_progress")
     assert len(lines) == len(progress) >= 2
@@ -1086,3 +1110,40 @@ async def test_a_kept_answer_clears_the_live_text_its_first_attempt_left(
     data = {"jobId": job.job_id, "result": {"content": "the first attempt's text"}}
     assert await world.task()(world.delivery(job.job_id, data=data)) == "completed"
     assert await world.live.get(job.job_id) is None
+
+
+class LiveTextLostMidway(RedisLiveText):
+    """Live text whose Redis goes away once the text is written: its clear goes to a
+    Redis that does not answer."""
+
+    def __init__(self, live: RedisLiveText, dead: aioredis.Redis) -> None:
+        super().__init__(dead, "nowhere")
+        self._live = live
+
+    async def append(self, job_id: str, text: str, *, first: bool = False) -> None:
+        await self._live.append(job_id, text, first=first)
+
+
+async def test_live_text_that_cannot_be_cleared_after_a_broken_stream_is_logged(
+    world: World, fake_llm: FakeLLM, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = f"[noclear-{unique}]"
+    fake_llm.script(marker, [Reply(chunk_delay=0.03, break_after=8)])
+    job = await world.job(f"Not cleared {marker}")
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    try:
+        task = world.task(live=LiveTextLostMidway(world.live, dead))
+        with caplog.at_level("DEBUG", logger=tasks.__name__), pytest.raises(RetryLater):
+            await task(world.delivery(job.job_id))
+    finally:
+        await dead.aclose()
+    [line] = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == tasks.__name__ and "live text not cleared" in r.getMessage()
+    ]
+    assert line.startswith(f"job {job.job_id}: live text not cleared: ")
+    assert "127.0.0.1:1" in line
+    # The reset still went out: clients drop the partial text.
+    progress = named(await world.events(), "job_progress")
+    assert progress[-1]["reset"] is True

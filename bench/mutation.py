@@ -17,14 +17,27 @@ killed / survived per target against the target of 85 % killed, and the survivor
 mutmut imports the package once and forks a process per mutant, so a function that runs
 only at import time (repository.py's `_usage_statement`, which builds the statements)
 runs unmutated under every one of its mutants: they "survive" untested. `--fresh PATTERN…`
-reruns the survivors whose names match one (fnmatch) each in a new process that picks the
-mutant before importing anything, with the target's tests (or `--tests`); those that fail
-there count as killed in the summary (`fresh.json` in the work directory keeps them).
+reruns the survivors (and the mutants no test reached) whose names match one (fnmatch)
+each in a new process that picks the mutant before importing anything, with the target's
+tests (or `--tests`); those that fail there count as killed in the summary, those that
+pass as survived (`fresh.json` in the work directory keeps the verdicts).
 With `--new-tests` the checkout's tests/ replace the run's copy first: how the tests
 written for a run's survivors are shown to kill them, without a whole new run:
 
     .venv/bin/python bench/mutation.py sqlite --fresh '*_usage_statement*' \
         --tests 'tests/test_store_contract.py::test_usage_is_summed_by_the_store_per_group[sqlite]'
+
+Two stages, for a target whose full selection starts servers (`generation-control`: its
+HTTP tests start Redis, the API and a worker, ~45 s a mutant, hours for the module): such a
+target names a fast selection (`fast`: in-process tests on a real store and Redis, no API
+or worker), which mutmut runs for every mutant (stage 1); then the survivors are rerun each
+in a fresh process (`--fresh '*'`, as above) against the target's full selection (stage 2),
+so a mutant that only the HTTP-level tests kill counts as killed. `--fast-only` stops after
+stage 1 (stage 2 can follow later: `--fresh '*'`; `--fresh … --tests …` picks other tests).
+A target without `fast` runs its full selection under mutmut, as before.
+
+    .venv/bin/python bench/mutation.py generation-control --max-children 1 --fast-only
+    .venv/bin/python bench/mutation.py generation-control --fresh '*'     # stage 2
 """
 
 from __future__ import annotations
@@ -51,6 +64,13 @@ class Target:
     name: str
     files: tuple[str, ...]  # globs under src/, as mutmut's only_mutate takes them
     tests: tuple[str, ...]  # pytest arguments: the test selection
+    # A quicker selection for mutmut's run (stage 1); the survivors then meet `tests`,
+    # each in a fresh process (stage 2). None: mutmut runs `tests`.
+    fast: tuple[str, ...] | None = None
+
+    @property
+    def first_stage(self) -> tuple[str, ...]:
+        return self.fast if self.fast is not None else self.tests
 
 
 # The default worker path and one store (the other parametrisations run the same code),
@@ -92,15 +112,23 @@ TARGETS = [
         ("src/smartgen/generation/service.py",),
         (
             "tests/test_control_units.py",
+            "tests/test_control_details.py",
             "tests/test_api.py",
             "tests/test_job_control.py",
             *IN_PROCESS,
         ),
+        fast=("tests/test_control_units.py", "tests/test_control_details.py"),
     ),
     Target(
         "generation-control",
         ("src/smartgen/generation/control.py",),
-        ("tests/test_control_units.py", "tests/test_job_control.py", *IN_PROCESS),
+        (
+            "tests/test_control_units.py",
+            "tests/test_control_details.py",
+            "tests/test_job_control.py",
+            *IN_PROCESS,
+        ),
+        fast=("tests/test_control_units.py", "tests/test_control_details.py"),
     ),
     Target(
         "generation-reconcile",
@@ -129,7 +157,7 @@ def mutmut_config(target: Target) -> str:
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
         f"only_mutate = {toml_list(target.files)}\n"
-        f"pytest_add_cli_args_test_selection = {toml_list(target.tests)}\n"
+        f"pytest_add_cli_args_test_selection = {toml_list(target.first_stage)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
         "use_git_change_detection = false\n"
         'also_copy = [".env.example", "README.md", "docs"]\n'
@@ -199,7 +227,10 @@ def run_fresh(
             ignore=shutil.ignore_patterns("__pycache__", "node_modules", "*.pyc"),
         )
     verdicts = fresh_verdicts(work)
-    survivors = results(work).get("survived", [])
+    by_outcome = results(work)
+    # A mutant no test of the run reached ("no tests") meets the selection too: under a
+    # fast first stage, the full selection may reach it.
+    survivors = by_outcome.get("survived", []) + by_outcome.get("no tests", [])
     env = {**os.environ, "PYTHONPATH": "src", "PYTHONUNBUFFERED": "1"}
     for name in survivors:
         if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
@@ -221,9 +252,11 @@ def run_fresh(
 def summary(target: Target, work: Path) -> dict[str, object]:
     by_outcome = results(work)
     fresh = fresh_verdicts(work)
-    killed_fresh = [n for n in by_outcome.get("survived", []) if fresh.get(n) == "killed"]
-    by_outcome["survived"] = [n for n in by_outcome.get("survived", []) if n not in killed_fresh]
-    by_outcome.setdefault("killed", []).extend(killed_fresh)
+    # A fresh verdict replaces the run's "survived" or "no tests" (it ran tests).
+    for outcome in ("survived", "no tests"):
+        for name in by_outcome.pop(outcome, []):
+            verdict = {"killed": "killed", "survived": "survived"}.get(fresh.get(name, ""))
+            by_outcome.setdefault(verdict or outcome, []).append(name)
     killed = len(by_outcome.get("killed", [])) + len(by_outcome.get("timeout", []))
     survived = by_outcome.get("survived", [])
     tested = killed + len(survived)
@@ -243,7 +276,7 @@ def summary(target: Target, work: Path) -> dict[str, object]:
 
 def only_tests(target: Target, tests: list[str]) -> Target:
     """The target with another test selection (`--tests`): a quicker, partial measure."""
-    return Target(target.name, target.files, tuple(tests))
+    return Target(target.name, target.files, tuple(tests))  # no second stage
 
 
 def main() -> int:
@@ -259,6 +292,11 @@ def main() -> int:
         nargs="+",
         metavar="PATTERN",
         help="rerun the last run's survivors matching a PATTERN, each in a fresh process",
+    )
+    parser.add_argument(
+        "--fast-only",
+        action="store_true",
+        help="a target with a fast selection: run it only (stage 1), not the survivors' rerun",
     )
     parser.add_argument(
         "--new-tests",
@@ -283,6 +321,10 @@ def main() -> int:
             started = time.monotonic()
             mutmut(work, "run", "--max-children", str(args.max_children))
             print(f"{target.name}: {time.monotonic() - started:.0f} s", flush=True)
+            if target.fast is not None and not args.fast_only:
+                # Stage 2: what the fast tests left, against the full selection.
+                run_fresh(target, work, ["*"])
+                print(f"{target.name}, both stages: {time.monotonic() - started:.0f} s")
         if work.exists():
             rows.append(summary(target, work))
     header = f"{'target':<12} {'killed':>7} {'survived':>9} {'score':>7}"

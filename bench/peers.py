@@ -6,6 +6,7 @@
     .venv/bin/python bench/peers.py --systems smartgen --profile   # py-spy on smartgen's processes
     .venv/bin/python bench/peers.py --jobs 96 --warmup 16            # a quick check
     .venv/bin/python bench/peers.py --systems smartgen --src ../before/src   # another checkout
+    .venv/bin/python bench/peers.py --systems smartgen --set METRICS_ENABLED=false  # a setting
 
 The peers are the reference implementations in `shared/peers/` (`node-seed`: Express +
 BullMQ + mongodb driver + Socket.IO; `celery-seed`: FastAPI + Celery + pymongo). They are
@@ -111,6 +112,9 @@ TARGET_RATIO = 0.5  # smartgen's CPU per job at most half the better peer's
 # MONGO_URI, REDIS_URL or smartgen setting from the caller's shell).
 # `--src`: smartgen's processes import it from this src/ directory (PYTHONPATH).
 SMARTGEN_SRC = ""
+# `--set NAME=VALUE`: smartgen settings for its processes (what a feature costs: a run with
+# it off beside one with it on).
+SMARTGEN_SET: dict[str, str] = {}
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM")
 
 # Makes `server.listen(port)` (which binds every interface) bind loopback only; written
@@ -513,6 +517,7 @@ async def start_system(
         )
         if SMARTGEN_SRC:  # before/after runs: smartgen imported from another checkout's src/
             env["PYTHONPATH"] = SMARTGEN_SRC
+        env.update(SMARTGEN_SET)
         api_args = [PYTHON, "-m", "smartgen", "api"]
         worker_args = [PYTHON, "-m", "smartgen", "worker"]
         ready_text = "worker ready"
@@ -1176,7 +1181,16 @@ def main() -> int:
         help="run smartgen's processes from this src/ directory (PYTHONPATH) instead of the "
         "installed package: for before/after comparisons of a change",
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="a setting for smartgen's processes (repeatable), e.g. METRICS_ENABLED=false",
+    )  # fmt: skip
     args = parser.parse_args()
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isupper():
+            parser.error(f"--set {item}: NAME=VALUE, the setting's environment variable")
+        SMARTGEN_SET[name] = value
     if args.src:
         global SMARTGEN_SRC
         SMARTGEN_SRC = os.path.abspath(args.src)

@@ -55,6 +55,7 @@ from harness import (
     StoreBackend,
     User,
     Workspace,
+    create_accounts,
     log,
     machine,
     mint_users,
@@ -100,6 +101,9 @@ class Recovery:
         self.redis = redis
         self.jwt_secret = secrets.token_hex(32)
         self.users: list[User] = []
+        # Users with an account in each scenario's database (the API refuses a token whose
+        # user does not exist): database → user ids.
+        self.accounts: dict[str, set[str]] = {}
 
     async def system(self, label: str, llm: FakeLLM) -> tuple[Smartgen, Probe, dict[str, str]]:
         store_env = await self.backend.database(label)
@@ -112,12 +116,17 @@ class Recovery:
         )
         return Smartgen(self.ws, env), self.backend.probe(env), env
 
-    async def submit(self, url: str, markers: list[str]) -> dict[str, str]:
+    async def submit(self, url: str, markers: list[str], env: dict[str, str]) -> dict[str, str]:
         """POST one job per marker (a few at a time); marker -> job id."""
         users = self.users
         need = -(-len(markers) // JOBS_PER_USER) * 4  # each run's jobs on fresh users
         if len(users) < need:
             users.extend(mint_users(self.jwt_secret, need - len(users)))
+        database = env.get("MONGO_URI") or env.get("DATABASE_URL") or ""
+        known = self.accounts.setdefault(database, set())
+        if missing := [u for u in users if u.user_id not in known]:
+            await create_accounts(env, missing)
+            known.update(u.user_id for u in missing)
         out: dict[str, str] = {}
         semaphore = asyncio.Semaphore(16)
 
@@ -163,7 +172,7 @@ class Recovery:
                 runs.append(run)
                 per_run = args.jobs * (2 if scenario == "peer" else 1)
                 markers = [f"{scenario}{number}-{i}" for i in range(per_run)]
-                run.markers = await self.submit(url, markers)
+                run.markers = await self.submit(url, markers, env)
                 run.submitted = len(run.markers)
                 await self._all_in_model(llm, probe, run)
                 leases = await probe.leases()
@@ -294,7 +303,7 @@ class Recovery:
             procs.append(await smartgen.worker("worker-slow-2", **short_lock))
             markers = [f"slow-{i}" for i in range(args.jobs * 2)]
             began = time.monotonic()
-            ids = await self.submit(url, markers)
+            ids = await self.submit(url, markers, env)
             deadline = time.monotonic() + args.slow_ms / 1000 * 3 + args.timeout
             jobs: list[dict[str, Any]] = []
             while time.monotonic() < deadline:

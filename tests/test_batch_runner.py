@@ -34,6 +34,7 @@ class RecordingQueue:
     active: set[str] = field(default_factory=set)
     most: int = 0
     refuse: int = 0
+    stall: float = 0.0  # the next enqueue answers this many seconds late
 
     async def enqueue(
         self, *, job_id: str, data: dict[str, Any], delay_ms: int, message_id: str | None = None
@@ -41,6 +42,9 @@ class RecordingQueue:
         if self.refuse:
             self.refuse -= 1
             raise QueueUnavailable()
+        if self.stall:
+            stall, self.stall = self.stall, 0.0
+            await asyncio.sleep(stall)
         self.enqueued.append(job_id)
         self.active.add(job_id)
         self.most = max(self.most, len(self.active))
@@ -146,6 +150,31 @@ async def test_concurrent_turns_never_pass_the_batch_concurrency(store: Store) -
     completed = [p for e, p in notifier.events if e == "batch_completed"]
     assert len(completed) == 1 and completed[0]["costUsd"] == pytest.approx(20.0)
     assert completed[0]["counts"]["completed"] == 40 and completed[0]["progress"] == 1
+
+
+async def test_a_fill_that_stalled_past_its_lock_stops_when_another_took_over(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filler whose queue answered late (past the batch lock) while another filler counted
+    and filled the batch claims nothing more: its count is stale once the lock changed
+    hands. Before the lock was renewed and checked, it went on claiming the free slots it
+    had counted, and the batch had five jobs in the queue for three slots."""
+    from smartgen.batches import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "LOCK_SECONDS", 0.4)
+    queue, notifier = RecordingQueue(stall=1.0), RecordingNotifier()
+    runner = BatchRunner(store=store, queue=queue, notifier=notifier, settings=settings())
+    batch = await new_batch(store, 10)
+    stalled = asyncio.create_task(runner.next_turns(batch.batch_id))  # claims one, stalls
+    await asyncio.sleep(0.6)  # its lock has run out
+    await runner.next_turns(batch.batch_id)  # takes the lock over: two more fill the slots
+    assert len(queue.enqueued) == 2
+    await stalled  # its stalled enqueue lands; then it finds the lock no longer its own
+    counts = await store.batches.counts(batch.batch_id)
+    assert (counts.in_queue, counts.waiting) == (3, 7)
+    assert len(queue.enqueued) == 3 and queue.most == 3
+    got = await store.batches.get(batch.batch_id)
+    assert got is not None and got.lock_owner is None  # the second filler gave it back
 
 
 async def test_a_claim_the_queue_refused_is_queued_by_the_reconciler(store: Store) -> None:

@@ -2554,6 +2554,33 @@ async def test_batch_lock_has_one_holder_until_it_runs_out(store: Store) -> None
     assert not await store.batches.lock(str(uuid.uuid4()), owner="c", until=until, at=T0)
 
 
+async def test_batch_lock_is_renewed_only_while_still_its_holders(store: Store) -> None:
+    """A filler that stalled keeps its lock only if no one took it over or gave it back
+    meanwhile, however long ago it ran out."""
+    batch, _ = make_batch(oid(), 0)
+    await store.batches.create(batch, [])
+    until = T0 + timedelta(seconds=30)
+    assert not await store.batches.renew(batch.batch_id, owner="a", until=until)  # unheld
+    assert await store.batches.lock(batch.batch_id, owner="a", until=until, at=T0)
+    much_later = T0 + timedelta(minutes=5)  # ran out long ago; no one else came
+    assert await store.batches.renew(batch.batch_id, owner="a", until=much_later)
+    got = await store.batches.get(batch.batch_id)
+    assert got is not None and (got.lock_owner, got.lock_until) == ("a", much_later)
+    assert not await store.batches.renew(batch.batch_id, owner="b", until=much_later)
+    # Taken over once it ran out: the first holder's renewal fails, and changes nothing.
+    after = much_later + timedelta(seconds=1)
+    assert await store.batches.lock(batch.batch_id, owner="b", until=after, at=after)
+    assert not await store.batches.renew(batch.batch_id, owner="a", until=after)
+    got = await store.batches.get(batch.batch_id)
+    assert got is not None and (got.lock_owner, got.lock_until) == ("b", after)
+    # Given back: renewing is not taking it again.
+    await store.batches.unlock(batch.batch_id, owner="b")
+    assert not await store.batches.renew(batch.batch_id, owner="b", until=after)
+    got = await store.batches.get(batch.batch_id)
+    assert got is not None and (got.lock_owner, got.lock_until) == (None, None)
+    assert not await store.batches.renew(str(uuid.uuid4()), owner="b", until=after)
+
+
 async def test_batch_rows_are_claimed_once_under_concurrency(
     backend: Backend, store: Store
 ) -> None:

@@ -16,9 +16,13 @@ reconciler's failure), `next_turns` runs:
 4. with nothing left unfinished, finish the batch (once: a conditional write) and
    announce it (`batch_completed`).
 
-Counting and claiming under the lock keeps a batch at BATCH_CONCURRENCY at most. What can
-pass it: a filler that stalls longer than LOCK_SECONDS while another takes the lock over,
-and "run now" on a waiting job (the owner's choice: it starts at once, out of turn).
+Counting and claiming under the lock keeps a batch at BATCH_CONCURRENCY at most. A filler
+that has held the lock for half of LOCK_SECONDS renews it before its next claim, and only
+while it is still its own (`renew`: never taken over nor given back since): a filler that
+stalled past its lock while another filled the batch stops there instead of claiming what
+it counted before. What can still pass the bound: a single claim that stalls in the
+store longer than half the lock and lands after another filler took over (one job), and
+"run now" on a waiting job (the owner's choice: it starts at once, out of turn).
 Nothing is lost to a crash: a job that ended while its worker died is announced again by
 its next delivery, which calls `next_turns`; and the worker's periodic pass (`sweep`) runs
 `next_turns` for every running batch.
@@ -135,28 +139,31 @@ class BatchRunner:
 
     async def _next_turns(self, batch_id: str) -> None:
         owner = secrets.token_hex(8)
-        if not await self._lock(batch_id, owner):
+        locked_at = await self._lock(batch_id, owner)
+        if locked_at is None:
             log.info("batch %s: its lock stayed busy; the periodic pass takes over", batch_id)
             return
         try:
-            await self._fill(batch_id)
+            await self._fill(batch_id, owner, locked_at)
         finally:
             await self.store.batches.unlock(batch_id, owner=owner)
 
-    async def _lock(self, batch_id: str, owner: str) -> bool:
+    async def _lock(self, batch_id: str, owner: str) -> float | None:
+        """The lock for `owner`, waited for briefly; when it was asked for (monotonic), or
+        None when it stayed busy."""
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         pause = 0.005
         while True:
-            now = utcnow()
+            asked, now = time.monotonic(), utcnow()
             until = now + timedelta(seconds=LOCK_SECONDS)
             if await self.store.batches.lock(batch_id, owner=owner, until=until, at=now):
-                return True
+                return asked
             if time.monotonic() + pause > deadline:
-                return False
+                return None
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.1)
 
-    async def _fill(self, batch_id: str) -> None:
+    async def _fill(self, batch_id: str, owner: str, held_since: float) -> None:
         batch = await self.store.batches.get(batch_id)
         if batch is None or batch.status != "running":
             return
@@ -164,6 +171,14 @@ class BatchRunner:
         free = self.settings.batch_concurrency - counts.in_queue
         claimed = 0
         while free > 0 and counts.waiting > claimed:
+            if time.monotonic() - held_since >= LOCK_SECONDS / 2:
+                # Stalled (a slow store or queue): the count above holds only while no
+                # one else filled meanwhile, that is while the lock is still this one's.
+                until = utcnow() + timedelta(seconds=LOCK_SECONDS)
+                if not await self.store.batches.renew(batch_id, owner=owner, until=until):
+                    log.warning("batch %s: its lock was taken over; this fill stops", batch_id)
+                    return
+                held_since = time.monotonic()
             job = await self.store.batches.claim_next(batch_id, at=utcnow())
             if job is None:
                 break

@@ -268,6 +268,10 @@ class BatchRepository(Protocol):
         """Take the batch's lock for `owner` until `until`, unless another owner holds it
         past `at`; whether it was taken."""
 
+    async def renew(self, batch_id: str, *, owner: str, until: datetime) -> bool:
+        """Keep `owner`'s lock until `until`, only while it is still that owner's: never
+        taken over nor given back since (whatever its time); whether it was kept."""
+
     async def unlock(self, batch_id: str, *, owner: str) -> None:
         """Give the lock back (a no-op when `owner` does not hold it)."""
 

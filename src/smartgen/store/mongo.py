@@ -331,7 +331,9 @@ class MongoJobs:
         cursor = self._c.find(
             {
                 "status": JobStatus.processing.value,
-                "$or": [{"leaseUntil": None}, {"leaseUntil": {"$lt": at}}],
+                # no lease (null or missing) or one that ran out: the same as a top-level
+                # `$or` of the two, which SecantusDB answers by scanning the collection
+                "leaseUntil": {"$not": {"$gte": at}},
             }
         ).sort([("startedAt", ASCENDING), ("_id", ASCENDING)])
         return [_job_from_doc(d) async for d in cursor.limit(limit)]

@@ -109,6 +109,13 @@ class MongoBatches:
         return bool(result.matched_count == 1)
 
     @_unavailable
+    async def renew(self, batch_id: str, *, owner: str, until: datetime) -> bool:
+        result = await self._c.update_one(
+            {"batchId": batch_id, "lockOwner": owner}, {"$set": {"lockUntil": until}}
+        )
+        return bool(result.matched_count == 1)
+
+    @_unavailable
     async def unlock(self, batch_id: str, *, owner: str) -> None:
         await self._c.update_one(
             {"batchId": batch_id, "lockOwner": owner},

@@ -57,6 +57,7 @@ BATCH_STATEMENTS = {
         "UPDATE batches SET lock_owner = $2, lock_until = $3 WHERE batch_id = $1 "
         "AND (lock_owner IS NULL OR lock_until IS NULL OR lock_until < $4 OR lock_owner = $2)"
     ),
+    "batch_renew": "UPDATE batches SET lock_until = $3 WHERE batch_id = $1 AND lock_owner = $2",
     "batch_unlock": (
         "UPDATE batches SET lock_owner = NULL, lock_until = NULL "
         "WHERE batch_id = $1 AND lock_owner = $2"
@@ -151,6 +152,10 @@ class Batches(_Repository):
     async def lock(self, batch_id: str, *, owner: str, until: datetime, at: datetime) -> bool:
         args = (batch_id, owner, self._db.ts(until), self._db.ts(at))
         return await self._db.changes(self._sql["batch_lock"], args) == 1
+
+    async def renew(self, batch_id: str, *, owner: str, until: datetime) -> bool:
+        args = (batch_id, owner, self._db.ts(until))
+        return await self._db.changes(self._sql["batch_renew"], args) == 1
 
     async def unlock(self, batch_id: str, *, owner: str) -> None:
         await self._db.changes(self._sql["batch_unlock"], (batch_id, owner))

@@ -311,6 +311,10 @@ async def test_a_delivery_generates_stores_and_announces_the_job(
     assert statuses(events, job.job_id) == ["processing", "completed"]
     [completed] = named(events, "job_completed")
     assert completed["generatedContent"] == content
+    # The final job_status is stamped with the moment it ended, not when it started (the
+    # text took a while to stream: not the same millisecond).
+    end = [d for e, d in events if e == "job_status" and d["status"] == "completed"]
+    assert [d["at"] for d in end] == [completed["completedAt"]]
     assert completed["completedAt"].startswith(done.completed_at.strftime("%Y-%m-%dT%H:%M:%S"))
     progress = named(events, "job_progress")
     assert len(progress) >= 2

@@ -140,10 +140,18 @@ TARGETS = [
         ("src/smartgen/generation/reconcile.py",),
         ("tests/test_reconcile.py", "tests/test_batch_runner.py"),
     ),
+    # Stage 1: tasks.py one delivery at a time (8 s in all); stage 2: the worker's tests
+    # (test_worker.py, test_readme_claims.py: 71 s, the API and a worker in process).
     Target(
         "generation-tasks",
         ("src/smartgen/generation/tasks.py",),
-        ("tests/test_worker.py", "tests/test_readme_claims.py", *IN_PROCESS),
+        (
+            "tests/test_task_details.py",
+            "tests/test_worker.py",
+            "tests/test_readme_claims.py",
+            *IN_PROCESS,
+        ),
+        fast=("tests/test_task_details.py",),
     ),
 ]
 

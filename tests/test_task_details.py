@@ -326,7 +326,8 @@ async def test_a_delivery_generates_stores_and_announces_the_job(
     assert lengths[-1] == len(written)
     so_far = [len("".join(p["delta"] for p in progress[: i + 1])) for i in range(len(progress))]
     assert lengths == so_far and all(p["delta"] for p in progress)
-    assert not any(p.get("reset") for p in progress)
+    # The first piece of a run starts the text (whatever an earlier run left is void).
+    assert [bool(p.get("reset")) for p in progress] == [True] + [False] * (len(progress) - 1)
     # The order: processing, the text, then the final state.
     order = [e for e, _ in events if e != "budget_warning"]
     assert order[0] == "job_status" and order[-2:] == ["job_status", "job_completed"]
@@ -540,6 +541,45 @@ async def test_a_retryable_error_on_the_last_attempt_fails_the_job_for_good(
     assert announced["error"] == message and announced["jobId"] == job.job_id
 
 
+async def test_a_take_over_after_a_worker_died_mid_stream_starts_the_text_again(
+    world: World, fake_llm: FakeLLM, unique: str
+) -> None:
+    """A worker SIGKILLed mid-stream never says its text is void: the live text it kept
+    stays, and clients hold the pieces it announced. The run that takes the job over
+    starts the text again: its first piece carries `reset`, so the clients' deltas add up
+    to its text alone, and its live text replaces the dead run's. If its own stream breaks
+    before it announced anything, the dead run's text is cleared all the same."""
+    marker = f"[takeover-{unique}]"
+    fake_llm.script(marker, [Reply(chunk_delay=0.03, break_after=1), Reply(chunk_delay=0.02)])
+    job = await world.job(f"Taken over {marker}")
+    await world.live.append(job.job_id, "the dead run's words", first=True)
+    # The take-over's stream breaks at once: nothing of it announced, the dead run's text
+    # cleared (GET would show it as partialContent while the job waits for its retry).
+    with pytest.raises(RetryLater):
+        await world.task()(world.delivery(job.job_id, attempt=2, attempts=3))
+    assert await world.live.get(job.job_id) is None
+    assert named(await world.events(), "job_progress") == []
+    # The dead run's text again, then a take-over that streams to the end.
+    await world.live.append(job.job_id, "the dead run's words", first=True)
+    seen: list[str] = []
+
+    async def watch() -> None:
+        while not seen or seen[-1] == "the dead run's words":
+            text = await world.live.get(job.job_id)
+            if text is not None and (not seen or text != seen[-1]):
+                seen.append(text)
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    assert await world.task()(world.delivery(job.job_id, attempt=3, attempts=3)) == "completed"
+    await asyncio.wait_for(watcher, 5)
+    written = fake_answer(f"Taken over {marker}")
+    assert seen[0] == "the dead run's words" and written.startswith(seen[-1])  # replaced
+    progress = named(await world.events(), "job_progress")
+    assert [bool(p.get("reset")) for p in progress] == [True] + [False] * (len(progress) - 1)
+    assert "".join(p["delta"] for p in progress) == written
+
+
 async def test_a_refused_request_fails_at_the_first_attempt(
     world: World, fake_llm: FakeLLM, unique: str
 ) -> None:
@@ -567,7 +607,8 @@ async def test_a_stream_that_breaks_takes_back_the_text_it_announced(
     progress = named(events, "job_progress")
     assert len(progress) >= 2
     *partial, reset = progress
-    assert all(not p.get("reset") for p in partial) and partial[-1]["length"] > 0
+    assert [bool(p.get("reset")) for p in partial] == [True] + [False] * (len(partial) - 1)
+    assert partial[-1]["length"] > 0
     assert reset == {
         "userId": world.user_id, "jobId": job.job_id, "delta": "", "length": 0, "reset": True
     }  # fmt: skip

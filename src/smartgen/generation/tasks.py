@@ -78,8 +78,10 @@ class LiveWriter:
         delta = "".join(self._pending)
         self._pending.clear()
         self._flushed_at = self._loop.time()
-        self._announced = True
-        await self._notifier.job_progress(self._job, delta=delta, length=self.length, reset=False)
+        # A run's first piece replaces whatever an earlier run of the job left with the
+        # clients (a worker that died mid-stream never said its text was void).
+        first, self._announced = not self._announced, True
+        await self._notifier.job_progress(self._job, delta=delta, length=self.length, reset=first)
         if self._live is not None:
             try:
                 await self._live.append(self._job.job_id, delta, first=not self.kept_live)
@@ -92,7 +94,7 @@ class LiveWriter:
         announced, self._announced = self._announced, False
         self.length = 0
         self._pending.clear()
-        await self.discard()
+        await self.discard(earlier_too=True)
         if announced:
             await self._notifier.job_progress(self._job, delta="", length=0, reset=True)
 
@@ -105,8 +107,10 @@ class LiveWriter:
         else:
             self._pending.clear()
 
-    async def discard(self) -> None:
-        if self._live is not None and self.kept_live:
+    async def discard(self, *, earlier_too: bool = False) -> None:
+        """Clear the live text this run kept (`earlier_too`: also what an earlier run that
+        died mid-stream left, which this run did not replace yet)."""
+        if self._live is not None and (self.kept_live or earlier_too):
             self.kept_live = False
             try:
                 await self._live.clear(self._job.job_id)

@@ -29,12 +29,17 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import uvicorn
 
 from smartgen.api.app import create_app
 from smartgen.config import Settings
+from smartgen.queue.producer import GenerationQueue
+from smartgen.redis_clients import redis_client
 from smartgen.server.embedded import redis_binary
 from smartgen.server.http import websocket_protocol
+from smartgen.store import open_store
+from smartgen.store.base import Store
 from tests.fakellm import FakeLLM
 
 pytest_plugins = ["pytester"]  # tests/test_ci_services.py runs a small suite of its own
@@ -265,6 +270,31 @@ def env(
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
     return Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+
+
+# The in-process detail tests' clients (test_control_details.py, test_service_details.py):
+# the store, a Redis client and the job queue of the requesting module's own settings `s`,
+# each opened and closed by the test. Modules with a `store` of their own keep theirs.
+@pytest.fixture
+async def store(s: Settings) -> AsyncIterator[Store]:
+    opened = open_store(s)
+    await opened.init()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def redis(s: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = redis_client(s, "request")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def queue(s: Settings) -> AsyncIterator[GenerationQueue]:
+    opened = GenerationQueue(s, redis_client(s, "request"))
+    yield opened
+    await opened.close()  # and its client
 
 
 class ApiServer:

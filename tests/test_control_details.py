@@ -5,7 +5,8 @@ the queue holds (state, delay, message), what the budget holds, what was announc
 logged. Where a test needs the queue to fail at one precise moment, a small stand-in
 says so (`RefusingQueue`). The same calls over the HTTP API and a worker are in
 test_job_control.py; these run in seconds, so a mutation run can afford them
-(bench/mutation.py's first stage)."""
+(bench/mutation.py's first stage). `store`, `redis` and `queue` are conftest's, over
+this module's `s`."""
 
 from __future__ import annotations
 
@@ -41,7 +42,6 @@ from smartgen.queue.budgets import RedisBudgets
 from smartgen.queue.producer import GenerationQueue, cancel_channel
 from smartgen.realtime.live_text import RedisLiveText
 from smartgen.redis_clients import redis_client
-from smartgen.store import open_store
 from smartgen.store.base import Store
 from tests.conftest import free_port
 
@@ -58,28 +58,6 @@ def store_kind() -> str:
 @pytest.fixture
 def s(settings: Settings) -> Settings:
     return settings.model_copy(update={"user_monthly_token_budget": BUDGET})
-
-
-@pytest.fixture
-async def store(s: Settings) -> AsyncIterator[Store]:
-    opened = open_store(s)
-    await opened.init()
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def redis(s: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = redis_client(s, "request")
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def queue(s: Settings) -> AsyncIterator[GenerationQueue]:
-    opened = GenerationQueue(s, redis_client(s, "request"))
-    yield opened
-    await opened.close()  # and its client
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 them, its own webhook URL, a job the queue refuses, variations and the list, over a real
 SQLite store, the real queue (bullmq on the session's private Redis) and the Redis budgets.
 The same calls over the HTTP API are in test_api.py and test_job_control.py; these run in
-seconds, so a mutation run can afford them (bench/mutation.py's first stage)."""
+seconds, so a mutation run can afford them (bench/mutation.py's first stage). `store`,
+`redis` and `queue` are conftest's, over this module's `s`."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -25,8 +25,6 @@ from smartgen.kit.times import utcnow
 from smartgen.models import Completion, Job, JobStatus, Voice
 from smartgen.queue.budgets import RedisBudgets
 from smartgen.queue.producer import GenerationQueue
-from smartgen.redis_clients import redis_client
-from smartgen.store import open_store
 from smartgen.store.base import Store
 from tests.test_control_details import FixedPrices, KnownTimings, Notes, RefusingQueue, warned
 
@@ -48,28 +46,6 @@ def s(env: dict[str, str]) -> Settings:
         user_monthly_token_budget="1000000",
     )
     return Settings(_env_file=None, **chosen)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def store(s: Settings) -> AsyncIterator[Store]:
-    opened = open_store(s)
-    await opened.init()
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def redis(s: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = redis_client(s, "request")
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def queue(s: Settings) -> AsyncIterator[GenerationQueue]:
-    opened = GenerationQueue(s, redis_client(s, "request"))
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

@@ -406,17 +406,18 @@ class MongoJobs:
         # and attempt): a job that was not takeable still shows its earlier start. A job
         # found processing may be one whose lease ran out (or this worker's own): those
         # few try the other states one by one.
-        writes = [UpdateOne(self._take_filters(t)[0], self._take_set(t)) for t in takes]
+        filters = [self._take_filters(t) for t in takes]
+        writes = [UpdateOne(f[0], self._take_set(t)) for t, f in zip(takes, filters, strict=True)]
         await self._c.bulk_write(writes, ordered=True)
         ids = list({t.job_id for t in takes})
         docs = {d["jobId"]: d async for d in self._c.find({"jobId": {"$in": ids}})}
         outcomes: list[Job | None] = []
-        for take in takes:
+        for take, others in zip(takes, filters, strict=True):
             doc = docs.get(take.job_id)
             if doc is not None and self._took(take, doc):
                 outcomes.append(_job_from_doc(doc))
             elif doc is not None and doc.get("status") == JobStatus.processing.value:
-                taken = await self._take_one(take, self._take_filters(take)[1:])
+                taken = await self._take_one(take, others[1:])
                 outcomes.append(taken)
                 if taken is not None:  # later takes of this job see the new state
                     docs[take.job_id] = {**doc, **self._take_set(take)["$set"]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from smartgen.api.deps import (
     BudgetsDep,
@@ -303,11 +303,18 @@ async def _answer_queued(
     async def produce() -> QueuedResponse:
         return queued_response(await queue_it())
 
-    return await clients.idempotency.run(
+    answer = await clients.idempotency.run(
         user_id=user_id,
         key=key,
-        path=request.url.path,
+        path=request.url.path if key is not None else "",  # (a URL built only when used)
         body=body,
         status_code=status.HTTP_202_ACCEPTED,
         produce=produce,
+    )
+    if not isinstance(answer, QueuedResponse):
+        return answer  # a replayed answer, as it was first sent
+    # Written once by pydantic, rather than validated again against `response_model`
+    # (which stays for the schema) and encoded by FastAPI: the answer is built here.
+    return Response(
+        answer.model_dump_json(), status.HTTP_202_ACCEPTED, media_type="application/json"
     )

@@ -13,6 +13,7 @@ encoded forms, and an answer that cannot be read at all is an immediate, non-ret
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -116,6 +117,13 @@ def check_text(text: str) -> str:
     return text.replace("\x00", "")
 
 
+@functools.lru_cache(maxsize=4)
+def _lowered_forms(secret: str) -> tuple[tuple[str, str], ...]:
+    """The key's forms, each with its lower case: worked out once per key, not per
+    answer (every completion is redacted)."""
+    return tuple((form, form.lower()) for form in Redactor._forms(secret))
+
+
 @dataclass(frozen=True)
 class Redactor:
     """Removes the API key from text a provider sent: the key itself in any case, its
@@ -127,9 +135,11 @@ class Redactor:
         secret = self.secret
         if not secret or not text:
             return text
-        for form in self._forms(secret):
-            if form.lower() in text.lower():
+        lowered = text.lower()
+        for form, form_lowered in _lowered_forms(secret):
+            if form_lowered in lowered:
                 text = re.sub(re.escape(form), REDACTED, text, flags=re.IGNORECASE)
+                lowered = text.lower()
         if len(secret) < KEY_FRAGMENT_CHARS:
             return text
         return self._fragments(text, secret)

@@ -123,3 +123,63 @@ async def test_a_closing_worker_takes_no_job_and_hands_back_one_it_took(
         await successor.close()
         await q.obliterate({"force": True})
         await q.close()
+
+
+async def test_many_slots_finishing_out_of_order_each_job_once(
+    redis_server, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The loop (`FetchNextWorker.run`) learns which tasks finished from their own callbacks,
+    never through bullmq's `getCompleted` (an `asyncio.wait` over every task in flight):
+    100 slots whose jobs end in another order than they began, one that fails, and a
+    close in the middle of the work; every job runs once and ends completed or failed."""
+    name = f"slots-{unique}"
+    q = bullmq.Queue(name, {"connection": redis_server.url})
+    total = 300
+    await q.addBulk(
+        [{"name": "generate", "data": {"n": n}, "opts": {"attempts": 1}} for n in range(total)]
+    )
+
+    def no_wait_over_all(*_: Any) -> Any:
+        raise AssertionError("bullmq's getCompleted was used")
+
+    monkeypatch.setattr(bullmq.worker, "getCompleted", no_wait_over_all)
+    ran: list[int] = []
+
+    async def process(job: Any, token: str) -> str:
+        n = int(job.data["n"])
+        await asyncio.sleep((n * 7 % 10) / 1000)  # ends out of order
+        ran.append(n)
+        if n == 13:
+            raise ValueError("this one fails")
+        return "done"
+
+    opts = {"connection": redis_server.url, "autorun": False, "concurrency": 100}
+    worker = FetchNextWorker(name, process, opts)
+    running = asyncio.ensure_future(worker.run())
+    try:
+        for _ in range(400):
+            if len(ran) >= total // 2:
+                break
+            await asyncio.sleep(0.01)
+        await worker.close()  # in the middle: what runs ends, nothing new starts
+        await asyncio.wait_for(running, 10)
+        stopped_at = len(ran)
+        assert total // 2 <= stopped_at < total
+        assert sorted(ran) == sorted(set(ran))  # none twice
+
+        successor = FetchNextWorker(name, process, {**opts, "autorun": True})
+        try:
+            for _ in range(1000):
+                if len(ran) == total:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await successor.close()
+        assert sorted(ran) == list(range(total))  # each once, the rest by the successor
+        counts = await q.getJobCounts("completed", "failed", "active", "wait", "delayed")
+        assert counts == {"completed": total - 1, "failed": 1, "active": 0, "wait": 0, "delayed": 0}
+    finally:
+        if not running.done():
+            running.cancel()
+        await q.obliterate({"force": True})
+        await q.close()

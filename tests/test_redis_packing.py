@@ -1,10 +1,11 @@
-"""Commands packed by hiredis (`redis_clients.pack_commands_in_c`): the same bytes as
-redis-py's own packer for every argument it takes, its errors for what it refuses, and
-real commands through a real Redis (a bullmq queue's scripts among them)."""
+"""Commands packed by hiredis (`REDIS_HIREDIS_PACKING`, `redis_clients.pack_commands_in_c`):
+the same bytes as redis-py's own packer for every argument it takes, its errors for what it
+refuses, and real commands, scripts and transactions through a real Redis, on both paths."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 
 import pytest
 from redis.asyncio.connection import AbstractConnection, Connection
@@ -44,14 +45,24 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=[True, False], ids=["hiredis-packing", "stock-packing"])
+def packing(request: pytest.FixtureRequest) -> Iterator[bool]:
+    redis_clients.pack_commands_in_c(request.param)
+    yield request.param
+    redis_clients.pack_commands_in_c(True)
+
+
 @pytest.fixture
-def connection() -> Connection:
+def connection(packing: bool) -> Connection:
     return Connection()
 
 
-def test_every_asyncio_connection_packs_in_c() -> None:
-    assert AbstractConnection.pack_command is redis_clients._pack_in_c
-    redis_clients.pack_commands_in_c()  # again: still the one packer
+def test_the_setting_chooses_the_process_packer(settings: Settings) -> None:
+    redis_clients.redis_options(
+        settings.model_copy(update={"redis_hiredis_packing": False}), "request"
+    )
+    assert AbstractConnection.pack_command is redis_clients._python_pack
+    redis_clients.redis_options(settings, "request")  # on by default
     assert AbstractConnection.pack_command is redis_clients._pack_in_c
 
 
@@ -74,8 +85,12 @@ def test_another_encoding_is_packed_by_redis_py() -> None:
     assert packed == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n\xe9\r\n"
 
 
-async def test_commands_and_scripts_through_a_real_redis(settings: Settings, unique: str) -> None:
-    client = redis_client(settings, "request")
+async def test_commands_and_scripts_through_a_real_redis(
+    settings: Settings, unique: str, packing: bool
+) -> None:
+    client = redis_client(settings.model_copy(update={"redis_hiredis_packing": packing}), "request")
+    expected = redis_clients._pack_in_c if packing else redis_clients._python_pack
+    assert AbstractConnection.pack_command is expected
     try:
         key = f"packing:{unique}"
         text = "héllo ✓ \U0001f600 " * 1000

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = "mymaster"
     redis_sentinel_user: str | None = None  # the sentinels' own ACL user and password
     redis_sentinel_password: str | None = None
+    # Every asyncio Redis connection packs its commands with hiredis's C packer
+    # (redis_clients.py); false: redis-py's own packer, in Python.
+    redis_hiredis_packing: bool = True
     # `smartgen dev` with no Redis configured: "auto" uses 127.0.0.1:6379 when it answers,
     # else starts a private redis-server; "private" always starts the private one.
     embedded_redis: Literal["auto", "private"] = "auto"

@@ -20,10 +20,12 @@ pub/sub subscription) goes back to the address it had: the dead master
 (redis/redis-py#3874, open). `FollowingConnection` asks on every (re)connect; the
 failover test (tests/test_failover.py) fails without it.
 
-Every asyncio connection packs its commands with hiredis's C packer (`pack_commands_in_c`),
-as redis-py's synchronous connections already do: redis-py's asyncio one encodes and joins
-each argument in Python, and bullmq's scripts carry a dozen or more (about 10 µs a call
-against 1.5 µs; bench/HISTORY.md, tenth round).
+Every asyncio connection packs its commands with hiredis's C packer, as redis-py's
+synchronous connections already do (`REDIS_HIREDIS_PACKING`, on by default; false: redis-py's
+packer): redis-py's asyncio one encodes and joins each argument in Python, and bullmq's
+scripts carry a dozen or more (about 10 µs a call against 1.5 µs; bench/HISTORY.md, tenth
+round). The packer is redis-py's class attribute, so one for the whole process, set by
+every `redis_options` call: the same bytes either way (tests/test_redis_packing.py).
 """
 
 from __future__ import annotations
@@ -66,14 +68,11 @@ def _pack_in_c(self: AbstractConnection, *args: Any) -> list[bytes]:
     return _python_pack(self, *args)
 
 
-def pack_commands_in_c() -> None:
-    """Every asyncio connection, bullmq's too, packs commands with hiredis (see the
-    module's docstring). Idempotent; a no-op without hiredis."""
-    if _c_pack is not None:
-        AbstractConnection.pack_command = _pack_in_c  # type: ignore[method-assign]
-
-
-pack_commands_in_c()
+def pack_commands_in_c(on: bool) -> None:
+    """Every asyncio connection of the process, bullmq's too, packs commands with hiredis
+    (`on`, when hiredis is installed) or with redis-py's own packer."""
+    packer = _pack_in_c if on and _c_pack is not None else _python_pack
+    AbstractConnection.pack_command = packer  # type: ignore[method-assign]
 
 Purpose = Literal["request", "blocking", "pubsub"]
 
@@ -156,6 +155,7 @@ def redis_options(settings: Settings, purpose: Purpose) -> dict[str, Any]:
     """redis-py keyword arguments for one use (see the module's docstring). With
     Sentinel they hold a `connection_pool` of the caller's: close it with the client
     (`redis_client` does; `close_pool` for a client built from these elsewhere)."""
+    pack_commands_in_c(settings.redis_hiredis_packing)
     options = address(settings)
     if purpose == "request":
         timeout = settings.queue_timeout_seconds

@@ -325,6 +325,35 @@ async def test_worker_events_are_numbered_in_the_same_log(
         await redis.aclose()
 
 
+async def test_the_log_publishes_a_batch_in_the_call_that_numbers_it(settings: Settings) -> None:
+    """A worker's events are logged and published in one call (`EventLog.append` with a
+    plan): one message, numbered as the log numbered them, none for a batch logged
+    before; the worker's bus opens no Redis connection of its own to publish."""
+    redis = redis_client(settings, "request")
+    listener = redis_client(settings, "pubsub")
+    publisher, manager = worker_publisher(settings, event_log(settings, redis))
+    pubsub = listener.pubsub()
+    try:
+        await pubsub.subscribe(manager.channel)
+        assert (await pubsub.get_message(timeout=WAIT))["type"] == "subscribe"
+        job = make_job(f"u{time.time_ns()}")
+        await publisher.job_changed(job, settled=True)
+        await publisher.job_changed(job, settled=True)  # announced again: logged before
+        await publisher.close()
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=WAIT)
+        assert message is not None
+        batch = json.loads(message["data"])
+        assert [m["event"] for m in batch["messages"]] == ["job_status", "job_completed"]
+        assert batch["seqs"] == [1, 2]
+        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5) is None
+        assert manager.redis is None  # nothing was published through the bus's own client
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
+        await close_manager(manager)
+        await redis.aclose()
+
+
 # --- the numbered Socket.IO room --------------------------------------------------------------
 async def test_socket_that_asks_gets_seq_in_every_payload(
     api: ApiServer, client: httpx.AsyncClient

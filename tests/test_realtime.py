@@ -588,6 +588,30 @@ def test_manager_messages_keep_only_manager_messages() -> None:
     assert manager_messages(json, json.dumps({"method": BATCH_METHOD, "messages": "nope"})) == []
 
 
+def test_a_batch_published_by_the_event_log_gets_its_numbers() -> None:
+    """The log's call publishes a batch with its numbers after the messages
+    (`publish_plan`): each message gets its `seq`, each payload too but the seed's, and an
+    event numbered 0 (logged before) is not delivered again."""
+    import json
+
+    from smartgen.realtime.batched_relay import BATCH_METHOD, manager_messages
+
+    def emit(event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"method": "emit", "event": event, "data": [payload], "room": "user:u", "seq": None}
+
+    status, done = {"jobId": "j", "status": "completed"}, {"jobId": "j", "generatedContent": "x"}
+    messages = [emit("job_status", status), emit("job_completed", done), emit("job_status", {})]
+    head = json.dumps({"method": BATCH_METHOD, "host_id": "h", "messages": messages})[:-1]
+    got = manager_messages(json, head + ',"seqs":[7,8,0]}')
+    assert got == [
+        {**messages[0], "data": [{**status, "seq": 7}], "seq": 7},
+        {**messages[1], "data": [done], "seq": 8},  # the seed's payload as the seed has it
+    ]
+    # Numbers that do not match the events: nothing is delivered rather than misnumbered.
+    assert manager_messages(json, head + ',"seqs":[7,8]}') == []
+    assert manager_messages(json, head + ',"seqs":[7,true,"9"]}') == [got[0]]
+
+
 async def test_api_subscribes_before_first_handshake_and_closes_its_connections(
     settings: Settings, listeners: Callable[[], Listener]
 ) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
-from smartgen.realtime.events import Event, seq_room, with_seq
+from smartgen.realtime.events import SEED_EVENT, Event, seq_room, with_seq
 
 if TYPE_CHECKING:
     from smartgen.realtime.bus import RedisManager
@@ -40,8 +40,39 @@ def manager_messages(codec: Any, data: bytes | str) -> list[dict[str, Any]]:
         return []
     if decoded.get("method") == BATCH_METHOD:
         messages = decoded.get("messages")
-        return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+        if not isinstance(messages, list):
+            return []
+        seqs = decoded.get("seqs")
+        if isinstance(seqs, list):  # published by the event log's call (`publish_plan`)
+            return _numbered(messages, seqs)
+        return [m for m in messages if isinstance(m, dict)]
     return [decoded]
+
+
+def _numbered(messages: list[Any], seqs: list[Any]) -> list[dict[str, Any]]:
+    """The batch's messages with the numbers the log gave them, as `EventPublisher` numbers
+    its own: `seq` on each message, and in each payload but the seed's; an event numbered 0
+    (logged before) is not delivered again."""
+    if len(seqs) != len(messages):
+        log.warning("ignoring a batch whose numbers do not match its events")
+        return []
+    out: list[dict[str, Any]] = []
+    for message, seq in zip(messages, seqs, strict=True):
+        if not isinstance(message, dict) or isinstance(seq, bool) or not isinstance(seq, int):
+            continue
+        if seq <= 0:
+            continue
+        data = message.get("data")
+        if (
+            message.get("event") != SEED_EVENT
+            and isinstance(data, list)
+            and data
+            and isinstance(data[0], dict)
+        ):
+            message["data"] = [{**data[0], "seq": seq}, *data[1:]]
+        message["seq"] = seq
+        out.append(message)
+    return out
 
 
 def own_batch_prefix(codec: Any, host_id: str) -> bytes:
@@ -98,32 +129,52 @@ async def deliver(manager: RedisManager, message: dict[str, Any]) -> None:
         await manager._handle_emit({**message, "room": numbered, "data": [payload]})
 
 
+def _message(manager: RedisManager, event: Event) -> dict[str, Any]:
+    name, payload, room, seq = event
+    return {
+        "method": "emit",
+        "event": name,
+        "data": [payload],
+        "binary": False,
+        "namespace": "/",
+        "room": room,
+        "skip_sid": None,
+        "callback": None,
+        "host_id": manager.host_id,
+        "seq": seq,
+    }
+
+
+async def deliver_here(manager: RedisManager, events: list[Event]) -> None:
+    """Events to this process's own clients (and `GET /events` listeners), in order."""
+    if manager.write_only:
+        return
+    for event in events:
+        message = _message(manager, event)
+        manager.local.offer(message)
+        await deliver_if_here(manager, message)
+
+
+def _batch_text(manager: RedisManager, messages: list[dict[str, Any]]) -> str:
+    # host_id first: this process recognises its own batches by their first bytes and
+    # skips them undecoded (its clients had them before they were published).
+    text: str = manager.json.dumps(
+        {"method": BATCH_METHOD, "host_id": manager.host_id, "messages": messages}
+    )
+    return text
+
+
 async def emit_batch(manager: RedisManager, events: list[Event]) -> None:
     """Emit to rooms like `emit` (no callbacks, JSON payloads), in order: this process's
     own clients first, then every other process through one published message."""
-    messages: list[dict[str, Any]] = []
-    for event, payload, room, seq in events:
-        message = {
-            "method": "emit",
-            "event": event,
-            "data": [payload],
-            "binary": False,
-            "namespace": "/",
-            "room": room,
-            "skip_sid": None,
-            "callback": None,
-            "host_id": manager.host_id,
-            "seq": seq,
-        }
-        if not manager.write_only:
-            manager.local.offer(message)
-            await deliver_if_here(manager, message)
-        messages.append(message)
-    if not messages:
+    if not events:
         return
-    # host_id first: this process recognises its own batches by their first bytes and
-    # skips them undecoded (its clients already had them, above).
-    text = manager.json.dumps(
-        {"method": BATCH_METHOD, "host_id": manager.host_id, "messages": messages}
-    )
-    await manager.publish_text(text)
+    await deliver_here(manager, events)
+    await manager.publish_text(_batch_text(manager, [_message(manager, e) for e in events]))
+
+
+def publish_plan(manager: RedisManager, events: list[Event]) -> tuple[str, str]:
+    """(channel, head) for the event log to publish `events` in the call that numbers
+    them: the batch message without its closing brace, to which the log adds
+    `,"seqs":[…]}` (each event's number, 0 for one logged before: not delivered)."""
+    return manager.channel, _batch_text(manager, [_message(manager, e) for e in events])[:-1]

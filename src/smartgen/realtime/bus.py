@@ -71,6 +71,13 @@ class RedisManager(AsyncPubSubManager):  # type: ignore[misc]
                 numbered = with_seq(event, payload, seq)
                 await self.emit(event, numbered, room=seq_room(room), namespace="/")
 
+    def publish_plan(self, events: list[Event]) -> tuple[str, str] | None:
+        """`events.LoggedRelay`: with batches, the event log's call publishes them."""
+        return batched_relay.publish_plan(self, events) if self.batched else None
+
+    async def deliver_here(self, events: list[Event]) -> None:
+        await batched_relay.deliver_here(self, events)
+
     def reaches_a_client(self, message: dict[str, Any]) -> bool:
         return not self.batched or batched_relay.reaches_a_client(self, message)
 
@@ -183,4 +190,4 @@ def worker_publisher(
     """The worker's notifier: a write-only Redis manager behind a background publisher
     that numbers events in `log`."""
     manager = redis_manager(settings, write_only=True)
-    return EventPublisher(manager.emit_many, numbering=log), manager
+    return EventPublisher(manager.emit_many, numbering=log, relay=manager), manager

@@ -107,8 +107,25 @@ def progress_payload(job: Job, *, delta: str, length: int, reset: bool) -> dict[
 
 class Numbering(Protocol):
     async def append(
-        self, events: list[tuple[str, str, Any, str | None]], now_ms: int
+        self,
+        events: list[tuple[str, str, Any, str | None]],
+        now_ms: int,
+        *,
+        publish: tuple[str, str] | None = None,
     ) -> list[int]: ...
+
+
+class LoggedRelay(Protocol):
+    """A bus that can have the event log's own call publish a batch (`batched_relay`)."""
+
+    def publish_plan(self, events: list[Event]) -> tuple[str, str] | None:
+        """(channel, head) of the message announcing `events` (their `seq` still None),
+        to which the log's call adds the numbers; None: publish separately (`emit`)."""
+        ...
+
+    async def deliver_here(self, events: list[Event]) -> None:
+        """`events`, numbered, to this process's own clients only."""
+        ...
 
 
 # (user, event, payload, once key, a future for a caller waiting until it is logged)
@@ -134,11 +151,13 @@ class EventPublisher:
         emit: EmitBatch,
         *,
         numbering: Numbering | None = None,
+        relay: LoggedRelay | None = None,
         max_pending: int = 10_000,
         batch: int = 256,
     ) -> None:
         self._emit = emit
         self._numbering = numbering
+        self._relay = relay
         self._batch = batch
         self._pending: asyncio.Queue[Pending | None] = asyncio.Queue(max_pending)
         self._task: asyncio.Task[None] | None = None
@@ -205,10 +224,16 @@ class EventPublisher:
 
     async def _send(self, batch: list[Pending]) -> None:
         seqs: list[int | None] = [None] * len(batch)
+        plan: tuple[str, str] | None = None
         if self._numbering is not None:
             now_ms = int(time.time() * 1000)
             entries = [(user, event, payload, once) for user, event, payload, once, _ in batch]
-            seqs = list(await self._numbering.append(entries, now_ms))
+            if self._relay is not None:
+                # Logged and published in one round trip: the log's call adds the numbers.
+                plan = self._relay.publish_plan(
+                    [(event, payload, user_room(user), None) for user, event, payload, *_ in batch]
+                )
+            seqs = list(await self._numbering.append(entries, now_ms, publish=plan))
         for *_, future in batch:
             if future is not None and not future.done():
                 future.set_result(None)  # logged: the announcement holds from here on
@@ -219,7 +244,11 @@ class EventPublisher:
             if seq is not None and event != SEED_EVENT:
                 payload = {**payload, "seq": seq}
             events.append((event, payload, user_room(user_id), seq))
-        if events:
+        if not events:
+            return
+        if plan is not None and self._relay is not None:
+            await self._relay.deliver_here(events)  # the other processes had it published
+        else:
             await self._emit(events)
 
     async def _run(self) -> None:

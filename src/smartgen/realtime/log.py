@@ -23,13 +23,15 @@ import redis.asyncio as aioredis
 from smartgen.kit import jsoncodec
 
 # KEYS: stream, counter, once-hash per user (in threes). ARGV: max length, max age in ms,
-# now in ms, then per event: the user's number (1-based), event name, payload JSON, and a
-# "once" key ('' for none). An event whose once key was logged already is not logged
-# again: its number is 0 (a final event announced again after a worker's crash).
+# now in ms, a pub/sub channel and the head of a message ('' and '' for none), then per
+# event: the user's number (1-based), event name, payload JSON, and a "once" key ('' for
+# none). An event whose once key was logged already is not logged again: its number is 0
+# (a final event announced again after a worker's crash). With a channel, the message is
+# published once some event got a number: the head, then the numbers (`"seqs":[…]}`).
 _APPEND = """
 local maxlen, maxage, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local out, touched = {}, {}
-for i = 4, #ARGV, 4 do
+local out, touched, numbered = {}, {}, false
+for i = 6, #ARGV, 4 do
   local u = tonumber(ARGV[i])
   local once = ARGV[i + 3]
   if once ~= '' and redis.call('HEXISTS', KEYS[3 * u], once) == 1 then
@@ -44,7 +46,11 @@ for i = 4, #ARGV, 4 do
     end
     out[#out + 1] = seq
     touched[u] = true
+    numbered = true
   end
+end
+if ARGV[4] ~= '' and numbered then
+  redis.call('PUBLISH', ARGV[4], ARGV[5] .. ',"seqs":[' .. table.concat(out, ',') .. ']}')
 end
 for u, _ in pairs(touched) do
   local stream = KEYS[3 * u - 2]
@@ -101,12 +107,17 @@ class EventLog:
         """Drop the user's log, counter included (the account is deleted)."""
         await self._client.delete(*self._keys(user_id))
 
-    async def append(self, events: list[LogEntry], now_ms: int) -> list[int]:
+    async def append(
+        self, events: list[LogEntry], now_ms: int, *, publish: tuple[str, str] | None = None
+    ) -> list[int]:
         """Log (user id, event name, payload, once key or None) in order; each one's
-        number, in order, or 0 for an event whose once key was logged before."""
+        number, in order, or 0 for an event whose once key was logged before.
+        `publish` (channel, head): in the same call, publish the head followed by the
+        numbers, `head + ',"seqs":[n, …]}'`, if any event got one (`batched_relay`)."""
         users: dict[str, int] = {}
         keys: list[str] = []
-        args: list[Any] = [self._max_events, self._max_age_ms, now_ms]
+        channel, head = publish or ("", "")
+        args: list[Any] = [self._max_events, self._max_age_ms, now_ms, channel, head]
         for user_id, event, payload, once in events:
             if user_id not in users:
                 users[user_id] = len(users) + 1

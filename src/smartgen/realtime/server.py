@@ -116,7 +116,7 @@ class RealtimeServer:
         self._principals: dict[str, dict[str, Principal]] = {}
         self._sid_user: dict[str, str] = {}
         self._ending: set[asyncio.Future[None]] = set()
-        self.publisher = EventPublisher(self._emit_many)
+        self.publisher = EventPublisher(self._emit_many, relay=self.manager)
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("sync", self._on_sync)

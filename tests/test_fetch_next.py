@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from smartgen.config import Settings
 from smartgen.queue.fetch_next import FetchNextWorker
+from smartgen.redis_clients import redis_options
 from tests.conftest import register, wait_for_status
 from tests.test_worker import queue, running_worker
 
@@ -126,14 +127,17 @@ async def test_a_closing_worker_takes_no_job_and_hands_back_one_it_took(
 
 
 async def test_many_slots_finishing_out_of_order_each_job_once(
-    redis_server, unique: str, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The loop (`FetchNextWorker.run`) learns which tasks finished from their own callbacks,
     never through bullmq's `getCompleted` (an `asyncio.wait` over every task in flight):
     100 slots whose jobs end in another order than they began, one that fails, and a
-    close in the middle of the work; every job runs once and ends completed or failed."""
+    close in the middle of the work; every job runs once and ends completed or failed.
+    The workers' connections are the worker's own (`redis_options(..., "blocking")`: no
+    socket timeout under the queue's blocking wait), each step bounded."""
     name = f"slots-{unique}"
-    q = bullmq.Queue(name, {"connection": redis_server.url})
+    connection = redis_options(settings, "blocking")
+    q = bullmq.Queue(name, {"connection": settings.redis_connection_url})
     total = 300
     await q.addBulk(
         [{"name": "generate", "data": {"n": n}, "opts": {"attempts": 1}} for n in range(total)]
@@ -153,7 +157,7 @@ async def test_many_slots_finishing_out_of_order_each_job_once(
             raise ValueError("this one fails")
         return "done"
 
-    opts = {"connection": redis_server.url, "autorun": False, "concurrency": 100}
+    opts = {"connection": connection, "autorun": False, "concurrency": 100}
     worker = FetchNextWorker(name, process, opts)
     running = asyncio.ensure_future(worker.run())
     try:
@@ -161,7 +165,8 @@ async def test_many_slots_finishing_out_of_order_each_job_once(
             if len(ran) >= total // 2:
                 break
             await asyncio.sleep(0.01)
-        await worker.close()  # in the middle: what runs ends, nothing new starts
+        # In the middle: what runs ends, nothing new starts.
+        await asyncio.wait_for(worker.close(), 20)
         await asyncio.wait_for(running, 10)
         stopped_at = len(ran)
         assert total // 2 <= stopped_at < total
@@ -174,7 +179,7 @@ async def test_many_slots_finishing_out_of_order_each_job_once(
                     break
                 await asyncio.sleep(0.01)
         finally:
-            await successor.close()
+            await asyncio.wait_for(successor.close(), 20)
         assert sorted(ran) == list(range(total))  # each once, the rest by the successor
         counts = await q.getJobCounts("completed", "failed", "active", "wait", "delayed")
         assert counts == {"completed": total - 1, "failed": 1, "active": 0, "wait": 0, "delayed": 0}

@@ -272,9 +272,14 @@ def settings(env: dict[str, str]) -> Settings:
     return Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
 
 
-# The in-process detail tests' clients (test_control_details.py, test_service_details.py):
-# the store, a Redis client and the job queue of the requesting module's own settings `s`,
-# each opened and closed by the test. Modules with a `store` of their own keep theirs.
+# The in-process tests' clients: the store, a Redis client and the job queue of the
+# requesting module's settings `s` (`settings` unless the module defines its own `s`), each
+# opened and closed by the test. Modules with a `store` of their own keep theirs.
+@pytest.fixture
+def s(settings: Settings) -> Settings:
+    return settings
+
+
 @pytest.fixture
 async def store(s: Settings) -> AsyncIterator[Store]:
     opened = open_store(s)

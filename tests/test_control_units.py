@@ -6,7 +6,6 @@ a real queue are in test_job_control.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +23,6 @@ from smartgen.generation import control, service
 from smartgen.generation.service import queue_message
 from smartgen.kit.times import iso_ms, utcnow
 from smartgen.models import Job, JobStatus
-from smartgen.store import open_store
 from smartgen.store.base import Store
 from tests.test_reconcile import Announcements, add_job
 
@@ -51,14 +49,6 @@ class ScriptedQueue:
         self.calls.append(("reschedule", (job_id, data, delay_ms)))
         if self.refuse:
             raise QueueUnavailable("Redis does not answer")
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[Store]:
-    opened = open_store(settings)
-    await opened.init()
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +18,6 @@ from smartgen.generation.reconcile import EXPIRED, LOST, Reconciler
 from smartgen.generation.service import queue_message
 from smartgen.kit.times import utcnow
 from smartgen.models import Job, JobStatus
-from smartgen.store import open_store
 from smartgen.store.base import Store
 
 
@@ -57,14 +55,6 @@ class Announcements:
 
     async def job_progress(self, job: Job, *, delta: str, length: int, reset: bool) -> None:
         raise AssertionError("the reconciler writes no text")
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[Store]:
-    opened = open_store(settings)
-    await opened.init()
-    yield opened
-    await opened.close()
 
 
 class Reservations:

@@ -48,6 +48,7 @@ from smartgen.realtime.events import EventPublisher
 from smartgen.realtime.live_text import RedisLiveText
 from smartgen.realtime.log import EventLog
 from smartgen.redis_clients import redis_client
+from smartgen.server.worker import cancelled_in
 from smartgen.store import open_store
 from smartgen.store.base import Store
 from smartgen.webhooks.endpoints import CachedEndpoints
@@ -221,12 +222,7 @@ async def world(settings: Settings, unique: str) -> AsyncIterator[World]:
 
     publisher = EventPublisher(emit, numbering=event_log(s, redis))
     signals = redis_client(s, "pubsub")
-
-    async def is_cancelled(job_id: str) -> bool:
-        job = await store.jobs.get(job_id)
-        return job is not None and job.status == JobStatus.cancelled
-
-    cancels = CancelListener(signals, cancel_channel(s), is_cancelled=is_cancelled)
+    cancels = CancelListener(signals, cancel_channel(s), is_cancelled=cancelled_in(store))
     cancels.start()
     await asyncio.wait_for(cancels.subscribed.wait(), 10)
     user_id = f"user-{unique}"

@@ -74,6 +74,7 @@ def pack_commands_in_c(on: bool) -> None:
     packer = _pack_in_c if on and _c_pack is not None else _python_pack
     AbstractConnection.pack_command = packer  # type: ignore[method-assign]
 
+
 Purpose = Literal["request", "blocking", "pubsub"]
 
 

@@ -147,10 +147,13 @@ def _message(manager: RedisManager, event: Event) -> dict[str, Any]:
 
 async def deliver_here(manager: RedisManager, events: list[Event]) -> None:
     """Events to this process's own clients (and `GET /events` listeners), in order."""
+    await _deliver_messages_here(manager, [_message(manager, e) for e in events])
+
+
+async def _deliver_messages_here(manager: RedisManager, messages: list[dict[str, Any]]) -> None:
     if manager.write_only:
         return
-    for event in events:
-        message = _message(manager, event)
+    for message in messages:
         manager.local.offer(message)
         await deliver_if_here(manager, message)
 
@@ -169,8 +172,9 @@ async def emit_batch(manager: RedisManager, events: list[Event]) -> None:
     own clients first, then every other process through one published message."""
     if not events:
         return
-    await deliver_here(manager, events)
-    await manager.publish_text(_batch_text(manager, [_message(manager, e) for e in events]))
+    messages = [_message(manager, e) for e in events]
+    await _deliver_messages_here(manager, messages)
+    await manager.publish_text(_batch_text(manager, messages))
 
 
 def publish_plan(manager: RedisManager, events: list[Event]) -> tuple[str, str]:

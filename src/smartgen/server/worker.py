@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 
 from smartgen.batches.runner import BatchRunner
 from smartgen.config import Settings
@@ -30,6 +31,7 @@ from smartgen.redis_clients import redis_client
 from smartgen.server import heap
 from smartgen.server.worker_metrics import MetricsServer, serve_worker_metrics
 from smartgen.store import open_store
+from smartgen.store.base import Store
 from smartgen.webhooks.endpoints import CachedEndpoints
 from smartgen.webhooks.notifier import WebhookNotifier
 from smartgen.webhooks.sender import WebhookSender
@@ -46,6 +48,16 @@ def open_model(settings: Settings) -> ChatClient | OfflineWriter:
         )
         return OfflineWriter()
     return ChatClient(settings, max_connections=settings.worker_concurrency)
+
+
+def cancelled_in(store: Store) -> Callable[[str], Awaitable[bool]]:
+    """The cancel listener's check: whether the store holds the job as cancelled."""
+
+    async def is_cancelled(job_id: str) -> bool:
+        job = await store.jobs.get(job_id)
+        return job is not None and job.status == JobStatus.cancelled
+
+    return is_cancelled
 
 
 async def run_worker(
@@ -81,12 +93,7 @@ async def run_worker(
         endpoints=CachedEndpoints(store, webhook_queue),
     )
     signals = redis_client(settings, "pubsub")
-
-    async def is_cancelled(job_id: str) -> bool:
-        job = await store.jobs.get(job_id)
-        return job is not None and job.status == JobStatus.cancelled
-
-    cancels = CancelListener(signals, cancel_channel(settings), is_cancelled=is_cancelled)
+    cancels = CancelListener(signals, cancel_channel(settings), is_cancelled=cancelled_in(store))
     cancels.start()
     namespace = f"{settings.queue_prefix}:smartgen"
     budgets = RedisBudgets(redis, namespace)

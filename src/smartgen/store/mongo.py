@@ -348,9 +348,7 @@ class MongoJobs:
         owner: str | None = None,
         due_by: datetime | None = None,
     ) -> Job | None:
-        return await self.takes.submit(
-            _Take(job_id, _ms(at), attempt, lease_until, owner, due_by)
-        )
+        return await self.takes.submit(_Take(job_id, _ms(at), attempt, lease_until, owner, due_by))
 
     @staticmethod
     def _take_filters(take: _Take) -> list[dict[str, Any]]:

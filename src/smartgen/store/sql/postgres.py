@@ -218,9 +218,7 @@ def admission_locks(users: Iterable[str]) -> str:
     """The statements that take the users' admission locks, in key order (integers
     computed here: no user text reaches the SQL)."""
     keys = sorted({_int4(zlib.crc32(user.encode())) for user in users})
-    return "".join(
-        f"SELECT pg_advisory_xact_lock({ADMISSION_LOCK_CLASS}, {key});" for key in keys
-    )
+    return "".join(f"SELECT pg_advisory_xact_lock({ADMISSION_LOCK_CLASS}, {key});" for key in keys)
 
 
 # --- jobs: concurrent inserts in one statement -------------------------------------------

@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from smartgen import __version__
 from smartgen.api.account import router as account_router
 from smartgen.api.deps import Services
+from smartgen.api.direct import direct_routes
 from smartgen.api.docs import install_docs
 from smartgen.api.edge import HttpEdge
 from smartgen.api.handlers import install_error_handlers
@@ -58,15 +59,20 @@ from smartgen.webhooks.notifier import WebhookNotifier
 from smartgen.webhooks.router import router as webhooks_router
 
 Asgi = Callable[..., Any]
+# The busiest route, served without FastAPI's per-request layers (`api.direct`).
+DIRECT = [("POST", "/generate-content")]
 
 
 class ApiApp:
     """The ASGI callable uvicorn serves, holding its two parts: `http` (FastAPI, whose
     state carries the process's `Services` once started) and `realtime` (Socket.IO)."""
 
-    def __init__(self, http: FastAPI, realtime: RealtimeServer, asgi: Asgi) -> None:
+    def __init__(
+        self, http: FastAPI, realtime: RealtimeServer, asgi: Asgi, limits: RequestLimits
+    ) -> None:
         self.http = http
         self.realtime = realtime
+        self.limits = limits  # in front of FastAPI: bodies, HEAD, the direct routes
         self._asgi = asgi
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -235,21 +241,21 @@ def create_app(
     install_console(app, settings)
 
     # Two wrappers: `HttpEdge` around everything (request id, metrics, security headers,
-    # the last stop for errors), `RequestLimits` in front of the routes (bodies, HEAD).
+    # the last stop for errors), `RequestLimits` in front of the routes (bodies, HEAD, and
+    # the busiest route served without FastAPI's per-request layers: `api.direct`).
     def session_limits() -> tuple[RateLimiter, ClientAddresses] | None:
         found = getattr(app.state, "services", None)
         return None if found is None else (found.limiter, found.addresses)
 
+    limits = RequestLimits(
+        app,
+        max_body_bytes=settings.max_body_bytes,
+        uploads={"/batches": settings.batch_max_upload_bytes},
+        direct=direct_routes(app, generation_router, DIRECT),
+    )
     asgi: Asgi = HttpEdge(
         SocketSessionLimit(
-            socketio.ASGIApp(
-                realtime.sio,
-                other_asgi_app=RequestLimits(
-                    app,
-                    max_body_bytes=settings.max_body_bytes,
-                    uploads={"/batches": settings.batch_max_upload_bytes},
-                ),
-            ),
+            socketio.ASGIApp(realtime.sio, other_asgi_app=limits),
             path="socket.io",
             limit=settings.socketio_ip_session_rate_limit,
             window_seconds=settings.socketio_ip_session_rate_window_seconds,
@@ -258,7 +264,7 @@ def create_app(
     )
     if wrap is not None:
         asgi = wrap(asgi)
-    return ApiApp(app, realtime, asgi)
+    return ApiApp(app, realtime, asgi, limits)
 
 
 def _document_prompt_limit(app: FastAPI, settings: Settings) -> None:

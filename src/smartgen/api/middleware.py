@@ -9,6 +9,7 @@ import contextlib
 import json
 from typing import Any
 
+from smartgen.api.direct import DirectRoute
 from smartgen.kit import logcontext
 
 
@@ -36,12 +37,18 @@ class RequestLimits:
     paths that take files (a multipart form, CSV, JSON Lines) up to their own size."""
 
     def __init__(
-        self, app: Any, *, max_body_bytes: int, uploads: dict[str, int] | None = None
+        self,
+        app: Any,
+        *,
+        max_body_bytes: int,
+        uploads: dict[str, int] | None = None,
+        direct: dict[tuple[str, str], DirectRoute] | None = None,
     ) -> None:
         self.app = app
         self.head = HeadAsGet(app)
         self.max_body_bytes = max_body_bytes
         self.uploads = uploads or {}
+        self.direct = direct or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -98,6 +105,10 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return dict(await receive())
 
+        direct = None if scope.get("root_path") else self.direct.get((method, scope["path"]))
+        if direct is not None:
+            await direct(scope, body, replay, send, self.app)
+            return
         await self.app(scope, replay, send)
 
     @staticmethod

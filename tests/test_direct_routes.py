@@ -177,6 +177,8 @@ async def test_fastapi_answers_whenever_the_direct_route_would_skip_something(
 ) -> None:
     with_cors = create_app(settings.model_copy(update={"cors_origins": ["https://app.example"]}))
     assert with_cors.limits.direct == {}  # CORS is a middleware of FastAPI's app
+    stock = create_app(settings.model_copy(update={"api_direct_routes": False}))
+    assert stock.limits.direct == {}  # API_DIRECT_ROUTES=false: FastAPI serves every route
     async with ApiServer(settings) as server, httpx.AsyncClient(base_url=server.url) as client:
         counting = Counting(limits_of(server).app)
         limits_of(server).app = counting

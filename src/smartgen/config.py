@@ -49,10 +49,16 @@ class Settings(BaseSettings):
     # Every asyncio Redis connection packs its commands with hiredis's C packer
     # (redis_clients.py); false: redis-py's own packer, in Python.
     redis_hiredis_packing: bool = True
+    # POST /generate-content served without FastAPI's per-request layers (api/direct.py);
+    # false: FastAPI serves it as every other route.
+    api_direct_routes: bool = True
     # `smartgen dev` with no Redis configured: "auto" uses 127.0.0.1:6379 when it answers,
     # else starts a private redis-server; "private" always starts the private one.
     embedded_redis: Literal["auto", "private"] = "auto"
     mongo_db: str | None = None
+    # PyMongo's asyncio sends and reads in the caller's task, one timer per step instead
+    # of three tasks (store/mongo_io.py); false: PyMongo's own.
+    mongo_lean_io: bool = True
     # SQL store: postgresql://… or sqlite:///path; with neither MONGO_URI nor this, an
     # embedded SQLite file in DATA_DIR is used.
     database_url: str | None = None

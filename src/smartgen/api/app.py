@@ -251,7 +251,7 @@ def create_app(
         app,
         max_body_bytes=settings.max_body_bytes,
         uploads={"/batches": settings.batch_max_upload_bytes},
-        direct=direct_routes(app, generation_router, DIRECT),
+        direct=direct_routes(app, generation_router, DIRECT) if settings.api_direct_routes else {},
     )
     asgi: Asgi = HttpEdge(
         SocketSessionLimit(

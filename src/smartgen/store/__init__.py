@@ -29,7 +29,9 @@ def open_store(settings: Settings) -> Store:
     if settings.mongo_uri:
         from smartgen.store.mongo import MongoStore
 
-        return MongoStore(settings.mongo_uri, settings.mongo_database)
+        return MongoStore(
+            settings.mongo_uri, settings.mongo_database, lean_io=settings.mongo_lean_io
+        )
     url = sql_url(settings)
     size, fair = settings.db_pool_size, settings.db_fair_pool
     if url.backend == "postgresql":

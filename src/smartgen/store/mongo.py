@@ -33,6 +33,7 @@ from smartgen.models import (
     User,
     usage_numbers,
 )
+from smartgen.store import mongo_io
 from smartgen.store.base import (
     ApiKeyRepository,
     BatchRepository,
@@ -708,7 +709,10 @@ class MongoJobs:
 class MongoStore:
     name = "mongodb"
 
-    def __init__(self, uri: str, database: str, *, timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, uri: str, database: str, *, timeout_ms: int = 5000, lean_io: bool = True
+    ) -> None:
+        mongo_io.lean_io(lean_io)  # for the whole process (store/mongo_io.py)
         # Bound to the running event loop: create inside the lifespan / worker start-up.
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             uri,

@@ -249,7 +249,7 @@ class Redis:
         if binary is None:
             raise SystemExit("redis-server is not installed: apt-get install -y redis-server")
         self.port = free_port()
-        data = ws.dir / "redis"
+        data = ws.dir / f"redis-{self.port}"  # one per server: a run may start several
         data.mkdir()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         args = [

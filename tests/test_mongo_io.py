@@ -168,6 +168,28 @@ async def test_an_interrupted_connection_stops_waiting_for_its_reply(
         await client.close()
 
 
+async def test_no_timer_runs_once_nothing_waits(io: str, proxy: HoldingProxy, unique: str) -> None:
+    """The reads without a deadline share one timer per loop, which stops with the last
+    read: an idle process has none (bench/idle.py)."""
+    client = client_of(proxy)
+    try:
+        jobs = client[f"io_{unique}"]["jobs"]
+        await asyncio.gather(*(jobs.insert_one({"n": i}) for i in range(20)))
+        proxy.hold()
+        waiting = asyncio.create_task(jobs.find_one({"n": 1}))
+        await asyncio.sleep(0.05)
+        rounds = mongo_io._Rounds.of(asyncio.get_running_loop())
+        assert (len(rounds._watches) == 1) == (io == "lean")
+        assert rounds._handle is not None or io == "stock"
+        proxy.release()
+        assert (await waiting or {})["n"] == 1
+        await asyncio.sleep(mongo_io.POLL_SECONDS + 0.2)
+        assert rounds._handle is None and not rounds._watches
+    finally:
+        proxy.release()
+        await client.close()
+
+
 async def test_the_callers_own_cancellation_is_passed_on(
     io: str, proxy: HoldingProxy, unique: str
 ) -> None:

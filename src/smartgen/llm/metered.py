@@ -44,10 +44,10 @@ def record_usage(model: str, usage: dict[str, Any] | None) -> None:
     for kind in ("prompt", "completion"):
         count = usage.get(f"{kind}_tokens")
         if isinstance(count, int | float) and not isinstance(count, bool) and count > 0:
-            catalog.LLM_TOKENS.labels(model, kind).inc(count)
+            catalog.child(catalog.LLM_TOKENS, model, kind).inc(count)
     cost = usage.get("cost")
     if isinstance(cost, int | float) and not isinstance(cost, bool) and cost > 0:
-        catalog.LLM_COST.labels(model).inc(cost)
+        catalog.child(catalog.LLM_COST, model).inc(cost)
 
 
 class MeteredGenerator:
@@ -69,10 +69,10 @@ class MeteredGenerator:
         try:
             completion = await self.inner.generate(request)
         except LLMError as exc:
-            catalog.LLM_DURATION.labels(model).observe(time.perf_counter() - started)
-            catalog.LLM_ERRORS.labels(model, error_kind(exc)).inc()
+            catalog.child(catalog.LLM_DURATION, model).observe(time.perf_counter() - started)
+            catalog.child(catalog.LLM_ERRORS, model, error_kind(exc)).inc()
             raise
-        catalog.LLM_DURATION.labels(model).observe(time.perf_counter() - started)
+        catalog.child(catalog.LLM_DURATION, model).observe(time.perf_counter() - started)
         record_usage(model, completion.usage)
         return completion
 
@@ -82,12 +82,14 @@ class MeteredGenerator:
         try:
             async for piece in self.inner.generate_stream(request):
                 if isinstance(piece, Completion):
-                    catalog.LLM_DURATION.labels(model).observe(time.perf_counter() - started)
+                    catalog.child(catalog.LLM_DURATION, model).observe(
+                        time.perf_counter() - started
+                    )
                     record_usage(model, piece.usage)
                 yield piece
         except LLMError as exc:
-            catalog.LLM_DURATION.labels(model).observe(time.perf_counter() - started)
-            catalog.LLM_ERRORS.labels(model, error_kind(exc)).inc()
+            catalog.child(catalog.LLM_DURATION, model).observe(time.perf_counter() - started)
+            catalog.child(catalog.LLM_ERRORS, model, error_kind(exc)).inc()
             raise
 
     async def close(self) -> None:

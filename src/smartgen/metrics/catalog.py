@@ -12,6 +12,8 @@ Queue depth is not here: it is read from Redis when scraped (`exposition.QueueDe
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # HTTP ---------------------------------------------------------------------------------------
@@ -88,9 +90,27 @@ EVENTS = Counter(
 )
 
 
+# Labelled children looked up once per label set, not through prometheus_client's locked
+# `labels()` (a lock, a tuple and a dict lookup) on every job or event; bounded, for label
+# values a caller could vary (past the bound, `labels()` as usual).
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+MAX_CHILDREN = 4096
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, remembered."""
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        found = metric.labels(*labels)
+        if len(_children) < MAX_CHILDREN:
+            _children[key] = found
+    return found
+
+
 def events_published(count: int) -> None:
-    EVENTS.labels("published").inc(count)
+    child(EVENTS, "published").inc(count)
 
 
 def events_dropped(count: int) -> None:
-    EVENTS.labels("dropped").inc(count)
+    child(EVENTS, "dropped").inc(count)

@@ -19,18 +19,7 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return max(0.0, (end - start).total_seconds())
 
 
-# Labelled children looked up once per label set, not through prometheus_client's locked
-# `labels()` on every announcement; the label values come from closed sets (content types,
-# statuses), so this stays small.
-_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-
-
-def _child(metric: Any, *labels: str) -> Any:
-    key = (metric, labels)
-    child = _children.get(key)
-    if child is None:
-        child = _children[key] = metric.labels(*labels)
-    return child
+_child = catalog.child  # label values from closed sets: content types, statuses
 
 
 def record_job_change(job: Job) -> None:

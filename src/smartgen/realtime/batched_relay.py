@@ -146,8 +146,10 @@ def _message(manager: RedisManager, event: Event) -> dict[str, Any]:
 
 
 async def deliver_here(manager: RedisManager, events: list[Event]) -> None:
-    """Events to this process's own clients (and `GET /events` listeners), in order."""
-    await _deliver_messages_here(manager, [_message(manager, e) for e in events])
+    """Events to this process's own clients (and `GET /events` listeners), in order (a
+    worker's manager, write-only, has none)."""
+    if not manager.write_only:
+        await _deliver_messages_here(manager, [_message(manager, e) for e in events])
 
 
 async def _deliver_messages_here(manager: RedisManager, messages: list[dict[str, Any]]) -> None:

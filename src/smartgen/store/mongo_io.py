@@ -10,9 +10,11 @@ half second whether the connection's operation was cancelled (a pool cleared wit
 operation: about 33 µs of CPU of a `find_one`'s 208 on the bench machine
 (bench/HISTORY.md, eleventh round).
 
-Here the send and the read run in the caller's task, and one timer per step does what
-the extra tasks did: every half second it looks at the cancellation, and at the deadline
-(the socket timeout or the operation's `timeout`) it stops the read; the step then fails
+Here the send and the read run in the caller's task, and a timer does what the extra
+tasks did: every half second it looks at the cancellation, and at the deadline (the
+socket timeout or the operation's `timeout`) it stops the read (a step with a deadline
+has its own timer; the others share one per event loop, which runs only while some
+step waits); the step then fails
 as PyMongo's own does (`TimeoutError("timed out")` or `_OperationCancelled`), which PyMongo
 turns into the same errors. A cancellation from elsewhere (the caller's own timeout, a
 shutdown) is passed on as it is.
@@ -29,7 +31,8 @@ import asyncio
 import inspect
 import logging
 import time
-from typing import Any
+import weakref
+from typing import Any, ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +51,43 @@ POLL_SECONDS = 0.5  # as PyMongo's own look at the cancellation
 
 
 class _Watch:
-    """One timer over one step of the calling task: it cancels the task at `deadline`
-    (monotonic seconds, or None) or once `cancelled()` says so, looking every
-    POLL_SECONDS, and says which of the two it was."""
+    """Over one step of the calling task: cancels the task at `deadline` (monotonic
+    seconds, or None) or once `cancelled()` says so, looked at every POLL_SECONDS, and
+    says which of the two it was. A step with a deadline has a timer of its own; the
+    steps without one (the usual case: no socket timeout) are looked at together by
+    their loop's one `_Rounds` timer, which runs only while some step waits."""
 
-    __slots__ = ("_cancelled", "_deadline", "_handle", "_loop", "_task", "reason")
+    __slots__ = ("_cancelled", "_deadline", "_handle", "_loop", "_rounds", "_task", "reason")
 
     def __init__(self, deadline: float | None, cancelled: Any) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._deadline = deadline
         self._cancelled = cancelled
         self.reason: str | None = None
-        self._handle = self._loop.call_later(self._delay(), self._look)
+        self._handle: asyncio.TimerHandle | None = None
+        self._rounds: _Rounds | None = None
+        if deadline is None:
+            self._rounds = _Rounds.of(loop)
+            self._rounds.add(self)
+        else:
+            self._handle = loop.call_later(self._delay(), self.look)
 
     def _delay(self) -> float:
-        if self._deadline is None:
-            return POLL_SECONDS
+        assert self._deadline is not None
         return max(0.0, min(POLL_SECONDS, self._deadline - time.monotonic()))
 
-    def _look(self) -> None:
+    def look(self) -> None:
         if self._cancelled is not None and self._cancelled():
             self.reason = "cancelled"
         elif self._deadline is not None and time.monotonic() >= self._deadline:
             self.reason = "timeout"
         else:
-            self._handle = self._loop.call_later(self._delay(), self._look)
+            if self._deadline is not None:
+                self._handle = self._loop.call_later(self._delay(), self.look)
             return
+        if self._rounds is not None:
+            self._rounds.discard(self)
         if self._task is not None:
             self._task.cancel()
 
@@ -84,7 +97,44 @@ class _Watch:
         return self.reason is not None and self._task is not None and self._task.uncancel() == 0
 
     def stop(self) -> None:
-        self._handle.cancel()
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._rounds is not None:
+            self._rounds.discard(self)
+
+
+class _Rounds:
+    """One loop's watches without a deadline, looked at every POLL_SECONDS by one timer
+    that stops when none is left."""
+
+    _of: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Rounds]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._watches: set[_Watch] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Rounds:
+        found = cls._of.get(loop)
+        if found is None:
+            found = cls._of[loop] = cls(loop)
+        return found
+
+    def add(self, watch: _Watch) -> None:
+        self._watches.add(watch)
+        if self._handle is None:
+            self._handle = self._loop.call_later(POLL_SECONDS, self._round)
+
+    def discard(self, watch: _Watch) -> None:
+        self._watches.discard(watch)
+
+    def _round(self) -> None:
+        for watch in list(self._watches):
+            watch.look()
+        self._handle = self._loop.call_later(POLL_SECONDS, self._round) if self._watches else None
 
 
 async def sendall(conn: PyMongoProtocol, buf: bytes) -> None:

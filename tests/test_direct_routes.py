@@ -262,6 +262,17 @@ async def test_answers_are_counted_under_the_route_and_errors_answered_once(
     assert "POST /generate-content" not in counting.paths
 
 
+def test_a_route_it_cannot_serve_is_left_to_fastapi_with_a_warning(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import smartgen.api.app as app_module
+
+    monkeypatch.setattr(app_module, "DIRECT", [("GET", "/generate-content/{jobId}")])
+    with caplog.at_level(logging.WARNING, logger="smartgen.api"):
+        assert create_app(settings).limits.direct == {}
+    assert "API_DIRECT_ROUTES: served by FastAPI instead" in caplog.text
+
+
 def test_only_routes_of_a_simple_shape_are_served_directly(settings: Settings) -> None:
     app = create_app(settings).http
     with pytest.raises(NotDirect, match="no such route"):

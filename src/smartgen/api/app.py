@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from smartgen import __version__
 from smartgen.api.account import router as account_router
 from smartgen.api.deps import Services
-from smartgen.api.direct import direct_routes
+from smartgen.api.direct import DirectRoute, NotDirect, direct_routes
 from smartgen.api.docs import install_docs
 from smartgen.api.edge import HttpEdge
 from smartgen.api.handlers import install_error_handlers
@@ -59,6 +60,7 @@ from smartgen.webhooks.notifier import WebhookNotifier
 from smartgen.webhooks.router import router as webhooks_router
 
 Asgi = Callable[..., Any]
+log = logging.getLogger("smartgen.api")
 # The busiest route, served without FastAPI's per-request layers (`api.direct`).
 DIRECT = [("POST", "/generate-content")]
 
@@ -251,7 +253,7 @@ def create_app(
         app,
         max_body_bytes=settings.max_body_bytes,
         uploads={"/batches": settings.batch_max_upload_bytes},
-        direct=direct_routes(app, generation_router, DIRECT) if settings.api_direct_routes else {},
+        direct=_direct(app, settings),
     )
     asgi: Asgi = HttpEdge(
         SocketSessionLimit(
@@ -265,6 +267,18 @@ def create_app(
     if wrap is not None:
         asgi = wrap(asgi)
     return ApiApp(app, realtime, asgi, limits)
+
+
+def _direct(app: FastAPI, settings: Settings) -> dict[tuple[str, str], DirectRoute]:
+    """The direct routes (API_DIRECT_ROUTES); none, and a warning, when this FastAPI
+    describes a route in a way `api.direct` does not serve: FastAPI serves it then."""
+    if not settings.api_direct_routes:
+        return {}
+    try:
+        return direct_routes(app, generation_router, DIRECT)
+    except NotDirect as exc:
+        log.warning("API_DIRECT_ROUTES: served by FastAPI instead (%s)", exc)
+        return {}
 
 
 def _document_prompt_limit(app: FastAPI, settings: Settings) -> None:

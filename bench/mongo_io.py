@@ -12,9 +12,8 @@ The figure is the client's CPU (this process), not the server's.
 from __future__ import annotations
 
 import argparse
-import socket
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,19 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from api_path import secantus
 from pymongo import AsyncMongoClient
 
 from smartgen.store import mongo_io
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def measure(port: int, rounds: int, ops: int) -> dict[str, dict[str, list[float]]]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(f"mongodb://127.0.0.1:{port}/")
+async def measure(url: str, rounds: int, ops: int) -> dict[str, dict[str, list[float]]]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
     jobs = client["mongo_io"]["jobs"]
     await jobs.create_index("jobId", unique=True)
     ids = [str(uuid.uuid4()) for _ in range(200)]
@@ -79,25 +73,14 @@ def main() -> int:
     if not mongo_io.lean_io(True):
         print("this PyMongo is laid out otherwise: MONGO_LEAN_IO leaves it alone")
         return 1
-    work = tempfile.mkdtemp(prefix="smartgen-mongo-io-")
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("secantusd-py")), "--standalone",
-         "--host", "127.0.0.1", "--port", str(port), "--storage-path", work,
-         "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="smartgen-mongo-io-"))
+    server, url = secantus(work)  # api_path's: a private SecantusDB, its port answering
     try:
-        for _ in range(600):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        results = uvloop.run(measure(port, args.rounds, args.ops))
+        results = uvloop.run(measure(url, args.rounds, args.ops))
     finally:
         server.terminate()
         server.wait()
+        shutil.rmtree(work, ignore_errors=True)
     print(f"client CPU per operation, median of {args.rounds} interleaved rounds of {args.ops}:")
     print(f"{'operation':12} {'PyMongo own':>12} {'MONGO_LEAN_IO':>14} {'change':>8}")
     for name, paths in results.items():

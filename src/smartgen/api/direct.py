@@ -2,8 +2,8 @@
 
 FastAPI answers a request through about a dozen nested layers (Starlette's error and
 exception middleware, its router, FastAPI's request handler, `solve_dependencies`), each
-generic: on a `POST /generate-content` they are about a fifth of the API's CPU
-(bench/HISTORY.md, issue 19). A `DirectRoute` serves one FastAPI route of a simple
+generic: on a `POST /generate-content` they were about a quarter of the API's CPU
+(bench/HISTORY.md, eleventh round). A `DirectRoute` serves one FastAPI route of a simple
 shape, worked out once from the route itself at start-up: one JSON body (a pydantic
 model), header parameters, dependencies that take only the request, and the request.
 It validates, calls the same dependencies and the same endpoint function, and answers
@@ -29,7 +29,6 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-Asgi = Callable[..., Awaitable[None]]
 # The app as it came: (scope, receive, send).
 Fallback = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -59,11 +58,12 @@ class DirectRoute:
             raise NotDirect(f"{route.path}: the body must be one pydantic model")
         self._body_name = body.name
         self._model: type[BaseModel] = model
-        # (parameter, header name, validator, default): FastAPI reads a header's first value.
-        self._headers: list[tuple[str, str, TypeAdapter[Any], Any]] = [
+        # (parameter, header name as ASGI gives it, validator, default): FastAPI reads a
+        # header's first value.
+        self._headers: list[tuple[str, bytes, TypeAdapter[Any], Any]] = [
             (
                 field.name,
-                field.alias.lower(),
+                field.alias.lower().encode("latin-1"),
                 TypeAdapter(Annotated[field.field_info.annotation, field.field_info]),  # type: ignore[arg-type]
                 field.field_info.get_default(call_default_factory=True),
             )
@@ -130,17 +130,15 @@ class DirectRoute:
             arguments: dict[str, Any] = {self._body_name: self._model.model_validate(value)}
         except Exception:  # not JSON (too deep, bad UTF-8…) or not the model: FastAPI says
             return None
-        if self._headers:
-            headers = _first_values(scope)
-            for name, header, adapter, default in self._headers:
-                raw = headers.get(header)
-                if raw is None:
-                    arguments[name] = default
-                    continue
-                try:
-                    arguments[name] = adapter.validate_python(raw)
-                except ValidationError:
-                    return None
+        for name, header, adapter, default in self._headers:
+            raw = next((v for k, v in scope["headers"] if k.lower() == header), None)
+            if raw is None:
+                arguments[name] = default
+                continue
+            try:
+                arguments[name] = adapter.validate_python(raw.decode("latin-1"))
+            except ValidationError:
+                return None
         return arguments
 
     def _handler(self, exc: Exception) -> Any:
@@ -156,15 +154,6 @@ def _handled(exc: Exception, app: FastAPI) -> bool:
     class, not the catch-all 500 one, after which Starlette raises the error again)."""
     handlers = app.exception_handlers
     return any(kind in handlers for kind in type(exc).__mro__ if kind is not Exception)
-
-
-def _first_values(scope: dict[str, Any]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        key = name.decode("latin-1").lower()
-        if key not in found:
-            found[key] = value.decode("latin-1")
-    return found
 
 
 def _request_only(

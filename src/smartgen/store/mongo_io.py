@@ -7,17 +7,16 @@ transport); `async_receive_message` starts two tasks, the read and a loop that l
 half second whether the connection's operation was cancelled (a pool cleared with
 `interruptInUseConnections`, a connection closed), waits for the first with
 `asyncio.wait`, then cancels and waits for the other. Three tasks and two waits per
-operation: about 33 µs of CPU of a `find_one`'s 208 on the bench machine
-(bench/HISTORY.md, eleventh round).
+operation: about 25 µs of CPU of a `find_one`'s 209 on the bench machine
+(`bench/mongo_io.py`, bench/HISTORY.md, eleventh round).
 
 Here the send and the read run in the caller's task, and a timer does what the extra
 tasks did: every half second it looks at the cancellation, and at the deadline (the
-socket timeout or the operation's `timeout`) it stops the read (a step with a deadline
-has its own timer; the others share one per event loop, which runs only while some
-step waits); the step then fails
-as PyMongo's own does (`TimeoutError("timed out")` or `_OperationCancelled`), which PyMongo
-turns into the same errors. A cancellation from elsewhere (the caller's own timeout, a
-shutdown) is passed on as it is.
+socket timeout or the operation's `timeout`) it stops the read. A step with a deadline
+has a timer of its own; the others share one per event loop, which runs only while some
+step waits. The step then fails as PyMongo's own does (`TimeoutError("timed out")` or
+`_OperationCancelled`), which PyMongo turns into the same errors. A cancellation from
+elsewhere (the caller's own timeout, a shutdown) is passed on as it is.
 
 The functions are the ones PyMongo's connection calls (`pymongo.asynchronous.pool`'s
 names), swapped for the whole process by `lean_io(True)` (`MongoStore` calls it) and put

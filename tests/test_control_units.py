@@ -6,6 +6,7 @@ a real queue are in test_job_control.py."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from smartgen.errors import (
 from smartgen.generation import control, service
 from smartgen.generation.service import queue_message
 from smartgen.kit.times import iso_ms, utcnow
-from smartgen.models import Job, JobStatus
+from smartgen.models import Job, JobStatus, job_from_wire, job_to_wire
 from smartgen.store.base import Store
 from tests.test_reconcile import Announcements, add_job
 
@@ -219,6 +220,10 @@ async def test_a_queue_message_carries_ids_and_what_to_generate(store: Store) ->
         "contentType": "Blog Post Outline",
         "prompt": "How to bake bread",
     }
+    # A job just stored travels whole, as the store holds it (`mark_processing(expected=…)`).
+    stored = queue_message(job, stored=True)
+    assert stored == {**queue_message(job), "job": job_to_wire(job)}
+    assert job_from_wire(json.loads(json.dumps(stored["job"]))) == await store.jobs.get(job.job_id)
 
 
 async def test_a_missing_malformed_or_foreign_job_is_the_same_404(store: Store) -> None:
@@ -275,7 +280,9 @@ async def test_queueing_past_the_cap_says_how_many_and_when_to_come_back(
     assert first.delay_seconds == 90.4
     chosen = await submit(delay=5.0)  # the caller's delay wins over the setting
     assert chosen.delay_seconds == 5.0
-    assert queue.calls[-1] == ("enqueue", (chosen.job.job_id, queue_message(chosen.job), 5000))
+    stored = queue_message(chosen.job, stored=True)  # a new job: the message carries it whole
+    assert queue.calls[-1] == ("enqueue", (chosen.job.job_id, stored, 5000))
+    assert job_from_wire(stored["job"]) == chosen.job
     with pytest.raises(TooManyRequests) as info:
         await submit()
     assert info.value.code == "too_many_unfinished_jobs"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,8 @@ from smartgen.models import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
+    job_from_wire,
+    job_to_wire,
 )
 from smartgen.store import describe_store, open_store
 from smartgen.store.base import Store
@@ -962,6 +965,125 @@ async def test_mongo_batched_takes_and_completions_answer_each_as_if_alone(
     ))  # fmt: skip
     assert jobs.takes.flushes < jobs.takes.items
     assert jobs.completions.flushes < jobs.completions.items
+
+
+async def test_a_take_with_the_stored_copy_answers_as_a_take_without(store: Store) -> None:
+    """A queue message carries the job as first stored (`job_to_wire`); a take given that
+    copy answers the job as the store holds it afterwards, whether the job is still the
+    copy (MongoDB then reads nothing back) or was changed since (a new prompt, a retry),
+    one take at a time or many at once."""
+    user = oid()
+    at = T0 + timedelta(minutes=1)
+    lease = at + timedelta(seconds=30)
+
+    def copy(job: Job) -> Job | None:  # as a worker reads it from the message
+        return job_from_wire(json.loads(json.dumps(job_to_wire(job))))
+
+    reads = _CountingReads.install(store)
+    fresh, changed = make_job(user, options={"tone": "bold"}), make_job(user)
+    for job in (fresh, changed):
+        assert await store.jobs.create(job)
+    assert await store.jobs.reschedule(
+        changed.job_id, user, scheduled_for=changed.scheduled_for, at=T0 + timedelta(seconds=5),
+        prompt="A new prompt",
+    )  # fmt: skip
+    for job in (fresh, changed):
+        before = reads.count
+        taken = await store.jobs.mark_processing(
+            job.job_id, at=at, attempt=1, lease_until=lease, owner="m1@w1", expected=copy(job)
+        )
+        if reads.on:  # MongoDB: the unchanged copy is taken without a read, the other not
+            assert reads.count - before == (0 if job is fresh else 1), job is fresh
+        assert taken is not None and taken == await store.jobs.get(job.job_id)
+        assert (taken.status, taken.lease_owner, taken.attempts) == (
+            JobStatus.processing,
+            "m1@w1",
+            1,
+        )
+    assert (await store.jobs.get(changed.job_id)).prompt == "A new prompt"  # type: ignore[union-attr]
+    # Taken already: the copy takes nothing (another owner's lease holds it).
+    again = await store.jobs.mark_processing(
+        fresh.job_id, at=at, attempt=1, lease_until=lease, owner="m2@w2", expected=copy(fresh)
+    )
+    assert again is None
+    # Many at once, some changed since their copy: each as alone.
+    many = [make_job(user, options={"length": "short", "i": i}) for i in range(8)]
+    for job in many:
+        assert await store.jobs.create(job)
+    for job in many[::3]:
+        assert await store.jobs.reschedule(
+            job.job_id, user, scheduled_for=job.scheduled_for, at=T0 + timedelta(seconds=7)
+        )
+    before = reads.count
+    taken_many = await asyncio.gather(
+        *(store.jobs.mark_processing(j.job_id, at=at, attempt=1, owner=f"o{i}",
+                                     expected=copy(j))
+          for i, j in enumerate(many))
+    )  # fmt: skip
+    if reads.on:  # some changed since their copy: those are read back
+        assert reads.count > before
+    for job, taken in zip(many, taken_many, strict=True):
+        assert taken is not None and taken == await store.jobs.get(job.job_id)
+    unchanged = [make_job(user) for _ in range(6)]
+    for job in unchanged:
+        assert await store.jobs.create(job)
+    before = reads.count
+    taken_many = await asyncio.gather(
+        *(store.jobs.mark_processing(j.job_id, at=at, attempt=1, expected=copy(j))
+          for j in unchanged)
+    )  # fmt: skip
+    assert reads.count == before  # (0 on SQL stores, which count nothing)
+    for job, taken in zip(unchanged, taken_many, strict=True):
+        assert taken is not None and taken == await store.jobs.get(job.job_id)
+    # A copy of another job, or of a job no longer queued, is no copy: the usual take.
+    other = make_job(user)
+    assert await store.jobs.create(other)
+    taken = await store.jobs.mark_processing(
+        other.job_id, at=at, attempt=1, expected=copy(replace(fresh, job_id=other.job_id[::-1]))
+    )
+    assert taken is not None and taken == await store.jobs.get(other.job_id)
+
+
+class _CountingReads:
+    """The reads of MongoDB's jobs collection (`find`, `find_one`), counted."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.count, self.on = inner, 0, True
+
+    @classmethod
+    def install(cls, store: Store) -> _CountingReads:
+        jobs: Any = store.jobs
+        if store.name != "mongodb":
+            counting = cls(None)
+            counting.on = False
+            return counting
+        counting = cls(jobs._c)
+        jobs._c = counting
+        return counting
+
+    def find(self, *args: Any, **kwargs: Any) -> Any:
+        self.count += 1
+        return self.inner.find(*args, **kwargs)
+
+    def find_one(self, *args: Any, **kwargs: Any) -> Any:
+        self.count += 1
+        return self.inner.find_one(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_job_on_the_wire_reads_back_as_it_was() -> None:
+    job = make_job(oid(), options={"tone": "bold", "voice": {"examples": ["a", "b"]}},
+                   history=[{"status": "failed"}], batch_id="b1", batch_row=3)  # fmt: skip
+    assert job_from_wire(json.loads(json.dumps(job_to_wire(job)))) == job
+    wire = job_to_wire(job)
+    for broken in (
+        None, [], {**wire, "status": "paused"}, {**wire, "created_at": "yesterday"},
+        {**wire, "updated_at": "2030-01-02T03:04:05"},  # no time zone
+        {k: v for k, v in wire.items() if k != "prompt"},
+    ):  # fmt: skip
+        assert job_from_wire(broken) is None
 
 
 @pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)

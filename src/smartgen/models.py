@@ -4,7 +4,7 @@ imports the rest of smartgen."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Literal, get_args
@@ -92,6 +92,49 @@ class Job:
 
 
 BatchStatus = Literal["running", "completed", "cancelled"]
+
+
+# The job's times, in `job_to_wire`'s form as ISO 8601 text to the millisecond.
+_JOB_TIMES: Final = frozenset(
+    {
+        "scheduled_for", "created_at", "updated_at", "started_at", "completed_at",
+        "failed_at", "lease_until", "cancelled_at", "feedback_at",
+    }
+)  # fmt: skip
+
+
+def job_to_wire(job: Job) -> dict[str, Any]:
+    """The job as JSON values, every field named, times to the millisecond (as the stores
+    keep them): what a queue message carries of a job just stored."""
+    wire: dict[str, Any] = {}
+    for one in fields(Job):
+        value = getattr(job, one.name)
+        if value is not None and one.name in _JOB_TIMES:
+            value = value.isoformat(timespec="milliseconds")
+        elif one.name == "status":
+            value = value.value
+        wire[one.name] = value
+    return wire
+
+
+def job_from_wire(wire: Any) -> Job | None:
+    """The job `job_to_wire` wrote; None for anything else (a field missing, a time or a
+    status that does not read)."""
+    if not isinstance(wire, dict):
+        return None
+    values: dict[str, Any] = {}
+    try:
+        for one in fields(Job):
+            value = wire[one.name]
+            if value is not None and one.name in _JOB_TIMES:
+                value = datetime.fromisoformat(value)
+                if value.tzinfo is None:
+                    return None
+            values[one.name] = value
+        values["status"] = JobStatus(values["status"])
+        return Job(**values)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass(slots=True)

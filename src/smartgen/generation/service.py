@@ -14,7 +14,7 @@ from smartgen.generation import budget
 from smartgen.generation.prompts import model_request
 from smartgen.kit.outbound import UrlRefused, check_url
 from smartgen.kit.times import utcnow
-from smartgen.models import Job, JobStatus
+from smartgen.models import Job, JobStatus, job_to_wire
 from smartgen.ports import Budgets, JobQueue, Notifier, Prices, Timings
 from smartgen.store.base import Store
 
@@ -29,15 +29,20 @@ class QueuedJob:
     estimated_cost: float | None = None
 
 
-def queue_message(job: Job) -> dict[str, Any]:
+def queue_message(job: Job, *, stored: bool = False) -> dict[str, Any]:
     """The queue message of a job: ids and what to generate (the worker reads the rest
-    from the store)."""
-    return {
+    from the store). `stored`: `job` is the job exactly as just stored; the message then
+    carries it whole (`job`), and a worker that finds it unchanged takes it without
+    reading it back (`JobRepository.mark_processing`'s `expected`)."""
+    message: dict[str, Any] = {
         "jobId": job.job_id,
         "userId": job.user_id,
         "contentType": job.content_type,
         "prompt": job.prompt,
     }
+    if stored:
+        message["job"] = job_to_wire(job)
+    return message
 
 
 def check_prompt(settings: Settings, prompt: str) -> None:
@@ -200,7 +205,8 @@ async def _store_and_queue(
         raise too_many_unfinished(unfinished, cap, delay)
     try:
         delay_ms = round(delay * 1000)
-        await queue.enqueue(job_id=job.job_id, data=queue_message(job), delay_ms=delay_ms)
+        message = queue_message(job, stored=True)
+        await queue.enqueue(job_id=job.job_id, data=message, delay_ms=delay_ms)
     except AppError:
         try:
             await store.jobs.delete(job.job_id)

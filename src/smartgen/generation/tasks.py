@@ -19,7 +19,7 @@ from smartgen.generation import budget
 from smartgen.generation.prompts import model_request
 from smartgen.kit.times import utcnow
 from smartgen.llm.errors import LLMError
-from smartgen.models import Completion, Job, JobStatus, usage_numbers
+from smartgen.models import Completion, Job, JobStatus, job_from_wire, usage_numbers
 from smartgen.ports import (
     BatchTurns,
     Budgets,
@@ -188,6 +188,7 @@ class GenerationTask:
             lease_until=lease,
             owner=delivery.owner,
             due_by=now + SCHEDULE_TOLERANCE,
+            expected=job_from_wire(delivery.data.get("job")),  # the job as first stored
         )
         if started is None:
             return await self._not_taken(job_id, now, last_attempt)

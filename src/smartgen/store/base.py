@@ -86,10 +86,14 @@ class JobRepository(Protocol):
         lease_until: datetime | None = None,
         owner: str | None = None,
         due_by: datetime | None = None,
+        expected: Job | None = None,
     ) -> Job | None:
         """`queued` → `processing`, or take over a `processing` job whose lease has run
         out, has none, or is held by the same `owner`; None when the job is final, leased
-        to another owner, unknown, or (with `due_by`) scheduled after `due_by`."""
+        to another owner, unknown, or (with `due_by`) scheduled after `due_by`. `expected`: the
+        queued job as the caller has it (a queue message's copy of it as stored); a store may
+        then skip reading the job back when it is still exactly that copy. The answer is
+        the same either way."""
 
     async def release_lease(self, job_id: str, *, owner: str) -> bool:
         """End `owner`'s lease on its `processing` job (the delivery will be retried, here or

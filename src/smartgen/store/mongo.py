@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -73,6 +73,7 @@ class _Take:
     lease_until: datetime | None
     owner: str | None
     due_by: datetime | None
+    expected: Job | None = None  # the job as stored, if the caller has a copy
 
 
 def _job_from_doc(doc: dict[str, Any]) -> Job:
@@ -348,8 +349,45 @@ class MongoJobs:
         lease_until: datetime | None = None,
         owner: str | None = None,
         due_by: datetime | None = None,
+        expected: Job | None = None,
     ) -> Job | None:
-        return await self.takes.submit(_Take(job_id, _ms(at), attempt, lease_until, owner, due_by))
+        if expected is not None and (
+            expected.job_id != job_id or expected.status != JobStatus.queued
+        ):
+            expected = None
+        return await self.takes.submit(
+            _Take(job_id, _ms(at), attempt, lease_until, owner, due_by, expected)
+        )
+
+    @staticmethod
+    def _unchanged(take: _Take) -> dict[str, Any] | None:
+        """With the caller's copy of the queued job: the filter that takes it only while
+        it is still exactly that copy. Every write to a job moves its `updatedAt`, so a job
+        still queued with the copy's `updatedAt` is the copy, and the take needs no read."""
+        if take.expected is None:
+            return None
+        query: dict[str, Any] = {
+            "jobId": take.job_id,
+            "status": JobStatus.queued.value,
+            "updatedAt": take.expected.updated_at,
+        }
+        if take.due_by is not None:
+            query["scheduledFor"] = {"$lte": take.due_by}
+        return query
+
+    @staticmethod
+    def _as_taken(take: _Take) -> Job:
+        """The caller's copy as the take wrote it."""
+        assert take.expected is not None
+        return replace(
+            take.expected,
+            status=JobStatus.processing,
+            started_at=take.at,
+            updated_at=take.at,
+            attempts=take.attempt,
+            lease_until=None if take.lease_until is None else _ms(take.lease_until),
+            lease_owner=take.owner,
+        )
 
     @staticmethod
     def _take_filters(take: _Take) -> list[dict[str, Any]]:
@@ -387,8 +425,12 @@ class MongoJobs:
 
     async def _take_one(self, take: _Take, filters: list[dict[str, Any]]) -> Job | None:
         # Each filter is one atomic conditional update: the first that matches takes the
-        # job, as one update with all of them would have.
+        # job, as one update with all of them would have. The job is read back unless it
+        # was the caller's unchanged copy.
         update = self._take_set(take)
+        unchanged = self._unchanged(take)
+        if unchanged is not None and (await self._c.update_one(unchanged, update)).matched_count:
+            return self._as_taken(take)
         for query in filters:
             if (await self._c.update_one(query, update)).matched_count == 1:
                 return await self.get(take.job_id)
@@ -406,8 +448,12 @@ class MongoJobs:
         # found processing may be one whose lease ran out (or this worker's own): those
         # few try the other states one by one.
         filters = [self._take_filters(t) for t in takes]
-        writes = [UpdateOne(f[0], self._take_set(t)) for t, f in zip(takes, filters, strict=True)]
-        await self._c.bulk_write(writes, ordered=True)
+        firsts = [self._unchanged(t) or f[0] for t, f in zip(takes, filters, strict=True)]
+        writes = [UpdateOne(q, self._take_set(t)) for t, q in zip(takes, firsts, strict=True)]
+        result = await self._c.bulk_write(writes, ordered=True)
+        if result.matched_count == len(takes) and all(t.expected is not None for t in takes):
+            # Each matched its own unchanged copy (a job matches once: it is then taken).
+            return [self._as_taken(t) for t in takes]
         ids = list({t.job_id for t in takes})
         docs = {d["jobId"]: d async for d in self._c.find({"jobId": {"$in": ids}})}
         outcomes: list[Job | None] = []
@@ -415,8 +461,14 @@ class MongoJobs:
             doc = docs.get(take.job_id)
             if doc is not None and self._took(take, doc):
                 outcomes.append(_job_from_doc(doc))
-            elif doc is not None and doc.get("status") == JobStatus.processing.value:
-                taken = await self._take_one(take, others[1:])
+            elif doc is not None and (
+                doc.get("status") == JobStatus.processing.value
+                or (take.expected is not None and doc.get("status") == JobStatus.queued.value)
+            ):
+                # Taken from a state other than the first filter's; or not the caller's
+                # copy any more (changed while queued): the usual filters then.
+                rest = others if take.expected is not None else others[1:]
+                taken = await self._take_one(replace(take, expected=None), rest)
                 outcomes.append(taken)
                 if taken is not None:  # later takes of this job see the new state
                     docs[take.job_id] = {**doc, **self._take_set(take)["$set"]}

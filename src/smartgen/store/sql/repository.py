@@ -407,6 +407,7 @@ class Jobs(_Repository):
         lease_until: datetime | None = None,
         owner: str | None = None,
         due_by: datetime | None = None,
+        expected: Job | None = None,  # one statement takes and answers here: not needed
     ) -> Job | None:
         ts = self._db.ts
         args = (job_id, ts(at), attempt, ts(lease_until), owner, ts(due_by or FAR_FUTURE))

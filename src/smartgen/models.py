@@ -94,26 +94,24 @@ class Job:
 BatchStatus = Literal["running", "completed", "cancelled"]
 
 
-# The job's times, in `job_to_wire`'s form as ISO 8601 text to the millisecond.
-_JOB_TIMES: Final = frozenset(
-    {
-        "scheduled_for", "created_at", "updated_at", "started_at", "completed_at",
-        "failed_at", "lease_until", "cancelled_at", "feedback_at",
-    }
+# The job's fields, and its times (in `job_to_wire`'s form: ISO 8601 text to the
+# millisecond), worked out once: a queue message carries every new job.
+_JOB_FIELDS: Final = tuple(one.name for one in fields(Job))
+_JOB_TIMES: Final = (
+    "scheduled_for", "created_at", "updated_at", "started_at", "completed_at",
+    "failed_at", "lease_until", "cancelled_at", "feedback_at",
 )  # fmt: skip
 
 
 def job_to_wire(job: Job) -> dict[str, Any]:
     """The job as JSON values, every field named, times to the millisecond (as the stores
     keep them): what a queue message carries of a job just stored."""
-    wire: dict[str, Any] = {}
-    for one in fields(Job):
-        value = getattr(job, one.name)
-        if value is not None and one.name in _JOB_TIMES:
-            value = value.isoformat(timespec="milliseconds")
-        elif one.name == "status":
-            value = value.value
-        wire[one.name] = value
+    wire = {name: getattr(job, name) for name in _JOB_FIELDS}
+    for name in _JOB_TIMES:
+        value = wire[name]
+        if value is not None:
+            wire[name] = value.isoformat(timespec="milliseconds")
+    wire["status"] = job.status.value
     return wire
 
 
@@ -122,15 +120,14 @@ def job_from_wire(wire: Any) -> Job | None:
     status that does not read)."""
     if not isinstance(wire, dict):
         return None
-    values: dict[str, Any] = {}
     try:
-        for one in fields(Job):
-            value = wire[one.name]
-            if value is not None and one.name in _JOB_TIMES:
-                value = datetime.fromisoformat(value)
+        values = {name: wire[name] for name in _JOB_FIELDS}
+        for name in _JOB_TIMES:
+            value = values[name]
+            if value is not None:
+                value = values[name] = datetime.fromisoformat(value)
                 if value.tzinfo is None:
                     return None
-            values[one.name] = value
         values["status"] = JobStatus(values["status"])
         return Job(**values)
     except (KeyError, TypeError, ValueError):

@@ -69,7 +69,8 @@ class DirectRoute:
             )
             for field in dependant.header_params
         ]
-        self._dependencies: list[tuple[str, Callable[[Request], Awaitable[Any]]]] = []
+        # (parameter, the dependency, the name it takes the request by)
+        self._dependencies: list[tuple[str, Callable[..., Awaitable[Any]], str]] = []
         for sub in dependant.dependencies:
             if (
                 sub.name is None
@@ -83,7 +84,7 @@ class DirectRoute:
                 or sub.request_param_name is None
             ):
                 raise NotDirect(f"{route.path}: dependencies may take only the request")
-            self._dependencies.append((sub.name, _request_only(sub.call, sub.request_param_name)))
+            self._dependencies.append((sub.name, sub.call, sub.request_param_name))
         self._request_name = dependant.request_param_name
         self._endpoint = route.endpoint
         self._route = route
@@ -94,8 +95,8 @@ class DirectRoute:
     ) -> None:
         """Serve the request whose whole body is `body` (`receive` replays it), or hand it
         to `fallback` untouched."""
-        arguments = self._arguments(scope, body)
-        if arguments is None or self._app.dependency_overrides:
+        arguments = None if self._app.dependency_overrides else self._arguments(scope, body)
+        if arguments is None:
             await fallback(scope, receive, send)
             return
         # What Starlette's router puts in the scope for the route it chose.
@@ -105,21 +106,21 @@ class DirectRoute:
         scope["path_params"] = {}
         request = Request(scope, receive)
         try:
-            for name, call in self._dependencies:
-                arguments[name] = await call(request)
+            for name, call, takes in self._dependencies:
+                arguments[name] = await call(**{takes: request})
             if self._request_name is not None:
                 arguments[self._request_name] = request
             response = await self._endpoint(**arguments)
             if not isinstance(response, Response):
                 raise TypeError(f"{self._route.path}: a direct route's endpoint answers a Response")
         except Exception as exc:
-            handler = self._handler(exc)
+            kind, handler = self._handler(exc)
             if handler is None:
                 raise
             response = await handler(request, exc)
-            if not _handled(exc, self._app):
+            if kind is Exception:  # Starlette's catch-all 500: answered, then raised again
                 await response(scope, receive, send)
-                raise  # answered; the server's last stop (api.edge) only logs it
+                raise  # the server's last stop (api.edge) only logs it
         await response(scope, receive, send)
 
     def _arguments(self, scope: dict[str, Any], body: bytes) -> dict[str, Any] | None:
@@ -141,28 +142,14 @@ class DirectRoute:
                 return None
         return arguments
 
-    def _handler(self, exc: Exception) -> Any:
+    def _handler(self, exc: Exception) -> tuple[type, Any]:
+        """The app's handler for `exc` and the class it is registered for, as Starlette
+        looks it up (the nearest class up the error's hierarchy); None for none."""
         handlers = self._app.exception_handlers
         for kind in type(exc).__mro__:
             if kind in handlers:
-                return handlers[kind]
-        return None
-
-
-def _handled(exc: Exception, app: FastAPI) -> bool:
-    """Whether Starlette's exception middleware would handle `exc` (a handler of its own
-    class, not the catch-all 500 one, after which Starlette raises the error again)."""
-    handlers = app.exception_handlers
-    return any(kind in handlers for kind in type(exc).__mro__ if kind is not Exception)
-
-
-def _request_only(
-    call: Callable[..., Awaitable[Any]], parameter: str
-) -> Callable[[Request], Awaitable[Any]]:
-    async def called(request: Request) -> Any:
-        return await call(**{parameter: request})
-
-    return called
+                return kind, handlers[kind]
+        return type(exc), None
 
 
 def direct_routes(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
-from smartgen.realtime.events import SEED_EVENT, Event, seq_room, with_seq
+from smartgen.realtime.events import Event, numbered, seq_room, with_seq
 
 if TYPE_CHECKING:
     from smartgen.realtime.bus import RedisManager
@@ -63,13 +63,8 @@ def _numbered(messages: list[Any], seqs: list[Any]) -> list[dict[str, Any]]:
         if seq <= 0:
             continue
         data = message.get("data")
-        if (
-            message.get("event") != SEED_EVENT
-            and isinstance(data, list)
-            and data
-            and isinstance(data[0], dict)
-        ):
-            message["data"] = [{**data[0], "seq": seq}, *data[1:]]
+        if isinstance(data, list) and data and isinstance(data[0], dict):
+            message["data"] = [numbered(str(message.get("event")), data[0], seq), *data[1:]]
         message["seq"] = seq
         out.append(message)
     return out

@@ -52,6 +52,12 @@ def with_seq(event: str, payload: dict[str, Any], seq: int | None) -> dict[str, 
     return payload if seq is None or event != SEED_EVENT else {**payload, "seq": seq}
 
 
+def numbered(event: str, payload: dict[str, Any], seq: int | None) -> dict[str, Any]:
+    """The payload with its number in the user's log, as every client gets it (the seed's
+    `job_completed` keeps its own shape: its number goes to the seq room, `with_seq`)."""
+    return payload if seq is None or event == SEED_EVENT else {**payload, "seq": seq}
+
+
 def status_payload(job: Job) -> dict[str, Any]:
     return {
         "userId": job.user_id,
@@ -241,9 +247,7 @@ class EventPublisher:
         for (user_id, event, payload, _, _), seq in zip(batch, seqs, strict=True):
             if seq == 0:
                 continue  # announced before: logged and sent then
-            if seq is not None and event != SEED_EVENT:
-                payload = {**payload, "seq": seq}
-            events.append((event, payload, user_room(user_id), seq))
+            events.append((event, numbered(event, payload, seq), user_room(user_id), seq))
         if not events:
             return
         if plan is not None and self._relay is not None:

@@ -170,9 +170,17 @@ async def measure(
 
         if calls:  # Python function calls per request instead of CPU time
             await run(post, 300)
+            await asyncio.sleep(0.2)  # the event publisher's last batch
+            before = redis_commands(port)
             post_calls = await counted(run, post, requests)
+            await asyncio.sleep(0.2)
+            post_calls["redis"] = redis_commands(port, since=before, per=requests)
             await run(get, 300)
+            await asyncio.sleep(0.2)
+            before = redis_commands(port)
             get_calls = await counted(run, get, requests)
+            await asyncio.sleep(0.2)
+            get_calls["redis"] = redis_commands(port, since=before, per=requests)
             await asyncio.sleep(0.2)
             return {"post_calls": post_calls, "get_calls": get_calls}
         await run(post, 300)  # warm-up: caches, statements, connections
@@ -181,6 +189,23 @@ async def measure(
         gets = await run(get, requests)
         await asyncio.sleep(0.2)  # the event publisher's last batch
     return {"post_us": posts, "get_us": gets}
+
+
+def redis_commands(
+    port: int, *, since: dict[str, float] | None = None, per: int = 1
+) -> dict[str, float]:
+    """The private Redis's commands by name (INFO commandstats), counted since `since`,
+    per request: what a request costs in round trips and server work."""
+    import redis
+
+    with redis.Redis(port=port) as client:
+        stats = client.info("commandstats")
+    now = {name.removeprefix("cmdstat_"): float(row["calls"]) for name, row in stats.items()}
+    if since is None:
+        return now
+    moved = {k: (v - since.get(k, 0)) / per for k, v in now.items()}
+    moved.pop("info", None)  # this function's own
+    return {k: round(v, 2) for k, v in sorted(moved.items()) if v > 0}
 
 
 async def counted(run: Any, kind: Any, n: int) -> dict[str, Any]:
@@ -193,6 +218,8 @@ async def counted(run: Any, kind: Any, n: int) -> dict[str, Any]:
     profiler.enable()
     await run(kind, n)
     profiler.disable()
+    if os.environ.get("BENCH_PSTATS"):  # the whole profile, for pstats' own views
+        profiler.dump_stats(f"{os.environ['BENCH_PSTATS']}.{kind.__name__}")
     stats = pstats.Stats(profiler)
     rows = sorted(
         ((calls / n, f"{Path(file).parent.name}/{Path(file).name}:{line}({name})")
@@ -315,6 +342,8 @@ def main() -> int:
                 for kind in ("post", "get"):
                     found = figures[f"{kind}_calls"]
                     print(f"{src}: {kind.upper()} {found['per_request']:.0f} calls per request")
+                    redis_line = ", ".join(f"{k} {v:g}" for k, v in found["redis"].items())
+                    print(f"    Redis commands per request: {redis_line}")
                     for per, where in found["top"]:
                         print(f"    {per:8.2f}  {where}")
                 continue

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # Every asyncio Redis connection packs its commands with hiredis's C packer
     # (redis_clients.py); false: redis-py's own packer, in Python.
     redis_hiredis_packing: bool = True
+    # A Redis command takes and returns its pooled connection without redis-py's unused
+    # per-call bookkeeping (redis_clients.py); false: redis-py's own.
+    redis_lean_calls: bool = True
     # POST /generate-content served without FastAPI's per-request layers (api/direct.py);
     # false: FastAPI serves it as every other route.
     api_direct_routes: bool = True

@@ -26,6 +26,16 @@ packer): redis-py's asyncio one encodes and joins each argument in Python, and b
 scripts carry a dozen or more (about 10 µs a call against 1.5 µs; bench/HISTORY.md, tenth
 round). The packer is redis-py's class attribute, so one for the whole process, set by
 every `redis_options` call: the same bytes either way (tests/test_redis_packing.py).
+
+Each command of a `redis_client` takes and gives back its pooled connection with less of
+redis-py's bookkeeping (`REDIS_LEAN_CALLS`, on by default; false: redis-py's own): redis-py
+8 takes the pool's lock, checks its arguments for deprecated ones, runs a connected
+connection's `connect` through its retry wrapper, dispatches a re-authentication event and
+awaits six OpenTelemetry hooks per command, whether or not anything listens. `LeanRedis`
+and `LeanPooling` skip what cannot apply and hand everything else to redis-py: a
+connection that is not connected, has data waiting, must reconnect or re-authenticate;
+a pool being closed; a single-connection client; redis-py's observability once it is
+set up (tests/test_redis_lean.py, `bench/redis_calls.py`).
 """
 
 from __future__ import annotations
@@ -43,6 +53,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from smartgen.config import Settings
+
+try:  # redis-py's OpenTelemetry metrics (redis >= 7.1): off until set up
+    from redis.observability.providers import get_observability_instance
+
+    _OBSERVABILITY: Any = get_observability_instance()
+except ImportError:  # pragma: no cover - a redis-py without them records nothing
+    _OBSERVABILITY = None
 
 try:
     from hiredis import pack_command as _c_pack  # installed with redis[hiredis]
@@ -76,6 +93,97 @@ def pack_commands_in_c(on: bool) -> None:
 
 
 Purpose = Literal["request", "blocking", "pubsub"]
+
+
+def _observed() -> bool:
+    """redis-py's OpenTelemetry metrics are set up: every command goes redis-py's way."""
+    return _OBSERVABILITY is not None and _OBSERVABILITY.get_provider_manager() is not None
+
+
+class LeanPooling:
+    """A redis-py asyncio `ConnectionPool` (mixed in before it) whose checkout of an idle,
+    connected, clean connection and whose return of a healthy one skip redis-py's
+    per-call bookkeeping; anything else, redis-py's own (see the module's docstring).
+    No lock is needed around the list and set it moves a connection between: nothing
+    awaits in between, and a pool whose lock is held (being closed) goes redis-py's way."""
+
+    _available_connections: list[AbstractConnection]
+    _in_use_connections: set[AbstractConnection]
+    _lock: Any
+
+    async def get_connection(self, *args: Any, **options: Any) -> AbstractConnection:
+        stock = super().get_connection  # type: ignore[misc]
+        if args or options or self._lock.locked() or _observed():
+            return await stock(*args, **options)  # type: ignore[no-any-return]
+        available = self._available_connections
+        if not available:
+            return await stock()  # type: ignore[no-any-return]  # a new connection
+        connection = available.pop()
+        self._in_use_connections.add(connection)
+        try:
+            if not connection.is_connected or await connection.can_read():
+                # Connects it, or deals with data waiting on it, as redis-py does.
+                await self.ensure_connection(connection)  # type: ignore[attr-defined]
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        if (
+            connection.should_reconnect()  # type: ignore[no-untyped-call]
+            or connection._re_auth_token is not None
+            or self._lock.locked()
+            or _observed()
+        ):
+            await super().release(connection)  # type: ignore[misc]
+            return
+        self._in_use_connections.remove(connection)
+        self._available_connections.append(connection)
+
+
+class LeanConnectionPool(LeanPooling, aioredis.ConnectionPool):
+    pass
+
+
+class LeanRedis(aioredis.Redis):
+    """redis-py's asyncio client; a command on a pooled connection (not a pipeline's, nor
+    a single-connection client's) skips its OpenTelemetry hooks while they are not set
+    up, and is otherwise redis-py's: the same retries, the same disconnect on an error,
+    the same parsing."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.single_connection_client or self.connection is not None or _observed():
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        pool = self.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            return await conn.retry.call_with_retry(
+                lambda: self._send_command_parse_response(  # type: ignore[no-untyped-call]
+                    conn, args[0], *args, **options
+                ),
+                lambda error, failures: conn.disconnect(error=error, failure_count=failures),
+                with_failure_count=True,
+            )
+        finally:
+            await pool.release(conn)
+
+
+def _lean_pool(pool: aioredis.ConnectionPool) -> None:
+    """Give a pool redis-py built (or `sentinel_pool`) the lean checkout: the same object,
+    its class swapped for the subclass that adds `LeanPooling`'s two methods and no state.
+    A pool of another class, or laid out otherwise, is left as it is."""
+    lean = {aioredis.ConnectionPool: LeanConnectionPool, OwnedSentinelPool: LeanSentinelPool}
+    kind = lean.get(type(pool))
+    laid_out = all(
+        hasattr(pool, name)
+        for name in ("_available_connections", "_in_use_connections", "_lock", "ensure_connection")
+    ) and all(
+        hasattr(pool.connection_class, name)
+        for name in ("is_connected", "can_read", "should_reconnect")
+    )
+    if kind is not None and laid_out:
+        pool.__class__ = kind  # type: ignore[assignment]
 
 
 def address(settings: Settings) -> dict[str, Any]:
@@ -129,6 +237,10 @@ class OwnedSentinelPool(SentinelConnectionPool):
         await super().disconnect(inuse_connections)
         if inuse_connections:
             await self.sentinel_manager.aclose()
+
+
+class LeanSentinelPool(LeanPooling, OwnedSentinelPool):
+    pass
 
 
 def sentinel_pool(settings: Settings, options: dict[str, Any]) -> OwnedSentinelPool:
@@ -197,10 +309,12 @@ def redis_client(settings: Settings, purpose: Purpose) -> aioredis.Redis:
     """A client for one use; create it inside the running loop and close it on shutdown
     (its pool, and with Sentinel its sentinel clients, close with it)."""
     options = redis_options(settings, purpose)
+    kind = LeanRedis if settings.redis_lean_calls else aioredis.Redis
     pool = options.get("connection_pool")
-    if pool is not None:
-        return aioredis.Redis.from_pool(pool)
-    return aioredis.Redis(**options)
+    client = kind.from_pool(pool) if pool is not None else kind(**options)
+    if settings.redis_lean_calls:
+        _lean_pool(client.connection_pool)
+    return client
 
 
 async def close_pool(client: aioredis.Redis) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -41,9 +41,11 @@ def test_the_setting_chooses_the_client(settings: Settings) -> None:
     lean = redis_client(settings, "request")
     assert type(lean) is LeanRedis
     assert type(lean.connection_pool) is LeanConnectionPool
+    assert lean.connection_pool.connection_class is redis_clients.LeanConnection
     stock = redis_client(settings.model_copy(update={"redis_lean_calls": False}), "request")
     assert type(stock) is aioredis.Redis
     assert type(stock.connection_pool) is ConnectionPool
+    assert stock.connection_pool.connection_class is Connection
     # The pool is the one redis-py built from the options: only its class differs.
     made, own = lean.connection_pool.connection_kwargs, stock.connection_pool.connection_kwargs
     assert made.keys() == own.keys()
@@ -61,6 +63,9 @@ def test_a_sentinel_pool_gets_the_lean_checkout(settings: Settings) -> None:
     assert type(made) is LeanRedis
     assert type(made.connection_pool) is LeanSentinelPool
     assert isinstance(made.connection_pool, redis_clients.OwnedSentinelPool)
+    following = made.connection_pool.connection_class
+    assert following is redis_clients.LeanFollowingConnection
+    assert issubclass(following, redis_clients.FollowingConnection)
 
 
 async def test_commands_scripts_and_pipelines_answer_alike(client: Any, unique: str) -> None:
@@ -139,6 +144,51 @@ async def test_redis_down_fails_alike_and_recovers(
     finally:
         await made.aclose()
         server.close()
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "stock"])
+async def test_a_write_the_server_does_not_read_times_out_alike(
+    settings: Settings, lean: bool
+) -> None:
+    """A server that accepts and never reads: the command fills the socket's buffers, and
+    the write waits for them to drain only as long as the socket timeout, then the
+    connection is dropped with redis-py's error."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # holds the connection, reads nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    own = settings.model_copy(update={"redis_lean_calls": lean, "queue_timeout_seconds": 0.5})
+    made = redis_client(own, "request")
+    pool = made.connection_pool
+    connection = pool.make_connection()
+    connection.port = port
+    try:
+        # A connection without the hello handshake (the silent server would never answer).
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        connection._reader, connection._writer = reader, writer
+        connection._parser.on_connect(connection)
+        assert type(connection) is (redis_clients.LeanConnection if lean else Connection)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisTimeoutError, match="Timeout writing to socket"):
+            await connection.send_command("SET", "k", "x" * 64_000_000, check_health=False)
+        assert asyncio.get_running_loop().time() - started < 5
+        assert not connection.is_connected  # dropped, as redis-py drops it
+        # A small command on a fresh connection goes out at once, without waiting.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        connection._reader, connection._writer = reader, writer
+        connection._parser.on_connect(connection)
+        await asyncio.wait_for(connection.send_command("PING", check_health=False), 1)
+        assert connection.is_connected
+    finally:
+        await connection.disconnect()
+        await made.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 class _Counting:

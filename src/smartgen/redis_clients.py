@@ -31,21 +31,24 @@ Each command of a `redis_client` takes and gives back its pooled connection with
 redis-py's bookkeeping (`REDIS_LEAN_CALLS`, on by default; false: redis-py's own): redis-py
 8 takes the pool's lock, checks its arguments for deprecated ones, runs a connected
 connection's `connect` through its retry wrapper, dispatches a re-authentication event and
-awaits six OpenTelemetry hooks per command, whether or not anything listens. `LeanRedis`
-and `LeanPooling` skip what cannot apply and hand everything else to redis-py: a
-connection that is not connected, has data waiting, must reconnect or re-authenticate;
-a pool being closed; a single-connection client; redis-py's observability once it is
-set up (tests/test_redis_lean.py, `bench/redis_calls.py`).
+awaits six OpenTelemetry hooks per command, whether or not anything listens, and sends
+each command through `asyncio.wait_for` (on Python 3.11 a task per command). `LeanRedis`,
+`LeanPooling` and `LeanSending` skip what cannot apply and hand everything else to
+redis-py: a connection that is not connected, has data waiting, must reconnect or
+re-authenticate; a pool being closed; a single-connection client; a write the kernel did
+not take whole; redis-py's observability once it is set up (tests/test_redis_lean.py,
+`bench/redis_calls.py`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection, SSLConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
@@ -146,6 +149,58 @@ class LeanConnectionPool(LeanPooling, aioredis.ConnectionPool):
     pass
 
 
+class LeanSending:
+    """A redis-py asyncio connection (mixed in before its class) that sends a command
+    without `asyncio.wait_for` when nothing can wait: redis-py wraps every write in one
+    when a socket timeout is set, and on Python 3.11 that is a task, a future and a timer
+    per command, and two more turns of the event loop. The command goes into the
+    transport at once; only a write the kernel did not take whole (bytes left in the
+    transport's buffer) waits for the buffer to drain, within the socket timeout, as
+    redis-py's does. Errors are redis-py's: the same disconnect, the same exceptions."""
+
+    socket_timeout: float | None
+    _writer: Any
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        stock = super().send_packed_command  # type: ignore[misc]
+        if not self.socket_timeout or not self.is_connected:  # type: ignore[attr-defined]
+            await stock(command, check_health)
+            return
+        if check_health:
+            await self.check_health()  # type: ignore[attr-defined]  # (may reconnect)
+        try:
+            if isinstance(command, str):
+                command = command.encode()
+            if isinstance(command, bytes):
+                command = [command]
+            writer = self._writer
+            writer.writelines(command)
+            if writer.transport.get_write_buffer_size():
+                await asyncio.wait_for(writer.drain(), self.socket_timeout)
+            else:
+                await writer.drain()  # returns at once (or raises the connection's error)
+        except TimeoutError:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as e:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            err_no, errmsg = ("UNKNOWN", e.args[0]) if len(e.args) == 1 else e.args[:2]
+            raise RedisConnectionError(
+                f"Error {err_no} while writing to socket. {errmsg}."
+            ) from e
+        except BaseException:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise
+
+
+class LeanConnection(LeanSending, Connection):
+    pass
+
+
+class LeanSSLConnection(LeanSending, SSLConnection):
+    pass
+
+
 class LeanRedis(aioredis.Redis):
     """redis-py's asyncio client; a command on a pooled connection (not a pipeline's, nor
     a single-connection client's) skips its OpenTelemetry hooks while they are not set
@@ -184,6 +239,12 @@ def _lean_pool(pool: aioredis.ConnectionPool) -> None:
     )
     if kind is not None and laid_out:
         pool.__class__ = kind  # type: ignore[assignment]
+    sends = LEAN_CONNECTIONS.get(pool.connection_class)
+    if sends is not None and all(
+        hasattr(pool.connection_class, name)
+        for name in ("send_packed_command", "check_health", "disconnect", "is_connected")
+    ):
+        pool.connection_class = sends  # the connections it makes from now on
 
 
 def address(settings: Settings) -> dict[str, Any]:
@@ -241,6 +302,23 @@ class OwnedSentinelPool(SentinelConnectionPool):
 
 class LeanSentinelPool(LeanPooling, OwnedSentinelPool):
     pass
+
+
+class LeanFollowingConnection(LeanSending, FollowingConnection):
+    pass
+
+
+class LeanFollowingSSLConnection(LeanSending, FollowingSSLConnection):
+    pass
+
+
+# The connection class each pool builds -> the same with `LeanSending`.
+LEAN_CONNECTIONS: dict[type[Any], type[Any]] = {
+    Connection: LeanConnection,
+    SSLConnection: LeanSSLConnection,
+    FollowingConnection: LeanFollowingConnection,
+    FollowingSSLConnection: LeanFollowingSSLConnection,
+}
 
 
 def sentinel_pool(settings: Settings, options: dict[str, Any]) -> OwnedSentinelPool:

@@ -256,17 +256,12 @@ def secantus(work: Path) -> tuple[subprocess.Popen[bytes], str]:
          "--storage-path", str(work / "secantus"), "--log-level", "WARNING"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    for _ in range(600):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    answering(port, seconds=30)
     return proc, f"mongodb://127.0.0.1:{port}/api_path"
 
 
-def child(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="smartgen-api-path-"))
+def private_redis(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server of its own on a free port, its files in `work`, its port answering."""
     port = free_port()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -274,13 +269,25 @@ def child(args: argparse.Namespace) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,  # never the parent's pipe: it would outlive a dead child
     )  # fmt: skip
+    answering(port, seconds=10)
+    return redis, port
+
+
+def answering(port: int, *, seconds: float) -> None:
+    """Wait (at most `seconds`) until something listens on the loopback `port`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def child(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="smartgen-api-path-"))
+    redis, port = private_redis(work)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         database = f"sqlite:///{work / 'smartgen.db'}"
         mongo = None
         if args.store == "mongo":

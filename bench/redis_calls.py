@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from api_path import free_port
+from api_path import private_redis
 
 from smartgen.config import load_settings
 from smartgen.redis_clients import redis_client
@@ -91,19 +89,8 @@ def main() -> int:
     parser.add_argument("--ops", type=int, default=4000, help="commands per kind per round")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="smartgen-redis-calls-"))
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(work)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server, port = private_redis(work)  # api_path's
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         results = uvloop.run(measure(port, args.rounds, args.ops))
     finally:
         server.terminate()

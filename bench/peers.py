@@ -7,6 +7,7 @@
     .venv/bin/python bench/peers.py --jobs 96 --warmup 16            # a quick check
     .venv/bin/python bench/peers.py --systems smartgen --src ../before/src   # another checkout
     .venv/bin/python bench/peers.py --systems smartgen --set METRICS_ENABLED=false  # a setting
+    .venv/bin/python bench/peers.py --systems smartgen --calls --src ../before/src  # calls/job
 
 The peers are the reference implementations in `shared/peers/` (`node-seed`: Express +
 BullMQ + mongodb driver + Socket.IO; `celery-seed`: FastAPI + Celery + pymongo). They are
@@ -39,6 +40,12 @@ into its store).
 The peers listen on loopback only: node-seed with a `--require` preload that gives
 `server.listen(port)` the host 127.0.0.1, celery-seed's API through the same
 `uvicorn.run(...)` call as its `python -m api` with host 127.0.0.1.
+
+`--calls` runs smartgen's processes under `bench/counted.py` and counts their Python
+function calls during the measured window (cProfile, switched on and off by signals; the
+profiles are kept in bench/results/ for pstats' own views): calls per job, a figure that
+does not move with the machine's speed, to compare two checkouts (`--src`) where CPU time
+cannot resolve a change. The CPU figures of such a run are inflated by the profiler.
 
 `--profile` runs `py-spy record --gil --nonblocking` (bench/harness.py's Profiler) on
 smartgen's API and worker during the measured window and prints the suite's summary plus
@@ -115,6 +122,8 @@ SMARTGEN_SRC = ""
 # `--set NAME=VALUE`: smartgen settings for its processes (what a feature costs: a run with
 # it off beside one with it on).
 SMARTGEN_SET: dict[str, str] = {}
+# `--calls`: smartgen's processes run under bench/counted.py, their profiles written here.
+COUNTED_PREFIX: Path | None = None
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM")
 
 # Makes `server.listen(port)` (which binds every interface) bind loopback only; written
@@ -520,6 +529,10 @@ async def start_system(
         env.update(SMARTGEN_SET)
         api_args = [PYTHON, "-m", "smartgen", "api"]
         worker_args = [PYTHON, "-m", "smartgen", "worker"]
+        if COUNTED_PREFIX is not None:
+            counted = [PYTHON, str(BENCH / "counted.py")]
+            api_args = [*counted, str(counted_file(label, "api")), "api"]
+            worker_args = [*counted, str(counted_file(label, "worker")), "worker"]
         ready_text = "worker ready"
     else:
         cwd = shared.peer_dirs[system]
@@ -555,6 +568,25 @@ async def start_system(
     )  # fmt: skip
     await worker.wait_for_output(ready_text, 90)
     return api, worker, url, store_env
+
+
+def counted_file(label: str, kind: str) -> Path:
+    assert COUNTED_PREFIX is not None
+    return COUNTED_PREFIX.with_name(f"{COUNTED_PREFIX.name}-{label}-{kind}.pstats")
+
+
+async def count_calls(procs: list[TreeProc], sig: signal.Signals) -> None:
+    """Start (SIGUSR1) or stop and write (SIGUSR2) bench/counted.py's profile in each."""
+    for proc in procs:
+        os.kill(proc.pid, sig)
+    await asyncio.sleep(0.2 if sig == signal.SIGUSR1 else 1.0)
+
+
+def calls_in(path: Path) -> int:
+    """Python function calls in a pstats file (primitive and recursive alike)."""
+    import pstats
+
+    return sum(nc for _cc, nc, *_ in pstats.Stats(str(path)).stats.values())
 
 
 def mint_tokens(secret: str, n: int) -> list[str]:
@@ -710,6 +742,9 @@ async def measure(
         async with contextlib.AsyncExitStack() as stack:
             for profiler in profilers:
                 await stack.enter_async_context(profiler)
+            counting = COUNTED_PREFIX is not None and system == "smartgen"
+            if counting:
+                await count_calls([api, worker], signal.SIGUSR1)
             await shared.redis[system].command_counts(reset=True)
             mongo0 = await mongo_counters(admin) if admin is not None else {}
             polls0 = POLLS[0]
@@ -730,6 +765,8 @@ async def measure(
             polls = POLLS[0] - polls0
             mongo2 = await mongo_counters(admin) if admin is not None else {}
             redis_calls = await shared.redis[system].command_counts()
+            if counting:
+                await count_calls([api, worker], signal.SIGUSR2)
         api0, api2 = api_u0 + api_s0, api_u2 + api_s2
         worker0, worker2 = worker_u0 + worker_s0, worker_u2 + worker_s2
         reference_after = reference_cpu_ms()
@@ -803,6 +840,18 @@ async def measure(
         result["total_cpu_ms_per_job"] = round(
             result["api_cpu_ms_per_job"] + result["worker_cpu_ms_per_job"], 3
         )
+        if counting:
+            result["counted"] = True
+            result["api_calls_per_job"] = round(
+                calls_in(counted_file(label, "api")) / max(1, accepted)
+            )
+            result["worker_calls_per_job"] = round(
+                calls_in(counted_file(label, "worker")) / max(1, completed)
+            )
+            log(
+                f"{label}: Python calls per job (bench/counted.py): API "
+                f"{result['api_calls_per_job']:,}, worker {result['worker_calls_per_job']:,}"
+            )
         if profilers:
             cpu_s = {"api": api2 - api0, "worker": worker2 - worker0}
             result["profiles"] = {}
@@ -849,6 +898,8 @@ FIGURES = (
     ("  worker: preemptions / job", "worker_preemptions_per_job", 2),
     ("  API: CPU % while idle", "api_idle_cpu_percent", 1),
     ("  worker: CPU % while idle", "worker_idle_cpu_percent", 1),
+    ("  API: Python calls / job", "api_calls_per_job", 0),
+    ("  worker: Python calls / job", "worker_calls_per_job", 0),
     ("Redis commands / job (own Redis)", "redis_calls_per_job", 1),
     ("MongoDB requests / job", "mongo_requests_per_job", 1),
     ("MongoDB server CPU ms / job", "db_server_cpu_ms_per_job", 2),
@@ -916,6 +967,7 @@ def render(rows: list[dict[str, Any]], title: str) -> str:
                 f"  {_column(r)}: machine speed (reference workload, lower is faster) {b}/{a} ms;"
                 f" load average {r['loadavg'][0]} -> {r['loadavg'][1]}"
                 + ("; PROFILED (py-spy attached)" if r.get("profiled") else "")
+                + ("; COUNTED (cProfile on: CPU inflated)" if r.get("counted") else "")
             )
     return "\n".join(lines + notes)
 
@@ -1047,6 +1099,9 @@ async def run(args: argparse.Namespace, cleanup: Cleanup) -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     results_dir = BENCH / "results"
     results_dir.mkdir(exist_ok=True)
+    if args.calls:
+        global COUNTED_PREFIX
+        COUNTED_PREFIX = results_dir / f"{stamp}-peers-calls"
     if args.profile:
         if not Profiler.available():
             raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
@@ -1167,6 +1222,10 @@ def main() -> int:
         help="also smartgen on postgres and/or sqlite (bare --store: both)",
     )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="py-spy on smartgen's processes")
+    parser.add_argument(
+        "--calls", action="store_true",
+        help="count smartgen's Python calls per job in the window (bench/counted.py)",
+    )  # fmt: skip
     parser.add_argument("--profile-rate", type=int, default=200)
     parser.add_argument("--profile-top", type=int, default=15)
     parser.add_argument(

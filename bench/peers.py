@@ -888,6 +888,7 @@ async def measure(
 
 
 # --- the report --------------------------------------------------------------------------------
+COUNTED_FIGURES = ("api_calls_per_job", "worker_calls_per_job")
 FIGURES = (
     ("API CPU ms / queued job", "api_cpu_ms_per_job", 2),
     ("worker CPU ms / completed job", "worker_cpu_ms_per_job", 2),
@@ -943,6 +944,8 @@ def render(rows: list[dict[str, Any]], title: str) -> str:
         head += "   smartgen ÷ better peer (target ≤ 0.5×)"
     lines.append(head)
     for name, key, digits in FIGURES:
+        if key in COUNTED_FIGURES and not any(r.get(key) for r in rows):
+            continue  # calls are counted only with --calls
         cells = []
         for r in rows:
             if "error" in r:

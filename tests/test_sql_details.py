@@ -410,30 +410,30 @@ def test_a_batched_transaction_that_fails_as_a_whole_is_undone_and_says_why(
 
 @pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
 async def test_sqlite_batches_of_two_takes_and_completions(store: Store) -> None:
-    """Four creates, takes or completions at once: two go alone (both flush slots), the
-    other two share a batch, the smallest batch that runs in one transaction. Each gets
-    its own outcome."""
-    jobs = [make_job(oid()) for _ in range(4)]
+    """Three creates, takes or completions at once: one goes alone (the one flush slot),
+    the other two share a batch, the smallest batch that runs in one transaction. Each
+    gets its own outcome."""
+    jobs = [make_job(oid()) for _ in range(3)]
     created = await asyncio.gather(*(store.jobs.create(job, max_unfinished=1) for job in jobs))
-    assert created == [True] * 4
+    assert created == [True] * 3
     inserts = store.jobs.inserts  # type: ignore[attr-defined]
-    assert (inserts.items, inserts.flushes) == (4, 3)
+    assert (inserts.items, inserts.flushes) == (3, 2)
     now = T0 + timedelta(minutes=2)
     taken = await asyncio.gather(
         *(store.jobs.mark_processing(j.job_id, at=now, attempt=1, owner="m") for j in jobs)
     )
     assert [t.job_id if t else None for t in taken] == [j.job_id for j in jobs]
     takes = store.jobs.takes  # type: ignore[attr-defined]
-    assert (takes.items, takes.flushes) == (4, 3)
+    assert (takes.items, takes.flushes) == (3, 2)
     written = await asyncio.gather(
         *(
             store.jobs.mark_completed(j.job_id, result=Completion(j.job_id, "m"), at=now)
             for j in jobs
         )
     )
-    assert written == [True] * 4
+    assert written == [True] * 3
     completions = store.jobs.completions  # type: ignore[attr-defined]
-    assert (completions.items, completions.flushes) == (4, 3)
+    assert (completions.items, completions.flushes) == (3, 2)
     for job in jobs:
         done = await store.jobs.get(job.job_id)
         assert done is not None and done.generated_content == job.job_id

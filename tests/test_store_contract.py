@@ -448,8 +448,8 @@ async def test_create_with_a_cap_on_unfinished_jobs(store: Store) -> None:
 @pytest.mark.parametrize("backend_spec", ["sqlite", "postgresql"], indirect=True)
 async def test_cap_is_exact_under_racing_creates(backend: Backend) -> None:
     """Submits of one user racing through three stores on one database (three API
-    processes): exactly `cap` go in, on the SQL stores (MongoDB's racing groups can pass
-    it: the README says so); another user racing alongside is not held back; freed places
+    processes): exactly `cap` go in, on the SQL stores (on MongoDB racing groups from
+    several processes can pass it: the README says so); another user racing alongside is not held back; freed places
     are taken exactly again."""
     stores = [backend.open() for _ in range(3)]
     for store in stores:
@@ -484,6 +484,36 @@ async def test_cap_is_exact_under_racing_creates(backend: Backend) -> None:
     assert mine.count(True) == 2
     assert theirs == [True] * 3
     assert await stores[0].jobs.count_unfinished(user) == 5
+
+
+@pytest.mark.parametrize("backend_spec", ["mongodb"], indirect=True)
+async def test_cap_is_exact_for_one_process_racing_creates_on_mongodb(backend: Backend) -> None:
+    """On MongoDB, creates racing through one store (one API process) go out one group at
+    a time (`batching.Coalescer`, one flush out): exactly `cap` of one user's submits go
+    in, however they are grouped; freed places are taken exactly again."""
+    store = backend.open()
+    await store.init()
+    user = oid()
+
+    async def race(n: int, cap: int) -> list[bool]:
+        jobs = [make_job(user, at=T0 + timedelta(milliseconds=i)) for i in range(n)]
+        others = [make_job(oid()) for _ in range(3)]
+        calls = [store.jobs.create(j, max_unfinished=cap) for j in [*jobs, *others]]
+        results = list(await asyncio.gather(*calls))
+        assert results[n:] == [True] * 3  # other users are not held back
+        return results[:n]
+
+    assert (await race(30, 5)).count(True) == 5
+    assert (await race(30, 5)).count(True) == 0  # full: nothing more
+    assert await store.jobs.count_unfinished(user) == 5
+    assert (await race(30, 7)).count(True) == 2  # two more places: exactly two
+    assert await store.jobs.count_unfinished(user) == 7
+    # A place comes free: exactly one of the next race gets in.
+    now = T0 + timedelta(minutes=1)
+    first = (await store.jobs.list_for_user(user, limit=1))[0]
+    assert await store.jobs.cancel(first.job_id, user, at=now)
+    assert (await race(30, 7)).count(True) == 1
+    assert await store.jobs.count_unfinished(user) == 7
 
 
 async def test_concurrent_creates_all_land_intact(store: Store) -> None:
@@ -1169,7 +1199,7 @@ async def test_sqlite_batched_takes_and_completions_decide_as_if_one_by_one(
             job_id, at=now, attempt=attempt, lease_until=lease, owner=owner
         )
 
-    # The first two calls fill both flush slots; the rest arrive meanwhile: one batch.
+    # The first call fills the one flush slot; the rest arrive meanwhile: one batch.
     taken = await asyncio.gather(
         take(f1, "m1"),
         take(f2, "m1"),
@@ -1184,7 +1214,7 @@ async def test_sqlite_batched_takes_and_completions_decide_as_if_one_by_one(
     assert taken[5].attempts == 2 and taken[5].lease_owner == "m1"
     assert taken[2].status is JobStatus.processing and taken[2].started_at == now
     takes = store.jobs.takes  # type: ignore[attr-defined]
-    assert (takes.items, takes.flushes) == (8, 3)
+    assert (takes.items, takes.flushes) == (8, 2)
 
     def complete(job_id: str, text: str) -> Any:
         return store.jobs.mark_completed(job_id, result=Completion(text, "m"), at=now)
@@ -1200,7 +1230,7 @@ async def test_sqlite_batched_takes_and_completions_decide_as_if_one_by_one(
     )
     assert written == [True, True, True, True, False, False, True]
     completions = store.jobs.completions  # type: ignore[attr-defined]
-    assert (completions.items, completions.flushes) == (7, 3)
+    assert (completions.items, completions.flushes) == (7, 2)
     got = {job.job_id: await store.jobs.get(job.job_id) for job in jobs}
     assert got[j0] is not None and got[j0].generated_content == "first"
     assert got[j1] is not None and got[j1].attempts == 2

@@ -7,7 +7,14 @@ latency, while a busy one makes fewer, larger round trips: the database commits 
 a batch of jobs, Redis reads one pipeline instead of one script call per job.
 
 The API uses it for the rate limiter's count, the job row and the queue add of each queued
-job; the SQLite store also for the worker's transitions.
+job; the MongoDB and SQLite stores also for the worker's transitions.
+
+One flush at a time is the default, and every use keeps it: the calls made while a flush
+is out go together in the next. With two at a time, a busy process almost always found the
+second one free, so most calls went alone, one round trip each: on the seed's MongoDB
+store a worker's job cost a third more CPU, an API's `POST` a tenth more Python calls
+(`bench/peers.py --set`, bench/HISTORY.md, thirteenth round). A call waits at most for the
+flush in front of it.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ Flush = Callable[[list[T]], Awaitable[Sequence[R | Exception]]]
 
 
 class Coalescer(Generic[T, R]):
-    def __init__(self, flush: Flush[T, R], *, concurrency: int = 2, max_batch: int = 64) -> None:
+    def __init__(self, flush: Flush[T, R], *, concurrency: int = 1, max_batch: int = 64) -> None:
         if concurrency < 1 or max_batch < 1:
             raise ValueError("concurrency and max_batch must be at least 1")
         self._flush = flush

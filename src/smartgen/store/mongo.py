@@ -224,10 +224,11 @@ class MongoJobs:
     one count of the batch's users' unfinished jobs and one `insert_many`, each job's cap
     applied as if the jobs went in one by one, in arrival order. Alone, a create is a count
     and an insert, as before: MongoDB has no insert conditional on other documents (short
-    of a transaction, which a standalone server does not offer), so the cap was never
-    exact under concurrency (two creates may both pass it), batched or not."""
+    of a transaction, which a standalone server does not offer). One group is out at a
+    time, so one process's creates hold the cap exactly; creates racing through several
+    processes can pass it by as many as were in flight."""
 
-    FLUSHES = 2
+    FLUSHES = 1  # one flush out at a time, the rest together in the next (`batching`)
     BATCH = 64
 
     def __init__(self, db: Any) -> None:

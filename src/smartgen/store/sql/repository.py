@@ -561,7 +561,7 @@ class CoalescedJobs(Jobs):
     row's cap as if the rows went in one by one. A store that batches other writes the
     same way uses the same bounds."""
 
-    FLUSHES = 2
+    FLUSHES = 1  # one flush out at a time, the rest together in the next (`batching`)
     BATCH = 64
 
     def __init__(self, driver: Driver, statements: dict[str, str]) -> None:

@@ -449,8 +449,8 @@ async def test_create_with_a_cap_on_unfinished_jobs(store: Store) -> None:
 async def test_cap_is_exact_under_racing_creates(backend: Backend) -> None:
     """Submits of one user racing through three stores on one database (three API
     processes): exactly `cap` go in, on the SQL stores (on MongoDB racing groups from
-    several processes can pass it: the README says so); another user racing alongside is not held back; freed places
-    are taken exactly again."""
+    several processes can pass it: the README says so); another user racing alongside is
+    not held back; freed places are taken exactly again."""
     stores = [backend.open() for _ in range(3)]
     for store in stores:
         await store.init()

@@ -185,9 +185,7 @@ class LeanSending:
         except OSError as e:
             await self.disconnect(nowait=True)  # type: ignore[attr-defined]
             err_no, errmsg = ("UNKNOWN", e.args[0]) if len(e.args) == 1 else e.args[:2]
-            raise RedisConnectionError(
-                f"Error {err_no} while writing to socket. {errmsg}."
-            ) from e
+            raise RedisConnectionError(f"Error {err_no} while writing to socket. {errmsg}.") from e
         except BaseException:
             await self.disconnect(nowait=True)  # type: ignore[attr-defined]
             raise

@@ -575,11 +575,19 @@ def counted_file(label: str, kind: str) -> Path:
     return COUNTED_PREFIX.with_name(f"{COUNTED_PREFIX.name}-{label}-{kind}.pstats")
 
 
-async def count_calls(procs: list[TreeProc], sig: signal.Signals) -> None:
-    """Start (SIGUSR1) or stop and write (SIGUSR2) bench/counted.py's profile in each."""
-    for proc in procs:
+async def count_calls(label: str, procs: dict[str, TreeProc], sig: signal.Signals) -> None:
+    """Start (SIGUSR1) or stop and write (SIGUSR2) bench/counted.py's profile in each
+    process (by kind: api, worker)."""
+    for proc in procs.values():
         os.kill(proc.pid, sig)
-    await asyncio.sleep(0.2 if sig == signal.SIGUSR1 else 1.0)
+    if sig == signal.SIGUSR1:
+        await asyncio.sleep(0.2)  # the handlers run at the processes' next bytecode
+        return
+    for path in (counted_file(label, kind) for kind in procs):
+        for _ in range(100):  # written when the handler runs: wait for it, up to 10 s
+            if path.exists():
+                break
+            await asyncio.sleep(0.1)
 
 
 def calls_in(path: Path) -> int:
@@ -744,7 +752,7 @@ async def measure(
                 await stack.enter_async_context(profiler)
             counting = COUNTED_PREFIX is not None and system == "smartgen"
             if counting:
-                await count_calls([api, worker], signal.SIGUSR1)
+                await count_calls(label, {"api": api, "worker": worker}, signal.SIGUSR1)
             await shared.redis[system].command_counts(reset=True)
             mongo0 = await mongo_counters(admin) if admin is not None else {}
             polls0 = POLLS[0]
@@ -766,7 +774,7 @@ async def measure(
             mongo2 = await mongo_counters(admin) if admin is not None else {}
             redis_calls = await shared.redis[system].command_counts()
             if counting:
-                await count_calls([api, worker], signal.SIGUSR2)
+                await count_calls(label, {"api": api, "worker": worker}, signal.SIGUSR2)
         api0, api2 = api_u0 + api_s0, api_u2 + api_s2
         worker0, worker2 = worker_u0 + worker_s0, worker_u2 + worker_s2
         reference_after = reference_cpu_ms()

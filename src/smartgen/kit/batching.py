@@ -9,12 +9,12 @@ a batch of jobs, Redis reads one pipeline instead of one script call per job.
 The API uses it for the rate limiter's count, the job row and the queue add of each queued
 job; the MongoDB and SQLite stores also for the worker's transitions.
 
-One flush at a time is the default, and every use keeps it: the calls made while a flush
-is out go together in the next. With two at a time, a busy process almost always found the
-second one free, so most calls went alone, one round trip each: on the seed's MongoDB
-store a worker's job cost a third more CPU, an API's `POST` about 15 % more Python calls
-(`bench/peers.py`, bench/HISTORY.md, thirteenth round). A call waits at most for the flush
-in front of it.
+One flush at a time is the default, and every use keeps it (none passes `concurrency`):
+the calls made while a flush is out go together in the next. With two at a time, a busy
+process almost always found the second one free, so most calls went alone, one round
+trip each: on the seed's MongoDB store a worker's job cost a third more CPU, an API's
+`POST` about 15 % more Python calls (`bench/peers.py`, bench/HISTORY.md, thirteenth
+round). A call waits at most for the flush in front of it.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class GenerationQueue:
             settings.queue_name, {"connection": client, "prefix": settings.queue_prefix}
         )
         self._timeout = settings.queue_timeout_seconds
-        self.adds: Coalescer[dict[str, Any], None] = Coalescer(self._add, max_batch=64)
+        self.adds: Coalescer[dict[str, Any], None] = Coalescer(self._add)
 
     async def enqueue(
         self, *, job_id: str, data: dict[str, Any], delay_ms: int, message_id: str | None = None

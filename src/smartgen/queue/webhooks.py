@@ -45,7 +45,7 @@ class BullWebhookQueue:
         self._timeout = settings.queue_timeout_seconds
         self._client = client
         self._tokens_prefix = f"{settings.queue_prefix}:smartgen:webhooks-changed:"
-        self._tokens: Coalescer[str, str | None] = Coalescer(self._read_tokens, concurrency=1)
+        self._tokens: Coalescer[str, str | None] = Coalescer(self._read_tokens)
 
     async def enqueue_delivery(
         self, delivery_id: str, *, attempt: int, delay_ms: int, again: bool = False

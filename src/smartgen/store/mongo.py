@@ -228,20 +228,17 @@ class MongoJobs:
     time, so one process's creates hold the cap exactly; creates racing through several
     processes can pass it by as many as were in flight."""
 
-    FLUSHES = 1  # one flush out at a time, the rest together in the next (`batching`)
     BATCH = 64
 
     def __init__(self, db: Any) -> None:
         self._c = db["jobs"]
         self.inserts: Coalescer[tuple[Job, int], bool] = Coalescer(
-            self._create_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+            self._create_batch, max_batch=self.BATCH
         )
         # The worker's concurrent takes and completions likewise (as the SQLite store's).
-        self.takes: Coalescer[_Take, Job | None] = Coalescer(
-            self._take_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
-        )
+        self.takes: Coalescer[_Take, Job | None] = Coalescer(self._take_batch, max_batch=self.BATCH)
         self.completions: Coalescer[tuple[str, Completion, datetime], bool] = Coalescer(
-            self._complete_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+            self._complete_batch, max_batch=self.BATCH
         )
 
     async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:

@@ -555,19 +555,18 @@ class Jobs(_Repository):
 
 class CoalescedJobs(Jobs):
     """Jobs whose concurrent `create` calls share one round trip and one commit
-    (`batching.Coalescer`): at most `FLUSHES` inserts run at once, and the calls that
+    (`batching.Coalescer`): one flush of inserts is out at a time, and the calls that
     arrive meanwhile go together in the next (up to `BATCH`). A batch of one runs the
     single-row statement; a store supplies `_insert_many` for the rest, applying each
     row's cap as if the rows went in one by one. A store that batches other writes the
     same way uses the same bounds."""
 
-    FLUSHES = 1  # one flush out at a time, the rest together in the next (`batching`)
     BATCH = 64
 
     def __init__(self, driver: Driver, statements: dict[str, str]) -> None:
         super().__init__(driver, statements)
         self.inserts: Coalescer[tuple[tuple[Any, ...], int], bool] = Coalescer(
-            self._insert_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+            self._insert_batch, max_batch=self.BATCH
         )
 
     async def _insert(self, values: tuple[Any, ...], cap: int) -> bool:

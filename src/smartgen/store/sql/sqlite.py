@@ -117,10 +117,10 @@ class _Jobs(repository.CoalescedJobs):
     def __init__(self, driver: repository.Driver, statements: dict[str, str]) -> None:
         super().__init__(driver, statements)
         self.takes: Coalescer[tuple[Any, ...], Any] = Coalescer(
-            self._take_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+            self._take_batch, max_batch=self.BATCH
         )
         self.completions: Coalescer[tuple[Any, ...], bool] = Coalescer(
-            self._complete_batch, concurrency=self.FLUSHES, max_batch=self.BATCH
+            self._complete_batch, max_batch=self.BATCH
         )
 
     async def _each(

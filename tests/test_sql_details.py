@@ -408,8 +408,8 @@ def test_a_batched_transaction_that_fails_as_a_whole_is_undone_and_says_why(
         conn.close()
 
 
-@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
-async def test_sqlite_batches_of_two_takes_and_completions(store: Store) -> None:
+@pytest.mark.parametrize("backend_spec", ["sqlite", "postgresql"], indirect=True)
+async def test_sql_batches_of_two_takes_and_completions(store: Store) -> None:
     """Three creates, takes or completions at once: one goes alone (the one flush slot),
     the other two share a batch, the smallest batch that runs in one transaction. Each
     gets its own outcome."""

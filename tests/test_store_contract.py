@@ -1177,11 +1177,11 @@ async def test_postgres_a_refused_row_fails_only_its_own_call_in_a_batch(
     assert await store.jobs.count_unfinished(a) == 2
 
 
-@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
-async def test_sqlite_batched_takes_and_completions_decide_as_if_one_by_one(
+@pytest.mark.parametrize("backend_spec", ["sqlite", "postgresql"], indirect=True)
+async def test_sql_batched_takes_and_completions_decide_as_if_one_by_one(
     backend: Backend,
 ) -> None:
-    """The worker's concurrent transitions share a trip and a commit, and each call still
+    """The worker's concurrent transitions share a trip (on SQLite, a commit), and each call
     gets the outcome it would have had alone, in arrival order, also when one batch holds
     the same job twice (a redelivered message): lease owner m1 takes a job, m2 is refused,
     m1's own retry takes it back; the second completion of a job finds it completed."""
@@ -1240,8 +1240,8 @@ async def test_sqlite_batched_takes_and_completions_decide_as_if_one_by_one(
         assert done is not None and done.status is JobStatus.completed
 
 
-@pytest.mark.parametrize("backend_spec", ["sqlite"], indirect=True)
-async def test_sqlite_batched_transitions_on_a_dead_store_all_fail_cleanly(
+@pytest.mark.parametrize("backend_spec", ["sqlite", "postgresql"], indirect=True)
+async def test_sql_batched_transitions_on_a_dead_store_all_fail_cleanly(
     backend: Backend,
 ) -> None:
     store = backend.open_unreachable()
@@ -1257,6 +1257,59 @@ async def test_sqlite_batched_transitions_on_a_dead_store_all_fail_cleanly(
         return_exceptions=True,
     )
     assert all(isinstance(r, StoreUnavailable) for r in takes + completions), takes + completions
+
+
+@pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)
+async def test_postgres_a_refused_transition_fails_only_its_own_call_in_a_batch(
+    backend: Backend,
+) -> None:
+    """A batch of takes or completions is one pipelined trip that the server undoes whole
+    when one statement is refused (here text with NUL): each call then runs again alone,
+    so only the refused one's caller hears of it, and the rest are written once."""
+    import asyncpg
+
+    store = backend.open()
+    await store.init()
+    jobs = [make_job(oid()) for _ in range(4)]
+    for job in jobs:
+        assert await store.jobs.create(job)
+    now = utcnow()
+
+    def take(job_id: str, owner: str) -> Any:
+        return store.jobs.mark_processing(job_id, at=now, attempt=1, owner=owner)
+
+    taken = await asyncio.gather(
+        take(jobs[0].job_id, "m"),  # alone: fills the flush slot
+        take(jobs[1].job_id, "m"),
+        take(jobs[2].job_id, "bad\x00owner"),
+        take(jobs[3].job_id, "m"),
+        return_exceptions=True,
+    )
+    assert isinstance(taken[2], asyncpg.PostgresError), taken
+    assert [t.job_id for t in taken if isinstance(t, Job)] == [
+        jobs[0].job_id, jobs[1].job_id, jobs[3].job_id,
+    ]  # fmt: skip
+    assert store.jobs.takes.flushes == 2  # type: ignore[attr-defined]
+    refused = await store.jobs.get(jobs[2].job_id)
+    assert refused is not None and refused.status is JobStatus.queued
+
+    def complete(job_id: str, text: str) -> Any:
+        return store.jobs.mark_completed(job_id, result=Completion(text, "m"), at=now)
+
+    written = await asyncio.gather(
+        complete(jobs[0].job_id, "zero"),
+        complete(jobs[1].job_id, "one\x00"),
+        complete(jobs[3].job_id, "three"),
+        complete(jobs[3].job_id, "again"),  # already completed by the call before it
+        return_exceptions=True,
+    )
+    assert written[0] is True and written[2:] == [True, False], written
+    assert isinstance(written[1], asyncpg.PostgresError), written
+    got = [await store.jobs.get(job.job_id) for job in jobs]
+    assert [g.status if g else None for g in got] == [
+        JobStatus.completed, JobStatus.processing, JobStatus.queued, JobStatus.completed,
+    ]  # fmt: skip
+    assert got[3] is not None and got[3].generated_content == "three"
 
 
 @pytest.mark.parametrize("backend_spec", ["postgresql"], indirect=True)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import asyncpg
 
@@ -67,6 +67,7 @@ def _reusable(error: BaseException | None) -> bool:
 
 
 _unavailable = translate_unavailable(_is_unavailable)
+T = TypeVar("T")
 
 
 def _reason(error: BaseException) -> str:
@@ -179,6 +180,14 @@ class _Driver:
             return _affected(await conn.execute(sql, *args))
 
     @_unavailable
+    async def many(self, sql: str, calls: Sequence[Sequence[Any]]) -> list[Any]:
+        """`sql` run once per argument list, pipelined in one round trip and one implicit
+        transaction (each run sees the writes of the runs before it; an error undoes them
+        all): the rows of every run, in order."""
+        async with self._pool.connection() as conn:
+            return list(await conn.fetchmany(sql, calls))
+
+    @_unavailable
     async def admitted(self, users: Iterable[str], sql: str, args: Sequence[Any]) -> list[Any]:
         """`sql`'s rows, run in a transaction that first holds each user's admission lock
         (`admission_locks`), so that its counts see every insert committed before."""
@@ -242,11 +251,17 @@ _JOB_INSERT_BATCH = (
 
 class _Jobs(repository.CoalescedJobs):
     """A batch of concurrent creates is one statement (`_JOB_INSERT_BATCH`); capped ones
-    run under their users' admission locks (`admission_locks`)."""
+    run under their users' admission locks (`admission_locks`). A batch of the worker's
+    takes or completions is one round trip (`_Driver.many`): each call's own statement,
+    in arrival order, with its index in the batch returned beside its row, so each
+    outcome is as if alone."""
 
     def __init__(self, driver: repository.Driver, statements: dict[str, str]) -> None:
         super().__init__(driver, statements)
         self._insert_one_under_cap = statements["job_insert_under_cap"] + " RETURNING job_id"
+        # The call's index in its batch comes back as the last column.
+        self._take_indexed = statements["job_take"] + ", $7::integer"
+        self._complete_indexed = statements["job_complete"] + " RETURNING $11::integer"
 
     async def _insert_batch(
         self, rows: list[tuple[tuple[Any, ...], int]]
@@ -272,6 +287,29 @@ class _Jobs(repository.CoalescedJobs):
         inserted = {row[0] for row in found}
         return [values[0] in inserted for values, _ in rows]
 
+    async def _indexed(self, sql: str, calls: list[tuple[Any, ...]]) -> dict[int, Any] | None:
+        """The rows of `sql` (one of the `_…_indexed` statements) run for each call, by
+        the call's index; None when the server refused one of them (none took effect)."""
+        try:
+            rows = await cast(_Driver, self._db).many(
+                sql, [(*args, i) for i, args in enumerate(calls)]
+            )
+        except asyncpg.PostgresError:
+            return None
+        return {row[-1]: row for row in rows}
+
+    async def _take_many(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        taken = await self._indexed(self._take_indexed, calls)
+        if taken is None:  # each call again on its own: only its own caller hears of it
+            return [await _own(repository.Jobs._take(self, args)) for args in calls]
+        return [taken[i][:-1] if i in taken else None for i in range(len(calls))]
+
+    async def _complete_many(self, calls: list[tuple[Any, ...]]) -> list[bool | Exception]:
+        written = await self._indexed(self._complete_indexed, calls)
+        if written is None:
+            return [await _own(repository.Jobs._complete(self, args)) for args in calls]
+        return [i in written for i in range(len(calls))]
+
     async def _insert_alone(self, values: tuple[Any, ...], cap: int) -> bool | Exception:
         try:
             if cap <= 0:
@@ -281,6 +319,15 @@ class _Jobs(repository.CoalescedJobs):
             return bool(await driver.admitted([values[1]], self._insert_one_under_cap, args))
         except Exception as error:  # this row's own failure, for its caller alone
             return error
+
+
+async def _own(call: Awaitable[T]) -> T | Exception:
+    """`call`'s result, or the statement error that refused it (for its caller alone);
+    unavailability still fails the whole batch."""
+    try:
+        return await call
+    except asyncpg.PostgresError as error:
+        return cast(Exception, error)  # asyncpg is untyped
 
 
 # --- the store --------------------------------------------------------------------------

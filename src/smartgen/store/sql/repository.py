@@ -554,12 +554,13 @@ class Jobs(_Repository):
 
 
 class CoalescedJobs(Jobs):
-    """Jobs whose concurrent `create` calls share one round trip and one commit
-    (`batching.Coalescer`): one flush of inserts is out at a time, and the calls that
-    arrive meanwhile go together in the next (up to `BATCH`). A batch of one runs the
-    single-row statement; a store supplies `_insert_many` for the rest, applying each
-    row's cap as if the rows went in one by one. A store that batches other writes the
-    same way uses the same bounds."""
+    """Jobs whose concurrent calls share round trips (`batching.Coalescer`): the API's
+    creates, and the worker's takes and completions. One flush of each kind is out at a
+    time, and the calls that arrive meanwhile go together in the next (up to `BATCH`). A
+    batch of one runs the single-row statement; a store supplies the `_…_many` methods
+    for the rest, each call's outcome as if the calls had run one by one in arrival order
+    (a create's cap counts the rows before it; a job's second call in a batch sees its
+    first one's write)."""
 
     BATCH = 64
 
@@ -567,6 +568,12 @@ class CoalescedJobs(Jobs):
         super().__init__(driver, statements)
         self.inserts: Coalescer[tuple[tuple[Any, ...], int], bool] = Coalescer(
             self._insert_batch, max_batch=self.BATCH
+        )
+        self.takes: Coalescer[tuple[Any, ...], Row | None] = Coalescer(
+            self._take_batch, max_batch=self.BATCH
+        )
+        self.completions: Coalescer[tuple[Any, ...], bool] = Coalescer(
+            self._complete_batch, max_batch=self.BATCH
         )
 
     async def _insert(self, values: tuple[Any, ...], cap: int) -> bool:
@@ -584,6 +591,32 @@ class CoalescedJobs(Jobs):
     ) -> Sequence[bool | Exception]:
         """Several (row values, cap) in one round trip: each inserted or not, or the error
         that refused it alone."""
+        raise NotImplementedError
+
+    async def _take(self, args: tuple[Any, ...]) -> Row | None:
+        return await self.takes.submit(args)
+
+    async def _take_batch(self, calls: list[tuple[Any, ...]]) -> Sequence[Row | Exception | None]:
+        if len(calls) == 1:
+            return [await super()._take(calls[0])]
+        return await self._take_many(calls)
+
+    async def _take_many(self, calls: list[tuple[Any, ...]]) -> Sequence[Row | Exception | None]:
+        """Several `job_take` calls in one round trip: each one's taken row or None, or
+        the error that refused it alone."""
+        raise NotImplementedError
+
+    async def _complete(self, args: tuple[Any, ...]) -> bool:
+        return await self.completions.submit(args)
+
+    async def _complete_batch(self, calls: list[tuple[Any, ...]]) -> Sequence[bool | Exception]:
+        if len(calls) == 1:
+            return [await super()._complete(calls[0])]
+        return await self._complete_many(calls)
+
+    async def _complete_many(self, calls: list[tuple[Any, ...]]) -> Sequence[bool | Exception]:
+        """Several `job_complete` calls in one round trip: whether each wrote, or the
+        error that refused it alone."""
         raise NotImplementedError
 
 

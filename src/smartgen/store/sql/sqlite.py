@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from smartgen.errors import StoreUnavailable
-from smartgen.kit.batching import Coalescer
 from smartgen.kit.times import to_ms
 from smartgen.store.sql import repository, schema
 from smartgen.store.sql.sqlite_pool import (
@@ -106,43 +105,22 @@ def _written(outcomes: list[int | Exception]) -> list[bool | Exception]:
 
 
 class _Jobs(repository.CoalescedJobs):
-    """A batch of concurrent creates is one trip to a pool thread and one commit, each
-    insert still its own statement, in arrival order, so each cap counts the rows before
-    it. So are the worker's concurrent takes and completions: a commit and a thread hop
-    per statement were most of a job's SQLite work, and running each call's own statement
-    in arrival order keeps every outcome as if alone (a job's second call in a batch sees
-    its first one's write). On PostgreSQL the same batching found nothing to batch (a
-    statement returns before the next one comes) and is not used."""
-
-    def __init__(self, driver: repository.Driver, statements: dict[str, str]) -> None:
-        super().__init__(driver, statements)
-        self.takes: Coalescer[tuple[Any, ...], Any] = Coalescer(
-            self._take_batch, max_batch=self.BATCH
-        )
-        self.completions: Coalescer[tuple[Any, ...], bool] = Coalescer(
-            self._complete_batch, max_batch=self.BATCH
-        )
+    """A batch of concurrent creates, takes or completions is one trip to a pool thread
+    and one commit, each call still its own statement, in arrival order, so each outcome
+    is as if alone (a cap counts the rows before it; a job's second call in a batch sees
+    its first one's write): a commit and a thread hop per statement were most of a job's
+    SQLite work."""
 
     async def _each(
         self, statements: list[tuple[str, Sequence[Any]]], take: Callable[[sqlite3.Cursor], T]
     ) -> list[T | Exception]:
         return await cast(_Driver, self._db).each(statements, take)
 
-    async def _take(self, args: tuple[Any, ...]) -> Any:
-        return await self.takes.submit(args)
-
-    async def _take_batch(self, calls: list[tuple[Any, ...]]) -> list[Any]:
-        if len(calls) == 1:
-            return [await super()._take(calls[0])]
+    async def _take_many(self, calls: list[tuple[Any, ...]]) -> list[Any]:
         sql = self._sql["job_take"]
         return await self._each([(sql, args) for args in calls], row)
 
-    async def _complete(self, args: tuple[Any, ...]) -> bool:
-        return await self.completions.submit(args)
-
-    async def _complete_batch(self, calls: list[tuple[Any, ...]]) -> list[bool | Exception]:
-        if len(calls) == 1:
-            return [await super()._complete(calls[0])]
+    async def _complete_many(self, calls: list[tuple[Any, ...]]) -> list[bool | Exception]:
         sql = self._sql["job_complete"]
         return _written(await self._each([(sql, args) for args in calls], rowcount))
 

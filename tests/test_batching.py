@@ -169,6 +169,45 @@ async def test_drain_waits_for_pending_and_running_flushes() -> None:
     assert [t.result() for t in tasks] == [0, 10, 20]
 
 
+async def test_a_busy_coalescer_with_spacing_starts_at_most_one_flush_per_spacing() -> None:
+    """A call made within `spacing` of the last flush's start waits for the rest of it,
+    and every call made meanwhile goes out with it; a call after a quiet spell goes at
+    once."""
+    starts: list[tuple[float, list[int]]] = []
+    loop = asyncio.get_running_loop()
+
+    async def flush(items: list[int]) -> list[int | Exception]:
+        starts.append((loop.time(), list(items)))
+        return list(items)
+
+    c: Coalescer[int, int] = Coalescer(flush, spacing=0.05)
+    began = loop.time()
+    assert await c.submit(1) == 1  # idle: at once
+    assert starts[0][0] - began < 0.04
+    # The flush is over, but its spacing is not: these wait for it, and go together.
+    assert await asyncio.gather(c.submit(2), c.submit(3), c.submit(4)) == [2, 3, 4]
+    assert [items for _, items in starts] == [[1], [2, 3, 4]]
+    assert starts[1][0] - starts[0][0] >= 0.05
+    await asyncio.sleep(0.06)  # quiet for longer than the spacing: idle again
+    before = loop.time()
+    assert await c.submit(5) == 5
+    assert starts[2][0] - before < 0.04 and starts[2][1] == [5]
+
+
+async def test_without_spacing_each_sequential_call_goes_at_once() -> None:
+    starts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def flush(items: list[int]) -> list[int | Exception]:
+        starts.append(loop.time())
+        return list(items)
+
+    c: Coalescer[int, int] = Coalescer(flush)
+    began = loop.time()
+    assert [await c.submit(i) for i in range(5)] == list(range(5))
+    assert len(starts) == 5 and starts[-1] - began < 0.04
+
+
 def test_bounds_are_checked() -> None:
     async def noop(items: list[int]) -> list[int | Exception]:
         return list(items)
@@ -177,3 +216,5 @@ def test_bounds_are_checked() -> None:
         Coalescer(noop, concurrency=0)
     with pytest.raises(ValueError):
         Coalescer(noop, max_batch=0)
+    with pytest.raises(ValueError):
+        Coalescer(noop, spacing=-0.001)

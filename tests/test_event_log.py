@@ -178,11 +178,13 @@ async def test_sync_after_seq_replays_exactly_the_later_events(
 async def test_a_trimmed_log_says_it_is_incomplete(
     settings: Settings, client: httpx.AsyncClient
 ) -> None:
-    s = settings.model_copy(update={"event_log_max_age_seconds": 1.0})
+    # The fresh event must still be in the log when it is read: a log that keeps events
+    # for 3 s leaves room for a stalled machine (1 s was once not enough).
+    s = settings.model_copy(update={"event_log_max_age_seconds": 3.0})
     async with ApiServer(s) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as c:
         user = await register(c)
         await publish(api, make_job(user["userId"]))
-        await asyncio.sleep(1.3)  # older than the log keeps
+        await asyncio.sleep(3.3)  # older than the log keeps
         fresh = make_job(user["userId"], JobStatus.processing)
         await publish(api, fresh)
 

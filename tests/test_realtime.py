@@ -700,6 +700,29 @@ async def test_publisher_sends_pending_events_together_in_order() -> None:
     assert batches == [first, rest]  # everything that waited went out in one round trip
     assert publisher.sent == 8
 
+    # With spacing (the worker's publisher), a busy publisher sends at most once per
+    # spacing: events that come soon after a send wait and go together, even when the
+    # send before them is long done.
+    spaced: list[list[str]] = []
+    sent_at: list[float] = []
+
+    async def quick(events: list[Event]) -> None:
+        sent_at.append(asyncio.get_running_loop().time())
+        spaced.append([f"{event}:{payload['jobId']}" for event, payload, _, _ in events])
+
+    publisher = EventPublisher(quick, spacing=0.1)
+    try:
+        await publisher.job_changed(jobs[0])
+        await asyncio.sleep(0.02)  # sent at once (idle), and done
+        assert spaced == [first]
+        for job in jobs[1:]:
+            await publisher.job_changed(job)
+            await asyncio.sleep(0.01)
+    finally:
+        await asyncio.wait_for(publisher.close(grace=WAIT), WAIT + 1)
+    assert spaced == [first, rest]
+    assert sent_at[1] - sent_at[0] >= 0.1
+
     # A publisher whose delivery never finishes is stopped within its grace period.
     async def never_returns(events: list[Event]) -> None:
         await asyncio.Event().wait()

@@ -1325,8 +1325,10 @@ async def test_postgres_store_survives_a_dropped_connection(backend: Backend) ->
     admin = await asyncpg.connect(backend.url, timeout=5)
     try:
         await admin.execute(
+            # Only this test's database: other tests (and other runs) share the server.
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'smartgen' AND pid <> pg_backend_pid()"
+            "WHERE application_name = 'smartgen' AND datname = current_database() "
+            "AND pid <> pg_backend_pid()"
         )
     finally:
         await admin.close()

@@ -323,7 +323,8 @@ async def test_concurrent_posts_all_complete(
 @contextlib.asynccontextmanager
 async def bullmq_script_calls(settings: Settings) -> AsyncIterator[list[str]]:
     """The Lua script calls made on the queue's own keys while inside (Redis MONITOR: the
-    event log's scripts, on smartgen's keys, are not bullmq's and are not counted)."""
+    event log's scripts and the worker registry's, on smartgen's keys, are not bullmq's
+    and are not counted)."""
     import redis.asyncio as aioredis
 
     watcher = aioredis.Redis.from_url(settings.redis_connection_url)
@@ -339,7 +340,9 @@ async def bullmq_script_calls(settings: Settings) -> AsyncIterator[list[str]]:
                 command = str((await monitor.next_command())["command"])
                 words = command.split(" ")
                 evaluates = words[0] in ("EVALSHA", "EVAL") and len(words) > 3
-                if evaluates and words[3].startswith(prefix):
+                key = words[3] if evaluates else ""
+                ours = key.startswith(prefix + "smartgen:")  # e.g. the worker registry
+                if key.startswith(prefix) and not ours:
                     calls.append(words[3])
                 elif words[0] == "ECHO" and sentinel in command:
                     drained.set()

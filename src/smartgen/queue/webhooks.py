@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from smartgen.config import Settings
 from smartgen.errors import QueueUnavailable
-from smartgen.kit.batching import Coalescer
+from smartgen.kit.batching import WORKER_SPACING, Coalescer
 
 JOB_NAME = "deliver"
 KEEP_FINISHED = 1000
@@ -45,7 +45,10 @@ class BullWebhookQueue:
         self._timeout = settings.queue_timeout_seconds
         self._client = client
         self._tokens_prefix = f"{settings.queue_prefix}:smartgen:webhooks-changed:"
-        self._tokens: Coalescer[str, str | None] = Coalescer(self._read_tokens)
+        # Read at each job's end: spaced as the worker's per-job round trips are.
+        self._tokens: Coalescer[str, str | None] = Coalescer(
+            self._read_tokens, spacing=WORKER_SPACING
+        )
 
     async def enqueue_delivery(
         self, delivery_id: str, *, attempt: int, delay_ms: int, again: bool = False

@@ -22,6 +22,7 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from smartgen.config import Settings
 from smartgen.kit import jsoncodec
+from smartgen.kit.batching import WORKER_SPACING
 from smartgen.realtime import batched_relay
 from smartgen.realtime.events import Event, EventPublisher, seq_room, with_seq
 from smartgen.realtime.log import EventLog
@@ -190,4 +191,7 @@ def worker_publisher(
     """The worker's notifier: a write-only Redis manager behind a background publisher
     that numbers events in `log`."""
     manager = redis_manager(settings, write_only=True)
-    return EventPublisher(manager.emit_many, numbering=log, relay=manager), manager
+    publisher = EventPublisher(
+        manager.emit_many, numbering=log, relay=manager, spacing=WORKER_SPACING
+    )
+    return publisher, manager

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -161,8 +162,10 @@ class EventPublisher:
         relay: LoggedRelay | None = None,
         max_pending: int = 10_000,
         batch: int = 256,
+        spacing: float = 0.0,
     ) -> None:
         self._emit = emit
+        self._spacing = spacing
         self._numbering = numbering
         self._relay = relay
         self._batch = batch
@@ -274,12 +277,20 @@ class EventPublisher:
     async def _run(self) -> None:
         # Everything pending goes out together, in order, in one round trip: one PUBLISH
         # at a time let a busy worker's events fall seconds behind the store.
+        # A busy publisher sends at most once per `spacing` seconds (as a
+        # `batching.Coalescer` flushes): the events of jobs close together go in one trip.
         pending = self._pending
+        loop = asyncio.get_running_loop()
+        last_send = -math.inf
         stopping = False
         while not stopping:
             while not pending:
-                self._wakeup = asyncio.get_running_loop().create_future()
+                self._wakeup = loop.create_future()
                 await self._wakeup
+            wait = last_send + self._spacing - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last_send = loop.time()
             item = pending.popleft()
             batch: list[Pending] = []
             while item is not None:

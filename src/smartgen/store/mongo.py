@@ -21,7 +21,7 @@ from pymongo.errors import (
 )
 
 from smartgen.errors import Conflict, StoreUnavailable
-from smartgen.kit.batching import Coalescer
+from smartgen.kit.batching import WORKER_SPACING, Coalescer
 from smartgen.kit.times import as_utc, utcnow
 from smartgen.models import (
     RETRYABLE,
@@ -235,10 +235,13 @@ class MongoJobs:
         self.inserts: Coalescer[tuple[Job, int], bool] = Coalescer(
             self._create_batch, max_batch=self.BATCH
         )
-        # The worker's concurrent takes and completions likewise (as the SQLite store's).
-        self.takes: Coalescer[_Take, Job | None] = Coalescer(self._take_batch, max_batch=self.BATCH)
+        # The worker's concurrent takes and completions likewise (as the SQL stores'),
+        # spaced as the worker's per-job round trips are (`batching.WORKER_SPACING`).
+        self.takes: Coalescer[_Take, Job | None] = Coalescer(
+            self._take_batch, max_batch=self.BATCH, spacing=WORKER_SPACING
+        )
         self.completions: Coalescer[tuple[str, Completion, datetime], bool] = Coalescer(
-            self._complete_batch, max_batch=self.BATCH
+            self._complete_batch, max_batch=self.BATCH, spacing=WORKER_SPACING
         )
 
     async def create(self, job: Job, *, max_unfinished: int = 0) -> bool:

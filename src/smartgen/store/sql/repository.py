@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from smartgen.errors import Conflict
-from smartgen.kit.batching import Coalescer
+from smartgen.kit.batching import WORKER_SPACING, Coalescer
 from smartgen.kit.times import utcnow
 from smartgen.models import (
     RETRYABLE,
@@ -569,11 +569,12 @@ class CoalescedJobs(Jobs):
         self.inserts: Coalescer[tuple[tuple[Any, ...], int], bool] = Coalescer(
             self._insert_batch, max_batch=self.BATCH
         )
+        # Spaced as the worker's per-job round trips are (`batching.WORKER_SPACING`).
         self.takes: Coalescer[tuple[Any, ...], Row | None] = Coalescer(
-            self._take_batch, max_batch=self.BATCH
+            self._take_batch, max_batch=self.BATCH, spacing=WORKER_SPACING
         )
         self.completions: Coalescer[tuple[Any, ...], bool] = Coalescer(
-            self._complete_batch, max_batch=self.BATCH
+            self._complete_batch, max_batch=self.BATCH, spacing=WORKER_SPACING
         )
 
     async def _insert(self, values: tuple[Any, ...], cap: int) -> bool:

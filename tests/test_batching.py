@@ -172,40 +172,37 @@ async def test_drain_waits_for_pending_and_running_flushes() -> None:
 async def test_a_busy_coalescer_with_spacing_starts_at_most_one_flush_per_spacing() -> None:
     """A call made within `spacing` of the last flush's start waits for the rest of it,
     and every call made meanwhile goes out with it; a call after a quiet spell goes at
-    once."""
-    starts: list[tuple[float, list[int]]] = []
+    once, in its caller's own task (no timer, no batch task)."""
+    starts: list[tuple[float, list[int], asyncio.Task[object] | None]] = []
     loop = asyncio.get_running_loop()
 
     async def flush(items: list[int]) -> list[int | Exception]:
-        starts.append((loop.time(), list(items)))
+        starts.append((loop.time(), list(items), asyncio.current_task()))
         return list(items)
 
-    c: Coalescer[int, int] = Coalescer(flush, spacing=0.05)
-    began = loop.time()
-    assert await c.submit(1) == 1  # idle: at once
-    assert starts[0][0] - began < 0.04
+    me = asyncio.current_task()
+    c: Coalescer[int, int] = Coalescer(flush, spacing=0.1)
+    assert await c.submit(1) == 1
+    assert starts[0][2] is me  # idle: at once, alone
     # The flush is over, but its spacing is not: these wait for it, and go together.
-    assert await asyncio.gather(c.submit(2), c.submit(3), c.submit(4)) == [2, 3, 4]
-    assert [items for _, items in starts] == [[1], [2, 3, 4]]
-    assert starts[1][0] - starts[0][0] >= 0.05
-    await asyncio.sleep(0.06)  # quiet for longer than the spacing: idle again
-    before = loop.time()
+    assert list(await asyncio.gather(c.submit(2), c.submit(3), c.submit(4))) == [2, 3, 4]
+    assert [items for _, items, _ in starts] == [[1], [2, 3, 4]]
+    assert starts[1][0] - starts[0][0] >= 0.1
+    await asyncio.sleep(0.15)  # quiet for longer than the spacing: idle again
     assert await c.submit(5) == 5
-    assert starts[2][0] - before < 0.04 and starts[2][1] == [5]
+    assert starts[2][1:] == ([5], me)
 
 
 async def test_without_spacing_each_sequential_call_goes_at_once() -> None:
-    starts: list[float] = []
-    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[object] | None] = []
 
     async def flush(items: list[int]) -> list[int | Exception]:
-        starts.append(loop.time())
+        tasks.append(asyncio.current_task())
         return list(items)
 
     c: Coalescer[int, int] = Coalescer(flush)
-    began = loop.time()
     assert [await c.submit(i) for i in range(5)] == list(range(5))
-    assert len(starts) == 5 and starts[-1] - began < 0.04
+    assert tasks == [asyncio.current_task()] * 5  # each alone, none waited for a timer
 
 
 def test_bounds_are_checked() -> None:

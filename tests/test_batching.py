@@ -36,6 +36,8 @@ async def test_an_idle_coalescer_flushes_each_call_at_once() -> None:
 
 
 async def test_a_call_going_alone_runs_in_its_callers_task() -> None:
+    """Without spacing each of a caller's sequential calls goes alone, at once, in its
+    own task (no batch task, no timer)."""
     seen: list[asyncio.Task[object] | None] = []
 
     async def flush(items: list[int]) -> list[int | Exception]:
@@ -45,6 +47,8 @@ async def test_a_call_going_alone_runs_in_its_callers_task() -> None:
     c: Coalescer[int, int] = Coalescer(flush)
     assert await c.submit(5) == 5
     assert seen == [asyncio.current_task()]
+    assert [await c.submit(i) for i in range(5)] == list(range(5))
+    assert seen == [asyncio.current_task()] * 6
 
 
 async def test_calls_made_while_flushes_are_busy_go_out_together_in_order() -> None:
@@ -191,18 +195,6 @@ async def test_a_busy_coalescer_with_spacing_starts_at_most_one_flush_per_spacin
     await asyncio.sleep(0.15)  # quiet for longer than the spacing: idle again
     assert await c.submit(5) == 5
     assert starts[2][1:] == ([5], me)
-
-
-async def test_without_spacing_each_sequential_call_goes_at_once() -> None:
-    tasks: list[asyncio.Task[object] | None] = []
-
-    async def flush(items: list[int]) -> list[int | Exception]:
-        tasks.append(asyncio.current_task())
-        return list(items)
-
-    c: Coalescer[int, int] = Coalescer(flush)
-    assert [await c.submit(i) for i in range(5)] == list(range(5))
-    assert tasks == [asyncio.current_task()] * 5  # each alone, none waited for a timer
 
 
 def test_bounds_are_checked() -> None:

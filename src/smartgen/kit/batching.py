@@ -78,7 +78,10 @@ class Coalescer(Generic[T, R]):
         if (
             not self._pending
             and self._active < self._concurrency
-            and asyncio.get_running_loop().time() >= self._last_start + self._spacing
+            and (
+                not self._spacing
+                or asyncio.get_running_loop().time() >= self._last_start + self._spacing
+            )
         ):
             return await self._alone(item)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -99,7 +102,8 @@ class Coalescer(Generic[T, R]):
         self._active += 1
         self.flushes += 1
         self.items += 1
-        self._last_start = asyncio.get_running_loop().time()
+        if self._spacing:  # unspaced coalescers (the API's) skip the clock
+            self._last_start = asyncio.get_running_loop().time()
         try:
             outcomes = await self._flush([item])
         finally:
@@ -113,17 +117,18 @@ class Coalescer(Generic[T, R]):
         return outcome
 
     def _start_flushes(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._pending and self._active < self._concurrency:
-            due = self._last_start + self._spacing
-            if loop.time() < due:  # busy: gather until the spacing is over
-                if self._timer is None:
-                    self._timer = loop.call_at(due, self._timer_fired)
-                return
+            if self._spacing:
+                loop = asyncio.get_running_loop()
+                now, due = loop.time(), self._last_start + self._spacing
+                if now < due:  # busy: gather until the spacing is over
+                    if self._timer is None:
+                        self._timer = loop.call_at(due, self._timer_fired)
+                    return
+                self._last_start = now
             size = min(self._max_batch, len(self._pending))
             batch = [self._pending.popleft() for _ in range(size)]
             self._active += 1
-            self._last_start = loop.time()
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._finished)

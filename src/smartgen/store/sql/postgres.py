@@ -28,6 +28,8 @@ from smartgen.store.sql.fair_pool import FairPool
 from smartgen.store.sql.url import SqlUrl
 from smartgen.store.unavailable import NoConnection, translate_unavailable
 
+T = TypeVar("T")
+
 # SQLSTATE classes meaning "the server did not serve this": 08 connection exception,
 # 53 insufficient resources (too many connections), 57 operator intervention (shutdown,
 # cannot connect now), 3D invalid catalog (the database is gone), 28 authorisation.
@@ -67,7 +69,6 @@ def _reusable(error: BaseException | None) -> bool:
 
 
 _unavailable = translate_unavailable(_is_unavailable)
-T = TypeVar("T")
 
 
 def _reason(error: BaseException) -> str:
